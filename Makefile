@@ -1,0 +1,22 @@
+# `make train` and `make test` do all set-up on a fresh machine (Python >= 3.10 with venv).
+PYTHON ?= python3
+VENV := .venv
+export CTM_DATA_DIR ?= $(abspath ../shared/data)
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+.PHONY: install train test lint
+install: $(VENV)/.installed
+
+train: $(VENV)/.installed
+	$(VENV)/bin/ctm train --dataset mnist
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .

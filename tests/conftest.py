@@ -1,0 +1,37 @@
+"""Shared fixtures: the seed reference (../shared/reference/seed_ctm.py) when it is there."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_PATH = Path(os.environ.get("CTM_SEED_REFERENCE", REPO.parent / "shared" / "reference" / "seed_ctm.py"))
+
+
+def load_seed_module():
+    """Import the seed reference, or None when it is absent."""
+    if not SEED_PATH.is_file():
+        return None
+    if "imageio" not in sys.modules:
+        try:
+            import imageio  # noqa: F401  (only its GIF writer uses it)
+        except ImportError:
+            sys.modules["imageio"] = types.ModuleType("imageio")
+    spec = importlib.util.spec_from_file_location("seed_ctm_reference", SEED_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def seed():
+    module = load_seed_module()
+    if module is None:
+        pytest.skip(f"seed reference not found at {SEED_PATH} (set CTM_SEED_REFERENCE)")
+    return module

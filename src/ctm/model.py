@@ -292,7 +292,7 @@ class ContinuousThoughtMachine(nn.Module):
             predictions.append(logits)
             certainties.append(self.certainty(logits))
             if track:
-                for store, value in zip(track_lists, (pre, z, attn_weights, synch_out, synch_action)):
+                for store, value in zip(track_lists, (pre, z, attn_weights, synch_out, synch_action), strict=True):
                     store.append(value.detach())
 
         tracking = None

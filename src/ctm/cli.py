@@ -1,18 +1,225 @@
-"""The `ctm` command line: a thin layer that parses flags, builds objects and prints."""
+"""The `ctm` command line: a thin layer that parses flags, builds objects and prints.
+
+Errors a user can cause (bad flags, missing data, foreign run directories) print one line on stderr and
+exit with code 2; a non-finite loss exits with 1; Ctrl-C during training saves and exits with 130.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
+import time
+from pathlib import Path
 
 from . import __version__
+
+# CLI flag -> CTMConfig field
+MODEL_FLAGS = {
+    "ticks": "iterations", "d_model": "d_model", "d_input": "d_input", "memory_length": "memory_length",
+    "heads": "heads", "n_synch_out": "n_synch_out", "n_synch_action": "n_synch_action",
+    "memory_hidden_dims": "memory_hidden_dims",
+}
+# CLI flag -> TrainConfig field
+TRAIN_FLAGS = {
+    "dataset": "dataset", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
+    "weight_decay": "weight_decay", "warmup_steps": "warmup_steps", "schedule": "schedule",
+    "grad_clip": "grad_clip", "eval_every": "eval_every", "augment": "augment", "seed": "seed",
+    "grad_accum": "grad_accum",
+}
+# Training flags that may change when resuming without changing what the run computes up to now.
+RESUMABLE_CHANGES = {"steps", "eval_every"}
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a CTM", description=(
+        "Train a CTM on an image dataset. Flags not given come from the preset; the run directory records "
+        "everything, so --resume needs no other flags."))
+    p.add_argument("--preset", choices=["default", "seed"], default=None,
+                   help="default: the fast recipe (see README); seed: the tutorial's recipe exactly")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (a larger --steps extends it)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<timestamp>)")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="mnist or fashion-mnist (default mnist)")
+    g.add_argument("--data-dir", metavar="DIR", help="folder holding the four IDX files (used alone, no fallback)")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="small random affine transforms of the training images")
+    g = p.add_argument_group("schedule")
+    length = g.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive_int, help="optimiser steps in total")
+    length.add_argument("--epochs", type=float, help="passes over the training set (converted to steps)")
+    g.add_argument("--batch-size", type=_positive_int)
+    g.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--warmup-steps", type=int)
+    g.add_argument("--schedule", choices=["constant", "cosine"])
+    g.add_argument("--grad-clip", type=float, help="max gradient norm; 0 disables")
+    g.add_argument("--grad-accum", type=_positive_int, help="micro-batches per step (batch size must divide)")
+    g.add_argument("--eval-every", type=_positive_int, help="evaluate on the full test set every N steps")
+    g.add_argument("--seed", type=int)
+    g = p.add_argument_group("model (CTMConfig)")
+    g.add_argument("--ticks", type=_positive_int, help="internal ticks T (default 30)")
+    g.add_argument("--d-model", type=_positive_int, help="neurons D (default 128)")
+    g.add_argument("--d-input", type=_positive_int, help="attention/backbone width (default 32)")
+    g.add_argument("--memory-length", type=_positive_int, help="trace length M (default 15)")
+    g.add_argument("--heads", type=_positive_int, help="attention heads (default 1)")
+    g.add_argument("--n-synch-out", type=_positive_int, help="neurons in the output synchronisation (default 16)")
+    g.add_argument("--n-synch-action", type=_positive_int, help="neurons in the action synchronisation (16)")
+    g.add_argument("--memory-hidden-dims", type=_positive_int, help="hidden units of each neuron's MLP (8)")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    g.add_argument("--threads", type=_positive_int, help="CPU threads for torch")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar; print a line per evaluation")
+
+
+def _add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained run", description=(
+        "Test loss and accuracy of a run at the most-certain tick and the last tick, and accuracy per tick."))
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--dataset", help="evaluate on another dataset of the same shape (default: the run's)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the four IDX files")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--batch-size", type=_positive_int, default=500)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=_positive_int)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctm", description="Continuous Thought Machines: train, evaluate, watch.")
     parser.add_argument("--version", action="version", version=f"ctm {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
     return parser
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _explicit(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, object]:
+    return {field: getattr(args, flag) for flag, field in mapping.items() if getattr(args, flag) is not None}
+
+
+def _steps_from_epochs(epochs: float, dataset: str, data_dir: str | None, batch_size: int) -> int:
+    from .data import load_dataset
+
+    if not math.isfinite(epochs) or epochs <= 0:
+        raise CLIError(f"--epochs must be a positive number, got {epochs}")
+    n = len(load_dataset(dataset, "train", data_dir=data_dir))
+    return max(1, math.ceil(epochs * (n // batch_size)))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import train as tr
+    from .checkpoint import load_trainer_state
+    from .config import CTMConfig
+
+    _set_threads(args.threads)
+    model_changes = _explicit(args, MODEL_FLAGS)
+    train_changes = _explicit(args, TRAIN_FLAGS)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.out and Path(args.out) != run_dir:
+            raise CLIError("--out cannot be combined with --resume (the run stays in its directory)")
+        if args.preset:
+            raise CLIError("--preset cannot be combined with --resume (the run keeps its recipe)")
+        model_config, train_config, _ = tr.resume_configs(run_dir)
+        stored = model_config.to_dict()
+        for field, value in model_changes.items():
+            if stored[field] != value:
+                raise CLIError(f"cannot resume {run_dir} with {field}={value}: the run was trained with "
+                               f"{field}={stored[field]} (the architecture comes from the run)")
+        stored_train = train_config.to_dict()
+        for field, value in train_changes.items():
+            if field not in RESUMABLE_CHANGES and stored_train[field] != value:
+                raise CLIError(f"cannot resume {run_dir} with {field}={value}: the run uses {field}="
+                               f"{stored_train[field]}; only --steps/--epochs and --eval-every may change")
+        if args.epochs is not None:
+            train_changes["steps"] = _steps_from_epochs(args.epochs, train_config.dataset, args.data_dir,
+                                                        train_config.batch_size)
+        if train_changes:
+            train_config = tr.TrainConfig.from_dict({**stored_train, **train_changes})
+            tr.update_stored_train_config(run_dir, train_config)
+        state = load_trainer_state(run_dir)
+        if int(state["step"]) >= train_config.steps:
+            raise CLIError(f"{run_dir} already ran {state['step']} of {train_config.steps} steps; "
+                           f"pass a larger --steps to extend it")
+    else:
+        train_config = tr.make_train_config(args.preset or "default", **train_changes)
+        if args.epochs is not None:
+            train_config = tr.TrainConfig.from_dict({**train_config.to_dict(), "steps": _steps_from_epochs(
+                args.epochs, train_config.dataset, args.data_dir, train_config.batch_size)})
+        model_config = CTMConfig(**model_changes)
+        run_dir = Path(args.out or f"runs/{train_config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    started = time.perf_counter()
+    result = tr.train(run_dir, model_config, train_config, data_dir=args.data_dir, device=args.device,
+                      resume=bool(args.resume), progress=not args.no_progress,
+                      log=lambda line: print(line, flush=True))
+    if result.interrupted:
+        print(f"Stopped at step {result.step}; checkpoint saved. Resume with: ctm train --resume {run_dir}",
+              file=sys.stderr)
+        return 130
+    ev = result.final_eval
+    print(f"Finished {result.step} steps in {time.perf_counter() - started:.0f} s. Test accuracy "
+          f"{ev.accuracy:.4f} at the most-certain tick, {ev.accuracy_last_tick:.4f} at the last tick "
+          f"(loss {ev.loss:.4f}, n={ev.n}). Run: {run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .data import load_dataset
+    from .evaluate import evaluate
+    from .train import resolve_device
+
+    _set_threads(args.threads)
+    device = resolve_device(args.device)
+    model, payload = load_model(args.run_dir, device)
+    dataset_name = args.dataset or payload.get("dataset", {}).get("name") or payload.get("train", {}).get("dataset")
+    if dataset_name is None:
+        raise CLIError(f"{args.run_dir} does not record its dataset; pass --dataset")
+    data = load_dataset(dataset_name, args.split, data_dir=args.data_dir)
+    c = model.config
+    if data.shape[0] != c.in_channels or data.num_classes != c.out_dims:
+        raise CLIError(f"{dataset_name} has {data.shape[0]} channel(s) and {data.num_classes} classes, but the "
+                       f"model expects {c.in_channels} and {c.out_dims}")
+    result = evaluate(model, data.to(device), args.batch_size)
+    if args.json:
+        print(json.dumps({"dataset": dataset_name, "split": args.split, **result.to_dict()}))
+        return 0
+    print(f"{dataset_name} {args.split}: n={result.n}")
+    print(f"  loss                      {result.loss:.4f}")
+    print(f"  accuracy (most certain)   {result.accuracy:.4f}")
+    print(f"  accuracy (last tick)      {result.accuracy_last_tick:.4f}")
+    print("  tick  accuracy  certainty  most-certain")
+    for t, (a, cert, h) in enumerate(zip(result.per_tick_accuracy, result.per_tick_certainty,
+                                         result.most_certain_tick_histogram, strict=True)):
+        print(f"  {t + 1:4d}  {a:8.4f}  {cert:9.4f}  {h:12d}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +228,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    from .checkpoint import RunDirError
+    from .data import DataError
+    from .train import NonFiniteLossError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (CLIError, RunDirError, DataError, ValueError) as e:
+        if os.environ.get("CTM_DEBUG"):
+            raise
+        print(f"ctm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"ctm {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"ctm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

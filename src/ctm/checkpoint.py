@@ -1,0 +1,160 @@
+"""Run directories: atomic writes of weights (safetensors), configs (JSON) and trainer state.
+
+A run directory holds
+  config.json          {"ctm_version", "model": CTMConfig, "train": TrainConfig, "dataset": {...}}
+  model.safetensors    weights and buffers; metadata records the step
+  trainer_state.pt     optimiser state, step, epoch (tensors and plain values: weights_only-loadable)
+  metrics.jsonl        one JSON object per evaluation
+Every file is written to a temporary file in the same folder and renamed over the old one, so a kill at
+any moment leaves the previous complete file in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .config import CTMConfig
+from .model import ContinuousThoughtMachine
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "trainer_state.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class RunDirError(ValueError):
+    """A run directory that is missing, incomplete or not a ctm run."""
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call write(tmp_path), fsync, then rename over `path`; the temp file never survives a failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    _atomic_write(path, write)
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def write_config(run_dir: Path, model_config: CTMConfig, extra: dict[str, Any]) -> None:
+    payload = {"ctm_version": __version__, "model": model_config.to_dict(), **extra}
+    atomic_write_text(Path(run_dir) / CONFIG_FILE, json.dumps(payload, indent=2) + "\n")
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's config.json, checked to be a ctm run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not a ctm run directory: it has no {CONFIG_FILE}")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise RunDirError(f"{path} is not a ctm run config: it has no 'model' section")
+    try:
+        CTMConfig.from_dict(payload["model"])
+    except (TypeError, ValueError) as e:
+        raise RunDirError(f"{path}: invalid model config: {e}") from e
+    return payload
+
+
+def save_weights(run_dir: Path, model: ContinuousThoughtMachine, step: int) -> None:
+    atomic_save_safetensors(Path(run_dir) / MODEL_FILE, model.state_dict(),
+                            {"step": str(step), "ctm_version": __version__})
+
+
+def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[ContinuousThoughtMachine, dict[str, Any]]:
+    """Rebuild the model of a run directory from its config.json and model.safetensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    payload = read_config(run_dir)
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} has no {MODEL_FILE} (training has not saved a checkpoint yet)")
+    model = ContinuousThoughtMachine(CTMConfig.from_dict(payload["model"]))
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise RunDirError(f"{path} could not be read: {e}") from e
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise RunDirError(f"{path} does not match config.json (missing {sorted(missing)}, "
+                          f"unexpected {sorted(unexpected)})")
+    model.load_state_dict(state)
+    return model.to(device), payload
+
+
+def weights_step(run_dir: Path) -> int:
+    """The step recorded in model.safetensors' metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(run_dir) / MODEL_FILE), framework="pt") as f:
+        return int((f.metadata() or {}).get("step", -1))
+
+
+def save_trainer_state(run_dir: Path, state: dict[str, Any]) -> None:
+    atomic_torch_save(Path(run_dir) / STATE_FILE, state)
+
+
+def load_trainer_state(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} has no {STATE_FILE}: it cannot be resumed")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt or foreign file: torch raises many kinds
+        raise RunDirError(f"{path} could not be loaded safely: {e}") from e
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))

@@ -1,0 +1,341 @@
+"""Training a CTM: `TrainConfig`, presets, the LR schedule, and the loop with checkpoints and resume.
+
+Config flows one way: preset -> overrides -> `TrainConfig` (validated) -> objects. The run directory
+(see `ctm.checkpoint`) records both configs, so a resumed run rebuilds itself from the run, not from
+flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import CTMConfig
+from .data import EpochSampler, ImageDataset, _mix_seed, load_dataset, random_affine
+from .evaluate import EvalResult, evaluate
+from .losses import accuracy, certainty_loss
+from .model import ContinuousThoughtMachine
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. `steps` counts optimiser steps; each step sees `batch_size` samples."""
+
+    dataset: str = "mnist"
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: str = "constant"  # "constant" or "cosine" (to min_lr_ratio * lr after warm-up)
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
+    eval_every: int = 100
+    eval_batch_size: int = 500
+    augment: bool = False
+    grad_accum: int = 1  # micro-batches per step; batch_size must be divisible by it
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive_ints = ("steps", "batch_size", "eval_every", "eval_batch_size", "grad_accum")
+        for name in positive_ints:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+        for name in ("warmup_steps", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"TrainConfig.{name} must be a non-negative integer, got {v!r}")
+        for name in ("lr", "weight_decay", "adam_eps", "grad_clip", "min_lr_ratio"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"TrainConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.min_lr_ratio > 1:
+            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"TrainConfig.batch_size ({self.batch_size}) must be divisible by grad_accum "
+                             f"({self.grad_accum})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known fields are {sorted(known)}")
+        return cls(**d)
+
+
+# Presets: partial TrainConfigs. "seed" is the tutorial exactly. "default" is the fastest recipe we found
+# for the seed's architecture on a 2-core CPU (see README, "How the default recipe was chosen").
+PRESETS: dict[str, dict[str, Any]] = {
+    "seed": dict(steps=2000, batch_size=64, lr=1e-4, adam_eps=1e-8, weight_decay=0.01, warmup_steps=0,
+                 schedule="constant", grad_clip=0.0, eval_every=100, augment=False),
+    "default": dict(steps=4000, batch_size=64, lr=2e-3, adam_eps=1e-8, weight_decay=0.01, warmup_steps=200,
+                    schedule="cosine", min_lr_ratio=0.0, grad_clip=1.0, eval_every=1000, augment=False),
+}
+
+
+def make_train_config(preset: str = "default", **overrides: Any) -> TrainConfig:
+    """preset -> overrides (None values ignored) -> validated TrainConfig."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig.from_dict(values)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimiser step `step` (0-based): linear warm-up, then constant or cosine."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    decay_steps = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU (use --device auto or cpu)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps was asked for, but MPS is not available here (use --device auto or cpu)")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return torch.device(name)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run directory keeps its last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    interrupted: bool
+    final_eval: EvalResult | None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_model_config(model_config: CTMConfig, dataset: ImageDataset) -> CTMConfig:
+    """The model config with in_channels and out_dims taken from the data."""
+    return model_config.replace(in_channels=dataset.shape[0], out_dims=dataset.num_classes)
+
+
+class _StopFlag:
+    """Set by SIGINT (Ctrl-C) so the loop stops between steps, never inside an optimiser step."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._previous = None
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.set:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def train(run_dir: str | Path, model_config: CTMConfig, train_config: TrainConfig, *,
+          data_dir: str | None = None, device: str = "auto", resume: bool = False,
+          progress: bool = False, stop: Callable[[int], bool] | None = None,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train (or, with resume=True, continue training) the run in `run_dir`.
+
+    For a new run, `run_dir` must not already hold a run. For a resumed run, `model_config` and
+    `train_config` must be the ones stored in the run (see `resume_configs`). `stop(step)` is asked
+    after every step; returning True checkpoints and stops (Ctrl-C does the same).
+    """
+    run_dir = Path(run_dir)
+    dev = resolve_device(device)
+    train_set = load_dataset(train_config.dataset, "train", data_dir=data_dir)
+    test_set = load_dataset(train_config.dataset, "test", data_dir=data_dir)
+    if train_set.shape != test_set.shape:
+        raise ValueError(f"train images {train_set.shape} and test images {test_set.shape} differ in shape")
+    model_config = build_model_config(model_config, train_set)
+    train_set, test_set = train_set.to(dev), test_set.to(dev)
+
+    torch.manual_seed(train_config.seed)  # parameter initialisation
+    model = ContinuousThoughtMachine(model_config).to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, eps=train_config.adam_eps,
+                                  weight_decay=train_config.weight_decay)
+    model.attach_decay_clamp(optimizer)
+    step, elapsed, metrics = 0, 0.0, []
+    if resume:
+        loaded, _ = ckpt.load_model(run_dir, dev)
+        model.load_state_dict(loaded.state_dict())
+        state = ckpt.load_trainer_state(run_dir)
+        step = int(state["step"])
+        if ckpt.weights_step(run_dir) != step:
+            raise ckpt.RunDirError(f"{run_dir}: {ckpt.MODEL_FILE} (step {ckpt.weights_step(run_dir)}) and "
+                                   f"{ckpt.STATE_FILE} (step {step}) disagree; the run was killed while saving")
+        optimizer.load_state_dict(state["optimizer"])
+        elapsed = float(state.get("elapsed_s", 0.0))
+        metrics = [m for m in ckpt.read_metrics(run_dir) if m["step"] <= step]
+    else:
+        if (run_dir / ckpt.CONFIG_FILE).exists():
+            raise ckpt.RunDirError(f"{run_dir} already holds a run; resume it with --resume {run_dir} "
+                                   f"or choose another --out")
+        ckpt.write_config(run_dir, model_config, {
+            "train": train_config.to_dict(),
+            "dataset": {"name": train_config.dataset, "source": train_set.source,
+                        "shape": list(train_set.shape), "num_classes": train_set.num_classes},
+        })
+
+    sampler = EpochSampler(len(train_set), train_config.batch_size, seed=train_config.seed, drop_last=True)
+    steps_per_epoch = len(sampler)
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch size {train_config.batch_size} exceeds the {len(train_set)} training samples")
+
+    def save(final_eval: EvalResult | None = None) -> None:
+        ckpt.save_weights(run_dir, model, step)
+        ckpt.save_trainer_state(run_dir, {"step": step, "epoch": step // steps_per_epoch,
+                                          "optimizer": optimizer.state_dict(), "elapsed_s": elapsed,
+                                          "torch_version": str(torch.__version__)})
+        ckpt.write_metrics(run_dir, metrics)
+
+    last_eval: EvalResult | None = None
+    run_loss = run_acc = 0.0
+    run_n = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=train_config.steps, initial=step, dynamic_ncols=True, unit="step")
+    model.train()
+    started = time.perf_counter() - elapsed
+    interrupted = False
+    with _StopFlag() as flag:
+        epoch, position = divmod(step, steps_per_epoch)
+        batches = sampler.batches(epoch, position)
+        while step < train_config.steps:
+            idx = next(batches, None)
+            if idx is None:
+                epoch += 1
+                batches = sampler.batches(epoch)
+                idx = next(batches)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, train_config)
+            loss_value, acc_value = _train_step(model, optimizer, train_set, idx, step, train_config)
+            if not math.isfinite(loss_value):
+                if bar is not None:
+                    bar.close()
+                saved = (f"its last good checkpoint (step {ckpt.weights_step(run_dir)})"
+                         if (run_dir / ckpt.MODEL_FILE).exists() else "no checkpoint yet")
+                raise NonFiniteLossError(f"the training loss became {loss_value} at step {step + 1}; stopped. "
+                                         f"{run_dir} keeps {saved}; try a lower --lr or a --grad-clip")
+            step += 1
+            run_loss, run_acc, run_n = run_loss + loss_value, run_acc + acc_value, run_n + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_description(_describe(loss_value, acc_value, last_eval), refresh=False)
+            is_last = step == train_config.steps
+            stop_now = flag.set or (stop is not None and stop(step))
+            if step % train_config.eval_every == 0 or is_last:
+                last_eval = evaluate(model, test_set, train_config.eval_batch_size)
+                elapsed = time.perf_counter() - started
+                metrics.append({
+                    "step": step, "epoch": round(step / steps_per_epoch, 4),
+                    "train_loss": run_loss / run_n, "train_accuracy": run_acc / run_n,
+                    "test_loss": last_eval.loss, "test_accuracy": last_eval.accuracy,
+                    "test_accuracy_last_tick": last_eval.accuracy_last_tick,
+                    "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(elapsed, 3),
+                })
+                run_loss = run_acc = 0.0
+                run_n = 0
+                save()
+                if bar is not None:
+                    bar.set_description(_describe(loss_value, acc_value, last_eval))
+                elif log is not None:
+                    log(_describe(metrics[-1]["train_loss"], metrics[-1]["train_accuracy"], last_eval, step))
+            elif stop_now:
+                elapsed = time.perf_counter() - started
+                save()
+            if stop_now and not is_last:
+                interrupted = True
+                break
+    if bar is not None:
+        bar.close()
+    return TrainResult(run_dir, step, interrupted, last_eval if not interrupted else None, metrics)
+
+
+def _train_step(model: ContinuousThoughtMachine, optimizer: torch.optim.Optimizer, data: ImageDataset,
+                idx: torch.Tensor, step: int, cfg: TrainConfig) -> tuple[float, float]:
+    """One optimiser step over the batch `idx`, in cfg.grad_accum equal micro-batches."""
+    optimizer.zero_grad(set_to_none=True)
+    loss_total = acc_total = 0.0
+    for micro in idx.chunk(cfg.grad_accum):
+        x, y = data.batch(micro)
+        if cfg.augment:
+            # A generator seeded from (seed, step, micro-batch start): augmentation needs no saved RNG state.
+            g = torch.Generator(device=x.device).manual_seed(_mix_seed(cfg.seed, step * 4096 + int(micro[0])))
+            x = random_affine(x, g)
+        out = model(x)
+        loss, tick = certainty_loss(out.predictions, out.certainties, y)
+        (loss / cfg.grad_accum).backward()
+        loss_total += loss.item() / cfg.grad_accum
+        acc_total += accuracy(out.predictions.detach(), y, tick) / cfg.grad_accum
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss_total, acc_total
+
+
+def _describe(loss: float, acc: float, ev: EvalResult | None, step: int | None = None) -> str:
+    text = f"Train Loss: {loss:.3f}, Train Acc: {acc:.3f}"
+    if ev is not None:
+        text += f" Test Loss: {ev.loss:.3f}, Test Acc: {ev.accuracy:.4f}"
+    return text if step is None else f"step {step}: {text}"
+
+
+def resume_configs(run_dir: str | Path) -> tuple[CTMConfig, TrainConfig, dict[str, Any]]:
+    """The model and training configs stored in a run directory, for `train(..., resume=True)`."""
+    payload = ckpt.read_config(run_dir)
+    if "train" not in payload:
+        raise ckpt.RunDirError(f"{run_dir}/config.json has no 'train' section: not a training run")
+    try:
+        return CTMConfig.from_dict(payload["model"]), TrainConfig.from_dict(payload["train"]), payload
+    except (TypeError, ValueError) as e:
+        raise ckpt.RunDirError(f"{run_dir}/config.json: {e}") from e
+
+
+def update_stored_train_config(run_dir: str | Path, train_config: TrainConfig) -> None:
+    """Rewrite config.json with a changed TrainConfig (e.g. more steps on resume)."""
+    payload = ckpt.read_config(run_dir)
+    payload["train"] = train_config.to_dict()
+    ckpt.write_config(run_dir, CTMConfig.from_dict(payload["model"]),
+                      {k: v for k, v in payload.items() if k not in ("model", "ctm_version")})

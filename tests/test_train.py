@@ -1,0 +1,242 @@
+"""Training and evaluation end to end: learning, resume equality, run directories, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ctm
+from ctm import checkpoint as ckpt
+from ctm import train as tr
+from ctm.cli import main
+from ctm.data import write_idx
+
+TINY_FLAGS = ["--ticks", "4", "--d-model", "24", "--d-input", "16", "--memory-length", "4", "--n-synch-out", "8",
+              "--n-synch-action", "8", "--memory-hidden-dims", "4"]
+TINY = ctm.CTMConfig(iterations=4, d_model=24, d_input=16, memory_length=4, n_synch_out=8, n_synch_action=8,
+                     memory_hidden_dims=4)
+
+
+def make_synthetic(folder: Path, n_train: int = 1200, n_test: int = 300, seed: int = 0) -> Path:
+    """A 10-class task with MNIST's file names: class k is a bright 3x3 blob at spot k of a 12x12 image."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 12, 12)).astype(np.uint8)
+        for i, k in enumerate(labels):
+            r, c = 1 + 4 * (k // 3) if k < 9 else 9, 1 + 4 * (k % 3) if k < 9 else 5
+            images[i, r:r + 3, c:c + 3] = 255
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    return make_synthetic(tmp_path_factory.mktemp("synthetic"))
+
+
+def run_cli(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / ckpt.MODEL_FILE))
+
+
+def test_tiny_ctm_learns_synthetic_task_through_cli(synthetic, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = run_cli("train", "--data-dir", synthetic, "--out", out, "--steps", "150", "--batch-size", "32",
+                 "--lr", "3e-3", "--warmup-steps", "10", "--eval-every", "75", "--no-progress", *TINY_FLAGS)
+    assert rc == 0
+    assert "Finished 150 steps" in capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "trainer_state.pt",
+                                                "metrics.jsonl"}
+    rows = ckpt.read_metrics(out)
+    assert [r["step"] for r in rows] == [75, 150]
+    assert set(rows[0]) >= {"step", "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr",
+                            "elapsed_s"}
+    assert rows[-1]["test_accuracy"] >= 0.9, rows
+    assert rows[-1]["test_loss"] < rows[0]["test_loss"] or rows[0]["test_accuracy"] >= 0.9
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["d_model"] == 24 and config["train"]["steps"] == 150
+    state = torch.load(out / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 150
+
+    capsys.readouterr()
+    assert run_cli("eval", out, "--data-dir", synthetic, "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "loss", "accuracy_last_tick", "per_tick_accuracy", "n"} <= set(result)
+    assert result["n"] == 300 and len(result["per_tick_accuracy"]) == 4
+    assert result["accuracy"] == pytest.approx(rows[-1]["test_accuracy"])
+    assert sum(result["most_certain_tick_histogram"]) == 300
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_resume_equals_uninterrupted_run(synthetic, tmp_path, augment):
+    flags = dict(steps=24, batch_size=32, lr=3e-3, warmup_steps=5, schedule="cosine", grad_clip=1.0,
+                 eval_every=10, augment=augment, seed=3)
+    cfg = tr.make_train_config("default", **flags)
+    straight = tmp_path / "straight"
+    tr.train(straight, TINY, cfg, data_dir=str(synthetic))
+
+    resumed = tmp_path / "resumed"
+    first = tr.train(resumed, TINY, cfg, data_dir=str(synthetic), stop=lambda step: step == 13)
+    assert first.interrupted and first.step == 13
+    assert torch.load(resumed / ckpt.STATE_FILE, weights_only=True)["step"] == 13
+    assert run_cli("train", "--resume", resumed, "--data-dir", synthetic, "--no-progress") == 0
+
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+    assert [r["step"] for r in ckpt.read_metrics(resumed)] == [10, 20, 24]
+    for r1, r2 in zip(ckpt.read_metrics(straight), ckpt.read_metrics(resumed), strict=True):
+        assert r1["test_accuracy"] == r2["test_accuracy"]
+
+
+def test_resume_with_more_steps_extends_constant_schedule(synthetic, tmp_path):
+    common = ["--data-dir", synthetic, "--batch-size", "32", "--schedule", "constant", "--warmup-steps", "0",
+              "--eval-every", "100", "--no-progress", *TINY_FLAGS]
+    assert run_cli("train", "--out", tmp_path / "a", "--steps", "20", *common) == 0
+    assert run_cli("train", "--out", tmp_path / "b", "--steps", "10", *common) == 0
+    assert run_cli("train", "--resume", tmp_path / "b", "--steps", "20", "--data-dir", synthetic,
+                   "--no-progress") == 0
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["train"]["steps"] == 20
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(synthetic, tmp_path, monkeypatch, capsys):
+    real = tr.certainty_loss
+    calls = {"n": 0}
+
+    def exploding(*args, **kwargs):
+        loss, tick = real(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * math.nan if calls["n"] == 7 else loss), tick
+
+    monkeypatch.setattr(tr, "certainty_loss", exploding)
+    out = tmp_path / "run"
+    rc = run_cli("train", "--data-dir", synthetic, "--out", out, "--steps", "20", "--batch-size", "32",
+                 "--eval-every", "5", "--no-progress", *TINY_FLAGS)
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "became nan at step 7" in err and "last good checkpoint (step 5)" in err
+    assert ckpt.weights_step(out) == 5
+    assert torch.load(out / ckpt.STATE_FILE, weights_only=True)["step"] == 5
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    model = ctm.CTM(TINY)
+    ckpt.save_weights(tmp_path, model, step=3)
+    before = (tmp_path / ckpt.MODEL_FILE).read_bytes()
+
+    def broken_save(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_weights(tmp_path, model, step=4)
+    assert (tmp_path / ckpt.MODEL_FILE).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.MODEL_FILE]
+
+
+def test_lr_schedule():
+    cfg = tr.TrainConfig(steps=110, lr=1.0, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert tr.lr_at(0, cfg) == pytest.approx(0.1)
+    assert tr.lr_at(9, cfg) == pytest.approx(1.0)
+    assert tr.lr_at(10, cfg) == pytest.approx(1.0)
+    assert tr.lr_at(60, cfg) == pytest.approx(0.55)
+    assert tr.lr_at(110, cfg) == pytest.approx(0.1)
+    seed = tr.make_train_config("seed")
+    assert {tr.lr_at(s, seed) for s in (0, 500, 1999)} == {1e-4}
+    assert (seed.steps, seed.batch_size, seed.adam_eps, seed.eval_every, seed.augment) == (2000, 64, 1e-8, 100,
+                                                                                           False)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(steps=0), "TrainConfig.steps must be a positive integer"),
+    (dict(lr=-1.0), "TrainConfig.lr must be a finite number >= 0"),
+    (dict(schedule="linear"), "schedule must be 'constant' or 'cosine'"),
+    (dict(batch_size=30, grad_accum=4), r"batch_size \(30\) must be divisible by grad_accum \(4\)"),
+])
+def test_train_config_validation(changes, message):
+    with pytest.raises(ValueError, match=message):
+        tr.TrainConfig(**changes)
+
+
+def _cli_error(capsys, *args) -> str:
+    rc = run_cli(*args)
+    captured = capsys.readouterr()
+    assert rc == 2, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    return lines[0]
+
+
+def test_cli_errors(synthetic, tmp_path, capsys):
+    assert "unknown dataset 'cifar'" in _cli_error(capsys, "train", "--dataset", "cifar", "--out", tmp_path / "x")
+    assert "n_synch_out (500) must not exceed d_model (128)" in _cli_error(
+        capsys, "train", "--data-dir", synthetic, "--n-synch-out", "500", "--out", tmp_path / "x")
+    assert "does not exist" in _cli_error(capsys, "train", "--resume", tmp_path / "nope")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("hi")
+    assert "not a ctm run directory" in _cli_error(capsys, "train", "--resume", tmp_path / "foreign")
+    assert "not a ctm run directory" in _cli_error(capsys, "eval", tmp_path / "foreign")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert str(empty) in _cli_error(capsys, "train", "--data-dir", empty, "--out", tmp_path / "x")
+
+    run = tmp_path / "run"
+    assert run_cli("train", "--data-dir", synthetic, "--out", run, "--steps", "4", "--batch-size", "32",
+                   "--eval-every", "4", "--no-progress", *TINY_FLAGS) == 0
+    capsys.readouterr()
+    assert "the run was trained with d_model=24" in _cli_error(
+        capsys, "train", "--resume", run, "--d-model", "64", "--steps", "8")
+    assert "only --steps/--epochs and --eval-every may change" in _cli_error(
+        capsys, "train", "--resume", run, "--lr", "1", "--steps", "8")
+    assert "already ran 4 of 4 steps" in _cli_error(capsys, "train", "--resume", run, "--data-dir", synthetic)
+    assert "already holds a run" in _cli_error(capsys, "train", "--data-dir", synthetic, "--out", run,
+                                               *TINY_FLAGS)
+    (run / ckpt.MODEL_FILE).unlink()
+    assert "has no model.safetensors" in _cli_error(capsys, "eval", run, "--data-dir", synthetic)
+
+
+def test_cli_subprocess_exit_code_and_help(tmp_path):
+    env = {**os.environ, "CTM_DATA_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "ctm", "train", "--dataset", "nope"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("ctm train: error: unknown dataset 'nope'") and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "ctm", "train", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "--resume" in proc.stdout and "--d-model" in proc.stdout
+
+
+def test_real_mnist_smoke(tmp_path, capsys):
+    data_root = os.environ.get("CTM_DATA_DIR")
+    if not data_root or not (Path(data_root) / "mnist").is_dir():
+        pytest.skip("CTM_DATA_DIR with mnist/ is not set (CI sets it to ../shared/data)")
+    out = tmp_path / "mnist"
+    assert run_cli("train", "--out", out, "--steps", "100", "--batch-size", "64", "--eval-every", "100",
+                   "--lr", "1e-2", "--warmup-steps", "10", "--no-progress", *TINY_FLAGS) == 0
+    rows = ckpt.read_metrics(out)
+    assert rows[-1]["step"] == 100
+    assert rows[-1]["test_accuracy"] > 0.3  # well above chance (0.1) after 100 steps of a tiny CTM
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"]["shape"] == [1, 28, 28] and config["dataset"]["num_classes"] == 10

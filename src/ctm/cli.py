@@ -64,7 +64,8 @@ def _add_train_parser(sub) -> None:
     length = g.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_positive_int, help="optimiser steps in total")
     length.add_argument("--epochs", type=float, help="passes over the training set (converted to steps)")
-    g.add_argument("--batch-size", type=_positive_int)
+    g.add_argument("--batch-size", type=_positive_int,
+                   help="global batch per step; under torchrun it is split evenly across the ranks")
     g.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--warmup-steps", type=int)
@@ -86,6 +87,14 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     g.add_argument("--threads", type=_positive_int, help="CPU threads for torch")
     g.add_argument("--no-progress", action="store_true", help="no progress bar; print a line per evaluation")
+    g = p.add_argument_group("distributed (torchrun --nproc-per-node N -m ctm train ...)")
+    g.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto",
+                   help="process group backend; auto: nccl on CUDA, gloo on CPU")
+    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="SyncBatchNorm across ranks (default on with CUDA). PyTorch's SyncBatchNorm is GPU-only: "
+                        "on CPU each rank normalises with its own batch statistics")
+    g.add_argument("--dist-timeout", type=float, default=600.0, metavar="S",
+                   help="seconds a collective may wait before the job fails instead of hanging (default 600)")
 
 
 def _add_eval_parser(sub) -> None:
@@ -108,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_eval_parser(sub)
     return parser
+
+
+def _is_main_process() -> bool:
+    """False on the ranks other than 0 under torchrun: they neither print nor write."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _set_threads(threads: int | None) -> None:
@@ -160,7 +174,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                                         train_config.batch_size)
         if train_changes:
             train_config = tr.TrainConfig.from_dict({**stored_train, **train_changes})
-            tr.update_stored_train_config(run_dir, train_config)
+            if _is_main_process():
+                tr.update_stored_train_config(run_dir, train_config)
         state = load_trainer_state(run_dir)
         if int(state["step"]) >= train_config.steps:
             raise CLIError(f"{run_dir} already ran {state['step']} of {train_config.steps} steps; "
@@ -175,7 +190,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = tr.train(run_dir, model_config, train_config, data_dir=args.data_dir, device=args.device,
                       resume=bool(args.resume), progress=not args.no_progress,
-                      log=lambda line: print(line, flush=True))
+                      log=lambda line: print(line, flush=True), backend=args.backend, sync_bn=args.sync_bn,
+                      dist_timeout_s=args.dist_timeout)
+    if not _is_main_process():
+        return 130 if result.interrupted else 0
     if result.interrupted:
         print(f"Stopped at step {result.step}; checkpoint saved. Resume with: ctm train --resume {run_dir}",
               file=sys.stderr)

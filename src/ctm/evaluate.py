@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .data import ImageDataset
+from .distributed import DistInfo, all_reduce_sum
 from .losses import certainty_loss
 from .model import ContinuousThoughtMachine
 
@@ -29,42 +30,46 @@ class EvalResult:
 
 @torch.inference_mode()
 def evaluate(model: ContinuousThoughtMachine, dataset: ImageDataset, batch_size: int = 500,
-             device: torch.device | str | None = None) -> EvalResult:
-    """Run the model in eval mode over every sample of `dataset` (in order) and summarise."""
+             device: torch.device | str | None = None, dist_info: DistInfo | None = None) -> EvalResult:
+    """Run the model in eval mode over every sample of `dataset` (in order) and summarise.
+
+    With `dist_info` of several ranks, each rank evaluates a contiguous shard and the sums are
+    all-reduced, so every rank returns the result for the whole dataset.
+    """
+    dist_info = dist_info or DistInfo()
     if len(dataset) == 0:
         raise ValueError(f"cannot evaluate on an empty dataset ({dataset!r})")
     device = next(model.parameters()).device if device is None else torch.device(device)
     was_training = model.training
     model.eval()
     T = model.config.iterations
-    loss_sum = 0.0
-    correct_certain = 0
-    correct_per_tick = torch.zeros(T, dtype=torch.long)
-    certainty_sum = torch.zeros(T, dtype=torch.float64)
-    histogram = torch.zeros(T, dtype=torch.long)
+    # One float64 vector of sums: [loss, correct at most-certain tick, correct per tick (T),
+    # certainty per tick (T), most-certain tick histogram (T)], so ranks need a single all-reduce.
+    sums = torch.zeros(2 + 3 * T, dtype=torch.float64, device=device)
+    shard = torch.tensor_split(torch.arange(len(dataset)), dist_info.world_size)[dist_info.rank]
     try:
-        for start in range(0, len(dataset), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(dataset)))
+        for idx in shard.split(batch_size):
             x, y = dataset.batch(idx)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x)
             loss, tick = certainty_loss(out.predictions, out.certainties, y)
-            loss_sum += loss.item() * len(idx)
             hits = out.predictions.argmax(dim=1) == y.unsqueeze(-1)  # (b, T)
-            correct_per_tick += hits.sum(0).cpu()
-            correct_certain += int(hits.gather(1, tick.unsqueeze(1)).sum())
-            certainty_sum += out.certainties[:, 1].sum(0).double().cpu()
-            histogram += torch.bincount(tick.cpu(), minlength=T)
+            sums[0] += loss.double() * len(idx)
+            sums[1] += hits.gather(1, tick.unsqueeze(1)).sum()
+            sums[2:2 + T] += hits.sum(0)
+            sums[2 + T:2 + 2 * T] += out.certainties[:, 1].sum(0).double()
+            sums[2 + 2 * T:] += torch.bincount(tick, minlength=T)
     finally:
         model.train(was_training)
+    sums = all_reduce_sum(sums, dist_info).cpu()
     n = len(dataset)
-    per_tick = (correct_per_tick.double() / n).tolist()
+    per_tick = (sums[2:2 + T] / n).tolist()
     return EvalResult(
-        loss=loss_sum / n,
-        accuracy=correct_certain / n,
+        loss=sums[0].item() / n,
+        accuracy=sums[1].item() / n,
         accuracy_last_tick=per_tick[-1],
         per_tick_accuracy=per_tick,
-        per_tick_certainty=(certainty_sum / n).tolist(),
-        most_certain_tick_histogram=histogram.tolist(),
+        per_tick_certainty=(sums[2 + T:2 + 2 * T] / n).tolist(),
+        most_certain_tick_histogram=[int(v) for v in sums[2 + 2 * T:].tolist()],
         n=n,
     )

@@ -7,6 +7,7 @@ flags.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt
+from . import distributed as dist
 from .config import CTMConfig
 from .data import EpochSampler, ImageDataset, _mix_seed, load_dataset, random_affine
 from .evaluate import EvalResult, evaluate
@@ -173,23 +175,51 @@ class _StopFlag:
 def train(run_dir: str | Path, model_config: CTMConfig, train_config: TrainConfig, *,
           data_dir: str | None = None, device: str = "auto", resume: bool = False,
           progress: bool = False, stop: Callable[[int], bool] | None = None,
-          log: Callable[[str], None] | None = None) -> TrainResult:
+          log: Callable[[str], None] | None = None, backend: str = "auto", sync_bn: bool | None = None,
+          dist_timeout_s: float = 600.0) -> TrainResult:
     """Train (or, with resume=True, continue training) the run in `run_dir`.
 
     For a new run, `run_dir` must not already hold a run. For a resumed run, `model_config` and
     `train_config` must be the ones stored in the run (see `resume_configs`). `stop(step)` is asked
     after every step; returning True checkpoints and stops (Ctrl-C does the same).
+
+    Launched by torchrun (WORLD_SIZE > 1), this trains with DistributedDataParallel: the global batch
+    is split across ranks, only rank 0 writes the run directory and shows progress, and evaluation is
+    sharded. `sync_bn` (default: on for CUDA) uses SyncBatchNorm, which PyTorch supports on GPUs only;
+    on CPU each rank normalises with its own batch statistics.
     """
     run_dir = Path(run_dir)
     dev = resolve_device(device)
+    info = dist.setup(dev.type, backend, dist_timeout_s)
+    try:
+        if info.enabled and dev.type == "cuda":
+            dev = torch.device("cuda", info.local_rank)
+            torch.cuda.set_device(dev)
+        return _train(run_dir, model_config, train_config, data_dir, dev, resume, progress and info.is_main,
+                      stop, log if info.is_main else None, info, dev.type == "cuda" if sync_bn is None else sync_bn)
+    finally:
+        dist.teardown()
+
+
+def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, data_dir: str | None,
+           dev: torch.device, resume: bool, progress: bool, stop: Callable[[int], bool] | None,
+           log: Callable[[str], None] | None, info: dist.DistInfo, sync_bn: bool) -> TrainResult:
     train_set = load_dataset(train_config.dataset, "train", data_dir=data_dir)
     test_set = load_dataset(train_config.dataset, "test", data_dir=data_dir)
     if train_set.shape != test_set.shape:
         raise ValueError(f"train images {train_set.shape} and test images {test_set.shape} differ in shape")
     model_config = build_model_config(model_config, train_set)
     train_set, test_set = train_set.to(dev), test_set.to(dev)
+    if train_config.batch_size % (info.world_size * train_config.grad_accum):
+        raise ValueError(f"--batch-size {train_config.batch_size} (the global batch) must be divisible by "
+                         f"{info.world_size} ranks x {train_config.grad_accum} accumulation steps")
+    sampler = EpochSampler(len(train_set), train_config.batch_size, seed=train_config.seed, drop_last=True,
+                           rank=info.rank, world_size=info.world_size)
+    steps_per_epoch = len(sampler)
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch size {train_config.batch_size} exceeds the {len(train_set)} training samples")
 
-    torch.manual_seed(train_config.seed)  # parameter initialisation
+    torch.manual_seed(train_config.seed)  # parameter initialisation (the same on every rank)
     model = ContinuousThoughtMachine(model_config).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, eps=train_config.adam_eps,
                                   weight_decay=train_config.weight_decay)
@@ -207,36 +237,48 @@ def train(run_dir: str | Path, model_config: CTMConfig, train_config: TrainConfi
         elapsed = float(state.get("elapsed_s", 0.0))
         metrics = [m for m in ckpt.read_metrics(run_dir) if m["step"] <= step]
     else:
-        if (run_dir / ckpt.CONFIG_FILE).exists():
-            raise ckpt.RunDirError(f"{run_dir} already holds a run; resume it with --resume {run_dir} "
-                                   f"or choose another --out")
-        ckpt.write_config(run_dir, model_config, {
-            "train": train_config.to_dict(),
-            "dataset": {"name": train_config.dataset, "source": train_set.source,
-                        "shape": list(train_set.shape), "num_classes": train_set.num_classes},
-        })
+        # Only rank 0 looks at and writes the directory; the others learn its verdict.
+        problem = None
+        if info.is_main:
+            if (run_dir / ckpt.CONFIG_FILE).exists():
+                problem = (f"{run_dir} already holds a run; resume it with --resume {run_dir} "
+                           f"or choose another --out")
+            else:
+                ckpt.write_config(run_dir, model_config, {
+                    "train": train_config.to_dict(),
+                    "dataset": {"name": train_config.dataset, "source": train_set.source,
+                                "shape": list(train_set.shape), "num_classes": train_set.num_classes},
+                    "world_size": info.world_size,
+                })
+        problem = dist.broadcast_object(problem, info)
+        if problem:
+            raise ckpt.RunDirError(problem)
 
-    sampler = EpochSampler(len(train_set), train_config.batch_size, seed=train_config.seed, drop_last=True)
-    steps_per_epoch = len(sampler)
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch size {train_config.batch_size} exceeds the {len(train_set)} training samples")
+    net: torch.nn.Module = model
+    if info.enabled:
+        if sync_bn:
+            if dev.type != "cuda":
+                raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only); use --no-sync-bn")
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    def save(final_eval: EvalResult | None = None) -> None:
+    def save() -> None:
+        if not info.is_main:
+            return
         ckpt.save_weights(run_dir, model, step)
         ckpt.save_trainer_state(run_dir, {"step": step, "epoch": step // steps_per_epoch,
                                           "optimizer": optimizer.state_dict(), "elapsed_s": elapsed,
-                                          "torch_version": str(torch.__version__)})
+                                          "world_size": info.world_size, "torch_version": str(torch.__version__)})
         ckpt.write_metrics(run_dir, metrics)
 
     last_eval: EvalResult | None = None
-    run_loss = run_acc = 0.0
-    run_n = 0
+    running = torch.zeros(3, dtype=torch.float64, device=dev)  # train loss sum, accuracy sum, steps
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=train_config.steps, initial=step, dynamic_ncols=True, unit="step")
-    model.train()
+    net.train()
     started = time.perf_counter() - elapsed
     interrupted = False
     with _StopFlag() as flag:
@@ -250,33 +292,35 @@ def train(run_dir: str | Path, model_config: CTMConfig, train_config: TrainConfi
                 idx = next(batches)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, train_config)
-            loss_value, acc_value = _train_step(model, optimizer, train_set, idx, step, train_config)
+            loss_value, acc_value = _train_step(net, optimizer, train_set, idx, step, train_config)
             if not math.isfinite(loss_value):
                 if bar is not None:
                     bar.close()
                 saved = (f"its last good checkpoint (step {ckpt.weights_step(run_dir)})"
                          if (run_dir / ckpt.MODEL_FILE).exists() else "no checkpoint yet")
-                raise NonFiniteLossError(f"the training loss became {loss_value} at step {step + 1}; stopped. "
+                raise NonFiniteLossError(f"the training loss became {loss_value} at step {step + 1}"
+                                         f"{f' on rank {info.rank}' if info.enabled else ''}; stopped. "
                                          f"{run_dir} keeps {saved}; try a lower --lr or a --grad-clip")
             step += 1
-            run_loss, run_acc, run_n = run_loss + loss_value, run_acc + acc_value, run_n + 1
+            running += torch.tensor([loss_value, acc_value, 1.0], dtype=torch.float64, device=dev)
             if bar is not None:
                 bar.update(1)
                 bar.set_description(_describe(loss_value, acc_value, last_eval), refresh=False)
             is_last = step == train_config.steps
-            stop_now = flag.set or (stop is not None and stop(step))
+            stop_now = dist.any_rank(flag.set or (stop is not None and stop(step)), info, dev)
             if step % train_config.eval_every == 0 or is_last:
-                last_eval = evaluate(model, test_set, train_config.eval_batch_size)
+                dist.broadcast_buffers(model, info)  # evaluate (and save) rank 0's BatchNorm statistics
+                last_eval = evaluate(model, test_set, train_config.eval_batch_size, dist_info=info)
+                loss_sum, acc_sum, n = dist.all_reduce_sum(running, info).tolist()
                 elapsed = time.perf_counter() - started
                 metrics.append({
                     "step": step, "epoch": round(step / steps_per_epoch, 4),
-                    "train_loss": run_loss / run_n, "train_accuracy": run_acc / run_n,
+                    "train_loss": loss_sum / n, "train_accuracy": acc_sum / n,
                     "test_loss": last_eval.loss, "test_accuracy": last_eval.accuracy,
                     "test_accuracy_last_tick": last_eval.accuracy_last_tick,
                     "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(elapsed, 3),
                 })
-                run_loss = run_acc = 0.0
-                run_n = 0
+                running.zero_()
                 save()
                 if bar is not None:
                     bar.set_description(_describe(loss_value, acc_value, last_eval))
@@ -293,24 +337,34 @@ def train(run_dir: str | Path, model_config: CTMConfig, train_config: TrainConfi
     return TrainResult(run_dir, step, interrupted, last_eval if not interrupted else None, metrics)
 
 
-def _train_step(model: ContinuousThoughtMachine, optimizer: torch.optim.Optimizer, data: ImageDataset,
+def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: ImageDataset,
                 idx: torch.Tensor, step: int, cfg: TrainConfig) -> tuple[float, float]:
-    """One optimiser step over the batch `idx`, in cfg.grad_accum equal micro-batches."""
+    """One optimiser step over this rank's batch `idx`, in cfg.grad_accum equal micro-batches.
+
+    Each micro-batch's loss is divided by grad_accum, so the summed gradient is the mean over the batch:
+    K micro-batches in one process give the gradient K ranks with one micro-batch each would average.
+    """
     optimizer.zero_grad(set_to_none=True)
     loss_total = acc_total = 0.0
-    for micro in idx.chunk(cfg.grad_accum):
+    micro_batches = idx.chunk(cfg.grad_accum)
+    for i, micro in enumerate(micro_batches):
         x, y = data.batch(micro)
         if cfg.augment:
-            # A generator seeded from (seed, step, micro-batch start): augmentation needs no saved RNG state.
-            g = torch.Generator(device=x.device).manual_seed(_mix_seed(cfg.seed, step * 4096 + int(micro[0])))
+            # A generator seeded from (seed, step, first index): augmentation needs no saved RNG state
+            # and a sample is augmented the same way whichever rank or micro-batch it lands in.
+            g = torch.Generator(device=x.device).manual_seed(_mix_seed(cfg.seed, step * 1_000_003 + int(micro[0])))
             x = random_affine(x, g)
-        out = model(x)
-        loss, tick = certainty_loss(out.predictions, out.certainties, y)
-        (loss / cfg.grad_accum).backward()
+        # DDP all-reduces gradients on the last micro-batch only.
+        sync = contextlib.nullcontext() if i == len(micro_batches) - 1 or not hasattr(net, "no_sync") \
+            else net.no_sync()
+        with sync:
+            out = net(x)
+            loss, tick = certainty_loss(out.predictions, out.certainties, y)
+            (loss / cfg.grad_accum).backward()
         loss_total += loss.item() / cfg.grad_accum
         acc_total += accuracy(out.predictions.detach(), y, tick) / cfg.grad_accum
     if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     optimizer.step()
     return loss_total, acc_total
 

@@ -1,0 +1,462 @@
+"""Speed benchmark: the seed tutorial's reference model against ctm, same weights, in one process.
+
+Train step = forward + certainty loss + backward + AdamW step; eval = forward under inference_mode.
+The implementations run alternately, one call each per round, so that load from other processes hits
+them alike; the table reports the median and the best round as samples per second, and the ratio to
+the seed's. Peak memory is measured in a fresh child process per row (see `peak_memory_mb`).
+
+Library entry points: `run_benchmark(BenchOptions(...))` returns a JSON-able dict, `format_table(result)`
+renders it, `main(argv)` is the command line (benchmarks/speed.py, and later `ctm bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import io
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import CTMConfig
+
+SEED_ENV = "CTM_SEED_REFERENCE"
+IMPLS = ("seed", "ctm", "ctm+compile", "ctm+amp")
+MODES = ("train", "eval")
+
+
+@dataclasses.dataclass
+class BenchOptions:
+    batch_sizes: tuple[int, ...] = (64, 256)
+    ticks: int = 30  # the seed configuration: CTMConfig() defaults, 30 ticks
+    repeats: int = 7  # timed rounds per row (each impl runs once per round)
+    warmup: int = 2  # untimed calls per impl before the rounds (the first compiled call is timed apart)
+    threads: int | None = None  # torch.set_num_threads; None keeps torch's default
+    compile: bool = False  # add a torch.compile row
+    amp: bool = False  # add a bfloat16-autocast row
+    modes: tuple[str, ...] = MODES
+    seed_path: str | None = None  # the seed reference; default $CTM_SEED_REFERENCE or ../shared/reference
+    memory: str = "subprocess"  # "subprocess" (honest, slower), "inprocess" (approximate) or "none"
+    image_size: tuple[int, int] = (28, 28)
+
+    @classmethod
+    def quick(cls, **changes: Any) -> BenchOptions:
+        """A few seconds in all: tiny batches, few ticks, one round (for the test suite)."""
+        base = dict(batch_sizes=(4, 8), ticks=4, repeats=1, warmup=1, memory="inprocess")
+        base.update(changes)
+        return cls(**base)
+
+
+# ------------------------------------------------------------------------------------------ seed reference
+
+
+def default_seed_paths() -> list[Path]:
+    """Where the seed reference is looked for, in order."""
+    paths = []
+    if os.environ.get(SEED_ENV):
+        paths.append(Path(os.environ[SEED_ENV]))
+    repo = Path(__file__).resolve().parents[2]  # src/ctm/bench.py -> repository root (source checkout)
+    paths.append(repo.parent / "shared" / "reference" / "seed_ctm.py")
+    paths.append(Path.cwd().parent / "shared" / "reference" / "seed_ctm.py")
+    return paths
+
+
+def find_seed_reference(path: str | os.PathLike | None = None) -> Path | None:
+    """The seed reference file: `path` if given (it must exist), else the first default that exists."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"seed reference not found at {p}")
+        return p
+    return next((p for p in default_seed_paths() if p.is_file()), None)
+
+
+def load_seed_module(path: Path) -> types.ModuleType:
+    """Import the seed reference. Its GIF/plot dependencies are stubbed when they are not installed."""
+    for name in ("imageio", "matplotlib", "matplotlib.pyplot"):
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            sys.modules[name] = types.ModuleType(name)
+    spec = importlib.util.spec_from_file_location("seed_ctm_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_seed_model(seed: types.ModuleType, cfg: CTMConfig, image_size: tuple[int, int]) -> torch.nn.Module:
+    """The seed's model for `cfg`, lazy layers initialised, weights from the current torch RNG."""
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its synchronisation sizes
+        model = seed.ContinuousThoughtMachine(
+            iterations=cfg.iterations, d_model=cfg.d_model, d_input=cfg.d_input, memory_length=cfg.memory_length,
+            heads=cfg.heads, n_synch_out=cfg.n_synch_out, n_synch_action=cfg.n_synch_action,
+            out_dims=cfg.out_dims, memory_hidden_dims=cfg.memory_hidden_dims)
+        with torch.no_grad():
+            model.eval()
+            model(torch.zeros(2, cfg.in_channels, *image_size))
+    return model
+
+
+def build_models(opts: BenchOptions, seed_path: Path | None
+                 ) -> tuple[dict[str, torch.nn.Module], types.ModuleType | None]:
+    """({"seed": the reference (when found), "ctm": ctm with the same weights}, the seed module)."""
+    from .model import ContinuousThoughtMachine
+    from .seed import from_seed_state_dict
+
+    cfg = CTMConfig(iterations=opts.ticks)
+    torch.manual_seed(0)
+    if seed_path is None:
+        return {"ctm": ContinuousThoughtMachine(cfg)}, None
+    module = load_seed_module(seed_path)
+    seed = build_seed_model(module, cfg, opts.image_size)
+    ours = from_seed_state_dict(seed.state_dict(), iterations=cfg.iterations, heads=cfg.heads)
+    return {"seed": seed, "ctm": ours}, module
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+
+def speed_context(amp: bool, device_type: str = "cpu"):
+    """bfloat16 autocast when `amp` (only the ctm backbone runs in bfloat16; the tick loop stays float32)."""
+    return torch.autocast(device_type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+
+def _loss_fn(impl: str, seed_module: types.ModuleType | None) -> Callable:
+    if impl == "seed":
+        return seed_module.get_loss
+    from .losses import certainty_loss
+
+    return certainty_loss
+
+
+def make_step(model: torch.nn.Module, mode: str, batch: int, loss_fn: Callable, *, amp: bool = False,
+              image_size: tuple[int, int] = (28, 28), in_channels: int = 1, out_dims: int = 10) -> Callable[[], None]:
+    """A closure running one train step or one eval forward on a fixed random batch."""
+    g = torch.Generator().manual_seed(batch)
+    x = torch.rand(batch, in_channels, *image_size, generator=g)
+    y = torch.randint(0, out_dims, (batch,), generator=g)
+    if mode == "eval":
+        model.eval()
+
+        def eval_step() -> None:
+            with torch.inference_mode(), speed_context(amp):
+                model(x)
+
+        return eval_step
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-8)
+
+    def train_step() -> None:
+        with speed_context(amp):
+            predictions, certainties, _ = model(x)
+        loss, _ = loss_fn(predictions.float(), certainties.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return train_step
+
+
+def _impl_model(impl: str, models: dict[str, torch.nn.Module]) -> torch.nn.Module:
+    if impl == "seed":
+        return models["seed"]
+    import copy
+
+    model = copy.deepcopy(models["ctm"])  # every variant trains its own copy from the same weights
+    if impl == "ctm+compile":
+        model = torch.compile(model)
+    return model
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def _max_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; Linux only."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _vm_hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    return float("nan")
+
+
+def measure_peak_inprocess(step: Callable[[], None], calls: int = 2) -> float | None:
+    """Peak RSS growth (MB) over the current RSS while running `step`, in this process.
+
+    Approximate: memory the allocator kept from earlier rows is reused without growing RSS, so this
+    can under-count. None where the peak mark cannot be reset (not Linux).
+    """
+    if not _reset_peak_rss():
+        return None
+    before = _rss_mb()
+    for _ in range(calls):
+        step()
+    return max(0.0, _vm_hwm_mb() - before)
+
+
+def peak_memory_mb(impl: str, mode: str, batch: int, opts: BenchOptions, seed_path: Path | None) -> float | None:
+    """Peak RSS growth (MB) of a fresh process running 3 calls of one row, over its RSS just before them.
+
+    The child builds the models, makes the step closure, then measures: so the figure is what the
+    steps themselves hold at their peak (activations, gradients, optimiser state, ctm's reused
+    training buffers), not the interpreter, torch or the weights.
+    """
+    payload = json.dumps({"impl": impl, "mode": mode, "batch": batch, "opts": dataclasses.asdict(opts),
+                          "seed_path": str(seed_path) if seed_path else None})
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        out = subprocess.run([sys.executable, "-m", "ctm.bench", "--memory-child", payload], capture_output=True,
+                             text=True, env=env, timeout=900, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])["peak_mb"]
+    except (subprocess.SubprocessError, ValueError, KeyError, IndexError):
+        return None
+
+
+def _memory_child(payload: str) -> None:
+    spec = json.loads(payload)
+    raw = spec["opts"]
+    raw.update(batch_sizes=tuple(raw["batch_sizes"]), modes=tuple(raw["modes"]), image_size=tuple(raw["image_size"]))
+    opts = BenchOptions(**raw)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    seed_path = Path(spec["seed_path"]) if spec["seed_path"] else None
+    impl = spec["impl"]
+    models, seed_module = build_models(opts, seed_path if impl == "seed" else None)
+    step = make_step(_impl_model(impl, models), spec["mode"], spec["batch"], _loss_fn(impl, seed_module),
+                     amp=impl == "ctm+amp", image_size=opts.image_size)
+    reset = _reset_peak_rss()
+    before = _rss_mb()
+    for _ in range(3):
+        step()
+    peak = _vm_hwm_mb() if reset else _max_rss_mb()  # else the lifetime peak, which the steps dominate
+    print(json.dumps({"peak_mb": max(0.0, peak - before)}))
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+
+
+def _time_rows(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for impl, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[impl].append(time.perf_counter() - t0)
+    return times
+
+
+def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run every (mode, batch size) row for every implementation; returns a JSON-able dict."""
+    log = log or (lambda _msg: None)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    seed_path = find_seed_reference(opts.seed_path)
+    notes = []
+    if seed_path is None:
+        notes.append("seed reference not found (looked at " + ", ".join(str(p) for p in default_seed_paths())
+                     + f"; set ${SEED_ENV} or --seed): benchmarking ctm alone")
+        log(notes[-1])
+    models, seed_module = build_models(opts, seed_path)
+    if opts.compile:
+        notes.append("compile s: wall time of the first compiled call (compiling forward and backward); torch's "
+                     "on-disk inductor cache makes later runs faster. ctm+compile traces the autograd "
+                     "formulation of the tick loop; its peak memory is not measured in a child process")
+    impls = [i for i in IMPLS if i in models or (i == "ctm+compile" and opts.compile) or (i == "ctm+amp" and opts.amp)]
+    memory_method = {
+        "subprocess": "peak RSS growth of a fresh process over 3 calls (VmHWM after a reset, Linux)",
+        "inprocess": "peak RSS growth in this process over 2 calls (approximate: reused heap is not counted)",
+        "none": "not measured",
+    }[opts.memory]
+    rows = []
+    for mode in opts.modes:
+        for batch in opts.batch_sizes:
+            log(f"{mode} batch {batch}: {', '.join(impls)}")
+            steps, compile_s, errors = {}, {}, {}
+            for impl in impls:
+                model = _impl_model(impl, models)
+                step = make_step(model, mode, batch, _loss_fn(impl, seed_module), amp=impl == "ctm+amp",
+                                 image_size=opts.image_size)
+                try:
+                    if impl == "ctm+compile":  # the first call compiles; time it apart
+                        t0 = time.perf_counter()
+                        step()
+                        compile_s[impl] = time.perf_counter() - t0
+                    for _ in range(opts.warmup):
+                        step()
+                except Exception as e:  # a variant that cannot run here (e.g. no C++ compiler) is reported
+                    errors[impl] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+                    log(f"  {impl} failed: {errors[impl]}")
+                    continue
+                steps[impl] = step
+            times = _time_rows(steps, opts.repeats)
+            memory = {}
+            for impl in steps:
+                if opts.memory == "subprocess" and impl == "ctm+compile":
+                    memory[impl] = None  # a child would spend minutes compiling again
+                elif opts.memory == "subprocess":
+                    memory[impl] = peak_memory_mb(impl, mode, batch, opts, seed_path)
+                elif opts.memory == "inprocess":
+                    memory[impl] = measure_peak_inprocess(steps[impl])
+                else:
+                    memory[impl] = None
+            base = times.get("seed")
+            for impl in impls:
+                row: dict[str, Any] = {"mode": mode, "batch": batch, "impl": impl}
+                if impl in errors:
+                    row["error"] = errors[impl]
+                    rows.append(row)
+                    continue
+                t = times[impl]
+                med, best = statistics.median(t), min(t)
+                row.update(
+                    samples_per_s=batch / med, samples_per_s_best=batch / best, ms_per_call=med * 1e3,
+                    ratio_to_seed=statistics.median(base) / med if base else None,
+                    ratio_to_seed_best=min(base) / best if base else None,
+                    peak_mb=memory.get(impl), compile_s=compile_s.get(impl),
+                )
+                rows.append(row)
+                log(f"  {impl}: {row['samples_per_s']:.0f} samples/s")
+    return {
+        "config": CTMConfig(iterations=opts.ticks).to_dict(),
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(opts).items()},
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs",
+        "seed_reference": str(seed_path) if seed_path else None,
+        "memory_method": memory_method,
+        "results": rows,
+        "notes": notes,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The rows of `run_benchmark` as an aligned text table."""
+    head = ["mode", "batch", "impl", "samples/s", "best", "x seed", "x seed best", "ms/call", "peak MB", "compile s"]
+    lines = []
+    for r in result["results"]:
+        if "error" in r:
+            lines.append([r["mode"], str(r["batch"]), r["impl"], "error: " + r["error"], "", "", "", "", "", ""])
+            continue
+
+        def fmt(v, spec):
+            return "-" if v is None else format(v, spec)
+
+        lines.append([r["mode"], str(r["batch"]), r["impl"], fmt(r["samples_per_s"], ".0f"),
+                      fmt(r["samples_per_s_best"], ".0f"), fmt(r["ratio_to_seed"], ".2f"),
+                      fmt(r["ratio_to_seed_best"], ".2f"), fmt(r["ms_per_call"], ".1f"), fmt(r["peak_mb"], ".0f"),
+                      fmt(r["compile_s"], ".1f")])
+    ok = [row for row in lines if not row[3].startswith("error")]
+    widths = [max(len(h), *(len(row[i]) for row in ok)) if ok else len(h) for i, h in enumerate(head)]
+
+    def join(cells: list[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in pairs)
+
+    out = [join(head)]
+    for row in lines:
+        if row[3].startswith("error"):
+            out.append(join(row[:3] + [""] * 7).rstrip() + "  " + row[3])
+            continue
+        out.append(join(row))
+    info = (f"CTMConfig() with {result['config']['iterations']} ticks; torch {result['torch']}, "
+            f"{result['threads']} threads, {result['machine']}; seed: {result['seed_reference'] or 'not found'}")
+    foot = [info, "samples/s and x seed: median of the alternating rounds; best: the fastest round",
+            f"peak MB: {result['memory_method']}"]
+    return "\n".join(out + [""] + foot + [f"note: {n}" for n in result["notes"]])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's flags, shared by benchmarks/speed.py and the CLI."""
+    p.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes (default 64,256)")
+    p.add_argument("--ticks", type=int, default=None, help="internal ticks (default 30, the seed's)")
+    p.add_argument("--repeats", type=int, default=None, help="timed alternating rounds per row (default 7)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls per implementation first (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile (reports compile time)")
+    p.add_argument("--amp", action="store_true", help="also measure bfloat16 autocast")
+    p.add_argument("--modes", default=None, help="comma-separated: train,eval (default both)")
+    p.add_argument("--seed", dest="seed_path", default=None, metavar="PATH",
+                   help=f"seed reference file (default ${SEED_ENV} or ../shared/reference/seed_ctm.py)")
+    p.add_argument("--memory", choices=["subprocess", "inprocess", "none"], default=None,
+                   help="how to measure peak memory (default subprocess; inprocess with --quick)")
+    p.add_argument("--quick", action="store_true", help="tiny batches, 4 ticks, one round: a smoke test")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+
+
+def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    changes: dict[str, Any] = {}
+    if args.batch_sizes:
+        changes["batch_sizes"] = tuple(int(b) for b in args.batch_sizes.split(","))
+    if args.modes:
+        modes = tuple(m.strip() for m in args.modes.split(","))
+        bad = [m for m in modes if m not in MODES]
+        if bad:
+            raise ValueError(f"unknown mode(s) {bad}; choose from {list(MODES)}")
+        changes["modes"] = modes
+    for name in ("ticks", "repeats", "warmup", "threads", "seed_path", "memory"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    changes.update(compile=args.compile, amp=args.amp)
+    return BenchOptions.quick(**changes) if args.quick else BenchOptions(**changes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--memory-child"]:
+        _memory_child(argv[1])
+        return 0
+    p = argparse.ArgumentParser(prog="ctm bench", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    opts = options_from_args(args)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    result = run_benchmark(opts, log=log)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

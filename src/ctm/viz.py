@@ -1,0 +1,689 @@
+"""Pictures of a CTM: the "thinking" GIF of one sample, training curves and per-tick evaluation plots.
+
+Tensors in the model, numpy in the visualiser: the drawing functions take numpy arrays and plain data;
+only `thinking_gif` and `select_example` touch the model or a dataset. The module is quiet (it never
+prints) and needs the optional dependencies matplotlib and Pillow (``pip install 'torch-ctm[viz]'``),
+which are imported only when a picture is drawn. Figures are drawn with matplotlib's Agg canvas directly
+(no pyplot), so nothing global changes and no window ever opens.
+
+Ticks are shown 1-based ("tick 1/30" is the first internal tick).
+
+The thinking figure is laid out once; each frame then only updates the artists that change (attention
+map, probability bars, cursors, texts) and redraws them over a cached background, so a 30-tick GIF
+takes a second or two.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
+
+    from .data import ImageDataset
+    from .model import ContinuousThoughtMachine
+
+__all__ = [
+    "curves_figure",
+    "save_curves",
+    "save_figure",
+    "save_gif",
+    "save_ticks_plot",
+    "select_example",
+    "thinking_frames",
+    "thinking_gif",
+    "ticks_figure",
+]
+
+# Colours.
+TARGET_COLOUR = "#2ca02c"  # the target class's bar, "correct"
+WRONG_COLOUR = "#d62728"  # a wrong prediction's bar, "wrong"
+BAR_COLOUR = "#9bb0c9"  # every other bar
+POST_COLOURS = ("#1f77b4", "#d62728")  # post-activation traces, alternating
+PRE_COLOUR = "#8c8c8c"  # pre-activation traces (dashed)
+CERTAINTY_COLOUR = "#4b3b8f"
+CURSOR_COLOUR = "#333333"
+MOST_CERTAIN_COLOUR = "#ff9f1c"
+NEUTRAL_TEXT = "#222222"
+TRAIN_COLOUR = "#1f77b4"
+TEST_COLOUR = "#ff7f0e"
+
+FRAME_SIZE_IN = (9.0, 10.0)  # inches; at fig_scale 1 (100 dpi) a frame is 900 x 1000 pixels
+BASE_DPI = 100
+
+
+def _require_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("ctm.viz needs matplotlib: pip install 'torch-ctm[viz]'") from e
+
+
+def _require_pillow():
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("ctm.viz needs Pillow to write GIFs: pip install 'torch-ctm[viz]'") from e
+    return Image
+
+
+def _new_figure(figsize: tuple[float, float], dpi: float) -> Figure:
+    """A Figure with its own Agg canvas: no pyplot, no global state, no window."""
+    _require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi, facecolor="white")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    z = logits - np.max(logits, axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _padded_limits(values: np.ndarray, frac: float = 0.08) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return -1.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi - lo < 1e-9:
+        pad = max(abs(lo) * 0.1, 1e-3)
+    else:
+        pad = (hi - lo) * frac
+    return lo - pad, hi + pad
+
+
+def _display_image(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """(C, H, W) -> what imshow gets: (H, W) gray with a cmap, or (H, W, 3) RGB; values in [0, 1]."""
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim == 2:
+        img = img[None]
+    if img.ndim != 3:
+        raise ValueError(f"image must have shape (C, H, W), got {img.shape}")
+    if img.shape[0] == 3:
+        img = np.transpose(img, (1, 2, 0))
+        cmap = None
+    else:
+        img = img[0] if img.shape[0] == 1 else img.mean(axis=0)
+        cmap = "binary"  # ink dark on white, like the tutorial
+    finite = img[np.isfinite(img)]
+    if finite.size and (finite.min() < 0.0 or finite.max() > 1.0):  # not in [0, 1]: stretch to it
+        lo, hi = float(finite.min()), float(finite.max())
+        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return np.clip(np.nan_to_num(img), 0.0, 1.0), cmap
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The thinking figure
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _ThinkingFigure:
+    """The figure of one sample, laid out once; `render(t)` returns tick t's frame as RGB uint8.
+
+    With `blit` (the default) the static parts are drawn once and cached; each frame restores that
+    background and draws only the changing artists. `blit=False` redraws the whole figure each frame
+    (slower; the same picture up to the stacking order of a few lines).
+    """
+
+    def __init__(self, image, predictions, certainties, pre_activations, post_activations, attention,
+                 token_grid, target=None, n_neurons=16, class_names=None, fig_scale=1.0, blit=True):
+        predictions = np.asarray(predictions, dtype=np.float64)
+        if predictions.ndim != 2:
+            raise ValueError(f"predictions must have shape (classes, ticks), got {predictions.shape}")
+        n_classes, T = predictions.shape
+        if T < 1 or n_classes < 2:
+            raise ValueError(f"predictions must have at least 2 classes and 1 tick, got shape {predictions.shape}")
+        certainties = np.asarray(certainties, dtype=np.float64)
+        if certainties.ndim == 2 and certainties.shape[0] == 2:  # the model's (2, T): [entropy, certainty]
+            certainties = certainties[1]
+        if certainties.shape != (T,):
+            raise ValueError(f"certainties must have shape ({T},) (one per tick), got {certainties.shape}")
+        pre = np.asarray(pre_activations, dtype=np.float64)
+        post = np.asarray(post_activations, dtype=np.float64)
+        for name, a in (("pre_activations", pre), ("post_activations", post)):
+            if a.ndim != 2 or a.shape[0] != T:
+                raise ValueError(f"{name} must have shape ({T}, neurons), got {a.shape}")
+        if pre.shape != post.shape:
+            raise ValueError(f"pre_activations {pre.shape} and post_activations {post.shape} differ in shape")
+        attention = np.asarray(attention, dtype=np.float64)
+        if attention.ndim == 2:  # (T, N): a single head
+            attention = attention[:, None]
+        if attention.ndim != 3 or attention.shape[0] != T:
+            raise ValueError(f"attention must have shape ({T}, heads, tokens), got {attention.shape}")
+        try:
+            gh, gw = (int(v) for v in token_grid)
+        except (TypeError, ValueError):
+            raise ValueError(f"token_grid must be a pair (H', W'), got {token_grid!r}") from None
+        heads, n_tokens = attention.shape[1:]
+        if gh < 1 or gw < 1 or gh * gw != n_tokens:
+            raise ValueError(f"token_grid {gh}x{gw} does not match the {n_tokens} attention tokens")
+        if class_names is None:
+            class_names = [str(i) for i in range(n_classes)]
+        class_names = [str(c) if len(str(c)) <= 18 else str(c)[:17] + "\u2026" for c in class_names]
+        if len(class_names) != n_classes:
+            raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
+        if target is not None:
+            target = int(target)
+            if not 0 <= target < n_classes:
+                raise ValueError(f"target {target} is not a class index in [0, {n_classes})")
+        if fig_scale <= 0:
+            raise ValueError(f"fig_scale must be positive, got {fig_scale}")
+        n_neurons = min(int(n_neurons), pre.shape[1])
+        if n_neurons < 1:
+            raise ValueError("n_neurons must be at least 1")
+
+        self.T = T
+        self.target = target
+        self.class_names = class_names
+        self.probs = _softmax(predictions, axis=0)  # (C, T)
+        self.predicted = np.argmax(predictions, axis=0)  # (T,)
+        self.certainties = certainties
+        self.most_certain = int(np.argmax(np.nan_to_num(certainties, nan=-np.inf)))
+        self.attention = attention.mean(axis=1).reshape(T, gh, gw)  # mean over heads
+        self.blit = blit
+        self._build(image, pre[:, :n_neurons], post[:, :n_neurons], heads, fig_scale)
+
+    # ------------------------------------------------------------------ layout (once)
+
+    def _build(self, image, pre, post, heads, fig_scale):
+        fig = self.figure = _new_figure(FRAME_SIZE_IN, BASE_DPI * fig_scale)
+        self.canvas = fig.canvas
+        T, ticks = self.T, np.arange(1, self.T + 1)
+        animated: list = []
+
+        def anim(artist):
+            artist.set_animated(self.blit)
+            animated.append(artist)
+            return artist
+
+        # Header: tick number on the left, prediction (and verdict) on the right.
+        self.tick_text = anim(fig.text(0.035, 0.968, "", fontsize=17, fontweight="bold", va="center",
+                                       color=NEUTRAL_TEXT))
+        self.pred_text = anim(fig.text(0.965, 0.968, "", fontsize=14, ha="right", va="center"))
+
+        outer = fig.add_gridspec(3, 1, height_ratios=[3.3, 1.55, 4.2], left=0.035, right=0.965, top=0.925,
+                                 bottom=0.035, hspace=0.3)
+        top = outer[0].subgridspec(1, 3, width_ratios=[1.0, 1.0, 1.15], wspace=0.28)
+
+        # Input image.
+        disp, cmap = _display_image(image)
+        h, w = disp.shape[:2]
+        extent = (-0.5, w - 0.5, h - 0.5, -0.5)
+        ax_img = fig.add_subplot(top[0])
+        ax_img.imshow(disp, cmap=cmap, vmin=0, vmax=1, extent=extent, interpolation="nearest")
+        ax_img.set_title("Input", fontsize=12)
+        ax_img.set_axis_off()
+        ax_img.set_anchor("N")  # top-aligned, so the three panel titles line up
+
+        # Attention (mean over heads) on the token grid, stretched over the image it attends to.
+        ax_att = fig.add_subplot(top[1])
+        outline = cmap is not None and disp.max() - disp.min() > 0.2  # gray: outline the image on the map
+        if not outline:  # colour (or flat) image: show it through a translucent map
+            ax_att.imshow(disp, cmap=cmap, vmin=0, vmax=1, extent=extent, interpolation="nearest")
+        self.att_image = anim(ax_att.imshow(self.attention[0], cmap="inferno", extent=extent,
+                                            alpha=None if outline else 0.7, interpolation="nearest", vmin=0, vmax=1))
+        if outline:
+            level = 0.5 * (float(disp.min()) + float(disp.max()))
+            anim(ax_att.contour(np.arange(w), np.arange(h), disp, levels=[level], colors="#7fdbff",
+                                linewidths=1.3))
+        ax_att.set_xlim(extent[:2])
+        ax_att.set_ylim(extent[2:])
+        ax_att.set_title("Attention" + (f" (mean of {heads} heads)" if heads > 1 else ""), fontsize=12)
+        ax_att.set_axis_off()
+        ax_att.set_anchor("N")
+        self.att_text = anim(ax_att.text(0.5, -0.02, "", transform=ax_att.transAxes, ha="center", va="top",
+                                         fontsize=9, color="#555555"))
+
+        # Class probabilities at this tick, horizontal bars so long class names fit.
+        ax_p = fig.add_subplot(top[2])
+        n_classes = len(self.class_names)
+        y = np.arange(n_classes)
+        self.bars = [anim(b) for b in ax_p.barh(y, np.zeros(n_classes), height=0.78, color=BAR_COLOUR,
+                                                          linewidth=0)]
+        ax_p.set_yticks(y)
+        ax_p.set_yticklabels(self.class_names, fontsize=10 if n_classes <= 12 else max(5, 120 // n_classes))
+        if self.target is not None:
+            ax_p.get_yticklabels()[self.target].set_color(TARGET_COLOUR)
+            ax_p.get_yticklabels()[self.target].set_fontweight("bold")
+        ax_p.set_ylim(n_classes - 0.5, -0.5)
+        ax_p.set_xlim(0, 1)
+        ax_p.set_xticks([0, 0.5, 1])
+        ax_p.tick_params(labelsize=9, length=2)
+        ax_p.grid(axis="x", color="#e5e5e5", linewidth=0.8)
+        ax_p.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax_p.spines[side].set_visible(False)
+        ax_p.set_title("Class probabilities", fontsize=12)
+        # Long class names: move the bars right until their labels clear the attention panel.
+        renderer = self.canvas.get_renderer()
+        labels_x0 = ax_p.yaxis.get_tightbbox(renderer).x0 / fig.bbox.width
+        room = top[1].get_position(fig).x1 + 0.012
+        if labels_x0 < room:
+            pos = ax_p.get_position()
+            shift = min(room - labels_x0, pos.width - 0.12)
+            ax_p.set_position([pos.x0 + shift, pos.y0, pos.width - shift, pos.height])
+        self.prob_text = anim(ax_p.text(0, 0, "", fontsize=9, va="center", ha="left", color=NEUTRAL_TEXT))
+
+        # Certainty over all ticks, the current tick and the most certain one marked.
+        ax_c = fig.add_subplot(outer[1])
+        ax_c.plot(ticks, self.certainties, color=CERTAINTY_COLOUR, linewidth=2, zorder=2)
+        if self.target is not None:
+            right = self.predicted == self.target
+            ax_c.scatter(ticks[right], self.certainties[right], s=16, color=TARGET_COLOUR, zorder=3,
+                         label="correct")
+            ax_c.scatter(ticks[~right], self.certainties[~right], s=16, color=WRONG_COLOUR, zorder=3,
+                         label="wrong")
+        mc = self.most_certain
+        ax_c.scatter([mc + 1], [self.certainties[mc]], s=170, marker="*", color=MOST_CERTAIN_COLOUR,
+                     edgecolor="#7a4a00", linewidth=0.6, zorder=4, label=f"most certain (tick {mc + 1})")
+        ax_c.set_xlim(0.5, T + 0.5)
+        ax_c.set_ylim(-0.03, 1.1)
+        ax_c.set_yticks([0, 0.5, 1])
+        ax_c.set_xticks(_tick_positions(T))
+        ax_c.tick_params(labelsize=9, length=2)
+        ax_c.set_ylabel("certainty", fontsize=10)
+        ax_c.set_xlabel("tick", fontsize=10, labelpad=1)
+        ax_c.grid(color="#ececec", linewidth=0.8)
+        ax_c.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax_c.spines[side].set_visible(False)
+        ax_c.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=9, ncol=3, frameon=False,
+                    borderpad=0.1, handletextpad=0.3, columnspacing=1.2, scatterpoints=1)
+        ax_c.set_title("Certainty (1 - normalised entropy)", fontsize=12, loc="left")
+        self.c_cursor = anim(ax_c.axvline(1, color=CURSOR_COLOUR, linewidth=1.2, alpha=0.6, zorder=1))
+        (self.c_dot,) = ax_c.plot([1], [self.certainties[0]], "o", markersize=7, markerfacecolor="white",
+                                  markeredgecolor=CERTAINTY_COLOUR, markeredgewidth=2, zorder=5)
+        anim(self.c_dot)
+
+        # Neuron traces: post-activations solid (blue / red alternating), pre-activations dashed grey on a
+        # twin y-axis, each with a cursor at the current tick.
+        n = post.shape[1]
+        cols = min(4, n)
+        rows = math.ceil(n / cols)
+        grid = outer[2].subgridspec(rows, cols, hspace=0.12, wspace=0.06)
+        self.trace_cursors, self.trace_dots = [], []
+        self._post = post
+        for i in range(n):
+            ax = fig.add_subplot(grid[i // cols, i % cols])
+            ax_pre = ax.twinx()
+            ax_pre.plot(ticks, pre[:, i], color=PRE_COLOUR, linestyle="--", linewidth=1, alpha=0.8)
+            colour = POST_COLOURS[i % 2]
+            ax.plot(ticks, post[:, i], color=colour, linewidth=1.8, marker="." if T == 1 else None)
+            ax.set_zorder(ax_pre.get_zorder() + 1)  # post trace above the dashed pre trace
+            ax.patch.set_visible(False)
+            for a, vals in ((ax, post[:, i]), (ax_pre, pre[:, i])):
+                a.set_xlim(0.5, T + 0.5)
+                a.set_ylim(*_padded_limits(vals))
+                a.set_xticks([])
+                a.set_yticks([])
+                for spine in a.spines.values():
+                    spine.set_color("#d9d9d9")
+            ax.text(0.025, 0.95, f"neuron {i}", transform=ax.transAxes, fontsize=7.5, va="top", color="#444444",
+                    zorder=10, bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none",
+                                     "alpha": 0.75})
+            self.trace_cursors.append(anim(ax.axvline(1, color=CURSOR_COLOUR, linewidth=1, alpha=0.5)))
+            (dot,) = ax.plot([1], [post[0, i]], "o", markersize=4, color=colour)
+            self.trace_dots.append(anim(dot))
+        title_y = outer[2].get_position(fig).y1 + 0.008
+        fig.text(0.035, title_y, "Neuron traces", fontsize=12, va="bottom")
+        fig.text(0.965, title_y, "solid: post-activation    dashed: pre-activation (own scale)", fontsize=9,
+                 ha="right", va="bottom", color="#555555")
+
+        self._animated = animated
+        self._background = None
+
+    # ------------------------------------------------------------------ per frame
+
+    def update(self, t: int) -> None:
+        """Point every changing artist at tick t (0-based)."""
+        T = self.T
+        if not 0 <= t < T:
+            raise IndexError(f"tick {t} out of range for {T} ticks")
+        self.tick_text.set_text(f"tick {t + 1}/{T}")
+        p = self.probs[:, t]
+        pred = int(self.predicted[t])
+        name = self.class_names[pred]
+        if self.target is None:
+            self.pred_text.set_text(f"prediction: {name} (p = {p[pred]:.2f})")
+            self.pred_text.set_color(NEUTRAL_TEXT)
+        elif pred == self.target:
+            self.pred_text.set_text(f"prediction: {name} (p = {p[pred]:.2f})  \u2713 correct")
+            self.pred_text.set_color(TARGET_COLOUR)
+        else:
+            self.pred_text.set_text(f"prediction: {name} (p = {p[pred]:.2f})  \u2717 wrong, "
+                                    f"target {self.class_names[self.target]}")
+            self.pred_text.set_color(WRONG_COLOUR)
+
+        att = self.attention[t]
+        lo, hi = float(np.nanmin(att)), float(np.nanmax(att))
+        self.att_image.set_data(att)
+        self.att_image.set_clim(lo, hi if hi > lo else lo + 1e-12)
+        self.att_text.set_text(f"scaled per tick; weights {lo:.3f} to {hi:.3f}")
+
+        for k, bar in enumerate(self.bars):
+            bar.set_width(p[k])
+            if k == self.target:
+                bar.set_facecolor(TARGET_COLOUR)
+            elif k == pred and self.target is not None:
+                bar.set_facecolor(WRONG_COLOUR)
+            else:
+                bar.set_facecolor(BAR_COLOUR)
+        self.prob_text.set_text(f"{p[pred]:.2f}")
+        self.prob_text.set_position((min(p[pred], 0.84) + 0.02, pred))
+
+        x = t + 1
+        self.c_cursor.set_xdata([x, x])
+        self.c_dot.set_data([x], [self.certainties[t]])
+        for i, (cursor, dot) in enumerate(zip(self.trace_cursors, self.trace_dots, strict=True)):
+            cursor.set_xdata([x, x])
+            dot.set_data([x], [self._post[t, i]])
+
+    def bar_values(self) -> np.ndarray:
+        """The plotted class probabilities (bar lengths) of the last update."""
+        return np.array([bar.get_width() for bar in self.bars])
+
+    def render(self, t: int) -> np.ndarray:
+        """Tick t's frame, (height, width, 3) uint8."""
+        self.update(t)
+        if not self.blit:
+            self.canvas.draw()
+        else:
+            if self._background is None:
+                self.canvas.draw()  # everything static; animated artists are skipped
+                self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+            self.canvas.restore_region(self._background)
+            for artist in self._animated:
+                self.figure.draw_artist(artist)
+        return np.asarray(self.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _tick_positions(T: int) -> list[int]:
+    """Readable x ticks for ticks 1..T: 1 and multiples of a round step."""
+    if T <= 12:
+        return list(range(1, T + 1))
+    step = next(s for s in (2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000) if T / s <= 12) if T <= 12000 else T // 10
+    return [1] + list(range(step, T + 1, step))
+
+
+def thinking_frames(image: np.ndarray, predictions: np.ndarray, certainties: np.ndarray,
+                    pre_activations: np.ndarray, post_activations: np.ndarray, attention: np.ndarray,
+                    token_grid: tuple[int, int], target: int | None = None, n_neurons: int = 16,
+                    class_names: Sequence[str] | None = None, fig_scale: float = 1.0) -> list[np.ndarray]:
+    """One RGB uint8 frame per tick of one sample's thought, all the same size (900 x 1000 at scale 1).
+
+    image (C, H, W) in [0, 1]: one channel is shown in gray, three as RGB, others as their mean.
+    predictions (classes, T) logits; certainties (T,) (or the model's (2, T)); pre_activations and
+    post_activations (T, D); attention (T, heads, N) (or (T, N)) with N = H' * W' tokens of `token_grid`.
+    Each frame shows the input, the attention (mean over heads) stretched over it, the class
+    probabilities (target green), the certainty curve with the current and the most certain tick, and
+    the traces of the first `n_neurons` neurons.
+    """
+    fig = _ThinkingFigure(image, predictions, certainties, pre_activations, post_activations, attention,
+                          token_grid, target=target, n_neurons=n_neurons, class_names=class_names,
+                          fig_scale=fig_scale)
+    return [fig.render(t) for t in range(fig.T)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _atomic(path: str | os.PathLike[str], write) -> Path:
+    from .checkpoint import _atomic_write
+
+    path = Path(path)
+    _atomic_write(path, write)
+    return path
+
+
+def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike[str], fps: float = 5,
+             loop: int | None = 0) -> Path:
+    """Write RGB uint8 frames (H, W, 3) as an animated GIF, atomically; returns the path.
+
+    All frames share one adaptive 256-colour palette (no dithering), so unchanged regions compress to
+    nothing between frames. `loop=0` repeats forever, `loop=None` plays once.
+    """
+    Image = _require_pillow()
+    if len(frames) == 0:
+        raise ValueError("no frames to write")
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    arrays = [np.asarray(f) for f in frames]
+    shape = arrays[0].shape
+    for i, a in enumerate(arrays):
+        if a.ndim != 3 or a.shape[2] not in (3, 4) or a.dtype != np.uint8:
+            raise ValueError(f"frame {i} must be uint8 (H, W, 3), got {a.dtype} {a.shape}")
+        if a.shape != shape:
+            raise ValueError(f"frame {i} has shape {a.shape}, frame 0 has {shape}: all frames must match")
+    arrays = [np.ascontiguousarray(a[..., :3]) for a in arrays]
+    # One palette for all frames, from a sample of them (every other pixel is plenty for flat plots).
+    sample = arrays[:: max(1, len(arrays) // 8)]
+    mosaic = Image.fromarray(np.concatenate([a[::2, ::2] for a in sample], axis=0))
+    palette = mosaic.quantize(colors=256, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE)
+    images = [Image.fromarray(a).quantize(palette=palette, dither=Image.Dither.NONE) for a in arrays]
+    options: dict[str, Any] = {"save_all": True, "append_images": images[1:], "duration": round(1000 / fps),
+                               "disposal": 1}
+    if loop is not None:
+        options["loop"] = int(loop)
+    return _atomic(path, lambda tmp: images[0].save(tmp, format="GIF", **options))
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: float | None = None) -> Path:
+    """Write a Figure as PNG, atomically; returns the path."""
+    return _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi or fig.dpi, facecolor="white"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model and data
+# ----------------------------------------------------------------------------------------------------------
+
+
+def thinking_gif(model: ContinuousThoughtMachine, image: torch.Tensor | np.ndarray, target: int | None = None,
+                 path: str | os.PathLike[str] | None = None, fps: float = 5,
+                 class_names: Sequence[str] | None = None, n_neurons: int = 16,
+                 fig_scale: float = 1.0) -> list[np.ndarray]:
+    """Run `model` on one image (C, H, W) in [0, 1] and draw its thought, one frame per tick.
+
+    The model runs in eval mode under inference_mode on its own device (its mode is restored after).
+    Writes a GIF to `path` when given. Returns the frames.
+    """
+    import torch
+
+    x = torch.as_tensor(image)
+    if x.dim() != 3:
+        raise ValueError(f"thinking_gif takes one image of shape (C, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"expected a floating-point image in [0, 1], got {x.dtype} (use image.float() / 255)")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model(x.unsqueeze(0).to(device=device, dtype=torch.float32), track=True)
+    finally:
+        model.train(was_training)
+    tr = out.tracking
+
+    def np1(t: torch.Tensor) -> np.ndarray:
+        return t.detach().float().cpu().numpy()
+
+    frames = thinking_frames(
+        np1(x), np1(out.predictions[0]), np1(out.certainties[0, 1]), np1(tr.pre_activations[:, 0]),
+        np1(tr.post_activations[:, 0]), np1(tr.attention[:, 0]), tr.token_grid, target=target,
+        n_neurons=n_neurons, class_names=class_names, fig_scale=fig_scale,
+    )
+    if path is not None:
+        save_gif(frames, path, fps=fps)
+    return frames
+
+
+def select_example(dataset: ImageDataset, index: int | None = None,
+                   label: int | None = None) -> tuple[int, torch.Tensor, int]:
+    """Pick one sample: by `index`, else the first with `label`, else the first. Returns
+    (index, image (C, H, W) float in [0, 1], target). A bad index or an absent label is a ValueError.
+    """
+    name = " ".join(s for s in (getattr(dataset, "name", ""), getattr(dataset, "split", "")) if s) or "dataset"
+    n = len(dataset)
+    if index is not None:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise ValueError(f"index must be an integer, got {index!r}")
+        index = int(index)
+        if not 0 <= index < n:
+            raise ValueError(f"index {index} out of range for {name} ({n} images)")
+        target = int(dataset.labels[index])
+        if label is not None and target != int(label):
+            raise ValueError(f"image {index} of {name} has label {target}, not {label}")
+    elif label is not None:
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise ValueError(f"label must be an integer, got {label!r}")
+        hits = (dataset.labels == int(label)).nonzero()
+        if len(hits) == 0:
+            classes = getattr(dataset, "num_classes", None)
+            known = f" (labels are 0..{classes - 1})" if classes else ""
+            raise ValueError(f"no image with label {label} in {name}{known}")
+        index = int(hits[0])
+        target = int(label)
+    else:
+        if n == 0:
+            raise ValueError(f"{name} has no images")
+        index, target = 0, int(dataset.labels[0])
+    image = dataset.images[index].float() / 255.0
+    return index, image, target
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training curves and per-tick evaluation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _series(metrics: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for row in metrics:
+        v = row.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(row["step"])
+            ys.append(float(v))
+    return np.asarray(xs), np.asarray(ys)
+
+
+def _style_axes(ax) -> None:
+    ax.grid(color="#e8e8e8", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.tick_params(labelsize=9)
+
+
+def curves_figure(metrics: Sequence[Mapping[str, Any]]) -> Figure:
+    """Train and test loss (left) and accuracy (right) against the step, from metrics.jsonl rows."""
+    if not metrics:
+        raise ValueError("no metrics to plot: metrics.jsonl is empty or missing (no evaluation has run yet)")
+    for i, row in enumerate(metrics):
+        if not isinstance(row, Mapping) or not isinstance(row.get("step"), (int, float)):
+            raise ValueError(f"metrics row {i} has no numeric 'step': {row!r}")
+    metrics = sorted(metrics, key=lambda r: r["step"])
+    fig = _new_figure((10.0, 4.0), 100)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    plotted = False
+    for ax, kind, scale in ((ax_loss, "loss", 1.0), (ax_acc, "accuracy", 100.0)):
+        for split, colour in (("train", TRAIN_COLOUR), ("test", TEST_COLOUR)):
+            xs, ys = _series(metrics, f"{split}_{kind}")
+            if xs.size == 0:
+                continue
+            plotted = True
+            style = {"linestyle": "none", "marker": "o", "markersize": 7} if xs.size == 1 else \
+                {"linewidth": 1.8, "marker": "o" if xs.size <= 25 else None, "markersize": 3.5}
+            ax.plot(xs, ys * scale, color=colour, label=split, **style)
+        _style_axes(ax)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("step", fontsize=10)
+        ax.set_title(kind.capitalize(), fontsize=12)
+    ax_loss.set_ylabel("certainty loss", fontsize=10)
+    ax_acc.set_ylabel("accuracy (%)", fontsize=10)
+    xs, ys = _series(metrics, "test_accuracy")
+    if xs.size:
+        best = int(np.argmax(ys))
+        ax_acc.scatter([xs[best]], [ys[best] * 100], s=160, marker="*", color=MOST_CERTAIN_COLOUR,
+                       edgecolor="#7a4a00", linewidth=0.6, zorder=4,
+                       label=f"best test {ys[best] * 100:.2f}% (step {xs[best]})")
+    if not plotted:
+        raise ValueError("no metrics to plot: no row has train/test loss or accuracy")
+    for ax in (ax_loss, ax_acc):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=9, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def save_curves(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write `curves_figure(metrics)` as a PNG, atomically; returns the path."""
+    return save_figure(curves_figure(metrics), path)
+
+
+def ticks_figure(result: Mapping[str, Any] | Any) -> Figure:
+    """Per-tick accuracy and mean certainty (top) and the histogram of most-certain ticks (bottom), from
+    an `EvalResult` or its `to_dict()`.
+    """
+    if not isinstance(result, Mapping):
+        result = result.to_dict() if hasattr(result, "to_dict") else vars(result)
+    try:
+        acc = np.asarray(result["per_tick_accuracy"], dtype=np.float64) * 100
+        cert = np.asarray(result["per_tick_certainty"], dtype=np.float64)
+        hist = np.asarray(result["most_certain_tick_histogram"], dtype=np.float64)
+    except KeyError as e:
+        raise ValueError(f"evaluation result lacks {e.args[0]!r}") from None
+    T = acc.size
+    if T == 0 or cert.size != T or hist.size != T:
+        raise ValueError(f"per-tick lists must be non-empty and of one length, got {acc.size}, {cert.size}, "
+                         f"{hist.size}")
+    ticks = np.arange(1, T + 1)
+    fig = _new_figure((9.0, 6.5), 100)
+    ax_a, ax_h = fig.subplots(2, 1, sharex=True, height_ratios=[1.3, 1.0])
+    marker = {"marker": "o", "markersize": 3.5} if T <= 40 else {}
+    la = ax_a.plot(ticks, acc, color=TRAIN_COLOUR, linewidth=2, label="accuracy at tick", **marker)
+    handles = list(la)
+    if isinstance(result.get("accuracy"), (int, float)):
+        handles.append(ax_a.axhline(result["accuracy"] * 100, color=TARGET_COLOUR, linestyle="--", linewidth=1.2,
+                                    label=f"at most certain tick: {result['accuracy'] * 100:.2f}%"))
+    ax_a.set_ylim(0, 102)  # 0-100 % against certainty 0-1: the grid lines serve both axes
+    ax_a.set_ylabel("accuracy (%)", fontsize=10, color=TRAIN_COLOUR)
+    _style_axes(ax_a)
+    ax_c = ax_a.twinx()
+    handles += ax_c.plot(ticks, cert, color=CERTAINTY_COLOUR, linewidth=2, linestyle="-.",
+                         label="mean certainty", **marker)
+    ax_c.set_ylim(0, 1.02)
+    ax_c.set_ylabel("mean certainty", fontsize=10, color=CERTAINTY_COLOUR)
+    ax_c.tick_params(labelsize=9)
+    ax_c.spines["top"].set_visible(False)
+    ax_a.legend(handles=handles, fontsize=9, loc="lower right", frameon=True, framealpha=0.85)
+    n = result.get("n")
+    ax_a.set_title("Accuracy and certainty per tick" + (f" ({n} samples)" if n else ""), fontsize=12)
+
+    total = hist.sum()
+    share = hist / total * 100 if total > 0 else hist
+    ax_h.bar(ticks, share, color=MOST_CERTAIN_COLOUR, edgecolor="#7a4a00", linewidth=0.4, width=0.8)
+    ax_h.set_ylabel("samples (%)" if total > 0 else "samples", fontsize=10)
+    ax_h.set_xlabel("tick", fontsize=10)
+    ax_h.set_title("Most certain tick", fontsize=12)
+    ax_h.set_xlim(0.4, T + 0.6)
+    ax_h.set_xticks(_tick_positions(T))
+    _style_axes(ax_h)
+    fig.tight_layout()
+    return fig
+
+
+def save_ticks_plot(result: Mapping[str, Any] | Any, path: str | os.PathLike[str]) -> Path:
+    """Write `ticks_figure(result)` as a PNG, atomically; returns the path."""
+    return save_figure(ticks_figure(result), path)

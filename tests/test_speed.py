@@ -1,0 +1,240 @@
+"""The speed benchmark runs and reports what it promises; every fast path of the model computes the seed's
+function (the default paths are also covered by test_seed_equivalence.py)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_seed_equivalence import CONFIGS, TOL, make_seed_model, ours_name
+
+import ctm
+from ctm import bench
+
+REPO = Path(__file__).resolve().parents[1]
+ROW_KEYS = {"mode", "batch", "impl", "samples_per_s", "samples_per_s_best", "ms_per_call", "ratio_to_seed",
+            "ratio_to_seed_best", "peak_mb", "compile_s"}
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+
+
+def test_speed_script_quick_json(seed):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed.py"), "--quick", "--json",
+                          "--threads", "1"], capture_output=True, text=True, timeout=300, check=True).stdout
+    result = json.loads(out)
+    assert {"config", "options", "threads", "torch", "machine", "seed_reference", "memory_method", "results",
+            "notes"} <= set(result)
+    assert result["threads"] == 1
+    assert result["config"]["iterations"] == 4 and result["config"]["d_model"] == 128
+    rows = result["results"]
+    assert {(r["mode"], r["batch"], r["impl"]) for r in rows} == {
+        (m, b, i) for m in ("train", "eval") for b in (4, 8) for i in ("seed", "ctm")}
+    for r in rows:
+        assert ROW_KEYS <= set(r), r
+        assert r["samples_per_s"] > 0 and r["ms_per_call"] > 0
+        assert r["ratio_to_seed"] > 0
+    assert all(r["ratio_to_seed"] == 1.0 for r in rows if r["impl"] == "seed")
+    table = bench.format_table(result)
+    header = table.splitlines()[0].split()
+    assert header[:4] == ["mode", "batch", "impl", "samples/s"] and "peak" in header
+    assert len(table.splitlines()) >= 1 + len(rows)
+
+
+def test_benchmark_without_seed_reference(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "default_seed_paths", lambda: [tmp_path / "missing.py"])
+    result = bench.run_benchmark(bench.BenchOptions.quick(batch_sizes=(2,), modes=("eval",), memory="none"))
+    assert result["seed_reference"] is None
+    assert any("seed reference not found" in n for n in result["notes"])
+    assert [(r["impl"], r["ratio_to_seed"]) for r in result["results"]] == [("ctm", None)]
+    assert "not found" in bench.format_table(result)
+    with pytest.raises(FileNotFoundError):
+        bench.find_seed_reference(tmp_path / "missing.py")
+
+
+def test_benchmark_amp_row_and_table_output(seed, capsys):
+    assert bench.main(["--quick", "--amp", "--batch-sizes", "2", "--modes", "train", "--memory", "none"]) == 0
+    table = capsys.readouterr().out
+    assert [line.split()[2] for line in table.splitlines()[1:4]] == ["seed", "ctm", "ctm+amp"]
+
+
+def test_peak_memory_in_a_child_process():
+    mb = bench.peak_memory_mb("ctm", "train", 4, bench.BenchOptions.quick(), None)
+    assert mb is not None and 0 < mb < 2000
+
+
+# ------------------------------------------------------------------------------------------ fast paths
+
+
+def _pair(seed, name, gen):
+    spec = CONFIGS[name]
+    cfg = spec["cfg"]
+    reference = make_seed_model(seed, cfg, spec["hw"], gen)
+    model = ctm.from_seed_state_dict(reference.state_dict(), iterations=cfg.iterations, heads=cfg.heads)
+    x = torch.rand(spec["batch"], cfg.in_channels, *spec["hw"], generator=gen)
+    y = torch.randint(0, cfg.out_dims, (spec["batch"],), generator=gen)
+    return reference, model, x, y
+
+
+def _check_forward_and_grads(seed, reference, model, x, y):
+    ref_pred, ref_cert, ref_synch = reference(x)
+    out = model(x)
+    torch.testing.assert_close(out.predictions, ref_pred, **TOL)
+    torch.testing.assert_close(out.certainties, ref_cert, **TOL)
+    torch.testing.assert_close(out.synchronisation_out, ref_synch, **TOL)
+    seed.get_loss(ref_pred, ref_cert, y)[0].backward()
+    ctm.certainty_loss(out.predictions, out.certainties, y)[0].backward()
+    ours = dict(model.named_parameters())
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(ours[ours_name(name)].grad, p.grad, **TOL, msg=lambda m, n=name: f"grad of {n}: {m}")
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_inference_path_matches_seed(seed, name, mode):
+    """The no-grad loop (inference_mode / no_grad), which saves nothing for a backward."""
+    reference, model, x, _ = _pair(seed, name, torch.Generator().manual_seed(2))
+    reference.train(mode == "train")
+    model.train(mode == "train")
+    with torch.no_grad():
+        ref_pred, ref_cert, ref_synch = reference(x)
+    with torch.inference_mode():
+        out = model(x)
+    torch.testing.assert_close(out.predictions, ref_pred, **TOL)
+    torch.testing.assert_close(out.certainties, ref_cert, **TOL)
+    torch.testing.assert_close(out.synchronisation_out, ref_synch, **TOL)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_autograd_path_matches_seed(seed, name, mode):
+    """fast_backward = False: plain autograd through the same formulation (also what torch.compile traces)."""
+    reference, model, x, y = _pair(seed, name, torch.Generator().manual_seed(3))
+    model.fast_backward = False
+    reference.train(mode == "train")
+    model.train(mode == "train")
+    _check_forward_and_grads(seed, reference, model, x, y)
+
+
+@pytest.mark.parametrize("fast_backward", [True, False])
+def test_fewer_ticks_than_memory_matches_seed(seed, fast_backward):
+    """T < M: start-trace columns stay in the window for the whole forward."""
+    cfg = ctm.CTMConfig(iterations=3, d_model=24, d_input=8, memory_length=7, heads=2, n_synch_out=5,
+                        n_synch_action=6, memory_hidden_dims=3, out_dims=4)
+    gen = torch.Generator().manual_seed(4)
+    reference = make_seed_model(seed, cfg, (12, 12), gen).train()
+    model = ctm.from_seed_state_dict(reference.state_dict(), iterations=3, heads=2).train()
+    model.fast_backward = fast_backward
+    x, y = torch.rand(3, 1, 12, 12, generator=gen), torch.randint(0, 4, (3,), generator=gen)
+    _check_forward_and_grads(seed, reference, model, x, y)
+
+
+def test_tracking_while_training_matches_seed(seed):
+    cfg = ctm.CTMConfig(iterations=5, heads=2, d_input=16)
+    gen = torch.Generator().manual_seed(5)
+    reference = make_seed_model(seed, cfg, (16, 16), gen).eval()
+    model = ctm.from_seed_state_dict(reference.state_dict(), iterations=5, heads=2).eval()
+    x = torch.rand(3, 1, 16, 16, generator=gen)
+    with torch.no_grad():
+        _, _, (ref_so, ref_sa), ref_pre, ref_post, ref_attn = reference(x, track=True)
+    for fast_backward in (True, False):
+        model.fast_backward = fast_backward
+        out = model(x, track=True)  # grad enabled: the tracked tensors come out of the training path
+        t = out.tracking
+        for ours, theirs in ((t.pre_activations, ref_pre), (t.post_activations, ref_post),
+                             (t.attention, ref_attn.squeeze(3)), (t.synchronisation_out, ref_so),
+                             (t.synchronisation_action, ref_sa)):
+            assert not ours.requires_grad
+            torch.testing.assert_close(ours, torch.from_numpy(theirs), **TOL)
+        out.predictions.sum().backward()  # tracking does not get in the way of the backward
+
+
+def test_reused_training_buffers_give_fresh_results():
+    """The workspace kept between steps (and across batch sizes) changes nothing."""
+    cfg = ctm.CTMConfig(iterations=4, d_model=32, d_input=16, memory_length=5, heads=2, n_synch_out=8,
+                        n_synch_action=6, memory_hidden_dims=4, out_dims=5)
+    model = ctm.CTM(cfg)
+    reference = copy.deepcopy(model)
+    reference.fast_backward = False
+    gen = torch.Generator().manual_seed(6)
+    for batch in (4, 4, 3, 4, 3):
+        x = torch.rand(batch, 1, 16, 16, generator=gen)
+        y = torch.randint(0, 5, (batch,), generator=gen)
+        grads = []
+        for m in (model, reference):
+            m.zero_grad()
+            out = m(x)
+            ctm.certainty_loss(out.predictions, out.certainties, y)[0].backward()
+            grads.append([p.grad.clone() for p in m.parameters()])
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert model._workspaces._free  # something is kept for the next step
+    model.release_workspaces()
+    assert not model._workspaces._free
+
+
+def test_second_backward_through_one_forward_says_what_to_do():
+    model = ctm.CTM(ctm.CTMConfig(iterations=3, d_model=16, d_input=8, n_synch_out=4, n_synch_action=4))
+    loss = model(torch.rand(2, 1, 8, 8)).predictions.sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="fast_backward = False"):
+        loss.backward()
+    model.fast_backward = False
+    loss = model(torch.rand(2, 1, 8, 8)).predictions.sum()
+    loss.backward(retain_graph=True)
+    loss.backward()
+
+
+def test_model_with_workspace_copies_and_pickles():
+    model = ctm.CTM(ctm.CTMConfig(iterations=3, d_model=16, d_input=8, n_synch_out=4, n_synch_action=4))
+    model(torch.rand(2, 1, 8, 8)).predictions.sum().backward()
+    assert model._workspaces._free
+    twin = copy.deepcopy(model)
+    assert not twin._workspaces._free
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).predictions, model(x).predictions)
+
+
+def test_bfloat16_autocast_keeps_the_tick_loop_in_float32():
+    model = ctm.CTM(ctm.CTMConfig(iterations=4, d_model=32, d_input=16, n_synch_out=6, n_synch_action=6))
+    x = torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        plain = model(x).predictions
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.predictions.dtype == torch.float32 and out.certainties.dtype == torch.float32
+    torch.testing.assert_close(out.predictions, plain, rtol=0.1, atol=0.1)  # only the backbone is bfloat16
+    out.predictions.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_seed(seed):
+    """torch.compile traces the autograd formulation (minutes of compiling on a small CPU)."""
+    cfg = ctm.CTMConfig(iterations=3, d_model=16, d_input=8, memory_length=4, heads=2, n_synch_out=4,
+                        n_synch_action=5, memory_hidden_dims=2, out_dims=3)
+    gen = torch.Generator().manual_seed(7)
+    reference = make_seed_model(seed, cfg, (8, 8), gen).train()
+    model = ctm.from_seed_state_dict(reference.state_dict(), iterations=3, heads=2).train()
+    compiled = torch.compile(model)
+    x, y = torch.rand(3, 1, 8, 8, generator=gen), torch.randint(0, 3, (3,), generator=gen)
+    ref_pred, ref_cert, _ = reference(x)
+    out = compiled(x)
+    torch.testing.assert_close(out.predictions, ref_pred, **TOL)
+    torch.testing.assert_close(out.certainties, ref_cert, **TOL)
+    seed.get_loss(ref_pred, ref_cert, y)[0].backward()
+    ctm.certainty_loss(out.predictions, out.certainties, y)[0].backward()
+    ours = dict(model.named_parameters())
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(ours[ours_name(name)].grad, p.grad, **TOL)

@@ -1,0 +1,219 @@
+"""ctm.viz: thinking frames and GIFs, training-curve and per-tick plots, example selection."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import ctm
+from ctm.data import ImageDataset
+
+pytest.importorskip("matplotlib")
+PIL_Image = pytest.importorskip("PIL.Image")
+
+from ctm import viz  # noqa: E402
+
+TINY = dict(iterations=5, d_model=32, d_input=16, memory_length=4, heads=2, n_synch_out=8, n_synch_action=8,
+            memory_hidden_dims=4)
+
+
+def tiny_model(**overrides) -> ctm.CTM:
+    torch.manual_seed(0)
+    return ctm.CTM(ctm.CTMConfig(**{**TINY, **overrides}))
+
+
+def random_sample(T=6, classes=10, D=20, heads=2, grid=(3, 7), image_shape=(1, 12, 28), seed=0):
+    rng = np.random.default_rng(seed)
+    n = grid[0] * grid[1]
+    att = rng.random((T, heads, n))
+    return dict(
+        image=rng.random(image_shape),
+        predictions=rng.normal(size=(classes, T)) * 3,
+        certainties=rng.random(T),
+        pre_activations=rng.normal(size=(T, D)),
+        post_activations=rng.normal(size=(T, D)),
+        attention=att / att.sum(-1, keepdims=True),
+        token_grid=grid,
+    )
+
+
+# ------------------------------------------------------------------------------------------ thinking frames
+
+
+def test_thinking_gif_frames_and_file(tmp_path):
+    model = tiny_model()
+    model.train()
+    path = tmp_path / "sub" / "think.gif"
+    frames = viz.thinking_gif(model, torch.rand(1, 28, 28), target=3, path=path, fps=4)
+    assert model.training  # mode restored
+    assert len(frames) == 5
+    assert all(f.shape == frames[0].shape and f.dtype == np.uint8 and f.shape[2] == 3 for f in frames)
+    assert frames[0].shape[:2] == (1000, 900)
+    assert not np.array_equal(frames[0], frames[-1])  # something moves
+    with PIL_Image.open(path) as gif:
+        assert gif.format == "GIF"
+        assert gif.n_frames == 5
+        assert gif.size == (900, 1000)
+        assert gif.info.get("loop") == 0
+        assert gif.info.get("duration") == 250
+    assert [p.name for p in path.parent.iterdir()] == ["think.gif"]  # no temp files left
+
+
+def test_non_square_grid_several_heads_rgb_and_odd_channels():
+    model = tiny_model()
+    frames = viz.thinking_gif(model, torch.rand(1, 12, 28))  # token grid 3 x 7, two heads, no target
+    assert len(frames) == 5 and len({f.shape for f in frames}) == 1
+    for shape in ((3, 16, 20), (2, 20, 16)):
+        sample = random_sample(image_shape=shape, grid=(5, 4), heads=4)
+        frames = viz.thinking_frames(**sample, target=1, n_neurons=7, fig_scale=0.5)
+        assert len(frames) == 6 and frames[0].shape == (500, 450, 3)
+
+
+def test_plotted_probabilities_are_the_softmax():
+    sample = random_sample(T=4, classes=7)
+    fig = viz._ThinkingFigure(**sample, target=2, class_names=list("abcdefg"))
+    for t in range(4):
+        fig.render(t)
+        p = fig.bar_values()
+        assert p.sum() == pytest.approx(1.0)
+        logits = sample["predictions"][:, t]
+        expected = np.exp(logits - logits.max())
+        np.testing.assert_allclose(p, expected / expected.sum())
+        assert f"tick {t + 1}/4" == fig.tick_text.get_text()
+        correct = np.argmax(logits) == 2
+        assert ("correct" if correct else "wrong") in fig.pred_text.get_text()
+        assert fig.bars[2].get_facecolor()[:3] == pytest.approx((0x2C / 255, 0xA0 / 255, 0x2C / 255))
+
+
+def test_blitted_frames_match_full_redraws():
+    sample = random_sample(T=3)
+    fast = viz._ThinkingFigure(**sample, target=0)
+    slow = viz._ThinkingFigure(**sample, target=0, blit=False)
+    for t in range(3):
+        a, b = fast.render(t).astype(int), slow.render(t).astype(int)
+        differs = np.abs(a - b).max(axis=-1) > 40
+        assert differs.mean() < 0.002  # only where a cursor and a dashed line cross in the other order
+
+
+def test_bad_inputs_are_clear():
+    sample = random_sample()
+    with pytest.raises(ValueError, match="does not match the 21 attention tokens"):
+        viz.thinking_frames(**{**sample, "token_grid": (4, 5)})
+    with pytest.raises(ValueError, match="certainties must have shape"):
+        viz.thinking_frames(**{**sample, "certainties": np.zeros(3)})
+    with pytest.raises(ValueError, match="class names"):
+        viz.thinking_frames(**sample, class_names=["a", "b"])
+    with pytest.raises(ValueError, match="target 10"):
+        viz.thinking_frames(**sample, target=10)
+    with pytest.raises(ValueError, match=r"shape \(C, H, W\)"):
+        viz.thinking_gif(tiny_model(), torch.rand(1, 1, 28, 28))
+
+
+def test_save_gif_checks_frames(tmp_path):
+    frame = np.zeros((10, 12, 3), np.uint8)
+    with pytest.raises(ValueError, match="no frames"):
+        viz.save_gif([], tmp_path / "a.gif")
+    with pytest.raises(ValueError, match="all frames must match"):
+        viz.save_gif([frame, np.zeros((10, 13, 3), np.uint8)], tmp_path / "a.gif")
+    with pytest.raises(ValueError, match="uint8"):
+        viz.save_gif([frame.astype(float)], tmp_path / "a.gif")
+    assert not (tmp_path / "a.gif").exists()
+    out = viz.save_gif([frame, frame + 200], tmp_path / "b.gif", fps=10, loop=None)
+    with PIL_Image.open(out) as gif:
+        assert gif.n_frames == 2 and "loop" not in gif.info
+
+
+def test_render_time_30_ticks(tmp_path):
+    torch.manual_seed(0)
+    model = ctm.CTM(ctm.CTMConfig())  # the default: 30 ticks, 128 neurons
+    start = time.perf_counter()
+    frames = viz.thinking_gif(model, torch.rand(1, 28, 28), target=7, path=tmp_path / "t.gif")
+    elapsed = time.perf_counter() - start
+    size = (tmp_path / "t.gif").stat().st_size
+    print(f"\n30-tick thinking GIF: {elapsed:.2f} s, {size / 1e6:.2f} MB")
+    assert len(frames) == 30
+    assert elapsed < 30
+    assert size < 3e6
+
+
+# ------------------------------------------------------------------------------------------ examples
+
+
+def make_dataset(labels) -> ImageDataset:
+    labels = torch.tensor(labels, dtype=torch.int64)
+    images = torch.arange(len(labels) * 16, dtype=torch.uint8).reshape(len(labels), 1, 4, 4)
+    return ImageDataset(images, labels, num_classes=10, name="mnist", split="test")
+
+
+def test_select_example():
+    ds = make_dataset([3, 1, 4, 1, 5])
+    index, image, target = viz.select_example(ds, index=2)
+    assert (index, target) == (2, 4)
+    assert image.shape == (1, 4, 4) and image.dtype == torch.float32
+    torch.testing.assert_close(image, ds.images[2].float() / 255)
+    assert viz.select_example(ds, label=1)[:1] == (1,)
+    assert viz.select_example(ds)[0] == 0
+    assert viz.select_example(ds, index=3, label=1)[0] == 3
+    with pytest.raises(ValueError, match=r"index 5 out of range for mnist test \(5 images\)"):
+        viz.select_example(ds, index=5)
+    with pytest.raises(ValueError, match="out of range"):
+        viz.select_example(ds, index=-1)
+    with pytest.raises(ValueError, match="no image with label 7 in mnist test"):
+        viz.select_example(ds, label=7)
+    with pytest.raises(ValueError, match="has label 4, not 1"):
+        viz.select_example(ds, index=2, label=1)
+
+
+# ------------------------------------------------------------------------------------------ curves, ticks
+
+
+def metric_rows(n):
+    return [{"step": 100 * (i + 1), "epoch": 0.1 * (i + 1), "train_loss": 2.0 / (i + 1),
+             "train_accuracy": 0.5 + 0.04 * i, "test_loss": 2.1 / (i + 1), "test_accuracy": 0.45 + 0.05 * i}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 40])
+def test_curves(tmp_path, n):
+    fig = viz.curves_figure(metric_rows(n))
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert len(lines) == 4
+    if n == 1:
+        assert all(line.get_linestyle() == "None" and line.get_marker() == "o" for line in lines)
+    path = viz.save_curves(metric_rows(n), tmp_path / "curves.png")
+    with PIL_Image.open(path) as im:
+        assert im.format == "PNG" and im.size == (1000, 400)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
+
+
+def test_curves_errors():
+    with pytest.raises(ValueError, match="no metrics"):
+        viz.curves_figure([])
+    with pytest.raises(ValueError, match="no numeric 'step'"):
+        viz.curves_figure([{"train_loss": 1.0}])
+    with pytest.raises(ValueError, match="no row has"):
+        viz.curves_figure([{"step": 1, "lr": 0.1}])
+
+
+def test_ticks_plot(tmp_path):
+    from ctm.evaluate import EvalResult
+
+    T = 30
+    result = EvalResult(loss=0.3, accuracy=0.97, accuracy_last_tick=0.96,
+                        per_tick_accuracy=list(np.linspace(0.1, 0.96, T)),
+                        per_tick_certainty=list(np.linspace(0.0, 0.9, T)),
+                        most_certain_tick_histogram=[0] * 20 + [5] * 10, n=50)
+    for r in (result, result.to_dict()):
+        path = viz.save_ticks_plot(r, tmp_path / "ticks.png")
+        with PIL_Image.open(path) as im:
+            assert im.format == "PNG"
+    fig = viz.ticks_figure(result)
+    heights = [p.get_height() for p in fig.axes[1].patches]
+    assert heights == pytest.approx([0] * 20 + [10] * 10)  # percent of the 50 samples
+    with pytest.raises(ValueError, match="per_tick_certainty"):
+        viz.ticks_figure({"per_tick_accuracy": [0.5]})
+    with pytest.raises(ValueError, match="one length"):
+        viz.ticks_figure({"per_tick_accuracy": [0.5], "per_tick_certainty": [], "most_certain_tick_histogram": [1]})

@@ -39,7 +39,7 @@ def test_two_gloo_ranks_equal_grad_accum_and_resume(tmp_path):
     _run(["--out", str(single), "--steps", "8", "--grad-accum", "2", *common], torchrun=False)
     _run(["--out", str(multi), "--steps", "5", *common], torchrun=True)
     assert {p.name for p in multi.iterdir()} == {"config.json", "model.safetensors", "trainer_state.pt",
-                                                 "metrics.jsonl"}
+                                                 "metrics.jsonl", "thinking.gif", "curves.png"}
     assert torch.load(multi / ckpt.STATE_FILE, weights_only=True)["world_size"] == 2
     proc = _run(["--resume", str(multi), "--steps", "8", "--data-dir", str(data), "--no-progress",
                  "--threads", "1"], torchrun=True)

@@ -61,7 +61,11 @@ def test_tiny_ctm_learns_synthetic_task_through_cli(synthetic, tmp_path, capsys)
     assert rc == 0
     assert "Finished 150 steps" in capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "trainer_state.pt",
-                                                "metrics.jsonl"}
+                                                "metrics.jsonl", "thinking.gif", "curves.png"}
+    from PIL import Image
+
+    with Image.open(out / "thinking.gif") as gif:
+        assert gif.n_frames == 4
     rows = ckpt.read_metrics(out)
     assert [r["step"] for r in rows] == [75, 150]
     assert set(rows[0]) >= {"step", "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr",
@@ -80,6 +84,14 @@ def test_tiny_ctm_learns_synthetic_task_through_cli(synthetic, tmp_path, capsys)
     assert result["n"] == 300 and len(result["per_tick_accuracy"]) == 4
     assert result["accuracy"] == pytest.approx(rows[-1]["test_accuracy"])
     assert sum(result["most_certain_tick_histogram"]) == 300
+
+    assert run_cli("eval", out, "--data-dir", synthetic, "--plot") == 0
+    assert (out / "ticks.png").is_file()
+    assert run_cli("viz", out, "--data-dir", synthetic, "--label", "3", "--out", tmp_path / "t.gif") == 0
+    with Image.open(tmp_path / "t.gif") as gif:
+        assert gif.n_frames == 4
+    capsys.readouterr()
+    assert "index 5000 out of range" in _cli_error(capsys, "viz", out, "--data-dir", synthetic, "--index", "5000")
 
 
 @pytest.mark.parametrize("augment", [False, True])

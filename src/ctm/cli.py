@@ -108,6 +108,25 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=_positive_int)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", action="store_true", help="write RUN_DIR/ticks.png (accuracy and certainty per tick)")
+
+
+def _add_viz_parser(sub) -> None:
+    p = sub.add_parser("viz", help="render the thinking GIF of one image", description=(
+        "The tutorial's GIF for one image: input, attention map, class probabilities, certainty, neuron traces."))
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--index", type=int, help="image index in the split (default 0)")
+    which.add_argument("--label", type=int, help="the first image with this label")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--out", metavar="FILE.gif", help="default RUN_DIR/thinking-<split>-<index>.gif")
+    p.add_argument("--fps", type=float, default=5)
+
+
+def _add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="speed of ctm against the seed reference (benchmarks/speed.py)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="flags of benchmarks/speed.py (see --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train_parser(sub)
     _add_eval_parser(sub)
+    _add_viz_parser(sub)
+    _add_bench_parser(sub)
     return parser
 
 
@@ -199,10 +220,53 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     ev = result.final_eval
+    _write_run_pictures(run_dir, args.data_dir)
     print(f"Finished {result.step} steps in {time.perf_counter() - started:.0f} s. Test accuracy "
           f"{ev.accuracy:.4f} at the most-certain tick, {ev.accuracy_last_tick:.4f} at the last tick "
           f"(loss {ev.loss:.4f}, n={ev.n}). Run: {run_dir}")
     return 0
+
+
+def _write_run_pictures(run_dir: Path, data_dir: str | None) -> None:
+    """thinking.gif (test image 0) and curves.png in the run directory; skipped without matplotlib."""
+    try:
+        from . import viz
+        from .checkpoint import load_model, read_metrics
+        from .data import load_dataset
+
+        viz._require_matplotlib()
+    except ImportError:
+        print("note: install matplotlib and pillow (pip install 'torch-ctm[viz]') for thinking.gif and "
+              "curves.png", file=sys.stderr)
+        return
+    model, payload = load_model(run_dir)
+    data = load_dataset(payload["dataset"]["name"], "test", data_dir=data_dir)
+    _, image, target = viz.select_example(data, 0)
+    viz.thinking_gif(model, image, target, path=run_dir / "thinking.gif")
+    viz.save_curves(read_metrics(run_dir), run_dir / "curves.png")
+    print(f"Wrote {run_dir / 'thinking.gif'} and {run_dir / 'curves.png'}")
+
+
+def cmd_viz(args: argparse.Namespace) -> int:
+    from . import viz
+    from .checkpoint import load_model
+    from .data import load_dataset
+
+    model, payload = load_model(args.run_dir)
+    data = load_dataset(payload["dataset"]["name"], args.split, data_dir=args.data_dir)
+    index, image, target = viz.select_example(data, args.index, args.label)
+    out = Path(args.out or Path(args.run_dir) / f"thinking-{args.split}-{index}.gif")
+    started = time.perf_counter()
+    frames = viz.thinking_gif(model, image, target, path=out, fps=args.fps)
+    print(f"Wrote {out}: {len(frames)} frames ({args.split} image {index}, label {target}) "
+          f"in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args.bench_args)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -223,6 +287,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(f"{dataset_name} has {data.shape[0]} channel(s) and {data.num_classes} classes, but the "
                        f"model expects {c.in_channels} and {c.out_dims}")
     result = evaluate(model, data.to(device), args.batch_size)
+    if args.plot:
+        from .viz import save_ticks_plot
+
+        save_ticks_plot(result, Path(args.run_dir) / "ticks.png")
     if args.json:
         print(json.dumps({"dataset": dataset_name, "split": args.split, **result.to_dict()}))
         return 0
@@ -237,7 +305,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

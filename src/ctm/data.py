@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._io import atomic_write
+
 __all__ = [
     "DATASETS",
     "DataError",
@@ -159,7 +161,11 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray | torch.Tensor) ->
     header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
     payload = np.ascontiguousarray(arr).tobytes()
 
-    def write(f) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            _write_idx_bytes(f)
+
+    def _write_idx_bytes(f) -> None:
         if path.name.endswith(".gz"):
             # mtime=0 and no file name: the same array always gives the same bytes.
             with gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz:
@@ -169,19 +175,7 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray | torch.Tensor) ->
             f.write(header)
             f.write(payload)
 
-    _atomic_write(path, write)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call `write(fileobj)` on a temp file beside `path`, then `os.replace` it onto `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write)
 
 
 def content_md5(path: str | os.PathLike[str]) -> str:

@@ -441,11 +441,9 @@ def thinking_frames(image: np.ndarray, predictions: np.ndarray, certainties: np.
 
 
 def _atomic(path: str | os.PathLike[str], write) -> Path:
-    from .checkpoint import _atomic_write
+    from ._io import atomic_write
 
-    path = Path(path)
-    _atomic_write(path, write)
-    return path
+    return atomic_write(path, write)
 
 
 def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike[str], fps: float = 5,

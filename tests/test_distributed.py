@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import torch
+from helpers import TINY_FLAGS, make_synthetic
 from safetensors.torch import load_file
-from test_train import TINY_FLAGS, make_synthetic
 
 from ctm import checkpoint as ckpt
 

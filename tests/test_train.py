@@ -9,36 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import TINY, TINY_FLAGS, make_synthetic
 from safetensors.torch import load_file
 
 import ctm
 from ctm import checkpoint as ckpt
 from ctm import train as tr
 from ctm.cli import main
-from ctm.data import write_idx
-
-TINY_FLAGS = ["--ticks", "4", "--d-model", "24", "--d-input", "16", "--memory-length", "4", "--n-synch-out", "8",
-              "--n-synch-action", "8", "--memory-hidden-dims", "4"]
-TINY = ctm.CTMConfig(iterations=4, d_model=24, d_input=16, memory_length=4, n_synch_out=8, n_synch_action=8,
-                     memory_hidden_dims=4)
-
-
-def make_synthetic(folder: Path, n_train: int = 1200, n_test: int = 300, seed: int = 0) -> Path:
-    """A 10-class task with MNIST's file names: class k is a bright 3x3 blob at spot k of a 12x12 image."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = rng.integers(0, 60, (n, 12, 12)).astype(np.uint8)
-        for i, k in enumerate(labels):
-            r, c = 1 + 4 * (k // 3) if k < 9 else 9, 1 + 4 * (k % 3) if k < 9 else 5
-            images[i, r:r + 3, c:c + 3] = 255
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +165,32 @@ def test_lr_schedule():
     (dict(lr=-1.0), "TrainConfig.lr must be a finite number >= 0"),
     (dict(schedule="linear"), "schedule must be 'constant' or 'cosine'"),
     (dict(batch_size=30, grad_accum=4), r"batch_size \(30\) must be divisible by grad_accum \(4\)"),
+    (dict(tick_loss_weight=-0.5), "TrainConfig.tick_loss_weight must be a finite number >= 0"),
 ])
 def test_train_config_validation(changes, message):
     with pytest.raises(ValueError, match=message):
         tr.TrainConfig(**changes)
+
+
+def test_tick_loss_weight_adds_the_mean_cross_entropy_over_ticks(synthetic):
+    data = ctm.data.load_dataset("mnist", "train", data_dir=synthetic)
+    idx = torch.arange(32)
+    x, y = data.batch(idx)
+    losses, grads = {}, {}
+    for w in (0.0, 0.7):
+        torch.manual_seed(0)
+        model = ctm.CTM(TINY)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        losses[w], _ = tr._train_step(model, opt, data, idx, 0, tr.TrainConfig(tick_loss_weight=w))
+        grads[w] = model.output_projector.weight.grad.clone()
+    torch.manual_seed(0)
+    model = ctm.CTM(TINY)
+    out = model(x)
+    mean_ce = ctm.per_tick_cross_entropy(out.predictions, y).mean()
+    assert losses[0.7] - losses[0.0] == pytest.approx(0.7 * mean_ce.item(), rel=1e-5)
+    mean_ce.backward()
+    torch.testing.assert_close(grads[0.7] - grads[0.0], 0.7 * model.output_projector.weight.grad,
+                               rtol=1e-4, atol=1e-6)
 
 
 def _cli_error(capsys, *args) -> str:

@@ -27,7 +27,7 @@ TRAIN_FLAGS = {
     "dataset": "dataset", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
     "weight_decay": "weight_decay", "warmup_steps": "warmup_steps", "schedule": "schedule",
     "grad_clip": "grad_clip", "eval_every": "eval_every", "augment": "augment", "seed": "seed",
-    "grad_accum": "grad_accum",
+    "grad_accum": "grad_accum", "tick_loss_weight": "tick_loss_weight",
 }
 # Training flags that may change when resuming without changing what the run computes up to now.
 RESUMABLE_CHANGES = {"steps", "eval_every"}
@@ -71,6 +71,8 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--warmup-steps", type=int)
     g.add_argument("--schedule", choices=["constant", "cosine"])
     g.add_argument("--grad-clip", type=float, help="max gradient norm; 0 disables")
+    g.add_argument("--tick-loss-weight", type=float,
+                   help="add this weight x the cross-entropy averaged over all ticks to the certainty loss")
     g.add_argument("--grad-accum", type=_positive_int, help="micro-batches per step (batch size must divide)")
     g.add_argument("--eval-every", type=_positive_int, help="evaluate on the full test set every N steps")
     g.add_argument("--seed", type=int)
@@ -109,6 +111,14 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--threads", type=_positive_int)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", action="store_true", help="write RUN_DIR/ticks.png (accuracy and certainty per tick)")
+    halt = p.add_mutually_exclusive_group()
+    halt.add_argument("--halt-certainty", type=float, metavar="TAU",
+                      help="adaptive computation: each sample stops at its first tick with certainty >= TAU; "
+                           "reports accuracy, mean ticks and wall time against the full-T evaluation")
+    halt.add_argument("--halt-sweep", type=float, nargs="*", metavar="TAU",
+                      help="evaluate several thresholds (default: a built-in list), print a table and write "
+                           "RUN_DIR/halting.png")
+    p.add_argument("--max-ticks", type=_positive_int, help="with --halt-*: stop every sample by this tick")
 
 
 def _add_viz_parser(sub) -> None:
@@ -286,7 +296,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if data.shape[0] != c.in_channels or data.num_classes != c.out_dims:
         raise CLIError(f"{dataset_name} has {data.shape[0]} channel(s) and {data.num_classes} classes, but the "
                        f"model expects {c.in_channels} and {c.out_dims}")
-    result = evaluate(model, data.to(device), args.batch_size)
+    data = data.to(device)
+    if args.max_ticks is not None and args.halt_certainty is None and args.halt_sweep is None:
+        raise CLIError("--max-ticks only applies with --halt-certainty or --halt-sweep")
+    if args.max_ticks is not None and args.max_ticks > c.iterations:
+        raise CLIError(f"--max-ticks {args.max_ticks} exceeds the model's {c.iterations} ticks")
+    if args.halt_certainty is not None or args.halt_sweep is not None:
+        return _eval_halting(args, model, data, dataset_name)
+    result = evaluate(model, data, args.batch_size)
     if args.plot:
         from .viz import save_ticks_plot
 
@@ -302,6 +319,61 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for t, (a, cert, h) in enumerate(zip(result.per_tick_accuracy, result.per_tick_certainty,
                                          result.most_certain_tick_histogram, strict=True)):
         print(f"  {t + 1:4d}  {a:8.4f}  {cert:9.4f}  {h:12d}")
+    return 0
+
+
+# Thresholds of `ctm eval --halt-sweep` without values.
+DEFAULT_HALT_SWEEP = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
+
+
+def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .evaluate import evaluate_halting, timed_evaluate
+
+    taus = [args.halt_certainty] if args.halt_certainty is not None else list(args.halt_sweep or DEFAULT_HALT_SWEEP)
+    for tau in taus:
+        if not math.isfinite(tau) or tau < 0:
+            raise CLIError(f"halting thresholds are certainties in [0, 1] (above 1 never halts), got {tau}")
+    # Warm up both paths on one batch so neither timing pays first-call costs.
+    model.eval()
+    with torch.inference_mode():
+        x, _ = data.batch(torch.arange(min(args.batch_size, len(data))))
+        model(x)
+        model.think(x, taus[0], args.max_ticks)
+    full, wall_full = timed_evaluate(model, data, args.batch_size)
+    results = []
+    bar = tqdm(taus, desc="halting thresholds", disable=args.json or len(taus) == 1, leave=False)
+    for tau in bar:
+        results.append(evaluate_halting(model, data, tau, args.batch_size, max_ticks=args.max_ticks))
+    T = model.config.iterations
+    if args.halt_sweep is not None:
+        from .viz import save_halting_plot
+
+        plot_path = Path(args.run_dir) / "halting.png"
+        save_halting_plot(results, full, wall_full, plot_path)
+    if args.json:
+        if args.halt_certainty is not None:
+            r = results[0]
+            payload = {"dataset": dataset_name, "split": args.split, **full.to_dict(),
+                       "accuracy_full": full.accuracy, **r.to_dict(), "wall_s_full": wall_full}
+        else:
+            payload = {"dataset": dataset_name, "split": args.split, "full": {**full.to_dict(), "wall_s": wall_full},
+                       "sweep": [r.to_dict() for r in results]}
+        print(json.dumps(payload))
+        return 0
+    print(f"{dataset_name} {args.split}: n={full.n}, full run: {T} ticks, accuracy (most certain) "
+          f"{full.accuracy:.4f}, {wall_full:.2f} s")
+    print("  threshold  accuracy  vs full (pp)  mean ticks  wall s  wall / full")
+    for r in results:
+        print(f"  {r.halt_certainty:9.4g}  {r.accuracy:8.4f}  {100 * (r.accuracy - full.accuracy):+12.2f}  "
+              f"{r.mean_ticks:10.2f}  {r.wall_s:6.2f}  {r.wall_s / wall_full:11.2f}")
+    if args.halt_certainty is not None:
+        hist = results[0].ticks_histogram
+        print("  ticks used: " + ", ".join(f"{t + 1}: {h}" for t, h in enumerate(hist) if h))
+    else:
+        print(f"Wrote {plot_path}")
     return 0
 
 

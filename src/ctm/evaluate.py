@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -73,3 +74,75 @@ def evaluate(model: ContinuousThoughtMachine, dataset: ImageDataset, batch_size:
         most_certain_tick_histogram=[int(v) for v in sums[2 + 2 * T:].tolist()],
         n=n,
     )
+
+
+@dataclass
+class HaltingResult:
+    """Adaptive-computation evaluation (`model.think`) at one certainty threshold, over n samples."""
+
+    halt_certainty: float
+    accuracy: float  # of each sample's answer at the tick it halted
+    mean_ticks: float
+    ticks_histogram: list[int]  # ticks_histogram[t]: samples that stopped after t + 1 ticks
+    mean_certainty: float  # at the halting tick
+    wall_s: float  # wall time of the whole pass (data, backbone, ticks)
+    n: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def evaluate_halting(model: ContinuousThoughtMachine, dataset: ImageDataset, halt_certainty: float,
+                     batch_size: int = 500, device: torch.device | str | None = None,
+                     max_ticks: int | None = None) -> HaltingResult:
+    """Run `model.think(x, halt_certainty, max_ticks)` in eval mode over every sample of `dataset`."""
+    if len(dataset) == 0:
+        raise ValueError(f"cannot evaluate on an empty dataset ({dataset!r})")
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    was_training = model.training
+    model.eval()
+    T = model.config.iterations if max_ticks is None else max_ticks
+    correct = certainty = 0.0
+    histogram = torch.zeros(T, dtype=torch.long)
+    try:
+        _sync(device)
+        start = time.perf_counter()
+        for idx in torch.arange(len(dataset)).split(batch_size):
+            x, y = dataset.batch(idx)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            out = model.think(x, halt_certainty, max_ticks)
+            correct += (out.prediction == y).sum().item()
+            certainty += out.certainty.double().sum().item()
+            histogram += torch.bincount(out.ticks - 1, minlength=T).cpu()
+        _sync(device)
+        wall = time.perf_counter() - start
+    finally:
+        model.train(was_training)
+    n = len(dataset)
+    ticks = torch.arange(1, T + 1, dtype=torch.float64)
+    return HaltingResult(
+        halt_certainty=float(halt_certainty),
+        accuracy=correct / n,
+        mean_ticks=(histogram.double() * ticks).sum().item() / n,
+        ticks_histogram=histogram.tolist(),
+        mean_certainty=certainty / n,
+        wall_s=wall,
+        n=n,
+    )
+
+
+def timed_evaluate(model: ContinuousThoughtMachine, dataset: ImageDataset, batch_size: int = 500,
+                   device: torch.device | str | None = None) -> tuple[EvalResult, float]:
+    """`evaluate` and its wall time in seconds, timed like `evaluate_halting`."""
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    _sync(device)
+    start = time.perf_counter()
+    result = evaluate(model, dataset, batch_size, device)
+    _sync(device)
+    return result, time.perf_counter() - start

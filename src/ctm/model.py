@@ -61,6 +61,15 @@ class CTMOutput(_CTMOutputBase):
         return self
 
 
+class ThinkOutput(NamedTuple):
+    """What `ContinuousThoughtMachine.think` returns, one entry per sample."""
+
+    prediction: Tensor  # (B,) predicted class at the halting tick
+    ticks: Tensor  # (B,) ticks used, 1 .. max_ticks: the answer is forward's output at tick index ticks - 1
+    certainty: Tensor  # (B,) certainty (1 - normalised entropy) at the halting tick
+    logits: Tensor  # (B, C) logits at the halting tick
+
+
 def normalised_entropy(logits: Tensor) -> Tensor:
     """Entropy of softmax(logits) over the last dim, divided by log(C): 0 is one-hot, 1 is uniform."""
     log_p = torch.log_softmax(logits, dim=-1)
@@ -711,6 +720,93 @@ class ContinuousThoughtMachine(nn.Module):
                 token_grid=grid,
             )
         return CTMOutput(logits, certainties, synch[:, -1].t().contiguous(), tracking)
+
+    @torch.no_grad()
+    def think(self, x: Tensor, halt_certainty: float, max_ticks: int | None = None) -> ThinkOutput:
+        """Adaptive computation: each sample thinks until its certainty reaches `halt_certainty`.
+
+        A sample stops at its first tick t with certainty >= halt_certainty (or at `max_ticks`, default T)
+        and answers with its prediction there. Halted samples leave the batch (the still-thinking rows
+        are gathered into smaller tensors), so later ticks cost less. The result for each sample is the
+        full forward's output at its halting tick: samples never see each other (except through
+        BatchNorm batch statistics in training mode, as in forward; call `model.eval()` first).
+        `halt_certainty` > 1 runs every tick; 0 stops every sample after the first.
+        """
+        self.check_input(x)
+        c = self.config
+        if isinstance(halt_certainty, bool) or not isinstance(halt_certainty, (int, float)) \
+                or math.isnan(halt_certainty):
+            raise ValueError(f"halt_certainty must be a number (a certainty in [0, 1]), got {halt_certainty!r}")
+        T = c.iterations if max_ticks is None else max_ticks
+        if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= c.iterations:
+            raise ValueError(f"max_ticks must be an integer in [1, {c.iterations}] (CTMConfig.iterations), "
+                             f"got {max_ticks!r}")
+        tokens, _ = self.compute_features(x)
+        B, D, M, na, n, heads = x.shape[0], c.d_model, c.memory_length, c.n_synch_action, c.n_synch_out, c.heads
+        dtype = self.start_trace.dtype
+        autocast_off = (torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda")
+                        else contextlib.nullcontext())
+        with autocast_off:
+            p, _ = self._tick_params(tokens.to(dtype), _straight_through_clamp(self.decay_params_action))
+            dh = p.kT.shape[1]
+            eps = self.synapses[2].eps
+            # Output synchronisation as a running sum: alpha_t = r * alpha_{t-1} + z_i z_j, alpha_{-1} from the
+            # start state, S_t = alpha_t / sqrt(beta_t) with beta_t = sum_{k <= t+1} r^k (as in _readout).
+            upper = self._synch_out_upper
+            dec_out = _straight_through_clamp(self.decay_params_out)
+            r_out = torch.exp(-dec_out).unsqueeze(1)  # (P, 1)
+            ticks = torch.arange(T + 1, dtype=dtype, device=x.device)
+            inv_sqrt_beta = torch.exp(-ticks.unsqueeze(1) * dec_out).cumsum(0)[1:].rsqrt()  # (T, P)
+            z0 = self.start_activated_state[:n]
+            alpha_out = (z0.unsqueeze(1) * z0.unsqueeze(0)).reshape(-1).index_select(0, upper)
+            alpha_out = alpha_out.unsqueeze(1).expand(-1, B).contiguous()  # (P, b)
+            W_out, b_out = self.output_projector.weight, self.output_projector.bias.unsqueeze(1)
+
+            # State of the active samples, batch last as in the tick loop.
+            kT, v = p.kT, p.v  # (b*h, dh, N), (b*h, N, dh)
+            seq = p.kT.new_empty(D, M + T, B)  # start trace, then a_1 .. a_T
+            seq[:, :M] = p.trace0.unsqueeze(-1)
+            z = p.z0.unsqueeze(-1).expand(D, B)  # (D, b)
+            alpha = p.kT.new_zeros(B, na * na)
+            rows = torch.arange(B, device=x.device)  # original index of each active sample
+
+            prediction = torch.empty(B, dtype=torch.long, device=x.device)
+            used = torch.empty(B, dtype=torch.long, device=x.device)
+            certainty = p.kT.new_empty(B)
+            logits_at = p.kT.new_empty(B, c.out_dims)
+            for t in range(T):
+                b = rows.shape[0]
+                zA = z[D - na:].t()
+                alpha = torch.addcmul((zA.unsqueeze(2) * zA.unsqueeze(1)).view(b, na * na), p.r, alpha)
+                q = torch.addmm(p.cq, alpha, p.A[t].t())
+                w = torch.bmm(q.view(-1, 1, dh), kT).softmax(-1)
+                o = torch.bmm(w, v).view(b, -1)
+                lin = torch.addmm(torch.addmm(p.bs, z.t(), p.Wz.t()), o, p.Wo.t())
+                pre = F.layer_norm(F.glu(lin, -1), (D,), p.gamma, p.beta, eps)  # (b, D)
+                seq[:, M + t] = pre.t()
+                h1 = torch.baddbmm(p.b1, p.W1, seq[:, t + 1:t + 1 + M])  # (D, 2H, b)
+                z = F.glu(torch.baddbmm(p.b2, p.W2, F.glu(h1, 1)), 1).view(D, b)
+                zo = z[:n]
+                products = (zo.unsqueeze(1) * zo.unsqueeze(0)).view(n * n, b).index_select(0, upper)
+                alpha_out = torch.addcmul(products, r_out, alpha_out)
+                logits = torch.addmm(b_out, W_out, alpha_out * inv_sqrt_beta[t].unsqueeze(1)).t()  # (b, C)
+                cert = 1 - normalised_entropy(logits)
+                halt = cert >= halt_certainty if t < T - 1 else torch.ones_like(cert, dtype=torch.bool)
+                n_halt = int(halt.sum())
+                if n_halt:
+                    done = rows[halt]
+                    prediction[done] = logits[halt].argmax(-1)
+                    used[done] = t + 1
+                    certainty[done] = cert[halt]
+                    logits_at[done] = logits[halt]
+                    if n_halt == b:
+                        break
+                    keep = (~halt).nonzero().squeeze(1)  # gather the still-thinking samples
+                    rows, z, alpha, alpha_out = rows[keep], z[:, keep], alpha[keep], alpha_out[:, keep]
+                    seq = seq.index_select(2, keep)
+                    keep_h = (keep.unsqueeze(1) * heads + torch.arange(heads, device=x.device)).view(-1)
+                    kT, v = kT.index_select(0, keep_h), v.index_select(0, keep_h)
+        return ThinkOutput(prediction, used, certainty, logits_at)
 
     def _readout(self, Zs: Tensor, dec_out: Tensor) -> tuple[Tensor, Tensor]:
         """Output synchronisation and logits of every tick, after the loop.

@@ -25,7 +25,7 @@ from . import distributed as dist
 from .config import CTMConfig
 from .data import EpochSampler, ImageDataset, _mix_seed, load_dataset, random_affine
 from .evaluate import EvalResult, evaluate
-from .losses import accuracy, certainty_loss
+from .losses import accuracy, certainty_loss, per_tick_cross_entropy
 from .model import ContinuousThoughtMachine
 
 
@@ -43,6 +43,9 @@ class TrainConfig:
     schedule: str = "constant"  # "constant" or "cosine" (to min_lr_ratio * lr after warm-up)
     min_lr_ratio: float = 0.0
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
+    # Extra loss term: this weight times the cross-entropy averaged over all ticks (0 = the seed's
+    # certainty loss alone). It asks every tick to be right, so certainty comes early (see ctm.halting).
+    tick_loss_weight: float = 0.0
     eval_every: int = 100
     eval_batch_size: int = 500
     augment: bool = False
@@ -59,7 +62,7 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"TrainConfig.{name} must be a non-negative integer, got {v!r}")
-        for name in ("lr", "weight_decay", "adam_eps", "grad_clip", "min_lr_ratio"):
+        for name in ("lr", "weight_decay", "adam_eps", "grad_clip", "min_lr_ratio", "tick_loss_weight"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
@@ -360,6 +363,8 @@ def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Im
         with sync:
             out = net(x)
             loss, tick = certainty_loss(out.predictions, out.certainties, y)
+            if cfg.tick_loss_weight > 0:
+                loss = loss + cfg.tick_loss_weight * per_tick_cross_entropy(out.predictions, y).mean()
             (loss / cfg.grad_accum).backward()
         loss_total += loss.item() / cfg.grad_accum
         acc_total += accuracy(out.predictions.detach(), y, tick) / cfg.grad_accum

@@ -32,9 +32,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "curves_figure",
+    "halting_figure",
     "save_curves",
     "save_figure",
     "save_gif",
+    "save_halting_plot",
     "save_ticks_plot",
     "select_example",
     "thinking_frames",
@@ -685,3 +687,75 @@ def ticks_figure(result: Mapping[str, Any] | Any) -> Figure:
 def save_ticks_plot(result: Mapping[str, Any] | Any, path: str | os.PathLike[str]) -> Path:
     """Write `ticks_figure(result)` as a PNG, atomically; returns the path."""
     return save_figure(ticks_figure(result), path)
+
+
+def _as_dict(result: Mapping[str, Any] | Any) -> Mapping[str, Any]:
+    if isinstance(result, Mapping):
+        return result
+    return result.to_dict() if hasattr(result, "to_dict") else vars(result)
+
+
+def halting_figure(sweep: Sequence[Mapping[str, Any] | Any], full: Mapping[str, Any] | Any,
+                   wall_s_full: float | None = None) -> Figure:
+    """Adaptive computation: accuracy against mean ticks used, one point per halting threshold, with the
+    full-T run (most-certain accuracy at T ticks) marked (left); wall time as a share of the full run's
+    (right, when wall times are known). `sweep` holds `HaltingResult`s (or dicts), `full` an `EvalResult`.
+    """
+    rows = sorted((_as_dict(r) for r in sweep), key=lambda r: r["mean_ticks"])
+    full = _as_dict(full)
+    if not rows:
+        raise ValueError("no halting results to plot: the sweep is empty")
+    try:
+        ticks = np.asarray([r["mean_ticks"] for r in rows], dtype=np.float64)
+        acc = np.asarray([r["accuracy"] for r in rows], dtype=np.float64) * 100
+        taus = [float(r["halt_certainty"]) for r in rows]
+        T = len(full["per_tick_accuracy"])
+        acc_full = float(full["accuracy"]) * 100
+    except KeyError as e:
+        raise ValueError(f"halting or evaluation result lacks {e.args[0]!r}") from None
+    walls = [r.get("wall_s") for r in rows]
+    show_wall = wall_s_full is not None and wall_s_full > 0 and all(isinstance(w, (int, float)) for w in walls)
+    fig = _new_figure((11.0, 4.6) if show_wall else (6.5, 4.6), 100)
+    axes = fig.subplots(1, 2 if show_wall else 1)
+    ax = axes[0] if show_wall else axes
+    ax.axhspan(acc_full - 0.1, acc_full + 0.1, color=TARGET_COLOUR, alpha=0.12, linewidth=0,
+               label="full run \u00b1 0.1 pp")
+    ax.plot(ticks, acc, color=TRAIN_COLOUR, linewidth=1.8, marker="o", markersize=5,
+            label="halting at certainty \u03c4")
+    for x, y, tau in zip(ticks, acc, taus, strict=True):
+        ax.annotate(f"{tau:g}", (x, y), textcoords="offset points", xytext=(4, -11), fontsize=7.5, color="#555555")
+    ax.scatter([T], [acc_full], s=170, marker="*", color=MOST_CERTAIN_COLOUR, edgecolor="#7a4a00", zorder=4,
+               label=f"full run: {T} ticks, {acc_full:.2f}%")
+    ax.axvline(T / 4, color="#999999", linestyle=":", linewidth=1, label="T / 4")
+    lo = min(acc.min(), acc_full - 0.3)
+    ax.set_ylim(max(0.0, lo - 0.2 * (100 - lo)), min(100.5, max(acc.max(), acc_full) + 0.3))
+    ax.set_xlim(0, T + 1)
+    ax.set_xlabel("mean ticks used", fontsize=10)
+    ax.set_ylabel("test accuracy (%)", fontsize=10)
+    n = full.get("n")
+    ax.set_title("Accuracy against thinking time" + (f" ({n} samples)" if n else ""), fontsize=12)
+    _style_axes(ax)
+    ax.legend(fontsize=8.5, loc="lower right", frameon=True, framealpha=0.85)
+    if show_wall:
+        ax_w = axes[1]
+        share = np.asarray(walls, dtype=np.float64) / wall_s_full * 100
+        ax_w.plot(ticks, share, color=CERTAINTY_COLOUR, linewidth=1.8, marker="o", markersize=5,
+                  label="halting run")
+        ax_w.plot([0, T], [0, 100], color="#999999", linestyle="--", linewidth=1, label="proportional to ticks")
+        ax_w.scatter([T], [100], s=170, marker="*", color=MOST_CERTAIN_COLOUR, edgecolor="#7a4a00", zorder=4,
+                     label=f"full run: {wall_s_full:.2f} s")
+        ax_w.set_xlim(0, T + 1)
+        ax_w.set_ylim(0, max(105.0, share.max() + 5))
+        ax_w.set_xlabel("mean ticks used", fontsize=10)
+        ax_w.set_ylabel("wall time (% of the full run)", fontsize=10)
+        ax_w.set_title("Evaluation wall time", fontsize=12)
+        _style_axes(ax_w)
+        ax_w.legend(fontsize=8.5, loc="lower right", frameon=True, framealpha=0.85)
+    fig.tight_layout()
+    return fig
+
+
+def save_halting_plot(sweep: Sequence[Mapping[str, Any] | Any], full: Mapping[str, Any] | Any,
+                      wall_s_full: float | None, path: str | os.PathLike[str]) -> Path:
+    """Write `halting_figure(...)` as a PNG, atomically; returns the path."""
+    return save_figure(halting_figure(sweep, full, wall_s_full), path)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -222,3 +225,14 @@ def test_cli_halting_errors(tiny_run, capsys, args, message):
     assert main(["eval", str(run), "--data-dir", str(data), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_halting_benchmark_runs(tiny_run):
+    run, data = tiny_run
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "halting.py"
+    proc = subprocess.run([sys.executable, str(script), str(run), "--data-dir", str(data), "--taus", "0", "2",
+                           "--repeats", "1", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert [r["mean_ticks"] for r in result["sweep"]] == [1.0, 4.0]
+    assert result["wall_s_full"] > 0 and (run / "halting.png").exists()

@@ -508,6 +508,13 @@ def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
     return conv._conv_forward(x, w, shift)
 
 
+def _max_pool_2x2(x: Tensor) -> Tensor:
+    """max_pool2d(x, 2, 2) (odd last rows/columns dropped) as elementwise maxima: forward only."""
+    x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+    rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
 class ContinuousThoughtMachine(nn.Module):
     """A CTM image classifier: conv backbone -> tokens, then T ticks of attention, synapses,
     neuron-level models and synchronisation. `forward(x)` returns a `CTMOutput`.
@@ -617,9 +624,11 @@ class ContinuousThoughtMachine(nn.Module):
         bb = self.backbone
         h = x.to(memory_format=torch.channels_last)
         # conv -> BN -> ReLU -> max-pool, pooled before the ReLU: the two commute, and the ReLU then
-        # touches a quarter of the values.
-        h = F.relu(bb[3](_conv_bn(bb[0], bb[1], h)))
-        features = F.relu(bb[7](_conv_bn(bb[4], bb[5], h)))  # (B, d_input, H', W')
+        # touches a quarter of the values. Without autograd the pooling is two elementwise maxima of
+        # strided views, which is faster than max_pool2d (that also computes indices) on CPU.
+        pool = _max_pool_2x2 if not torch.is_grad_enabled() else bb[3]
+        h = F.relu(pool(_conv_bn(bb[0], bb[1], h)))
+        features = F.relu(pool(_conv_bn(bb[4], bb[5], h)))  # (B, d_input, H', W')
         grid = (features.shape[-2], features.shape[-1])
         return self.kv_proj(features.flatten(2).transpose(1, 2)), grid
 
@@ -764,8 +773,9 @@ class ContinuousThoughtMachine(nn.Module):
 
             # State of the active samples, batch last as in the tick loop.
             kT, v = p.kT, p.v  # (b*h, dh, N), (b*h, N, dh)
-            seq = p.kT.new_empty(D, M + T, B)  # start trace, then a_1 .. a_T
+            seq = p.kT.new_empty(D, M + T, B)  # start trace, then a_1 .. a_T; column j holds step off + j
             seq[:, :M] = p.trace0.unsqueeze(-1)
+            off = 0
             z = p.z0.unsqueeze(-1).expand(D, B)  # (D, b)
             alpha = p.kT.new_zeros(B, na * na)
             rows = torch.arange(B, device=x.device)  # original index of each active sample
@@ -783,8 +793,8 @@ class ContinuousThoughtMachine(nn.Module):
                 o = torch.bmm(w, v).view(b, -1)
                 lin = torch.addmm(torch.addmm(p.bs, z.t(), p.Wz.t()), o, p.Wo.t())
                 pre = F.layer_norm(F.glu(lin, -1), (D,), p.gamma, p.beta, eps)  # (b, D)
-                seq[:, M + t] = pre.t()
-                h1 = torch.baddbmm(p.b1, p.W1, seq[:, t + 1:t + 1 + M])  # (D, 2H, b)
+                seq[:, M + t - off] = pre.t()
+                h1 = torch.baddbmm(p.b1, p.W1, seq[:, t + 1 - off:t + 1 - off + M])  # (D, 2H, b)
                 z = F.glu(torch.baddbmm(p.b2, p.W2, F.glu(h1, 1)), 1).view(D, b)
                 zo = z[:n]
                 products = (zo.unsqueeze(1) * zo.unsqueeze(0)).view(n * n, b).index_select(0, upper)
@@ -803,7 +813,7 @@ class ContinuousThoughtMachine(nn.Module):
                         break
                     keep = (~halt).nonzero().squeeze(1)  # gather the still-thinking samples
                     rows, z, alpha, alpha_out = rows[keep], z[:, keep], alpha[keep], alpha_out[:, keep]
-                    seq = seq.index_select(2, keep)
+                    seq, off = seq[:, t + 1 - off:].index_select(2, keep), t + 1  # only what later ticks read
                     keep_h = (keep.unsqueeze(1) * heads + torch.arange(heads, device=x.device)).view(-1)
                     kT, v = kT.index_select(0, keep_h), v.index_select(0, keep_h)
         return ThinkOutput(prediction, used, certainty, logits_at)

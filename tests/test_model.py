@@ -56,6 +56,25 @@ def test_batch_of_n_equals_n_batches_of_one():
     torch.testing.assert_close(whole, single, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("hw", [(28, 28), (13, 10)])
+def test_inference_backbone_in_chunks_equals_the_autograd_path(hw):
+    # In inference the backbone runs in chunks of 64 images with its own pooling; with autograd on, in
+    # one piece with max_pool2d. BatchNorm statistics are set so that it does something.
+    model = ctm.CTM(SMALL).eval()
+    with torch.no_grad():
+        for bn in (model.backbone[1], model.backbone[5]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(150, 1, *hw)
+    with torch.no_grad():
+        fast, grid = model.compute_features(x)
+        out = model(x).predictions
+    slow, grid_slow = model.compute_features(x)
+    assert grid == grid_slow == (hw[0] // 4, hw[1] // 4)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, model(x).predictions.detach(), rtol=1e-5, atol=1e-5)
+
+
 def test_every_parameter_gets_a_gradient():
     model = ctm.CTM(SMALL)
     with torch.no_grad():  # away from the clamp bounds, where a gradient could legitimately be zero

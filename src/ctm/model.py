@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .config import CTMConfig
 
 MAX_DECAY = 15.0  # decay rates are clamped to [0, MAX_DECAY]
+_INFERENCE_CHUNK = 64  # images per backbone call in inference (see compute_features)
 
 
 class Tracking(NamedTuple):
@@ -623,14 +624,23 @@ class ContinuousThoughtMachine(nn.Module):
         """(B, C, H, W) images -> (B, N, d_input) key/value tokens and the token grid (H', W')."""
         bb = self.backbone
         h = x.to(memory_format=torch.channels_last)
-        # conv -> BN -> ReLU -> max-pool, pooled before the ReLU: the two commute, and the ReLU then
-        # touches a quarter of the values. Without autograd the pooling is two elementwise maxima of
-        # strided views, which is faster than max_pool2d (that also computes indices) on CPU.
-        pool = _max_pool_2x2 if not torch.is_grad_enabled() else bb[3]
-        h = F.relu(pool(_conv_bn(bb[0], bb[1], h)))
-        features = F.relu(pool(_conv_bn(bb[4], bb[5], h)))  # (B, d_input, H', W')
+        if torch.is_grad_enabled() or bb[1].training or bb[5].training:
+            features = self._backbone(h, bb[3])
+        else:
+            # Inference: every image is independent, so run the backbone in chunks whose activations stay
+            # in cache (about 2x faster on CPU at batch 500), pooling with elementwise maxima of strided
+            # views (max_pool2d also computes indices).
+            features = torch.cat([self._backbone(c, _max_pool_2x2) for c in h.split(_INFERENCE_CHUNK)])
         grid = (features.shape[-2], features.shape[-1])
         return self.kv_proj(features.flatten(2).transpose(1, 2)), grid
+
+    def _backbone(self, h: Tensor, pool) -> Tensor:
+        """(B, C, H, W) channels-last images -> (B, d_input, H', W') features."""
+        bb = self.backbone
+        # conv -> BN -> ReLU -> max-pool, pooled before the ReLU: the two commute, and the ReLU then
+        # touches a quarter of the values.
+        h = F.relu(pool(_conv_bn(bb[0], bb[1], h)))
+        return F.relu(pool(_conv_bn(bb[4], bb[5], h)))
 
     def certainty(self, logits: Tensor) -> Tensor:
         """(B, C) logits -> (B, 2): [normalised entropy, 1 - normalised entropy]."""

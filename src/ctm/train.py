@@ -93,8 +93,9 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": dict(steps=2000, batch_size=64, lr=1e-4, adam_eps=1e-8, weight_decay=0.01, warmup_steps=0,
                  schedule="constant", grad_clip=0.0, eval_every=100, augment=False),
-    "default": dict(steps=4000, batch_size=64, lr=2e-3, adam_eps=1e-8, weight_decay=0.01, warmup_steps=200,
-                    schedule="cosine", min_lr_ratio=0.0, grad_clip=1.0, eval_every=1000, augment=False),
+    "default": dict(steps=5000, batch_size=128, lr=4e-3, adam_eps=1e-8, weight_decay=0.01, warmup_steps=300,
+                    schedule="cosine", min_lr_ratio=0.0, grad_clip=1.0, eval_every=1000, augment=False,
+                    tick_loss_weight=1.0),
 }
 
 

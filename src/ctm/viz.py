@@ -722,15 +722,16 @@ def halting_figure(sweep: Sequence[Mapping[str, Any] | Any], full: Mapping[str, 
                label="full run \u00b1 0.1 pp")
     ax.plot(ticks, acc, color=TRAIN_COLOUR, linewidth=1.8, marker="o", markersize=5,
             label="halting at certainty \u03c4")
-    for x, y, tau in zip(ticks, acc, taus, strict=True):
-        ax.annotate(f"{tau:g}", (x, y), textcoords="offset points", xytext=(4, -11), fontsize=7.5, color="#555555")
+    for i, (x, y, tau) in enumerate(zip(ticks, acc, taus, strict=True)):  # labels alternate below/above
+        ax.annotate(f"\u03c4={tau:g}", (x, y), textcoords="offset points", xytext=(0, -13 if i % 2 == 0 else 8),
+                    ha="center", fontsize=7.5, color="#555555")
     ax.scatter([T], [acc_full], s=170, marker="*", color=MOST_CERTAIN_COLOUR, edgecolor="#7a4a00", zorder=4,
                label=f"full run: {T} ticks, {acc_full:.2f}%")
-    ax.axvline(T / 4, color="#999999", linestyle=":", linewidth=1, label="T / 4")
+    ax.axvline(T / 4, color="#999999", linestyle=":", linewidth=1, label=f"T / 4 = {T / 4:g} ticks")
     lo = min(acc.min(), acc_full - 0.3)
     ax.set_ylim(max(0.0, lo - 0.2 * (100 - lo)), min(100.5, max(acc.max(), acc_full) + 0.3))
-    ax.set_xlim(0, T + 1)
-    ax.set_xlabel("mean ticks used", fontsize=10)
+    _log_ticks_axis(ax, T)
+    ax.set_xlabel("mean ticks used (log scale)", fontsize=10)
     ax.set_ylabel("test accuracy (%)", fontsize=10)
     n = full.get("n")
     ax.set_title("Accuracy against thinking time" + (f" ({n} samples)" if n else ""), fontsize=12)
@@ -741,18 +742,30 @@ def halting_figure(sweep: Sequence[Mapping[str, Any] | Any], full: Mapping[str, 
         share = np.asarray(walls, dtype=np.float64) / wall_s_full * 100
         ax_w.plot(ticks, share, color=CERTAINTY_COLOUR, linewidth=1.8, marker="o", markersize=5,
                   label="halting run")
-        ax_w.plot([0, T], [0, 100], color="#999999", linestyle="--", linewidth=1, label="proportional to ticks")
+        line = np.linspace(1, T, 50)
+        ax_w.plot(line, line / T * 100, color="#999999", linestyle="--", linewidth=1, label="proportional to ticks")
         ax_w.scatter([T], [100], s=170, marker="*", color=MOST_CERTAIN_COLOUR, edgecolor="#7a4a00", zorder=4,
                      label=f"full run: {wall_s_full:.2f} s")
-        ax_w.set_xlim(0, T + 1)
+        _log_ticks_axis(ax_w, T)
         ax_w.set_ylim(0, max(105.0, share.max() + 5))
-        ax_w.set_xlabel("mean ticks used", fontsize=10)
+        ax_w.set_xlabel("mean ticks used (log scale)", fontsize=10)
         ax_w.set_ylabel("wall time (% of the full run)", fontsize=10)
         ax_w.set_title("Evaluation wall time", fontsize=12)
         _style_axes(ax_w)
         ax_w.legend(fontsize=8.5, loc="lower right", frameon=True, framealpha=0.85)
     fig.tight_layout()
     return fig
+
+
+def _log_ticks_axis(ax, T: int) -> None:
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.set_xlim(0.85, T * 1.2)
+    ax.xaxis.set_major_locator(FixedLocator([t for t in (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 500) if t <= T]
+                                            + ([T] if T not in (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 500) else [])))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def save_halting_plot(sweep: Sequence[Mapping[str, Any] | Any], full: Mapping[str, Any] | Any,

@@ -39,11 +39,14 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="folder holding the IDX files (default: the usual lookup)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.threads:
         torch.set_num_threads(args.threads)
     model, payload = load_model(args.run_dir)
     model.eval()
-    data = load_dataset(payload.get("train", {}).get("dataset", "mnist"), "test", data_dir=args.data_dir)
+    dataset = payload.get("dataset", {}).get("name") or payload.get("train", {}).get("dataset", "mnist")
+    data = load_dataset(dataset, "test", data_dir=args.data_dir)
     T = model.config.iterations
 
     full, _ = timed_evaluate(model, data, args.batch_size)  # warm-up, and the full-T accuracy
@@ -65,12 +68,12 @@ def main() -> None:
                 and r.wall_s <= 0.4 * wall_full)
 
     if args.json:
-        print(json.dumps({"run_dir": str(args.run_dir), "ticks": T, "accuracy_full": full.accuracy,
+        print(json.dumps({"run_dir": str(args.run_dir), "dataset": dataset, "ticks": T, "accuracy_full": full.accuracy,
                           "wall_s_full": wall_full, "sweep": [{**r.to_dict(), "meets_target": meets(r)}
                                                                for r in results]}))
         return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.run_dir}, MNIST test, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.run_dir}, {dataset} test, "
           f"n={full.n}, batch {args.batch_size}, median of {args.repeats}")
     print(f"full run: {T} ticks, accuracy (most certain) {full.accuracy * 100:.2f}%, {wall_full:.2f} s")
     print(f"{'tau':>7} {'accuracy':>9} {'vs full':>8} {'mean ticks':>10} {'wall s':>7} {'wall/full':>9}  target")

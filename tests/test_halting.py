@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -88,6 +89,27 @@ def test_threshold_zero_stops_every_sample_after_the_first_tick():
     assert torch.equal(out.ticks, torch.ones(11, dtype=torch.long))
     torch.testing.assert_close(out.logits, logits[:, :, 0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.certainty, certainty[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_threshold_zero_stops_even_a_uniform_prediction():
+    # Uniform logits over 7 classes: the normalised entropy rounds a hair above 1, the certainty below 0.
+    model = spread_model(dataclasses.replace(CONFIG, out_dims=7))
+    with torch.no_grad():
+        model.output_projector.weight.zero_()
+        model.output_projector.bias.zero_()
+    x = images(5, 16, 16)
+    assert (model(x).certainties[:, 1, 0] < 0).all()
+    out = model.think(x, 0.0)
+    assert torch.equal(out.ticks, torch.ones(5, dtype=torch.long))
+    assert out.certainty.abs().max() < 1e-6
+
+
+def test_think_in_eval_mode_leaves_batchnorm_statistics_alone():
+    model = spread_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.think(images(7, 16, 16), 0.5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 @pytest.mark.parametrize("quantile", [0.3, 0.6, 0.85])
@@ -198,6 +220,16 @@ def test_cli_halt_certainty_json(tiny_run, capsys):
     assert len(result["ticks_histogram"]) == 4 and sum(result["ticks_histogram"]) == result["n"] == 200
     assert 1 <= result["mean_ticks"] <= 4
     assert result["wall_s"] > 0 and result["wall_s_full"] > 0
+    # `accuracy` is the halted accuracy; the full run's stays under `accuracy_full`.
+    from ctm.checkpoint import load_model
+    from ctm.data import load_dataset
+
+    model, _ = load_model(run)
+    test = load_dataset("mnist", "test", data_dir=data)
+    halted = evaluate_halting(model, test, 0.2)
+    assert result["accuracy"] == pytest.approx(halted.accuracy)
+    assert result["mean_ticks"] == pytest.approx(halted.mean_ticks)
+    assert result["accuracy_full"] == pytest.approx(evaluate(model, test).accuracy)
 
 
 def test_cli_halt_sweep_table_and_plot(tiny_run, capsys):
@@ -230,6 +262,7 @@ def test_cli_halting_errors(tiny_run, capsys, args, message):
 def test_halting_benchmark_runs(tiny_run):
     run, data = tiny_run
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "halting.py"
+    (run / "halting.png").unlink(missing_ok=True)
     proc = subprocess.run([sys.executable, str(script), str(run), "--data-dir", str(data), "--taus", "0", "2",
                            "--repeats", "1", "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -75,6 +75,19 @@ def test_inference_backbone_in_chunks_equals_the_autograd_path(hw):
     torch.testing.assert_close(out, model(x).predictions.detach(), rtol=1e-5, atol=1e-5)
 
 
+def test_inference_backbone_keeps_batch_statistics_whole():
+    # A BatchNorm without running statistics normalises with the statistics of the whole batch even in
+    # eval mode: chunking the batch would change the answer, so it must not happen.
+    model = ctm.CTM(SMALL).eval()
+    bn = model.backbone[1]
+    bn.track_running_stats, bn.running_mean, bn.running_var = False, None, None
+    x = torch.rand(150, 1, 28, 28)
+    with torch.no_grad():
+        fast, _ = model.compute_features(x)
+    slow, _ = model.compute_features(x)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
 def test_every_parameter_gets_a_gradient():
     model = ctm.CTM(SMALL)
     with torch.no_grad():  # away from the clamp bounds, where a gradient could legitimately be zero

@@ -50,8 +50,8 @@ def test_tiny_ctm_learns_synthetic_task_through_cli(synthetic, tmp_path, capsys)
         assert gif.n_frames == 4
     rows = ckpt.read_metrics(out)
     assert [r["step"] for r in rows] == [75, 150]
-    assert set(rows[0]) >= {"step", "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr",
-                            "elapsed_s"}
+    assert set(rows[0]) >= {"step", "epoch", "train_loss", "train_tick_loss", "train_accuracy", "test_loss",
+                            "test_accuracy", "lr", "elapsed_s"}
     assert rows[-1]["test_accuracy"] >= 0.9, rows
     assert rows[-1]["test_loss"] < rows[0]["test_loss"] or rows[0]["test_accuracy"] >= 0.9
     config = json.loads((out / "config.json").read_text())
@@ -179,18 +179,20 @@ def test_tick_loss_weight_adds_the_mean_cross_entropy_over_ticks(synthetic):
     data = ctm.data.load_dataset("mnist", "train", data_dir=synthetic)
     idx = torch.arange(32)
     x, y = data.batch(idx)
-    losses, grads = {}, {}
+    losses, ticks, grads = {}, {}, {}
     for w in (0.0, 0.7):
         torch.manual_seed(0)
         model = ctm.CTM(TINY)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        losses[w], _ = tr._train_step(model, opt, data, idx, 0, tr.TrainConfig(tick_loss_weight=w))
+        losses[w], ticks[w], _ = tr._train_step(model, opt, data, idx, 0, tr.TrainConfig(tick_loss_weight=w))
         grads[w] = model.output_projector.weight.grad.clone()
     torch.manual_seed(0)
     model = ctm.CTM(TINY)
     out = model(x)
     mean_ce = ctm.per_tick_cross_entropy(out.predictions, y).mean()
-    assert losses[0.7] - losses[0.0] == pytest.approx(0.7 * mean_ce.item(), rel=1e-5)
+    # Both report the certainty loss (comparable with the test loss) and the tick loss apart.
+    assert losses[0.7] == pytest.approx(losses[0.0], rel=1e-6)
+    assert ticks[0.7] == pytest.approx(mean_ce.item(), rel=1e-5) and ticks[0.0] == pytest.approx(ticks[0.7])
     mean_ce.backward()
     torch.testing.assert_close(grads[0.7] - grads[0.0], 0.7 * model.output_projector.weight.grad,
                                rtol=1e-4, atol=1e-6)

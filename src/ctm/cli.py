@@ -285,9 +285,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .train import resolve_device
 
+    if args.max_ticks is not None and args.halt_certainty is None and args.halt_sweep is None:
+        raise CLIError("--max-ticks only applies with --halt-certainty or --halt-sweep")
     _set_threads(args.threads)
     device = resolve_device(args.device)
     model, payload = load_model(args.run_dir, device)
+    if args.max_ticks is not None and args.max_ticks > model.config.iterations:
+        raise CLIError(f"--max-ticks {args.max_ticks} exceeds the model's {model.config.iterations} ticks")
     dataset_name = args.dataset or payload.get("dataset", {}).get("name") or payload.get("train", {}).get("dataset")
     if dataset_name is None:
         raise CLIError(f"{args.run_dir} does not record its dataset; pass --dataset")
@@ -297,10 +301,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(f"{dataset_name} has {data.shape[0]} channel(s) and {data.num_classes} classes, but the "
                        f"model expects {c.in_channels} and {c.out_dims}")
     data = data.to(device)
-    if args.max_ticks is not None and args.halt_certainty is None and args.halt_sweep is None:
-        raise CLIError("--max-ticks only applies with --halt-certainty or --halt-sweep")
-    if args.max_ticks is not None and args.max_ticks > c.iterations:
-        raise CLIError(f"--max-ticks {args.max_ticks} exceeds the model's {c.iterations} ticks")
     if args.halt_certainty is not None or args.halt_sweep is not None:
         return _eval_halting(args, model, data, dataset_name)
     result = evaluate(model, data, args.batch_size)

@@ -54,6 +54,12 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op for a single process)."""
+    if info.enabled:
+        dist.barrier()
+
+
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum a tensor over ranks, in place (no-op for a single process); returns it."""
     if info.enabled:

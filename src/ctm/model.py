@@ -624,12 +624,13 @@ class ContinuousThoughtMachine(nn.Module):
         """(B, C, H, W) images -> (B, N, d_input) key/value tokens and the token grid (H', W')."""
         bb = self.backbone
         h = x.to(memory_format=torch.channels_last)
-        if torch.is_grad_enabled() or bb[1].training or bb[5].training:
+        independent = not any(bn.training or bn.running_mean is None for bn in (bb[1], bb[5]))
+        if torch.is_grad_enabled() or not independent or h.device.type != "cpu":
             features = self._backbone(h, bb[3])
         else:
-            # Inference: every image is independent, so run the backbone in chunks whose activations stay
-            # in cache (about 2x faster on CPU at batch 500), pooling with elementwise maxima of strided
-            # views (max_pool2d also computes indices).
+            # CPU inference with BatchNorm on running statistics: every image is independent, so run the
+            # backbone in chunks whose activations stay in cache (about 2x faster at batch 500), pooling
+            # with elementwise maxima of strided views (max_pool2d also computes indices).
             features = torch.cat([self._backbone(c, _max_pool_2x2) for c in h.split(_INFERENCE_CHUNK)])
         grid = (features.shape[-2], features.shape[-1])
         return self.kv_proj(features.flatten(2).transpose(1, 2)), grid
@@ -747,8 +748,9 @@ class ContinuousThoughtMachine(nn.Module):
         A sample stops at its first tick t with certainty >= halt_certainty (or at `max_ticks`, default T)
         and answers with its prediction there. Halted samples leave the batch (the still-thinking rows
         are gathered into smaller tensors), so later ticks cost less. The result for each sample is the
-        full forward's output at its halting tick: samples never see each other (except through
-        BatchNorm batch statistics in training mode, as in forward; call `model.eval()` first).
+        full forward's output at its halting tick: samples never see each other. In training mode the
+        backbone's BatchNorm uses (and updates) batch statistics exactly as forward does, so call
+        `model.eval()` first for per-sample answers and untouched running statistics.
         `halt_certainty` > 1 runs every tick; 0 stops every sample after the first.
         """
         self.check_input(x)
@@ -811,7 +813,10 @@ class ContinuousThoughtMachine(nn.Module):
                 alpha_out = torch.addcmul(products, r_out, alpha_out)
                 logits = torch.addmm(b_out, W_out, alpha_out * inv_sqrt_beta[t].unsqueeze(1)).t()  # (b, C)
                 cert = 1 - normalised_entropy(logits)
-                halt = cert >= halt_certainty if t < T - 1 else torch.ones_like(cert, dtype=torch.bool)
+                if t < T - 1 and halt_certainty > 0:
+                    halt = cert >= halt_certainty
+                else:  # last tick, or tau <= 0 (rounding can put a certainty a hair below 0)
+                    halt = torch.ones_like(cert, dtype=torch.bool)
                 n_halt = int(halt.sum())
                 if n_halt:
                     done = rows[halt]

@@ -199,8 +199,12 @@ def train(run_dir: str | Path, model_config: CTMConfig, train_config: TrainConfi
         if info.enabled and dev.type == "cuda":
             dev = torch.device("cuda", info.local_rank)
             torch.cuda.set_device(dev)
-        return _train(run_dir, model_config, train_config, data_dir, dev, resume, progress and info.is_main,
-                      stop, log if info.is_main else None, info, dev.type == "cuda" if sync_bn is None else sync_bn)
+        result = _train(run_dir, model_config, train_config, data_dir, dev, resume, progress and info.is_main,
+                        stop, log if info.is_main else None, info, dev.type == "cuda" if sync_bn is None else sync_bn)
+        # Rank 0 may still be writing the checkpoint: leave the process group together (a gloo rank that
+        # tears down while its peer is busy can abort the process).
+        dist.barrier(info)
+        return result
     finally:
         dist.teardown()
 
@@ -276,7 +280,8 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
         ckpt.write_metrics(run_dir, metrics)
 
     last_eval: EvalResult | None = None
-    running = torch.zeros(3, dtype=torch.float64, device=dev)  # train loss sum, accuracy sum, steps
+    # Sums since the last evaluation: certainty loss, mean per-tick cross-entropy, accuracy, steps.
+    running = torch.zeros(4, dtype=torch.float64, device=dev)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -296,17 +301,18 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
                 idx = next(batches)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, train_config)
-            loss_value, acc_value = _train_step(net, optimizer, train_set, idx, step, train_config)
-            if not math.isfinite(loss_value):
+            loss_value, tick_value, acc_value = _train_step(net, optimizer, train_set, idx, step, train_config)
+            if not math.isfinite(loss_value + tick_value):
                 if bar is not None:
                     bar.close()
                 saved = (f"its last good checkpoint (step {ckpt.weights_step(run_dir)})"
                          if (run_dir / ckpt.MODEL_FILE).exists() else "no checkpoint yet")
-                raise NonFiniteLossError(f"the training loss became {loss_value} at step {step + 1}"
+                bad = loss_value if not math.isfinite(loss_value) else tick_value
+                raise NonFiniteLossError(f"the training loss became {bad} at step {step + 1}"
                                          f"{f' on rank {info.rank}' if info.enabled else ''}; stopped. "
                                          f"{run_dir} keeps {saved}; try a lower --lr or a --grad-clip")
             step += 1
-            running += torch.tensor([loss_value, acc_value, 1.0], dtype=torch.float64, device=dev)
+            running += torch.tensor([loss_value, tick_value, acc_value, 1.0], dtype=torch.float64, device=dev)
             if bar is not None:
                 bar.update(1)
                 bar.set_description(_describe(loss_value, acc_value, last_eval), refresh=False)
@@ -315,11 +321,11 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
             if step % train_config.eval_every == 0 or is_last:
                 dist.broadcast_buffers(model, info)  # evaluate (and save) rank 0's BatchNorm statistics
                 last_eval = evaluate(model, test_set, train_config.eval_batch_size, dist_info=info)
-                loss_sum, acc_sum, n = dist.all_reduce_sum(running, info).tolist()
+                loss_sum, tick_sum, acc_sum, n = dist.all_reduce_sum(running, info).tolist()
                 elapsed = time.perf_counter() - started
                 metrics.append({
                     "step": step, "epoch": round(step / steps_per_epoch, 4),
-                    "train_loss": loss_sum / n, "train_accuracy": acc_sum / n,
+                    "train_loss": loss_sum / n, "train_tick_loss": tick_sum / n, "train_accuracy": acc_sum / n,
                     "test_loss": last_eval.loss, "test_accuracy": last_eval.accuracy,
                     "test_accuracy_last_tick": last_eval.accuracy_last_tick,
                     "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(elapsed, 3),
@@ -342,14 +348,17 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
 
 
 def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: ImageDataset,
-                idx: torch.Tensor, step: int, cfg: TrainConfig) -> tuple[float, float]:
+                idx: torch.Tensor, step: int, cfg: TrainConfig) -> tuple[float, float, float]:
     """One optimiser step over this rank's batch `idx`, in cfg.grad_accum equal micro-batches.
+
+    Returns the certainty loss (the quantity evaluation reports as test loss), the mean cross-entropy
+    over ticks (added to the objective with weight cfg.tick_loss_weight) and the accuracy.
 
     Each micro-batch's loss is divided by grad_accum, so the summed gradient is the mean over the batch:
     K micro-batches in one process give the gradient K ranks with one micro-batch each would average.
     """
     optimizer.zero_grad(set_to_none=True)
-    loss_total = acc_total = 0.0
+    loss_total = tick_total = acc_total = 0.0
     micro_batches = idx.chunk(cfg.grad_accum)
     for i, micro in enumerate(micro_batches):
         x, y = data.batch(micro)
@@ -365,14 +374,20 @@ def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Im
             out = net(x)
             loss, tick = certainty_loss(out.predictions, out.certainties, y)
             if cfg.tick_loss_weight > 0:
-                loss = loss + cfg.tick_loss_weight * per_tick_cross_entropy(out.predictions, y).mean()
-            (loss / cfg.grad_accum).backward()
+                tick_loss = per_tick_cross_entropy(out.predictions, y).mean()
+                objective = loss + cfg.tick_loss_weight * tick_loss
+            else:
+                with torch.no_grad():
+                    tick_loss = per_tick_cross_entropy(out.predictions, y).mean()
+                objective = loss
+            (objective / cfg.grad_accum).backward()
         loss_total += loss.item() / cfg.grad_accum
+        tick_total += tick_loss.item() / cfg.grad_accum
         acc_total += accuracy(out.predictions.detach(), y, tick) / cfg.grad_accum
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     optimizer.step()
-    return loss_total, acc_total
+    return loss_total, tick_total, acc_total
 
 
 def _describe(loss: float, acc: float, ev: EvalResult | None, step: int | None = None) -> str:

@@ -41,7 +41,11 @@ def test_speed_script_quick_json(seed):
         assert r["samples_per_s"] > 0 and r["ms_per_call"] > 0
         assert r["ratio_to_seed"] > 0
     assert all(r["ratio_to_seed"] == 1.0 for r in rows if r["impl"] == "seed")
+    assert result["device"] == "cpu" and set(result["check"]) == {"ctm"}
+    assert result["check"]["ctm"]["ok"] is True
+    assert max(result["check"]["ctm"]["max_abs_diff"].values()) < 1e-4
     table = bench.format_table(result)
+    assert "check ctm: equal to the seed" in table
     header = table.splitlines()[0].split()
     assert header[:4] == ["mode", "batch", "impl", "samples/s"] and "peak" in header
     assert len(table.splitlines()) >= 1 + len(rows)
@@ -62,6 +66,26 @@ def test_benchmark_amp_row_and_table_output(seed, capsys):
     assert bench.main(["--quick", "--amp", "--batch-sizes", "2", "--modes", "train", "--memory", "none"]) == 0
     table = capsys.readouterr().out
     assert [line.split()[2] for line in table.splitlines()[1:4]] == ["seed", "ctm", "ctm+amp"]
+
+
+def test_check_against_seed_catches_a_difference(seed):
+    opts = bench.BenchOptions.quick()
+    models, module = bench.build_models(opts, bench.find_seed_reference())
+    assert bench.check_against_seed(models, module, ["seed", "ctm"], opts)["ctm"]["ok"] is True
+    with torch.no_grad():
+        models["ctm"].neuron_level_models.first.b1.add_(0.1)
+    result = bench.check_against_seed(models, module, ["seed", "ctm"], opts)["ctm"]
+    assert result["ok"] is False and result["max_abs_diff"]["predictions"] > 1e-5
+    assert "DIFFERS from the seed" in bench.format_table(
+        {"results": [], "config": {"iterations": 4}, "torch": "", "threads": 1, "machine": "", "seed_reference": "",
+         "memory_method": "", "notes": [], "check": {"ctm": result}})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_benchmark_on_missing_cuda_is_one_clear_line(capsys):
+    assert bench.main(["--quick", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CUDA device" in err[0] and "--device cpu" in err[0]
 
 
 def test_peak_memory_in_a_child_process():

@@ -51,6 +51,8 @@ class BenchOptions:
     seed_path: str | None = None  # the seed reference; default $CTM_SEED_REFERENCE or ../shared/reference
     memory: str = "subprocess"  # "subprocess" (honest, slower), "inprocess" (approximate) or "none"
     image_size: tuple[int, int] = (28, 28)
+    device: str = "cpu"  # "cpu" or "cuda" (peak memory is then CUDA's allocator peak, in process)
+    check: bool = True  # compare every ctm variant's outputs and gradients with the seed's before timing
 
     @classmethod
     def quick(cls, **changes: Any) -> BenchOptions:
@@ -112,20 +114,34 @@ def build_seed_model(seed: types.ModuleType, cfg: CTMConfig, image_size: tuple[i
     return model
 
 
+def bench_device(name: str) -> torch.device:
+    """The device to benchmark on; a clear error when it is not there."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: this torch build or machine has no CUDA device "
+                             f"(torch {torch.__version__}); benchmark on --device cpu")
+        return torch.device("cuda")
+    raise ValueError(f"unknown device {name!r}; choose cpu or cuda")
+
+
 def build_models(opts: BenchOptions, seed_path: Path | None
                  ) -> tuple[dict[str, torch.nn.Module], types.ModuleType | None]:
-    """({"seed": the reference (when found), "ctm": ctm with the same weights}, the seed module)."""
+    """({"seed": the reference (when found), "ctm": ctm with the same weights}, the seed module), on the
+    benchmark's device."""
     from .model import ContinuousThoughtMachine
     from .seed import from_seed_state_dict
 
+    device = bench_device(opts.device)
     cfg = CTMConfig(iterations=opts.ticks)
     torch.manual_seed(0)
     if seed_path is None:
-        return {"ctm": ContinuousThoughtMachine(cfg)}, None
+        return {"ctm": ContinuousThoughtMachine(cfg).to(device)}, None
     module = load_seed_module(seed_path)
     seed = build_seed_model(module, cfg, opts.image_size)
     ours = from_seed_state_dict(seed.state_dict(), iterations=cfg.iterations, heads=cfg.heads)
-    return {"seed": seed, "ctm": ours}, module
+    return {"seed": seed.to(device), "ctm": ours.to(device)}, module
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -146,15 +162,16 @@ def _loss_fn(impl: str, seed_module: types.ModuleType | None) -> Callable:
 
 def make_step(model: torch.nn.Module, mode: str, batch: int, loss_fn: Callable, *, amp: bool = False,
               image_size: tuple[int, int] = (28, 28), in_channels: int = 1, out_dims: int = 10) -> Callable[[], None]:
-    """A closure running one train step or one eval forward on a fixed random batch."""
+    """A closure running one train step or one eval forward on a fixed random batch (on the model's device)."""
+    device = next(model.parameters()).device
     g = torch.Generator().manual_seed(batch)
-    x = torch.rand(batch, in_channels, *image_size, generator=g)
-    y = torch.randint(0, out_dims, (batch,), generator=g)
+    x = torch.rand(batch, in_channels, *image_size, generator=g).to(device)
+    y = torch.randint(0, out_dims, (batch,), generator=g).to(device)
     if mode == "eval":
         model.eval()
 
         def eval_step() -> None:
-            with torch.inference_mode(), speed_context(amp):
+            with torch.inference_mode(), speed_context(amp, device.type):
                 model(x)
 
         return eval_step
@@ -162,7 +179,7 @@ def make_step(model: torch.nn.Module, mode: str, batch: int, loss_fn: Callable, 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-8)
 
     def train_step() -> None:
-        with speed_context(amp):
+        with speed_context(amp, device.type):
             predictions, certainties, _ = model(x)
         loss, _ = loss_fn(predictions.float(), certainties.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -271,17 +288,94 @@ def _memory_child(payload: str) -> None:
     print(json.dumps({"peak_mb": max(0.0, peak - before)}))
 
 
+# ------------------------------------------------------------------------------------------ equivalence
+
+
+@contextlib.contextmanager
+def _full_precision(device: torch.device):
+    """TF32 off for the comparison (cuDNN uses it for convolutions by default on Ampere and later)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def check_against_seed(models: dict[str, torch.nn.Module], seed_module: types.ModuleType, impls: Sequence[str],
+                       opts: BenchOptions, batch: int = 8) -> dict[str, dict[str, Any]]:
+    """Each ctm variant against the seed on one batch, in train mode: predictions, certainties, loss and
+    the gradient of the loss with respect to the input images (it flows back through every tick and the
+    backbone). Returns {impl: {"max_abs_diff": {...}, "ok": bool}}; `ok` is allclose at rtol 1e-4,
+    atol 1e-5 for the float32 variants and None for bfloat16 autocast (not the seed's numerics)."""
+    import copy
+
+    device = next(models["seed"].parameters()).device
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(batch, 1, *opts.image_size, generator=g).to(device)
+    y = torch.randint(0, 10, (batch,), generator=g).to(device)
+
+    def run(impl: str, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        xi = x.clone().requires_grad_(True)
+        model.train()
+        with speed_context(impl == "ctm+amp", device.type):
+            predictions, certainties, _ = model(xi)
+        loss, _ = _loss_fn(impl, seed_module)(predictions.float(), certainties.float(), y)
+        loss.backward()
+        return {"predictions": predictions.detach().float(), "certainties": certainties.detach().float(),
+                "loss": loss.detach(), "input_grad": xi.grad}
+
+    out = {}
+    with _full_precision(device):
+        ref = run("seed", copy.deepcopy(models["seed"]))
+        for impl in impls:
+            if impl == "seed":
+                continue
+            try:
+                got = run(impl, _impl_model(impl, models))
+            except Exception as e:  # reported with the timing rows' error of the same variant
+                out[impl] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:300], "ok": False}
+                continue
+            diffs = {k: (got[k] - ref[k]).abs().max().item() for k in ref}
+            ok = None if impl == "ctm+amp" else all(
+                torch.allclose(got[k], ref[k], rtol=1e-4, atol=1e-5) for k in ref)
+            out[impl] = {"max_abs_diff": diffs, "ok": ok}
+    return out
+
+
 # ------------------------------------------------------------------------------------------ benchmark
 
 
-def _time_rows(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+def _synchronize(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_rows(steps: dict[str, Callable[[], None]], repeats: int,
+               device: torch.device | None = None) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
         for impl, step in steps.items():
+            _synchronize(device)
             t0 = time.perf_counter()
             step()
+            _synchronize(device)
             times[impl].append(time.perf_counter() - t0)
     return times
+
+
+def measure_peak_cuda(step: Callable[[], None], device: torch.device, calls: int = 2) -> float:
+    """Peak CUDA memory (MB) allocated while running `step`, beyond what was allocated before."""
+    _synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    for _ in range(calls):
+        step()
+    _synchronize(device)
+    return max(0.0, (torch.cuda.max_memory_allocated(device) - before) / 2**20)
 
 
 def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -295,6 +389,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
         notes.append("seed reference not found (looked at " + ", ".join(str(p) for p in default_seed_paths())
                      + f"; set ${SEED_ENV} or --seed): benchmarking ctm alone")
         log(notes[-1])
+    device = bench_device(opts.device)
     models, seed_module = build_models(opts, seed_path)
     if opts.compile:
         notes.append("compile s: wall time of the first compiled call (compiling forward and backward); torch's "
@@ -306,6 +401,14 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
         "inprocess": "peak RSS growth in this process over 2 calls (approximate: reused heap is not counted)",
         "none": "not measured",
     }[opts.memory]
+    if device.type == "cuda" and opts.memory != "none":
+        memory_method = "peak CUDA memory allocated over 2 calls, beyond what was allocated before them"
+    check = None
+    if opts.check and "seed" in models:
+        log("checking every ctm variant against the seed (outputs, loss, input gradient)")
+        check = check_against_seed(models, seed_module, impls, opts)
+        for impl, r in check.items():
+            log(f"  {impl}: {'error: ' + r['error'] if 'error' in r else r['max_abs_diff']} ok={r['ok']}")
     rows = []
     for mode in opts.modes:
         for batch in opts.batch_sizes:
@@ -327,10 +430,14 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
                     log(f"  {impl} failed: {errors[impl]}")
                     continue
                 steps[impl] = step
-            times = _time_rows(steps, opts.repeats)
+            times = _time_rows(steps, opts.repeats, device)
             memory = {}
             for impl in steps:
-                if opts.memory == "subprocess" and impl == "ctm+compile":
+                if opts.memory == "none":
+                    memory[impl] = None
+                elif device.type == "cuda":
+                    memory[impl] = measure_peak_cuda(steps[impl], device)
+                elif opts.memory == "subprocess" and impl == "ctm+compile":
                     memory[impl] = None  # a child would spend minutes compiling again
                 elif opts.memory == "subprocess":
                     memory[impl] = peak_memory_mb(impl, mode, batch, opts, seed_path)
@@ -362,8 +469,10 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "seed_reference": str(seed_path) if seed_path else None,
         "memory_method": memory_method,
+        "check": check,
         "results": rows,
         "notes": notes,
     }
@@ -398,10 +507,17 @@ def format_table(result: dict[str, Any]) -> str:
             out.append(join(row[:3] + [""] * 7).rstrip() + "  " + row[3])
             continue
         out.append(join(row))
+    where = result.get("device", "cpu")
+    where = f"{result['threads']} threads, {result['machine']}" if where == "cpu" else f"{where} (CUDA)"
     info = (f"CTMConfig() with {result['config']['iterations']} ticks; torch {result['torch']}, "
-            f"{result['threads']} threads, {result['machine']}; seed: {result['seed_reference'] or 'not found'}")
+            f"{where}; seed: {result['seed_reference'] or 'not found'}")
     foot = [info, "samples/s and x seed: median of the alternating rounds; best: the fastest round",
             f"peak MB: {result['memory_method']}"]
+    for impl, r in (result.get("check") or {}).items():
+        verdict = {True: "equal to the seed (rtol 1e-4, atol 1e-5)", False: "DIFFERS from the seed",
+                   None: "bfloat16, not compared"}[r["ok"]]
+        detail = r["error"] if "error" in r else ", ".join(f"{k} {v:.1e}" for k, v in r["max_abs_diff"].items())
+        foot.append(f"check {impl}: {verdict}; max abs diff: {detail}")
     return "\n".join(out + [""] + foot + [f"note: {n}" for n in result["notes"]])
 
 
@@ -412,6 +528,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed alternating rounds per row (default 7)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per implementation first (default 2)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="where to run (default cpu)")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip comparing the ctm variants' outputs and input gradients with the seed's first")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (reports compile time)")
     p.add_argument("--amp", action="store_true", help="also measure bfloat16 autocast")
     p.add_argument("--modes", default=None, help="comma-separated: train,eval (default both)")
@@ -433,10 +552,10 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         if bad:
             raise ValueError(f"unknown mode(s) {bad}; choose from {list(MODES)}")
         changes["modes"] = modes
-    for name in ("ticks", "repeats", "warmup", "threads", "seed_path", "memory"):
+    for name in ("ticks", "repeats", "warmup", "threads", "seed_path", "memory", "device"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
-    changes.update(compile=args.compile, amp=args.amp)
+    changes.update(compile=args.compile, amp=args.amp, check=args.check)
     return BenchOptions.quick(**changes) if args.quick else BenchOptions(**changes)
 
 
@@ -448,12 +567,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ctm bench", description=__doc__.splitlines()[0])
     add_arguments(p)
     args = p.parse_args(argv)
-    opts = options_from_args(args)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    result = run_benchmark(opts, log=log)
+    try:
+        opts = options_from_args(args)
+        result = run_benchmark(opts, log=log)
+    except (ValueError, FileNotFoundError) as e:  # bad flags, no CUDA, a missing seed file: one line
+        print(f"ctm bench: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 

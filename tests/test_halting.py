@@ -130,6 +130,24 @@ def test_each_sample_gets_the_full_forward_output_at_its_halting_tick(quantile, 
     assert bool((out.certainty[out.ticks < T] >= tau).all())
 
 
+def test_few_halted_rows_ride_along_until_compaction():
+    # A few of 64 samples halt first: too few to gather the batch for, so they ride along (their later
+    # ticks are computed and ignored); the next halts make an eighth and the batch is compacted.
+    model = spread_model()
+    x = images(64, 16, 16, seed=3)
+    logits, certainty = full_forward(model, x)
+    tau = safe_threshold(certainty, 0.95, distinct_ticks=3)
+    expected = halting_ticks(certainty, tau, CONFIG.iterations)
+    counts = expected.bincount()
+    first, second = counts.nonzero().squeeze(1)[:2].tolist()
+    assert 0 < counts[first] < 64 / 8 <= counts[first] + counts[second] < 64, counts.tolist()
+    out = model.think(x, tau)
+    assert torch.equal(out.ticks, expected + 1)
+    rows = torch.arange(64)
+    torch.testing.assert_close(out.logits, logits[rows, :, expected], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.certainty, certainty[rows, expected], rtol=1e-5, atol=1e-5)
+
+
 def test_no_leakage_between_samples_batch_one_equals_batch():
     model = spread_model(CONFIG.replace(heads=4))
     x = images(9, 16, 16)

@@ -746,9 +746,10 @@ class ContinuousThoughtMachine(nn.Module):
         """Adaptive computation: each sample thinks until its certainty reaches `halt_certainty`.
 
         A sample stops at its first tick t with certainty >= halt_certainty (or at `max_ticks`, default T)
-        and answers with its prediction there. Halted samples leave the batch (the still-thinking rows
-        are gathered into smaller tensors), so later ticks cost less. The result for each sample is the
-        full forward's output at its halting tick: samples never see each other. In training mode the
+        and answers with its prediction there. Halted samples leave the batch (once they are an eighth
+        of it, the still-thinking rows are gathered into smaller tensors), so later ticks cost less. The
+        result for each sample is the full forward's output at its halting tick: samples never see each
+        other. In training mode the
         backbone's BatchNorm uses (and updates) batch statistics exactly as forward does, so call
         `model.eval()` first for per-sample answers and untouched running statistics.
         `halt_certainty` > 1 runs every tick; 0 stops every sample after the first.
@@ -790,7 +791,9 @@ class ContinuousThoughtMachine(nn.Module):
             off = 0
             z = p.z0.unsqueeze(-1).expand(D, B)  # (D, b)
             alpha = p.kT.new_zeros(B, na * na)
-            rows = torch.arange(B, device=x.device)  # original index of each active sample
+            rows = torch.arange(B, device=x.device)  # original index of each row of the state
+            thinking = torch.ones(B, dtype=torch.bool, device=x.device)  # rows still without an answer
+            n_thinking = B
 
             prediction = torch.empty(B, dtype=torch.long, device=x.device)
             used = torch.empty(B, dtype=torch.long, device=x.device)
@@ -814,23 +817,30 @@ class ContinuousThoughtMachine(nn.Module):
                 logits = torch.addmm(b_out, W_out, alpha_out * inv_sqrt_beta[t].unsqueeze(1)).t()  # (b, C)
                 cert = 1 - normalised_entropy(logits)
                 if t < T - 1 and halt_certainty > 0:
-                    halt = cert >= halt_certainty
+                    halt = (cert >= halt_certainty) & thinking
                 else:  # last tick, or tau <= 0 (rounding can put a certainty a hair below 0)
-                    halt = torch.ones_like(cert, dtype=torch.bool)
+                    halt = thinking
                 n_halt = int(halt.sum())
-                if n_halt:
-                    done = rows[halt]
-                    prediction[done] = logits[halt].argmax(-1)
-                    used[done] = t + 1
-                    certainty[done] = cert[halt]
-                    logits_at[done] = logits[halt]
-                    if n_halt == b:
-                        break
-                    keep = (~halt).nonzero().squeeze(1)  # gather the still-thinking samples
+                if not n_halt:
+                    continue
+                done = rows[halt]
+                prediction[done] = logits[halt].argmax(-1)
+                used[done] = t + 1
+                certainty[done] = cert[halt]
+                logits_at[done] = logits[halt]
+                n_thinking -= n_halt
+                if n_thinking == 0:
+                    break
+                thinking = thinking & ~halt
+                # Halted rows ride along (their results are taken, later ticks never read them) until
+                # they are 1/8 of the batch: gathering every tick costs more than it saves.
+                if 8 * (b - n_thinking) >= b:
+                    keep = thinking.nonzero().squeeze(1)  # gather the still-thinking samples
                     rows, z, alpha, alpha_out = rows[keep], z[:, keep], alpha[keep], alpha_out[:, keep]
                     seq, off = seq[:, t + 1 - off:].index_select(2, keep), t + 1  # only what later ticks read
                     keep_h = (keep.unsqueeze(1) * heads + torch.arange(heads, device=x.device)).view(-1)
                     kT, v = kT.index_select(0, keep_h), v.index_select(0, keep_h)
+                    thinking = torch.ones(n_thinking, dtype=torch.bool, device=x.device)
         return ThinkOutput(prediction, used, certainty, logits_at)
 
     def _readout(self, Zs: Tensor, dec_out: Tensor) -> tuple[Tensor, Tensor]:

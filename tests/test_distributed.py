@@ -57,3 +57,40 @@ def test_two_gloo_ranks_equal_grad_accum_and_resume(tmp_path):
     assert [r["step"] for r in rows_a] == [3, 6, 8]
     assert [r["step"] for r in rows_b] == [3, 5, 6, 8]  # the first 2-rank run ended (and evaluated) at 5
     assert abs(rows_a[0]["train_loss"] - rows_b[0]["train_loss"]) < 1e-5  # all-reduced over both ranks
+
+
+_NAN_ON_RANK_1 = """
+import math, os, sys
+import ctm.train as tr
+from ctm.cli import main
+
+real, calls = tr.certainty_loss, [0]
+
+def exploding(*args, **kwargs):
+    loss, tick = real(*args, **kwargs)
+    calls[0] += 1
+    return (loss * math.nan if os.environ["RANK"] == "1" and calls[0] == 4 else loss), tick
+
+tr.certainty_loss = exploding
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    data = make_synthetic(tmp_path / "data", n_train=320, n_test=60)
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(_NAN_ON_RANK_1)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                           "127.0.0.1", "--master-port", str(_free_port()), str(script), "train", "--data-dir",
+                           str(data), "--out", str(out), "--steps", "10", "--batch-size", "16", "--eval-every", "3",
+                           "--no-progress", "--threads", "1", *TINY_FLAGS],
+                          capture_output=True, text=True, env=env, timeout=120)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text
+    assert "became nan at step 4 on rank 1" in text  # rank 1's own message
+    assert "became non-finite at step 4 on rank 1" in text  # rank 0 learnt it in the same collective
+    assert "last good checkpoint (step 3)" in text
+    assert ckpt.weights_step(out) == 3
+    assert torch.load(out / ckpt.STATE_FILE, weights_only=True)["step"] == 3

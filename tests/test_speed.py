@@ -81,8 +81,51 @@ def test_check_against_seed_catches_a_difference(seed):
          "memory_method": "", "notes": [], "check": {"ctm": result}})
 
 
+class _GradScaled(torch.nn.Module):
+    """The wrapped model's outputs (to float rounding), with the gradient reaching the input scaled by 0.99."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x * 0.99 + (x * 0.01).detach())
+
+
+def test_check_against_seed_catches_a_wrong_input_gradient(seed, monkeypatch):
+    opts = bench.BenchOptions.quick()
+    models, module = bench.build_models(opts, bench.find_seed_reference())
+    plain = bench._impl_model
+    monkeypatch.setattr(bench, "_impl_model", lambda impl, ms: _GradScaled(plain(impl, ms)) if impl == "ctm"
+                        else plain(impl, ms))
+    result = bench.check_against_seed(models, module, ["seed", "ctm"], opts)["ctm"]
+    assert result["max_abs_diff"]["predictions"] < 1e-5 and result["max_abs_diff"]["loss"] < 1e-5
+    assert 5e-3 < result["grad_rel_err"] < 2e-2
+    assert result["ok"] is False
+
+
+def test_check_reports_a_variant_that_cannot_run_apart_from_a_difference(seed, monkeypatch):
+    def no_compiler(*_args, **_kwargs):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    opts = bench.BenchOptions.quick()
+    models, module = bench.build_models(opts, bench.find_seed_reference())
+    check = bench.check_against_seed(models, module, ["seed", "ctm", "ctm+compile"], opts)
+    assert check["ctm"]["ok"] is True
+    assert check["ctm+compile"] == {"error": "RuntimeError: no C++ compiler found", "ok": None}
+    table = bench.format_table(
+        {"results": [], "config": {"iterations": 4}, "torch": "", "threads": 1, "machine": "", "seed_reference": "",
+         "memory_method": "", "notes": [], "check": check})
+    assert "check ctm+compile: could not run: RuntimeError: no C++ compiler found" in table
+    assert "DIFFERS" not in table
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
-def test_benchmark_on_missing_cuda_is_one_clear_line(capsys):
+@pytest.mark.parametrize("with_seed", [True, False])
+def test_benchmark_on_missing_cuda_is_one_clear_line(capsys, monkeypatch, tmp_path, with_seed):
+    if not with_seed:  # the device is checked first: no "seed not found" line before the error
+        monkeypatch.setattr(bench, "default_seed_paths", lambda: [tmp_path / "missing.py"])
     assert bench.main(["--quick", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no CUDA device" in err[0] and "--device cpu" in err[0]

@@ -67,13 +67,13 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True on every rank if `flag` is True on any rank."""
+def max_over_ranks(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """Each value's maximum over ranks, in one collective (the values themselves for a single process)."""
     if not info.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return t.tolist()
 
 
 def broadcast_object(obj, info: DistInfo):

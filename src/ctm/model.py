@@ -749,8 +749,8 @@ class ContinuousThoughtMachine(nn.Module):
         and answers with its prediction there. Halted samples leave the batch (once they are an eighth
         of it, the still-thinking rows are gathered into smaller tensors), so later ticks cost less. The
         result for each sample is the full forward's output at its halting tick: samples never see each
-        other. In training mode the
-        backbone's BatchNorm uses (and updates) batch statistics exactly as forward does, so call
+        other. In training mode the backbone's BatchNorm uses (and updates) batch statistics exactly as
+        forward does, so call
         `model.eval()` first for per-sample answers and untouched running statistics.
         `halt_certainty` > 1 runs every tick; 0 stops every sample after the first.
         """

@@ -302,14 +302,20 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, train_config)
             loss_value, tick_value, acc_value = _train_step(net, optimizer, train_set, idx, step, train_config)
-            if not math.isfinite(loss_value + tick_value):
+            finite = math.isfinite(loss_value + tick_value)
+            # One collective per step for both: every rank stops together (a lone rank that raised would
+            # leave the others waiting in their next all-reduce).
+            want_stop = flag.set or (stop is not None and stop(step + 1))
+            stop_flag, bad_rank = dist.max_over_ranks([float(want_stop), -1.0 if finite else info.rank], info, dev)
+            if bad_rank >= 0:
                 if bar is not None:
                     bar.close()
                 saved = (f"its last good checkpoint (step {ckpt.weights_step(run_dir)})"
                          if (run_dir / ckpt.MODEL_FILE).exists() else "no checkpoint yet")
                 bad = loss_value if not math.isfinite(loss_value) else tick_value
-                raise NonFiniteLossError(f"the training loss became {bad} at step {step + 1}"
-                                         f"{f' on rank {info.rank}' if info.enabled else ''}; stopped. "
+                what = f"became {bad}" if not finite else "became non-finite"
+                raise NonFiniteLossError(f"the training loss {what} at step {step + 1}"
+                                         f"{f' on rank {int(bad_rank)}' if info.enabled else ''}; stopped. "
                                          f"{run_dir} keeps {saved}; try a lower --lr or a --grad-clip")
             step += 1
             running += torch.tensor([loss_value, tick_value, acc_value, 1.0], dtype=torch.float64, device=dev)
@@ -317,7 +323,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
                 bar.update(1)
                 bar.set_description(_describe(loss_value, acc_value, last_eval), refresh=False)
             is_last = step == train_config.steps
-            stop_now = dist.any_rank(flag.set or (stop is not None and stop(step)), info, dev)
+            stop_now = stop_flag > 0
             if step % train_config.eval_every == 0 or is_last:
                 dist.broadcast_buffers(model, info)  # evaluate (and save) rank 0's BatchNorm statistics
                 last_eval = evaluate(model, test_set, train_config.eval_batch_size, dist_info=info)

@@ -235,6 +235,79 @@ def test_cli_errors(synthetic, tmp_path, capsys):
     assert "has no model.safetensors" in _cli_error(capsys, "eval", run, "--data-dir", synthetic)
 
 
+def test_cli_errors_leave_what_is_written_as_it_was(synthetic, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_cli("train", "--data-dir", synthetic, "--out", run, "--steps", "4", "--batch-size", "32",
+                   "--eval-every", "4", "--no-progress", *TINY_FLAGS) == 0
+    capsys.readouterr()
+    files = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert (run / ckpt.MODEL_FILE).stat().st_mode & 0o777 == (run / ckpt.CONFIG_FILE).stat().st_mode & 0o777
+
+    # A resume that fails does not rewrite config.json (its steps stay 4).
+    state = (run / ckpt.STATE_FILE).read_bytes()
+    (run / ckpt.STATE_FILE).write_bytes(b"garbage")
+    line = _cli_error(capsys, "train", "--resume", run, "--steps", "8", "--data-dir", synthetic)
+    assert "trainer_state.pt is corrupt or not a ctm trainer state" in line and "weights_only" not in line
+    (run / ckpt.STATE_FILE).write_bytes(state)
+    assert "already ran 4 of 2 steps" in _cli_error(capsys, "train", "--resume", run, "--steps", "2",
+                                                    "--data-dir", synthetic)
+    # viz never writes over the run's files; a file given as the run is named as such.
+    assert "must end in .gif" in _cli_error(capsys, "viz", run, "--out", run / ckpt.MODEL_FILE,
+                                            "--data-dir", synthetic)
+    assert "is a file" in _cli_error(capsys, "eval", run / ckpt.CONFIG_FILE)
+    # New runs never write into a folder holding other files, or over a file.
+    assert "already holds a run" in _cli_error(capsys, "train", "--data-dir", synthetic, "--out", run)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == files
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text("mine\n")
+    assert "is not empty" in _cli_error(capsys, "train", "--data-dir", synthetic, "--out", other, *TINY_FLAGS)
+    assert (other / "metrics.jsonl").read_text() == "mine\n"
+    assert "is a file" in _cli_error(capsys, "train", "--data-dir", synthetic, "--out", other / "metrics.jsonl")
+
+    # A config.json edited to other sizes is named, not a size-mismatch traceback.
+    payload = json.loads((run / ckpt.CONFIG_FILE).read_text())
+    payload["model"]["d_model"] += 8
+    (run / ckpt.CONFIG_FILE).write_text(json.dumps(payload))
+    assert "does not match the sizes in config.json" in _cli_error(capsys, "eval", run, "--data-dir", synthetic)
+
+
+def test_cli_reuses_a_folder_left_by_a_start_that_failed_before_its_first_checkpoint(synthetic, tmp_path,
+                                                                                      monkeypatch, capsys):
+    out = tmp_path / "run"
+    real = tr.certainty_loss
+    monkeypatch.setattr(tr, "certainty_loss", lambda *a, **k: (real(*a, **k)[0] * math.nan, real(*a, **k)[1]))
+    assert run_cli("train", "--data-dir", synthetic, "--out", out, "--steps", "4", "--batch-size", "32",
+                   "--eval-every", "4", "--no-progress", *TINY_FLAGS) == 1
+    assert {p.name for p in out.iterdir()} == {ckpt.CONFIG_FILE}
+    monkeypatch.setattr(tr, "certainty_loss", real)
+    assert run_cli("train", "--data-dir", synthetic, "--out", out, "--steps", "4", "--batch-size", "32",
+                   "--eval-every", "4", "--no-progress", *TINY_FLAGS) == 0
+    assert ckpt.weights_step(out) == 4
+
+
+def test_cli_flag_errors_are_one_line(capsys):
+    for argv in (["train", "--batch-size", "0"], ["train", "--steps", "3", "--epochs", "1"], ["bench", "--bogus"]):
+        with pytest.raises(SystemExit) as e:
+            run_cli(*argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"ctm {argv[0]}: error:") and "--help" in err[0], err
+    assert "--threads 100000 is far more" in _cli_error(capsys, "train", "--threads", "100000")
+    assert "--dist-timeout must be a positive" in _cli_error(capsys, "train", "--dist-timeout", "0")
+    assert "--fps must be between" in _cli_error(capsys, "viz", "nowhere", "--fps", "0.001")
+
+
+def test_ctm_bench_takes_the_benchmark_flags(capsys):
+    assert run_cli("bench", "--quick", "--batch-sizes", "2", "--modes", "eval", "--memory", "none",
+                   "--no-check", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["batch"] for r in result["results"]] and {r["batch"] for r in result["results"]} == {2}
+    assert "positive integers" in _cli_error(capsys, "bench", "--batch-sizes", "-4")
+    assert "--repeats must be at least 1" in _cli_error(capsys, "bench", "--repeats", "0")
+
+
 def test_cli_subprocess_exit_code_and_help(tmp_path):
     env = {**os.environ, "CTM_DATA_DIR": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-m", "ctm", "train", "--dataset", "nope"], capture_output=True,

@@ -97,6 +97,8 @@ def load_seed_module(path: Path) -> types.ModuleType:
         except ImportError:
             sys.modules[name] = types.ModuleType(name)
     spec = importlib.util.spec_from_file_location("seed_ctm_reference", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"seed reference {path} is not a Python file (expected a .py file like seed_ctm.py)")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -584,12 +586,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
 
 
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    parts = [b.strip() for b in text.split(",") if b.strip()]
+    if not parts or not all(b.isdigit() and int(b) > 0 for b in parts):
+        raise ValueError(f"--batch-sizes wants positive integers separated by commas (e.g. 64,256), got {text!r}")
+    return tuple(int(b) for b in parts)
+
+
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
     changes: dict[str, Any] = {}
-    if args.batch_sizes:
-        changes["batch_sizes"] = tuple(int(b) for b in args.batch_sizes.split(","))
-    if args.modes:
-        modes = tuple(m.strip() for m in args.modes.split(","))
+    if args.batch_sizes is not None:
+        changes["batch_sizes"] = _batch_sizes(args.batch_sizes)
+    for name, least in (("ticks", 1), ("repeats", 1), ("warmup", 0), ("threads", 1)):
+        value = getattr(args, name)
+        if value is not None and value < least:
+            raise ValueError(f"--{name} must be at least {least}, got {value}")
+    if args.modes is not None:
+        modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+        if not modes:
+            raise ValueError(f"--modes wants train, eval or train,eval, got {args.modes!r}")
         bad = [m for m in modes if m not in MODES]
         if bad:
             raise ValueError(f"unknown mode(s) {bad}; choose from {list(MODES)}")
@@ -601,12 +616,14 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     return BenchOptions.quick(**changes) if args.quick else BenchOptions(**changes)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "benchmarks/speed.py") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--memory-child"]:
         _memory_child(argv[1])
         return 0
-    p = argparse.ArgumentParser(prog="ctm bench", description=__doc__.splitlines()[0])
+    from .cli import OneLineParser
+
+    p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
     add_arguments(p)
     args = p.parse_args(argv)
 

@@ -59,6 +59,8 @@ def write_config(run_dir: Path, model_config: CTMConfig, extra: dict[str, Any]) 
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's config.json, checked to be a ctm run."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file; pass the run directory (the folder holding {CONFIG_FILE})")
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist")
     path = run_dir / CONFIG_FILE
@@ -100,6 +102,13 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Conti
     if missing or unexpected:
         raise RunDirError(f"{path} does not match config.json (missing {sorted(missing)}, "
                           f"unexpected {sorted(unexpected)})")
+    expected = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (config.json implies {tuple(expected[k].shape)})"
+             for k, v in state.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise RunDirError(f"{path} does not match the sizes in config.json: {wrong[0]}"
+                          f"{f' and {len(wrong) - 1} more' if len(wrong) > 1 else ''}; was config.json edited? "
+                          f"Restore it, or train a new run with the sizes you want")
     model.load_state_dict(state)
     return model.to(device), payload
 
@@ -122,15 +131,25 @@ def load_trainer_state(run_dir: Path) -> dict[str, Any]:
         raise RunDirError(f"{run_dir} has no {STATE_FILE}: it cannot be resumed")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt or foreign file: torch raises many kinds
-        raise RunDirError(f"{path} could not be loaded safely: {e}") from e
+    except Exception as e:  # a corrupt or foreign file: torch raises many kinds, some with long advice
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]  # not torch's unpickling advice
+        reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        raise RunDirError(f"{path} is corrupt or not a ctm trainer state ({reason}); the weights in "
+                          f"{MODEL_FILE} are still usable for eval/viz, but the run cannot be resumed") from None
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise RunDirError(f"{path} line {number} is not JSON ({e.msg}); fix or delete that line") from None
+    return rows
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

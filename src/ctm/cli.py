@@ -37,6 +37,13 @@ class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Flag errors as one line, like the command's own checks (argparse prints its whole usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -135,14 +142,14 @@ def _add_viz_parser(sub) -> None:
 
 
 def _add_bench_parser(sub) -> None:
-    p = sub.add_parser("bench", help="speed of ctm against the seed reference (benchmarks/speed.py)")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="flags of benchmarks/speed.py (see --help)")
+    # Listed for `ctm --help`; main() hands everything after `bench` to ctm.bench, which parses its own flags.
+    sub.add_parser("bench", help="speed of ctm against the seed reference (ctm bench --help)", add_help=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ctm", description="Continuous Thought Machines: train, evaluate, watch.")
+    parser = OneLineParser(prog="ctm", description="Continuous Thought Machines: train, evaluate, watch.")
     parser.add_argument("--version", action="version", version=f"ctm {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     _add_train_parser(sub)
     _add_eval_parser(sub)
     _add_viz_parser(sub)
@@ -157,6 +164,10 @@ def _is_main_process() -> bool:
 
 def _set_threads(threads: int | None) -> None:
     if threads:
+        limit = max(64, 4 * (os.cpu_count() or 1))  # far more threads than cores hangs or crashes OpenMP
+        if threads > limit:
+            raise CLIError(f"--threads {threads} is far more than this machine's {os.cpu_count()} CPUs; "
+                           f"use at most {limit} (usually the number of cores)")
         import torch
 
         torch.set_num_threads(threads)
@@ -181,6 +192,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import CTMConfig
 
     _set_threads(args.threads)
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise CLIError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
+    if args.out is not None and not args.out.strip():
+        raise CLIError("--out is empty; give a folder for the run (or leave --out out for runs/<dataset>-<time>)")
     model_changes = _explicit(args, MODEL_FLAGS)
     train_changes = _explicit(args, TRAIN_FLAGS)
     if args.resume:
@@ -203,10 +218,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.epochs is not None:
             train_changes["steps"] = _steps_from_epochs(args.epochs, train_config.dataset, args.data_dir,
                                                         train_config.batch_size)
-        if train_changes:
+        if train_changes:  # written to config.json by train() once the checkpoint has loaded
             train_config = tr.TrainConfig.from_dict({**stored_train, **train_changes})
-            if _is_main_process():
-                tr.update_stored_train_config(run_dir, train_config)
         state = load_trainer_state(run_dir)
         if int(state["step"]) >= train_config.steps:
             raise CLIError(f"{run_dir} already ran {state['step']} of {train_config.steps} steps; "
@@ -262,6 +275,16 @@ def cmd_viz(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .data import load_dataset
 
+    if not 0.1 <= args.fps <= 100:
+        raise CLIError(f"--fps must be between 0.1 and 100 frames per second, got {args.fps}")
+    if args.out is not None:
+        out = Path(args.out)
+        if out.suffix.lower() != ".gif":
+            raise CLIError(f"--out {out}: the file name must end in .gif")
+        if out.is_dir():
+            raise CLIError(f"--out {out} is a folder; give a file name ending in .gif")
+        if not out.parent.is_dir():
+            raise CLIError(f"--out {out}: folder {out.parent} does not exist")
     model, payload = load_model(args.run_dir)
     data = load_dataset(payload["dataset"]["name"], args.split, data_dir=args.data_dir)
     index, image, target = viz.select_example(data, args.index, args.label)
@@ -273,10 +296,6 @@ def cmd_viz(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
-
-    return bench_main(args.bench_args)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -377,15 +396,36 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "bench": cmd_bench}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz}
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the benchmark has its own flags (shared with benchmarks/speed.py)
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:], prog="ctm bench")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # also while torch is still being imported
+        print(f"ctm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run one command; the errors users cause become one line on stderr and an exit code."""
     from .checkpoint import RunDirError
     from .data import DataError
     from .train import NonFiniteLossError
@@ -400,10 +440,20 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"ctm {args.command}: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"ctm {args.command}: interrupted", file=sys.stderr)
-        return 130
-
+    except OSError as e:  # a path that cannot be written or read: unwritable, read-only, a file for a folder
+        if os.environ.get("CTM_DEBUG"):
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"ctm {args.command}: error: {e.strerror or e}{where}; check the path and its permissions",
+              file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if os.environ.get("CTM_DEBUG") or not _out_of_memory(e):
+            raise
+        detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        print(f"ctm {args.command}: error: out of memory ({detail}); use a smaller --batch-size, fewer --ticks "
+              f"or a smaller model", file=sys.stderr)
+        return 2
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -68,6 +68,11 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}")
+        for name in ("lr", "weight_decay"):  # their product must fit a float32 inside AdamW
+            if getattr(self, name) > 1e6:
+                raise ValueError(f"TrainConfig.{name} must be at most 1e6, got {getattr(self, name)}")
+        if self.seed >= 2**63:
+            raise ValueError(f"TrainConfig.seed must be below 2**63, got {self.seed}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"TrainConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.min_lr_ratio > 1:
@@ -127,8 +132,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU (use --device auto or cpu)")
+    if (name == "cuda" or name.startswith("cuda:")) and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} was asked for, but torch sees no CUDA GPU (use --device auto or cpu)")
+    if name.startswith("cuda:"):
+        index = name[5:]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: no such GPU; this machine has {torch.cuda.device_count()} "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError("--device mps was asked for, but MPS is not available here (use --device auto or cpu)")
     if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
@@ -244,14 +254,18 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
         optimizer.load_state_dict(state["optimizer"])
         elapsed = float(state.get("elapsed_s", 0.0))
         metrics = [m for m in ckpt.read_metrics(run_dir) if m["step"] <= step]
+        if step >= train_config.steps:
+            raise ckpt.RunDirError(f"{run_dir} already ran {step} of {train_config.steps} steps; "
+                                   f"pass a larger --steps to extend it")
+        # Only now that everything loaded: record a changed length (e.g. a larger --steps) in config.json.
+        if info.is_main and ckpt.read_config(run_dir).get("train") != train_config.to_dict():
+            update_stored_train_config(run_dir, train_config)
     else:
         # Only rank 0 looks at and writes the directory; the others learn its verdict.
         problem = None
         if info.is_main:
-            if (run_dir / ckpt.CONFIG_FILE).exists():
-                problem = (f"{run_dir} already holds a run; resume it with --resume {run_dir} "
-                           f"or choose another --out")
-            else:
+            problem = _fresh_run_dir_problem(run_dir)
+            if problem is None:
                 ckpt.write_config(run_dir, model_config, {
                     "train": train_config.to_dict(),
                     "dataset": {"name": train_config.dataset, "source": train_set.source,
@@ -401,6 +415,28 @@ def _describe(loss: float, acc: float, ev: EvalResult | None, step: int | None =
     if ev is not None:
         text += f" Test Loss: {ev.loss:.3f}, Test Acc: {ev.accuracy:.4f}"
     return text if step is None else f"step {step}: {text}"
+
+
+def _fresh_run_dir_problem(run_dir: Path) -> str | None:
+    """Why a new run cannot start in `run_dir`, or None. A folder that holds only the config.json of a
+    start that failed before its first checkpoint is reused; anything else already there is never
+    overwritten."""
+    if run_dir.exists() and not run_dir.is_dir():
+        return f"--out {run_dir} is a file, not a folder; choose another --out"
+    if not run_dir.is_dir():
+        return None
+    if (run_dir / ckpt.MODEL_FILE).exists() or (run_dir / ckpt.STATE_FILE).exists():
+        return f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose another --out"
+    names = {p.name for p in run_dir.iterdir()}
+    if names - {ckpt.CONFIG_FILE}:
+        return (f"{run_dir} is not empty ({', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''}) "
+                f"and holds no ctm checkpoint; choose another --out (ctm does not write over other files)")
+    if names:
+        try:
+            resume_configs(run_dir)
+        except ckpt.RunDirError:
+            return f"{run_dir} holds a config.json that is not a ctm run's; choose another --out"
+    return None
 
 
 def resume_configs(run_dir: str | Path) -> tuple[CTMConfig, TrainConfig, dict[str, Any]]:

@@ -287,6 +287,23 @@ def test_cli_reuses_a_folder_left_by_a_start_that_failed_before_its_first_checkp
     assert ckpt.weights_step(out) == 4
 
 
+def test_resume_eval_and_viz_use_the_data_dir_the_run_was_trained_on(tmp_path, capsys):
+    data = make_synthetic(tmp_path / "data", n_train=128, n_test=48)
+    run = tmp_path / "run"
+    assert run_cli("train", "--data-dir", data, "--out", run, "--steps", "2", "--batch-size", "32",
+                   "--eval-every", "2", "--no-progress", *TINY_FLAGS) == 0
+    capsys.readouterr()
+    assert run_cli("eval", run, "--json") == 0  # no --data-dir: the run's own files, not $CTM_DATA_DIR
+    assert json.loads(capsys.readouterr().out)["n"] == 48
+    assert run_cli("train", "--resume", run, "--steps", "3", "--no-progress") == 0
+    assert ckpt.weights_step(run) == 3
+    capsys.readouterr()
+    data.rename(tmp_path / "moved")
+    for argv in (["eval", run], ["viz", run], ["train", "--resume", run, "--steps", "4"]):
+        assert "which is gone; pass --data-dir" in _cli_error(capsys, *argv)
+    assert run_cli("eval", run, "--json", "--data-dir", tmp_path / "moved") == 0
+
+
 def test_cli_flag_errors_are_one_line(capsys):
     for argv in (["train", "--batch-size", "0"], ["train", "--steps", "3", "--epochs", "1"], ["bench", "--bogus"]):
         with pytest.raises(SystemExit) as e:

@@ -177,6 +177,18 @@ def _explicit(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, ob
     return {field: getattr(args, flag) for flag, field in mapping.items() if getattr(args, flag) is not None}
 
 
+def _data_dir_for(run_dir: str | Path, payload: dict, data_dir: str | None, dataset: str | None = None) -> str | None:
+    """The data folder for a run: --data-dir when given; else the --data-dir the run was trained with (so a
+    run trained on other files than the standard ones never silently continues or evaluates on those)."""
+    if data_dir is not None or dataset is not None:
+        return data_dir
+    recorded = (payload.get("dataset") or {}).get("data_dir")
+    if recorded and not Path(recorded).is_dir():
+        raise CLIError(f"{run_dir} was trained on the files in --data-dir {recorded}, which is gone; pass "
+                       f"--data-dir with the same data")
+    return recorded
+
+
 def _steps_from_epochs(epochs: float, dataset: str, data_dir: str | None, batch_size: int) -> int:
     from .data import load_dataset
 
@@ -204,7 +216,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CLIError("--out cannot be combined with --resume (the run stays in its directory)")
         if args.preset:
             raise CLIError("--preset cannot be combined with --resume (the run keeps its recipe)")
-        model_config, train_config, _ = tr.resume_configs(run_dir)
+        model_config, train_config, payload = tr.resume_configs(run_dir)
+        args.data_dir = _data_dir_for(run_dir, payload, args.data_dir)
         stored = model_config.to_dict()
         for field, value in model_changes.items():
             if stored[field] != value:
@@ -286,7 +299,8 @@ def cmd_viz(args: argparse.Namespace) -> int:
         if not out.parent.is_dir():
             raise CLIError(f"--out {out}: folder {out.parent} does not exist")
     model, payload = load_model(args.run_dir)
-    data = load_dataset(payload["dataset"]["name"], args.split, data_dir=args.data_dir)
+    data_dir = _data_dir_for(args.run_dir, payload, args.data_dir)
+    data = load_dataset(payload["dataset"]["name"], args.split, data_dir=data_dir)
     index, image, target = viz.select_example(data, args.index, args.label)
     out = Path(args.out or Path(args.run_dir) / f"thinking-{args.split}-{index}.gif")
     started = time.perf_counter()
@@ -314,7 +328,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset_name = args.dataset or payload.get("dataset", {}).get("name") or payload.get("train", {}).get("dataset")
     if dataset_name is None:
         raise CLIError(f"{args.run_dir} does not record its dataset; pass --dataset")
-    data = load_dataset(dataset_name, args.split, data_dir=args.data_dir)
+    data = load_dataset(dataset_name, args.split, data_dir=_data_dir_for(args.run_dir, payload, args.data_dir,
+                                                                          args.dataset))
     c = model.config
     if data.shape[0] != c.in_channels or data.num_classes != c.out_dims:
         raise CLIError(f"{dataset_name} has {data.shape[0]} channel(s) and {data.num_classes} classes, but the "

@@ -269,6 +269,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
                 ckpt.write_config(run_dir, model_config, {
                     "train": train_config.to_dict(),
                     "dataset": {"name": train_config.dataset, "source": train_set.source,
+                                "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
                                 "shape": list(train_set.shape), "num_classes": train_set.num_classes},
                     "world_size": info.world_size,
                 })

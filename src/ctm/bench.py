@@ -298,6 +298,11 @@ def _memory_child(payload: str) -> None:
 # ------------------------------------------------------------------------------------------ equivalence
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception as one short line, for the table (a variant that could not run)."""
+    return f"{type(e).__name__}: {e}".splitlines()[0][:300]
+
+
 @contextlib.contextmanager
 def _full_precision(device: torch.device):
     """TF32 off for the comparison (cuDNN uses it for convolutions by default on Ampere and later)."""
@@ -346,7 +351,7 @@ def check_against_seed(models: dict[str, torch.nn.Module], seed_module: types.Mo
             try:
                 got = run(impl, _impl_model(impl, models))
             except Exception as e:  # could not run here (e.g. no C++ compiler): not a verdict on its numerics
-                out[impl] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:300], "ok": None}
+                out[impl] = {"error": _one_line(e), "ok": None}
                 continue
             diffs = {k: (got[k] - ref[k]).abs().max().item() for k in ref}
             g, g_ref = got["input_grad"], ref["input_grad"]
@@ -452,7 +457,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
                     for _ in range(opts.warmup):
                         step()
                 except Exception as e:  # a variant that cannot run here (e.g. no C++ compiler) is reported
-                    errors[impl] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+                    errors[impl] = _one_line(e)
                     log(f"  {impl} failed: {errors[impl]}")
                     continue
                 steps[impl], row_models[impl] = step, model
@@ -460,7 +465,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
                 times = _time_rows(steps, opts.repeats, device)
             except torch.OutOfMemoryError as e:  # this batch does not fit: report it, go on with the next
                 for impl in steps:
-                    errors[impl] = f"OutOfMemoryError while timing: {e}".splitlines()[0][:300]
+                    errors[impl] = "while timing: " + _one_line(e)
                 log(f"  out of memory at batch {batch}")
                 steps, times = {}, {}
                 if device.type == "cuda":
@@ -634,11 +639,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "benchmarks/speed.py") -
         opts = options_from_args(args)
         result = run_benchmark(opts, log=log)
     except (ValueError, FileNotFoundError) as e:  # bad flags, no CUDA, a missing seed file: one line
-        print(f"ctm bench: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except ImportError as e:  # the seed reference imports something this environment lacks
         what = f"pip install {e.name}" if e.name else "install what it imports"
-        print(f"ctm bench: error: the seed reference could not be imported ({e}); {what}, or point --seed "
+        print(f"{prog}: error: the seed reference could not be imported ({e}); {what}, or point --seed "
               f"(or ${SEED_ENV}) at a reference whose imports are installed", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if args.json else format_table(result))

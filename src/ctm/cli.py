@@ -200,7 +200,6 @@ def _steps_from_epochs(epochs: float, dataset: str, data_dir: str | None, batch_
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import train as tr
-    from .checkpoint import load_trainer_state
     from .config import CTMConfig
 
     _set_threads(args.threads)
@@ -231,12 +230,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.epochs is not None:
             train_changes["steps"] = _steps_from_epochs(args.epochs, train_config.dataset, args.data_dir,
                                                         train_config.batch_size)
-        if train_changes:  # written to config.json by train() once the checkpoint has loaded
+        if train_changes:  # train() checks the new length and records it once the checkpoint has loaded
             train_config = tr.TrainConfig.from_dict({**stored_train, **train_changes})
-        state = load_trainer_state(run_dir)
-        if int(state["step"]) >= train_config.steps:
-            raise CLIError(f"{run_dir} already ran {state['step']} of {train_config.steps} steps; "
-                           f"pass a larger --steps to extend it")
     else:
         train_config = tr.make_train_config(args.preset or "default", **train_changes)
         if args.epochs is not None:
@@ -308,8 +303,6 @@ def cmd_viz(args: argparse.Namespace) -> int:
     print(f"Wrote {out}: {len(frames)} frames ({args.split} image {index}, label {target}) "
           f"in {time.perf_counter() - started:.1f} s")
     return 0
-
-
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -469,6 +462,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ctm {args.command}: error: out of memory ({detail}); use a smaller --batch-size, fewer --ticks "
               f"or a smaller model", file=sys.stderr)
         return 2
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -750,8 +750,7 @@ class ContinuousThoughtMachine(nn.Module):
         of it, the still-thinking rows are gathered into smaller tensors), so later ticks cost less. The
         result for each sample is the full forward's output at its halting tick: samples never see each
         other. In training mode the backbone's BatchNorm uses (and updates) batch statistics exactly as
-        forward does, so call
-        `model.eval()` first for per-sample answers and untouched running statistics.
+        forward does, so call `model.eval()` first for per-sample answers and untouched running statistics.
         `halt_certainty` > 1 runs every tick; 0 stops every sample after the first.
         """
         self.check_input(x)

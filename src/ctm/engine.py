@@ -1,0 +1,571 @@
+"""The fast engine: the readable CTM of `ctm.model`, laid out for speed on a CPU.
+
+`ContinuousThoughtMachine.forward` enters here through one dispatch (`engine.applies(model)`); everything
+else in the package reads `model.py`. The engine computes the same function (tests/test_engine.py holds it
+to the readable path: outputs, every gradient, BatchNorm statistics, float64 gradcheck) but a tick is ~15
+larger kernels instead of ~60 small ones. What each trick buys was measured side by side on a 2-core
+x86 CPU at the seed's sizes (batch 64, 30 ticks; `python benchmarks/engine_tricks.py`, figures in its
+docstring):
+
+* **Folding.** Everything that does not change between ticks is folded once per forward (`fold`):
+  keys/values, the query projection into the attention's query weights together with 1/sqrt(beta_t) and
+  the attention scale (one matrix per tick on the action accumulators), the attention's output
+  projection into the synapses, the NLM weights in neuron-major layout.
+* **Action synchronisation on all n x n products** (one outer product, no index gathers) with symmetric
+  weights, so the pairs i <= j of the model carry their full weight.
+* **Neuron-major trace.** The trace is a (D, M + T, B) sequence: tick t reads the window [t + 1, t + M]
+  (no concatenation), and every neuron's MLP is one batched matmul over neurons.
+* **Readout after the loop.** The output synchronisation, logits and certainties do not feed back into
+  the loop, so they are computed once for all ticks (the decay recursion becomes one matmul with a
+  (T, T) decay matrix per pair).
+* **Hand-written backward** (`_TickFunction`): the forward writes what the backward needs into
+  preallocated per-tick buffers, and weight gradients are batched over ticks.
+* **Workspace pool**: those buffers are kept between training steps (`_WorkspacePool`).
+* **Backbone for inference**: channels-last convolutions with BatchNorm folded in eval mode, pooling
+  before the ReLU (they commute), and on CPU with running statistics the batch in cache-sized chunks.
+
+Two private aten ops remain (`aten.glu.out`, `aten.native_layer_norm_backward`); tests/test_engine.py
+fails loudly if a torch upgrade changes what they compute.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .model import ContinuousThoughtMachine
+
+INFERENCE_CHUNK = 64  # images per backbone call in CPU inference (see features)
+
+
+def applies(model: ContinuousThoughtMachine) -> bool:
+    """Whether `model.forward` runs here: the model asks for it (`fast_backward`), the configuration is one
+    the engine covers, and torch.compile is not tracing (it traces the readable path)."""
+    compiling = hasattr(torch, "compiler") and torch.compiler.is_compiling()
+    return model.fast_backward and not compiling
+
+
+# --------------------------------------------------------------------------------------------- folding
+
+
+class TickParams(NamedTuple):
+    """The tensors the tick loop reads, built from the parameters once per forward (differentiable)."""
+
+    kT: Tensor  # (B*h, d/h, N) keys, transposed
+    v: Tensor  # (B*h, N, d/h) values
+    A: Tensor  # (T, d, na*na) query weights of tick t on the action accumulators (symmetric over pairs)
+    cq: Tensor  # (d,) query bias
+    r: Tensor  # (na*na,) action decay rates, symmetric
+    Wz: Tensor  # (2D, D) synapse weights on z
+    Wo: Tensor  # (2D, d) synapse weights on the attention output (out_proj folded in)
+    bs: Tensor  # (2D,) synapse bias (out_proj bias folded in)
+    gamma: Tensor  # (D,) synapse LayerNorm weight
+    beta: Tensor  # (D,) synapse LayerNorm bias
+    W1: Tensor  # (D, 2H, M) first NLM layer, neuron-major
+    b1: Tensor  # (D, 2H, 1)
+    W2: Tensor  # (D, 2, H) second NLM layer
+    b2: Tensor  # (D, 2, 1)
+    z0: Tensor  # (D,) start post-activations
+    trace0: Tensor  # (D, M) start trace
+
+
+class Sizes(NamedTuple):
+    T: int
+    D: int
+    M: int
+    H: int
+    B: int
+    heads: int
+    dh: int
+    N: int
+    na: int
+
+    @classmethod
+    def of(cls, p: TickParams, heads: int) -> Sizes:
+        T, d, na2 = p.A.shape
+        D, H2, M = p.W1.shape
+        Bh, dh, N = p.kT.shape
+        return cls(T, D, M, H2 // 2, Bh // heads, heads, dh, N, math.isqrt(na2))
+
+
+def _pair_positions(synch: nn.Module) -> tuple[Tensor, Tensor]:
+    """Positions of each pair (i, j), i <= j, and of its mirror (j, i) in the flattened n x n products."""
+    i, j = synch.left - synch.first, synch.right - synch.first
+    return i * synch.n + j, j * synch.n + i
+
+
+def fold(model: ContinuousThoughtMachine, tokens: Tensor, r_action: Tensor, T: int) -> tuple[TickParams, Tensor]:
+    """Fold the parameters into the layout of the tick loop. tokens (B, N, d); r_action (P_action,) the
+    decay factors exp(-decay). Returns the tick parameters and 1/sqrt(beta_t) (T, na*na)."""
+    c = model.config
+    B, N, d = tokens.shape
+    h, na = c.heads, c.n_synch_action
+    dh = d // h
+    attention = model.attention
+    W_in, b_in = attention.in_proj.weight, attention.in_proj.bias
+    k, v = F.linear(tokens, W_in[d:], b_in[d:]).split(d, dim=-1)  # (B, N, d) each
+    kT = k.reshape(B, N, h, dh).permute(0, 2, 3, 1).reshape(B * h, dh, N)
+    v = v.reshape(B, N, h, dh).transpose(1, 2).reshape(B * h, N, dh)
+
+    # Action synchronisation: accumulators over all na x na products, symmetric decay factors.
+    upper, lower = _pair_positions(model.synch_action)
+    r = r_action.new_zeros(na * na).index_copy(0, upper, r_action).index_copy(0, lower, r_action)
+    powers = r.unsqueeze(0) ** torch.arange(T, dtype=r.dtype, device=r.device).unsqueeze(1)  # (T, na*na): r^k
+    inv_sqrt_beta = powers.cumsum(0).rsqrt()  # beta_t = sum_{k <= t} r^k
+    # Query of tick t = attention scale * in_proj_q(q_proj(alpha_t / sqrt(beta_t))), as one matrix per tick
+    # on the accumulators, half of each off-diagonal pair's weight on (i, j) and half on (j, i).
+    scale = dh ** -0.5
+    Wq, bq = W_in[:d], b_in[:d]
+    half = (Wq @ model.q_proj.weight) * (0.5 * scale)  # (d, P_action)
+    A = half.new_zeros(d, na * na).index_copy(1, upper, half).view(d, na, na)
+    A = (A + A.transpose(1, 2)).view(d, na * na)
+    A = A.unsqueeze(0) * inv_sqrt_beta.unsqueeze(1)  # (T, d, na*na)
+    cq = (Wq @ model.q_proj.bias + bq) * scale
+
+    # Synapses on [attention output, z]; the attention's output projection folded in.
+    W_syn, b_syn = model.synapses[0].weight, model.synapses[0].bias
+    W_att = W_syn[:, :d]
+    nlm, ln = model.neuron_level_models, model.synapses[2]
+    return TickParams(
+        kT=kT, v=v, A=A, cq=cq, r=r, Wz=W_syn[:, d:], Wo=W_att @ attention.out_proj.weight,
+        bs=b_syn + W_att @ attention.out_proj.bias, gamma=ln.weight, beta=ln.bias,
+        W1=nlm.first.w1.permute(2, 1, 0).contiguous(), b1=nlm.first.b1.permute(1, 2, 0).contiguous(),
+        W2=nlm.second.w1.permute(2, 1, 0).contiguous(), b2=nlm.second.b1.permute(1, 2, 0).contiguous(),
+        z0=model.start_activated_state, trace0=model.start_trace,
+    ), inv_sqrt_beta
+
+
+# --------------------------------------------------------------------------------------------- one tick
+
+
+def _glu_into(x: Tensor, dim: int, out: Tensor) -> None:
+    """GLU written into `out`. The private out= variant saves a (B, D)-sized copy per GLU (three per tick)."""
+    torch.ops.aten.glu.out(x, dim, out=out)
+
+
+def _glu_jacobians(h: Tensor, y: Tensor, dim: int) -> None:
+    """Overwrite the GLU input h = [a, g] (halves along `dim`) with [sigmoid(g), y * (1 - sigmoid(g))]:
+    the derivatives of y = a * sigmoid(g) by a and by g."""
+    a, g = h.unbind(dim)
+    s = torch.sigmoid(g, out=a)
+    torch.addcmul(y.squeeze(dim), y.squeeze(dim), s, value=-1, out=g)
+
+
+class TickSlots(NamedTuple):
+    """One tick's buffers in a training forward: what the hand-written backward reads."""
+
+    alpha: Tensor  # (B, na*na) action accumulators
+    q: Tensor  # (B, d) query
+    w: Tensor  # (B*h, 1, N) attention weights
+    o: Tensor  # (B, d) attention output (before out_proj, which is folded into the synapses)
+    g: Tensor  # (B, D) GLU output, LayerNorm input
+    lin: Tensor  # (B, 2, D) synapse GLU input, then its Jacobians
+    mean: Tensor  # (B, 1) LayerNorm statistics
+    rstd: Tensor  # (B, 1)
+    u: Tensor  # (D, H, B) first NLM GLU output
+    h1: Tensor  # (D, 2H, B) first NLM GLU input, then its Jacobians
+    h2: Tensor  # (D, 2, B) second NLM GLU input, then its Jacobians
+
+
+def tick(p: TickParams, t: int, kT: Tensor, v: Tensor, z: Tensor, alpha: Tensor, window: Tensor,
+         pre_out: Tensor, z_out: Tensor, eps: float, slots: TickSlots | None = None) -> Tensor:
+    """Tick t in the engine's layout (neurons first, batch last) for b rows.
+
+    z (D, b): post-activations z_t; alpha (b, na*na): action accumulators of the previous tick (zeros before
+    the first); kT, v: the rows' keys and values. Writes the pre-activation a_t into pre_out (b, D), a view
+    of the trace whose window (D, M, b) ends with it, and z_{t+1} into z_out (D, 1, b); returns alpha_t.
+    With `slots` (a training forward) every intermediate the backward needs is written there.
+    """
+    D, b = z.shape
+    na = math.isqrt(alpha.shape[1])
+    dh = kT.shape[1]
+    zA = z[D - na:].t()  # (b, na)
+    outer = (zA.unsqueeze(2) * zA.unsqueeze(1)).view(b, na * na)
+    WzT, WoT, A_t = p.Wz.t(), p.Wo.t(), p.A[t].t()
+    if slots is None:
+        # 1-2. action synchronisation (alpha_t = z z^T + r alpha_{t-1}) -> query -> attention
+        alpha = torch.addcmul(outer, p.r, alpha)
+        w = torch.bmm(torch.addmm(p.cq, alpha, A_t).view(-1, 1, dh), kT).softmax(-1)
+        o = torch.bmm(w, v).view(b, -1)
+        # 3. synapses: Linear -> GLU -> LayerNorm, written into the trace
+        g = F.glu(torch.addmm(torch.addmm(p.bs, z.t(), WzT), o, WoT), -1)
+        pre_out.copy_(F.layer_norm(g, (D,), p.gamma, p.beta, eps))
+        # 4-5. neuron-level models on the window of the last M pre-activations
+        h1 = torch.baddbmm(p.b1, p.W1, window)  # (D, 2H, b)
+        _glu_into(torch.baddbmm(p.b2, p.W2, F.glu(h1, 1)), 1, z_out)
+        return alpha
+    s = slots
+    alpha = torch.addcmul(outer, p.r, alpha, out=s.alpha)
+    torch.addmm(p.cq, alpha, A_t, out=s.q)
+    torch.softmax(torch.bmm(s.q.view(-1, 1, dh), kT), -1, out=s.w)
+    torch.bmm(s.w, v, out=s.o.view(-1, 1, dh))
+    lin = s.lin.view(b, 2 * D)
+    torch.addmm(torch.addmm(p.bs, z.t(), WzT), s.o, WoT, out=lin)
+    _glu_into(lin, -1, s.g)
+    _glu_jacobians(s.lin, s.g.unsqueeze(1), 1)
+    pre, mean, rstd = torch.native_layer_norm(s.g, (D,), p.gamma, p.beta, eps)
+    pre_out.copy_(pre)
+    s.mean.copy_(mean)
+    s.rstd.copy_(rstd)
+    torch.baddbmm(p.b1, p.W1, window, out=s.h1)
+    _glu_into(s.h1, 1, s.u)
+    torch.baddbmm(p.b2, p.W2, s.u, out=s.h2)
+    H = s.u.shape[1]
+    _glu_jacobians(s.h1.view(D, 2, H, b), s.u.unsqueeze(1), 1)
+    _glu_into(s.h2, 1, z_out)
+    _glu_jacobians(s.h2.view(D, 2, 1, b), z_out.view(D, 1, 1, b), 1)
+    return alpha
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+def _forward_buffers(s: Sizes, like: Tensor) -> dict[str, Tensor]:
+    """What the hand-written backward needs from the forward, one slot per tick (see TickSlots)."""
+    T, D, H, B, na, d = s.T, s.D, s.H, s.B, s.na, s.heads * s.dh
+    new = like.new_empty
+    return {
+        "alpha": new(T, B, na * na), "q": new(T, B, d), "w": new(T, B * s.heads, 1, s.N), "o": new(T, B, d),
+        "g": new(T, B, D), "lin": new(T, B, 2, D), "mean": new(T, B, 1), "rstd": new(T, B, 1),
+        "u": new(T, D, H, B), "h1": new(T, D, 2 * H, B), "h2": new(T, D, 2, B),
+    }
+
+
+def _backward_buffers(s: Sizes, like: Tensor) -> dict[str, Tensor]:
+    T, D, H, B, na, d = s.T, s.D, s.H, s.B, s.na, s.heads * s.dh
+    new = like.new_empty
+    return {
+        "dh1": new(T, D, 2 * H, B), "dh2": new(T, D, 2, B), "dlin": new(T, B, 2 * D), "dq": new(T, B, d),
+        "ds": new(T, B * s.heads, 1, s.N), "do": new(T, B, d), "dacc": new(T, B, na * na),
+        "dseq": new(D, s.M + T, B),
+    }
+
+
+def _per_tick(*tensors: Tensor) -> list[tuple[Tensor, ...]]:
+    """[(a[t], b[t], ...) for each tick t]: the views of one tick, made once up front."""
+    return list(zip(*(x.unbind(0) for x in tensors), strict=True))
+
+
+def tick_loop(p: TickParams, s: Sizes, eps: float, saved: dict[str, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """Run the T ticks. Returns Z (T + 1, D, B): z_0 .. z_T, and the pre-activation sequence seq
+    (D, M + T, B): the start trace, then a_1 .. a_T. With `saved`, fills its per-tick buffers."""
+    T, D, M, B = s.T, s.D, s.M, s.B
+    seq = p.kT.new_empty(D, M + T, B)
+    seq[:, :M] = p.trace0.unsqueeze(-1)
+    Z = p.kT.new_empty(T + 1, D, B)
+    Z[0] = p.z0.unsqueeze(-1)
+    pre_out = seq[:, M:].permute(1, 2, 0).unbind(0)  # (B, D) slot of each tick's pre-activation
+    z_out = Z[1:].unsqueeze(2).unbind(0)  # (D, 1, B)
+    slots = [None] * T if saved is None else [TickSlots(*x) for x in _per_tick(*(saved[k] for k in TickSlots._fields))]
+    alpha = p.kT.new_zeros(B, s.na * s.na)
+    for t in range(T):
+        alpha = tick(p, t, p.kT, p.v, Z[t], alpha, seq[:, t + 1:t + 1 + M], pre_out[t], z_out[t], eps, slots[t])
+    return Z, seq
+
+
+def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, saved: dict[str, Tensor],
+                   buf: dict[str, Tensor]) -> tuple[Tensor, ...]:
+    """Gradients of all `TickParams` fields from dZ (T, D, B), the gradient of z_1 .. z_T."""
+    T, D, M, H, B, heads, dh, N, na = s
+    d = heads * dh
+    W1t = p.W1.transpose(1, 2).contiguous()  # (D, M, 2H)
+    W2t = p.W2.transpose(1, 2).contiguous()  # (D, H, 2)
+    # The accumulator gradient is symmetric over (i, j); carry twice it (weights 2A) and halve at the end.
+    A2 = (2 * p.A).unbind(0)
+    vT, kTT = p.v.transpose(1, 2), p.kT.transpose(1, 2)
+    dseq = buf["dseq"].zero_()
+    dW1 = p.W1.new_zeros(D, M, 2 * H)
+    dh1s, dh2s, dlins, dqs, dss, dos, daccs = (buf[k] for k in ("dh1", "dh2", "dlin", "dq", "ds", "do", "dacc"))
+    ticks = _per_tick(saved["h2"], saved["h1"].view(T, D, 2, H, B), saved["g"], saved["mean"], saved["rstd"],
+                      saved["lin"], saved["w"], dh2s, dh1s.view(T, D, 2, H, B), dlins.view(T, B, 2, D), dqs, dss,
+                      dos, daccs, dZ.transpose(1, 2), Z[:T, D - na:].transpose(1, 2).unsqueeze(3))
+    windows = [seq[:, t + 1:t + 1 + M] for t in range(T)]
+    dseq_windows = [dseq[:, t + 1:t + 1 + M] for t in range(T)]
+    dpre = dseq[:, M:].permute(1, 2, 0).unbind(0)  # (B, D) gradient of each tick's pre-activation
+    dacc = None
+    dz = ticks[T - 1][14]  # (B, D): gradient of z_T
+    for t in reversed(range(T)):
+        j2, j1, g, mean, rstd, jl, w, dh2, dh1, dlin, dq, ds, do, dacc_t, _, zA = ticks[t]
+        # neuron-level models
+        torch.mul(dz.t().unsqueeze(1), j2, out=dh2)
+        torch.mul(torch.bmm(W2t, dh2).unsqueeze(1), j1, out=dh1)
+        dh1 = dh1.view(D, 2 * H, B)
+        dW1.baddbmm_(windows[t], dh1.transpose(1, 2))
+        dseq_windows[t] += torch.bmm(W1t, dh1)
+        # synapses
+        dg = torch.ops.aten.native_layer_norm_backward(dpre[t], g, (D,), mean, rstd, p.gamma, p.beta,
+                                                       (True, False, False))[0]
+        torch.mul(dg.unsqueeze(1), jl, out=dlin)
+        dlin = dlin.view(B, 2 * D)
+        # attention: softmax backward ds = w * (dw - <dw, w>)
+        torch.mm(dlin, p.Wo, out=do)
+        dw = torch.bmm(do.view(-1, 1, dh), vT)
+        torch.mul(w, dw - (dw * w).sum(-1, keepdim=True), out=ds)
+        torch.bmm(ds, kTT, out=dq.view(-1, 1, dh))
+        # action synchronisation accumulators: alpha_t = outer(z_t) + r * alpha_{t-1}
+        if dacc is None:
+            dacc = torch.mm(dq, A2[t], out=dacc_t)
+        else:
+            dacc = torch.addmm(dacc * p.r, dq, A2[t], out=dacc_t)
+        # gradient of z_t: synapses, action synchronisation, and the readout
+        dz = torch.addmm(ticks[t - 1][14], dlin, p.Wz) if t > 0 else torch.mm(dlin, p.Wz)
+        dz[:, D - na:] += torch.bmm(dacc.view(B, na, na), zA).view(B, na)
+
+    dlin_all = dlins.view(T * B, 2 * D)
+    d_Wz = dlin_all.t() @ Z[:T].transpose(1, 2).reshape(T * B, D)
+    d_Wo = dlin_all.t() @ saved["o"].view(T * B, d)
+    d_bs = dlin_all.sum(0)
+    dpre_all = dseq[:, M:].permute(1, 2, 0)  # (T, B, D)
+    xhat = (saved["g"] - saved["mean"]) * saved["rstd"]
+    d_gamma, d_beta = (dpre_all * xhat).sum((0, 1)), dpre_all.sum((0, 1))
+    Bh = B * heads
+    d_kT = torch.bmm(saved["q"].view(T, Bh, dh).permute(1, 2, 0), dss.view(T, Bh, N).transpose(0, 1))
+    d_v = torch.bmm(saved["w"].view(T, Bh, N).permute(1, 2, 0), dos.view(T, Bh, dh).transpose(0, 1))
+    d_A = torch.bmm(dqs.transpose(1, 2), saved["alpha"])
+    d_cq = dqs.sum((0, 1))
+    d_r = (saved["alpha"][:-1] * daccs[1:]).sum((0, 1)) * 0.5
+    d_b1 = dh1s.sum(-1, keepdim=True).sum(0)
+    d_W2 = torch.bmm(dh2s.view(T * D, 2, B), saved["u"].view(T * D, H, B).transpose(1, 2)).view(T, D, 2, H).sum(0)
+    d_b2 = dh2s.sum(-1, keepdim=True).sum(0)
+    d_z0 = dz.sum(0)
+    d_trace0 = dseq[:, :M].sum(-1)
+    return (d_kT, d_v, d_A, d_cq, d_r, d_Wz, d_Wo, d_bs, d_gamma, d_beta, dW1.transpose(1, 2), d_b1, d_W2, d_b2,
+            d_z0, d_trace0)
+
+
+class WorkspacePool:
+    """Keeps the hand-written backward's buffers between training steps (~55 MB at the seed's sizes and
+    batch 64, growing linearly with the batch); fresh buffers cost page faults on first touch.
+
+    A workspace is taken by a forward and given back at the end of its backward; a forward whose graph is
+    dropped without a backward lets its workspace be garbage-collected. At most `keep` workspaces (one
+    per shape) are held. Copies and pickles of a model start with an empty pool.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._free: dict[tuple, dict[str, Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: tuple) -> dict[str, Tensor] | None:
+        with self._lock:
+            return self._free.pop(key, None)
+
+    def give(self, key: tuple, workspace: dict[str, Tensor]) -> None:
+        with self._lock:
+            self._free.pop(key, None)
+            self._free[key] = workspace
+            while len(self._free) > self.keep:
+                self._free.pop(next(iter(self._free)))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+    def __deepcopy__(self, memo) -> WorkspacePool:
+        return WorkspacePool(self.keep)
+
+    def __getstate__(self) -> dict:
+        return {"keep": self.keep}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["keep"])
+
+
+class _TickFunction(torch.autograd.Function):
+    """The tick loop with a hand-written backward: outputs z_1 .. z_T (T, D, B), and for tracking the
+    pre-activation sequence, the attention weights and the action accumulators (not differentiable)."""
+
+    @staticmethod
+    def forward(ctx, pool: WorkspacePool | None, eps: float, heads: int, track: bool, *tensors: Tensor):
+        p = TickParams(*tensors)
+        s = Sizes.of(p, heads)
+        key = (tuple(s), p.kT.dtype, p.kT.device)
+        workspace = (pool.take(key) if pool is not None else None) or {"fwd": _forward_buffers(s, p.kT)}
+        Z, seq = tick_loop(p, s, eps, workspace["fwd"])
+        ctx.pool, ctx.key, ctx.workspace, ctx.sizes, ctx.Z, ctx.seq = pool, key, workspace, s, Z, seq
+        ctx.save_for_backward(*tensors)
+        if not track:
+            return Z[1:]
+        extras = (seq, workspace["fwd"]["w"].clone(), workspace["fwd"]["alpha"].clone())
+        ctx.mark_non_differentiable(*extras)
+        return (Z[1:], *extras)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dZ: Tensor, *_unused):
+        if ctx.workspace is None:
+            raise RuntimeError(
+                "backward through the same CTM forward twice (retain_graph=True) is not supported by the "
+                "hand-written backward; set model.fast_backward = False to use autograd")
+        p = TickParams(*ctx.saved_tensors)
+        workspace = ctx.workspace
+        if "bwd" not in workspace:
+            workspace["bwd"] = _backward_buffers(ctx.sizes, p.kT)
+        grads = _tick_backward(dZ.contiguous(), p, ctx.sizes, ctx.Z, ctx.seq, workspace["fwd"], workspace["bwd"])
+        ctx.workspace = ctx.Z = ctx.seq = None
+        if ctx.pool is not None:
+            ctx.pool.give(ctx.key, workspace)
+        return (None, None, None, None, *grads)
+
+
+def run_ticks(p: TickParams, heads: int, eps: float, track: bool, pool: WorkspacePool | None = None
+              ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """z_1 .. z_T (T, D, B); with track also the sequence, attention weights and action accumulators."""
+    s = Sizes.of(p, heads)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in p):
+        out = _TickFunction.apply(pool, eps, heads, track, *p)
+        return (out, None, None, None) if not track else out
+    saved = _forward_buffers(s, p.kT) if track else None
+    Z, seq = tick_loop(p, s, eps, saved)
+    return (Z[1:], None, None, None) if not track else (Z[1:], seq, saved["w"], saved["alpha"])
+
+
+def readout(model: ContinuousThoughtMachine, Zs: Tensor, r_out: Tensor) -> tuple[Tensor, Tensor]:
+    """Output synchronisation and logits of every tick at once, after the loop.
+
+    With r = exp(-decay) per pair: alpha_t = r^(t+1) alpha_start + sum_{s <= t} r^(t-s) z_s,i z_s,j over the
+    ticks' post-activations, beta_t = sum_{k <= t+1} r^k, S_t = alpha_t / sqrt(beta_t): the recursion of
+    `Synchronisation` unrolled. Zs (T, D, B) -> logits (B, C, T) and the synchronisation (P_out, T, B).
+    """
+    synch = model.synch_out
+    T, _, B = Zs.shape
+    ticks = torch.arange(T + 1, dtype=Zs.dtype, device=Zs.device)
+    powers = r_out.unsqueeze(0) ** ticks.unsqueeze(1)  # (T + 1, P): r^k
+    inv_sqrt_beta = powers.cumsum(0)[1:].t().rsqrt()  # (P, T)
+    lag = ticks[:T].unsqueeze(1) - ticks[:T].unsqueeze(0)  # t - s
+    decay = r_out.view(-1, 1, 1) ** lag.clamp(min=0) * (lag >= 0)  # (P, T, T)
+    z = Zs[:, synch.first:synch.first + synch.n].permute(1, 0, 2)  # (n, T, B)
+    upper, _ = _pair_positions(synch)
+    products = (z.unsqueeze(1) * z.unsqueeze(0)).reshape(-1, T, B).index_select(0, upper)  # (P, T, B)
+    z0 = model.start_activated_state
+    start = z0[synch.left] * z0[synch.right]  # (P,)
+    alpha = torch.baddbmm((powers[1:].t() * start.unsqueeze(1)).unsqueeze(2), decay, products)
+    S = alpha * inv_sqrt_beta.unsqueeze(2)  # (P, T, B)
+    proj = model.output_projector
+    logits = torch.addmm(proj.bias.unsqueeze(1), proj.weight, S.reshape(S.shape[0], T * B))  # (C, T * B)
+    return logits.view(-1, T, B).permute(2, 0, 1).contiguous(), S
+
+
+# --------------------------------------------------------------------------------------------- backbone
+
+
+def features(model: ContinuousThoughtMachine, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """`model.compute_features`, fast: (B, C, H, W) images -> (B, N, d_input) tokens and the grid (H', W')."""
+    bb = model.backbone
+    h = x.to(memory_format=torch.channels_last)
+    independent = not any(bn.training or bn.running_mean is None for bn in (bb[1], bb[5]))
+    if torch.is_grad_enabled() or not independent or h.device.type != "cpu":
+        feats = _backbone(bb, h, bb[3])
+    else:
+        # CPU inference with BatchNorm on running statistics: every image is independent, so run the
+        # backbone in chunks whose activations stay in cache (about 2x faster at batch 500), pooling with
+        # elementwise maxima of strided views (max_pool2d also computes indices).
+        feats = torch.cat([_backbone(bb, c, _max_pool_2x2) for c in h.split(INFERENCE_CHUNK)])
+    grid = (feats.shape[-2], feats.shape[-1])
+    return model.kv_proj(feats.flatten(2).transpose(1, 2)), grid
+
+
+def _backbone(bb: nn.Sequential, h: Tensor, pool) -> Tensor:
+    """(B, C, H, W) channels-last images -> (B, d_input, H', W') features: conv -> BN -> ReLU -> pool, twice,
+    pooled before the ReLU (the two commute, and the ReLU then touches a quarter of the values)."""
+    h = F.relu(pool(_conv_bn(bb[0], bb[1], h)))
+    return F.relu(pool(_conv_bn(bb[4], bb[5], h)))
+
+
+def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
+    """BatchNorm(conv(x)), channels-last; in eval mode BatchNorm is folded into the convolution."""
+    weight, bias = conv.weight, conv.bias
+    if bn.training or bn.running_mean is None:
+        return bn(conv._conv_forward(x, weight.to(memory_format=torch.channels_last), bias))
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale if bias is None else (bias - bn.running_mean) * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    w = (weight * scale.view(-1, 1, 1, 1)).to(memory_format=torch.channels_last)
+    return conv._conv_forward(x, w, shift)
+
+
+def _max_pool_2x2(x: Tensor) -> Tensor:
+    """max_pool2d(x, 2, 2) (odd last rows/columns dropped) as elementwise maxima: forward only."""
+    x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+    rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
+# --------------------------------------------------------------------------------------------- entry points
+
+
+def forward(model: ContinuousThoughtMachine, x: Tensor, track: bool):
+    """`model.forward(x, track)` on the engine; returns the same `CTMOutput` as the readable path."""
+    from .model import CTMOutput, Tracking, certainty
+
+    c = model.config
+    B, T, M = x.shape[0], c.iterations, c.memory_length
+    tokens, grid = features(model, x)  # (B, N, d_input)
+    with model.full_precision(x):  # under autocast only the backbone runs in low precision
+        r_action, r_out = model.decay_factors()
+        p, inv_sqrt_beta = fold(model, tokens.to(model.start_trace.dtype), r_action, T)
+        Zs, seq, attn, alpha = run_ticks(p, c.heads, model.synapses[2].eps, track, model._workspaces)  # (T, D, B)
+        logits, S_out = readout(model, Zs, r_out)  # (B, C, T), (P_out, T, B)
+        certainties = certainty(logits, dim=1)  # (B, 2, T)
+    tracking = None
+    if track:
+        upper, _ = _pair_positions(model.synch_action)
+        tracking = Tracking(
+            pre_activations=seq.detach()[:, M:].permute(1, 2, 0).contiguous(),
+            post_activations=Zs.detach().transpose(1, 2).contiguous(),
+            attention=attn.detach().reshape(T, B, c.heads, -1),
+            synchronisation_out=S_out.detach().permute(1, 2, 0).contiguous(),
+            synchronisation_action=alpha.detach()[:, :, upper] * inv_sqrt_beta.detach()[:, upper].unsqueeze(1),
+            token_grid=grid,
+        )
+    return CTMOutput(logits, certainties, S_out[:, -1].t().contiguous(), tracking)
+
+
+class Stepper:
+    """The engine's ticks one at a time, for adaptive computation (`ctm.halting`): `step()` runs the next
+    tick for the rows still in the batch and returns their logits (b, C); `keep(rows)` drops the others."""
+
+    def __init__(self, model: ContinuousThoughtMachine, x: Tensor, T: int) -> None:
+        c = model.config
+        self.model, self.T, self.t = model, T, 0
+        tokens, _ = features(model, x)
+        with model.full_precision(x):
+            r_action, self.r_out = model.decay_factors()
+            self.p, _ = fold(model, tokens.to(model.start_trace.dtype), r_action, T)
+            self.eps, self.heads, D, M, B = model.synapses[2].eps, c.heads, c.d_model, c.memory_length, x.shape[0]
+            self.kT, self.v = self.p.kT, self.p.v
+            self.seq = self.p.kT.new_empty(D, M + T, B)  # start trace, then a_1 .. a_T; column j is column off + j
+            self.seq[:, :M] = self.p.trace0.unsqueeze(-1)
+            self.off = 0
+            self.z = self.p.z0.unsqueeze(-1).expand(D, B)  # (D, b)
+            self.alpha = self.p.kT.new_zeros(B, c.n_synch_action ** 2)
+            self.synch_out = model.synch_out(self.z.t(), None, self.r_out)[1]
+
+    def step(self) -> Tensor:
+        t, M, D = self.t, self.model.config.memory_length, self.z.shape[0]
+        col = M + t - self.off
+        z_next = self.z.new_empty(D, 1, self.z.shape[1])
+        self.alpha = tick(self.p, t, self.kT, self.v, self.z, self.alpha, self.seq[:, col - M + 1:col + 1],
+                          self.seq[:, col].t(), z_next, self.eps)
+        self.z = z_next.view(D, -1)
+        S, self.synch_out = self.model.synch_out(self.z.t(), self.synch_out, self.r_out)
+        self.t += 1
+        return self.model.output_projector(S)
+
+    def keep(self, rows: Tensor) -> None:
+        # Only the trace columns later ticks read are kept.
+        self.seq, self.off = self.seq[:, self.t - self.off:].index_select(2, rows), self.t
+        self.z, self.alpha = self.z[:, rows], self.alpha[rows]
+        self.synch_out = type(self.synch_out)(*(s[rows] for s in self.synch_out))
+        rows_h = (rows.unsqueeze(1) * self.heads + torch.arange(self.heads, device=rows.device)).view(-1)
+        self.kT, self.v = self.kT.index_select(0, rows_h), self.v.index_select(0, rows_h)

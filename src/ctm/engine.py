@@ -409,8 +409,8 @@ class _TickFunction(torch.autograd.Function):
         if "bwd" not in workspace:
             workspace["bwd"] = _backward_buffers(ctx.sizes, p.kT)
         grads = _tick_backward(dZ.contiguous(), p, ctx.sizes, ctx.Z, ctx.seq, workspace["fwd"], workspace["bwd"])
-        ctx.workspace = ctx.Z = ctx.seq = None
-        if ctx.pool is not None:
+        if ctx.pool is not None:  # the workspace goes back for the next step; without a pool the graph keeps it
+            ctx.workspace = ctx.Z = ctx.seq = None
             ctx.pool.give(ctx.key, workspace)
         return (None, None, None, None, *grads)
 

@@ -1,0 +1,202 @@
+"""The fast engine (`ctm.engine`) against the readable model (`fast_backward = False`), without the seed:
+outputs, every gradient, the input gradient, BatchNorm statistics, tracking, adaptive computation; a float64
+gradcheck of the hand-written backward; the private aten ops the engine relies on; the dispatch itself."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ctm
+from ctm import engine
+
+# Odd sizes; several heads with colour non-square input; fewer ticks than memory with batch 1.
+CONFIGS = {
+    "odd": (ctm.CTMConfig(iterations=5, d_model=23, d_input=12, memory_length=6, heads=3, n_synch_out=5,
+                          n_synch_action=7, memory_hidden_dims=3, out_dims=4), 5, (13, 11)),
+    "heads-colour": (ctm.CTMConfig(iterations=6, d_model=40, d_input=16, memory_length=4, heads=4, n_synch_out=9,
+                                   n_synch_action=6, memory_hidden_dims=5, out_dims=7, in_channels=3), 4, (20, 12)),
+    "short-batch1": (ctm.CTMConfig(iterations=3, d_model=18, d_input=8, memory_length=7, heads=2, n_synch_out=18,
+                                   n_synch_action=4, memory_hidden_dims=2, out_dims=3), 1, (9, 16)),
+}
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _twins(name: str, seed: int = 0) -> tuple[ctm.CTM, ctm.CTM, torch.Tensor, torch.Tensor]:
+    cfg, batch, hw = CONFIGS[name]
+    torch.manual_seed(seed)
+    fast = ctm.CTM(cfg)
+    with torch.no_grad():  # decays away from 0 and the clamp bounds; non-trivial BatchNorm statistics
+        fast.decay_params_out.uniform_(0.1, 2)
+        fast.decay_params_action.uniform_(0.1, 2)
+        for bn in (fast.backbone[1], fast.backbone[5]):
+            bn.running_mean.uniform_(-0.3, 0.3)
+            bn.running_var.uniform_(0.5, 2)
+    readable = copy.deepcopy(fast)
+    readable.fast_backward = False
+    x = torch.rand(batch, cfg.in_channels, *hw)
+    y = torch.randint(0, cfg.out_dims, (batch,))
+    return fast, readable, x, y
+
+
+def _run(model: ctm.CTM, x: torch.Tensor, y: torch.Tensor, track: bool = False):
+    x = x.clone().requires_grad_(True)
+    out = model(x, track=track)
+    loss, _ = ctm.certainty_loss(out.predictions, out.certainties, y)
+    # every output reaches the loss: all ticks' logits, certainties and the final synchronisation
+    (loss + out.predictions.mean() + out.certainties[:, 1].mean() + out.synchronisation_out.pow(2).mean()).backward()
+    return out, x.grad
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_engine_matches_readable_path(name, mode):
+    fast, readable, x, y = _twins(name)
+    fast.train(mode == "train")
+    readable.train(mode == "train")
+    out_f, dx_f = _run(fast, x, y)
+    out_r, dx_r = _run(readable, x, y)
+    for a, b in zip(out_f, out_r, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(dx_f, dx_r, **TOL)
+    theirs = dict(readable.named_parameters())
+    for n, p in fast.named_parameters():
+        assert p.grad is not None and theirs[n].grad is not None, n
+        torch.testing.assert_close(p.grad, theirs[n].grad, **TOL, msg=lambda m, n=n: f"grad of {n}: {m}")
+    for (n, a), (_, b) in zip(fast.named_buffers(), readable.named_buffers(), strict=True):
+        torch.testing.assert_close(a, b, **TOL, msg=lambda m, n=n: f"buffer {n}: {m}")
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_engine_tracking_matches_readable_path(name, grad):
+    fast, readable, x, _ = _twins(name, seed=1)
+    fast.eval()
+    readable.eval()
+    with torch.set_grad_enabled(grad):
+        a, b = fast(x, track=True).tracking, readable(x, track=True).tracking
+    assert a.token_grid == b.token_grid
+    for field in a._fields[:-1]:
+        ours, theirs = getattr(a, field), getattr(b, field)
+        assert ours.shape == theirs.shape and not ours.requires_grad, field
+        torch.testing.assert_close(ours, theirs, **TOL, msg=lambda m, f=field: f"{f}: {m}")
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_think_is_the_same_on_both_engines(name):
+    fast, readable, x, _ = _twins(name, seed=2)
+    x = torch.rand(24, *x.shape[1:])  # enough rows for several compactions
+    fast.eval()
+    readable.eval()
+    for tau in (0.0, 0.2, 0.3, 0.5, 2.0):
+        a, b = fast.think(x, tau), readable.think(x, tau)
+        assert torch.equal(a.ticks, b.ticks) and torch.equal(a.prediction, b.prediction), tau
+        torch.testing.assert_close(a.logits, b.logits, **TOL)
+        torch.testing.assert_close(a.certainty, b.certainty, **TOL)
+
+
+def test_readable_path_really_runs_when_fast_backward_is_off(monkeypatch):
+    """fast_backward = False: neither the engine's forward nor its stepper runs; model.tick does, T times."""
+    fast, readable, x, y = _twins("odd")
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the fast engine ran")
+
+    monkeypatch.setattr(engine, "forward", refuse)
+    monkeypatch.setattr(engine, "Stepper", refuse)
+    calls = []
+    plain_tick = ctm.CTM.tick
+    monkeypatch.setattr(ctm.CTM, "tick", lambda self, *a: calls.append(1) or plain_tick(self, *a))
+    _run(readable, x, y)
+    assert len(calls) == readable.config.iterations
+    readable.eval().think(x, 0.5)
+    with pytest.raises(AssertionError, match="fast engine ran"):
+        fast(x)
+    with pytest.raises(AssertionError, match="fast engine ran"):
+        fast.eval().think(x, 0.5)
+
+
+def test_double_backward_and_forward_mode_ad_on_the_readable_path():
+    _, readable, x, _ = _twins("short-batch1")
+    x = x.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(readable(x).predictions.pow(2).sum(), x, create_graph=True)
+    gx.sum().backward()  # a second backward through the first one's graph
+    assert readable.q_proj.weight.grad is not None and torch.isfinite(readable.q_proj.weight.grad).all()
+    import torch.autograd.forward_ad as fwAD
+
+    with torch.no_grad(), fwAD.dual_level():
+        tangent = torch.randn_like(x)
+        out = readable(fwAD.make_dual(x.detach(), tangent)).predictions
+        jvp = fwAD.unpack_dual(out).tangent
+    eps = 1e-3
+    with torch.no_grad():
+        numeric = (readable(x.detach() + eps * tangent).predictions - readable(x.detach() - eps * tangent)
+                   .predictions) / (2 * eps)
+    torch.testing.assert_close(jvp, numeric, rtol=1e-2, atol=1e-3)
+
+
+def test_hand_written_backward_gradcheck_float64():
+    """torch.autograd.gradcheck of the tick loop's backward against finite differences, every input."""
+    cfg = ctm.CTMConfig(iterations=3, d_model=6, d_input=4, memory_length=3, heads=2, n_synch_out=3,
+                        n_synch_action=3, memory_hidden_dims=2, out_dims=3)
+    torch.manual_seed(0)
+    model = ctm.CTM(cfg).double()
+    with torch.no_grad():
+        model.decay_params_action.uniform_(0.2, 1)
+    tokens = torch.randn(2, 5, cfg.d_input, dtype=torch.float64)
+    r_action, _ = model.decay_factors()
+    p, _ = engine.fold(model, tokens, r_action, cfg.iterations)
+    na = cfg.n_synch_action
+    leaves = [t.detach().clone().requires_grad_(True) for t in p]
+
+    def ticks(*tensors):
+        # The engine's action accumulators are symmetric by construction (fold): keep A and r so.
+        q = engine.TickParams(*tensors)
+        A = q.A.view(cfg.iterations, -1, na, na)
+        A = (0.5 * (A + A.transpose(-1, -2))).reshape(q.A.shape)
+        r = q.r.view(na, na)
+        q = q._replace(A=A, r=(0.5 * (r + r.t())).reshape(-1))
+        return engine._TickFunction.apply(None, model.synapses[2].eps, cfg.heads, False, *q)
+
+    assert torch.autograd.gradcheck(ticks, leaves, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_private_aten_ops_compute_what_the_engine_assumes():
+    """The engine calls aten.glu.out and aten.native_layer_norm_backward directly: if a torch upgrade
+    changes their signature or meaning, this fails (then replace them with the public ops beside them)."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 8, 3)
+    out = torch.empty(5, 4, 3)
+    torch.ops.aten.glu.out(x, 1, out=out)
+    torch.testing.assert_close(out, F.glu(x, 1), rtol=0, atol=0)
+
+    g = torch.randn(6, 10, requires_grad=True)
+    gamma, beta = torch.randn(10, requires_grad=True), torch.randn(10)
+    y, mean, rstd = torch.native_layer_norm(g, (10,), gamma, beta, 1e-5)
+    torch.testing.assert_close(y, F.layer_norm(g, (10,), gamma, beta, 1e-5))
+    torch.testing.assert_close(mean, g.mean(-1, keepdim=True))
+    torch.testing.assert_close(rstd, (g.var(-1, unbiased=False, keepdim=True) + 1e-5).rsqrt())
+    dy = torch.randn(6, 10)
+    (expected,) = torch.autograd.grad(F.layer_norm(g, (10,), gamma, beta, 1e-5), g, dy)
+    dg = torch.ops.aten.native_layer_norm_backward(dy, g.detach(), (10,), mean, rstd, gamma.detach(), beta,
+                                                   (True, False, False))[0]
+    torch.testing.assert_close(dg, expected)
+
+
+def test_engine_backbone_matches_the_plain_backbone():
+    """The engine's inference backbone (BatchNorm folded, chunked, pooling by maxima) against model.backbone."""
+    cfg = ctm.CTMConfig(iterations=2, d_input=8)
+    model = ctm.CTM(cfg).eval()
+    with torch.no_grad():
+        for bn in (model.backbone[1], model.backbone[5]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(engine.INFERENCE_CHUNK + 5, 1, 15, 17)  # more than one chunk, odd sizes
+    with torch.no_grad():
+        fast, grid = engine.features(model, x)
+        plain, grid_plain = model.compute_features(x)
+    assert grid == grid_plain == (3, 4)
+    torch.testing.assert_close(fast, plain, **TOL)

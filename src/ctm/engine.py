@@ -116,7 +116,7 @@ def fold(model: ContinuousThoughtMachine, tokens: Tensor, r_action: Tensor, T: i
     # Action synchronisation: accumulators over all na x na products, symmetric decay factors.
     upper, lower = _pair_positions(model.synch_action)
     r = r_action.new_zeros(na * na).index_copy(0, upper, r_action).index_copy(0, lower, r_action)
-    powers = r.unsqueeze(0) ** torch.arange(T, dtype=r.dtype, device=r.device).unsqueeze(1)  # (T, na*na): r^k
+    powers = torch.exp(torch.arange(T, dtype=r.dtype, device=r.device).unsqueeze(1) * r.log())  # (T, na*na): r^k
     inv_sqrt_beta = powers.cumsum(0).rsqrt()  # beta_t = sum_{k <= t} r^k
     # Query of tick t = attention scale * in_proj_q(q_proj(alpha_t / sqrt(beta_t))), as one matrix per tick
     # on the accumulators, half of each off-diagonal pair's weight on (i, j) and half on (j, i).
@@ -147,6 +147,19 @@ def fold(model: ContinuousThoughtMachine, tokens: Tensor, r_action: Tensor, T: i
 def _glu_into(x: Tensor, dim: int, out: Tensor) -> None:
     """GLU written into `out`. The private out= variant saves a (B, D)-sized copy per GLU (three per tick)."""
     torch.ops.aten.glu.out(x, dim, out=out)
+
+
+def _layer_norm_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
+    """The input gradient of LayerNorm over the last dim, from the forward's statistics. The private aten
+    kernel is one pass instead of the ~8 elementwise kernels of the formula (see benchmarks/engine_tricks.py)."""
+    return torch.ops.aten.native_layer_norm_backward(dy, x, x.shape[-1:], mean, rstd, gamma, beta,
+                                                     (True, False, False))[0]
+
+
+def _softmax_backward_into(dw: Tensor, w: Tensor, out: Tensor) -> None:
+    """The gradient of softmax's input, w * (dw - <dw, w>), written into `out` (public ops: the private
+    `_softmax_backward_data` bought nothing measurable here)."""
+    torch.mul(w, dw - (dw * w).sum(-1, keepdim=True), out=out)
 
 
 def _glu_jacobians(h: Tensor, y: Tensor, dim: int) -> None:
@@ -186,11 +199,10 @@ def tick(p: TickParams, t: int, kT: Tensor, v: Tensor, z: Tensor, alpha: Tensor,
     na = math.isqrt(alpha.shape[1])
     dh = kT.shape[1]
     zA = z[D - na:].t()  # (b, na)
-    outer = (zA.unsqueeze(2) * zA.unsqueeze(1)).view(b, na * na)
     WzT, WoT, A_t = p.Wz.t(), p.Wo.t(), p.A[t].t()
     if slots is None:
         # 1-2. action synchronisation (alpha_t = z z^T + r alpha_{t-1}) -> query -> attention
-        alpha = torch.addcmul(outer, p.r, alpha)
+        alpha = torch.addcmul((zA.unsqueeze(2) * zA.unsqueeze(1)).view(b, na * na), p.r, alpha)
         w = torch.bmm(torch.addmm(p.cq, alpha, A_t).view(-1, 1, dh), kT).softmax(-1)
         o = torch.bmm(w, v).view(b, -1)
         # 3. synapses: Linear -> GLU -> LayerNorm, written into the trace
@@ -201,7 +213,8 @@ def tick(p: TickParams, t: int, kT: Tensor, v: Tensor, z: Tensor, alpha: Tensor,
         _glu_into(torch.baddbmm(p.b2, p.W2, F.glu(h1, 1)), 1, z_out)
         return alpha
     s = slots
-    alpha = torch.addcmul(outer, p.r, alpha, out=s.alpha)
+    torch.mul(zA.unsqueeze(2), zA.unsqueeze(1), out=s.alpha.view(b, na, na))
+    alpha = s.alpha.addcmul_(p.r, alpha)
     torch.addmm(p.cq, alpha, A_t, out=s.q)
     torch.softmax(torch.bmm(s.q.view(-1, 1, dh), kT), -1, out=s.w)
     torch.bmm(s.w, v, out=s.o.view(-1, 1, dh))
@@ -213,9 +226,9 @@ def tick(p: TickParams, t: int, kT: Tensor, v: Tensor, z: Tensor, alpha: Tensor,
     pre_out.copy_(pre)
     s.mean.copy_(mean)
     s.rstd.copy_(rstd)
-    torch.baddbmm(p.b1, p.W1, window, out=s.h1)
+    torch.baddbmm(p.b1.expand_as(s.h1), p.W1, window, out=s.h1)  # explicit expand: ~30% faster than broadcast
     _glu_into(s.h1, 1, s.u)
-    torch.baddbmm(p.b2, p.W2, s.u, out=s.h2)
+    torch.baddbmm(p.b2.expand_as(s.h2), p.W2, s.u, out=s.h2)
     H = s.u.shape[1]
     _glu_jacobians(s.h1.view(D, 2, H, b), s.u.unsqueeze(1), 1)
     _glu_into(s.h2, 1, z_out)
@@ -293,20 +306,19 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
     for t in reversed(range(T)):
         j2, j1, g, mean, rstd, jl, w, dh2, dh1, dlin, dq, ds, do, dacc_t, _, zA = ticks[t]
         # neuron-level models
-        torch.mul(dz.t().unsqueeze(1), j2, out=dh2)
-        torch.mul(torch.bmm(W2t, dh2).unsqueeze(1), j1, out=dh1)
+        # (explicit expands: broadcasting over the GLU halves is ~40% slower)
+        torch.mul(dz.t().unsqueeze(1).expand_as(j2), j2, out=dh2)
+        torch.mul(torch.bmm(W2t, dh2).unsqueeze(1).expand_as(j1), j1, out=dh1)
         dh1 = dh1.view(D, 2 * H, B)
         dW1.baddbmm_(windows[t], dh1.transpose(1, 2))
-        dseq_windows[t] += torch.bmm(W1t, dh1)
+        dseq_windows[t].baddbmm_(W1t, dh1)
         # synapses
-        dg = torch.ops.aten.native_layer_norm_backward(dpre[t], g, (D,), mean, rstd, p.gamma, p.beta,
-                                                       (True, False, False))[0]
-        torch.mul(dg.unsqueeze(1), jl, out=dlin)
+        dg = _layer_norm_backward(dpre[t], g, mean, rstd, p.gamma, p.beta)
+        torch.mul(dg.unsqueeze(1).expand_as(jl), jl, out=dlin)
         dlin = dlin.view(B, 2 * D)
         # attention: softmax backward ds = w * (dw - <dw, w>)
         torch.mm(dlin, p.Wo, out=do)
-        dw = torch.bmm(do.view(-1, 1, dh), vT)
-        torch.mul(w, dw - (dw * w).sum(-1, keepdim=True), out=ds)
+        _softmax_backward_into(torch.bmm(do.view(-1, 1, dh), vT), w, ds)
         torch.bmm(ds, kTT, out=dq.view(-1, 1, dh))
         # action synchronisation accumulators: alpha_t = outer(z_t) + r * alpha_{t-1}
         if dacc is None:
@@ -437,10 +449,11 @@ def readout(model: ContinuousThoughtMachine, Zs: Tensor, r_out: Tensor) -> tuple
     synch = model.synch_out
     T, _, B = Zs.shape
     ticks = torch.arange(T + 1, dtype=Zs.dtype, device=Zs.device)
-    powers = r_out.unsqueeze(0) ** ticks.unsqueeze(1)  # (T + 1, P): r^k
+    log_r = r_out.log()  # r^k as exp(k log r): pow is several times slower, forward and backward
+    powers = torch.exp(ticks.unsqueeze(1) * log_r)  # (T + 1, P): r^k
     inv_sqrt_beta = powers.cumsum(0)[1:].t().rsqrt()  # (P, T)
     lag = ticks[:T].unsqueeze(1) - ticks[:T].unsqueeze(0)  # t - s
-    decay = r_out.view(-1, 1, 1) ** lag.clamp(min=0) * (lag >= 0)  # (P, T, T)
+    decay = torch.exp(lag.clamp(min=0) * log_r.view(-1, 1, 1)) * (lag >= 0)  # (P, T, T)
     z = Zs[:, synch.first:synch.first + synch.n].permute(1, 0, 2)  # (n, T, B)
     upper, _ = _pair_positions(synch)
     products = (z.unsqueeze(1) * z.unsqueeze(0)).reshape(-1, T, B).index_select(0, upper)  # (P, T, B)

@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     """Run one command; the errors users cause become one line on stderr and an exit code."""
     from .checkpoint import RunDirError
-    from .data import DataError
+    from .idx import DataError
     from .train import NonFiniteLossError
 
     try:

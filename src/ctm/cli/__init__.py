@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 
 # CLI flag -> CTMConfig field
 MODEL_FLAGS = {
@@ -190,7 +190,7 @@ def _data_dir_for(run_dir: str | Path, payload: dict, data_dir: str | None, data
 
 
 def _steps_from_epochs(epochs: float, dataset: str, data_dir: str | None, batch_size: int) -> int:
-    from .data import load_dataset
+    from ..data import load_dataset
 
     if not math.isfinite(epochs) or epochs <= 0:
         raise CLIError(f"--epochs must be a positive number, got {epochs}")
@@ -199,8 +199,8 @@ def _steps_from_epochs(epochs: float, dataset: str, data_dir: str | None, batch_
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import train as tr
-    from .config import CTMConfig
+    from .. import train as tr
+    from ..config import CTMConfig
 
     _set_threads(args.threads)
     if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
@@ -261,9 +261,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _write_run_pictures(run_dir: Path, data_dir: str | None) -> None:
     """thinking.gif (test image 0) and curves.png in the run directory; skipped without matplotlib."""
     try:
-        from . import viz
-        from .checkpoint import load_model, read_metrics
-        from .data import load_dataset
+        from .. import viz
+        from ..checkpoint import load_model, read_metrics
+        from ..data import load_dataset
 
         viz._require_matplotlib()
     except ImportError:
@@ -279,9 +279,9 @@ def _write_run_pictures(run_dir: Path, data_dir: str | None) -> None:
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
-    from . import viz
-    from .checkpoint import load_model
-    from .data import load_dataset
+    from .. import viz
+    from ..checkpoint import load_model
+    from ..data import load_dataset
 
     if not 0.1 <= args.fps <= 100:
         raise CLIError(f"--fps must be between 0.1 and 100 frames per second, got {args.fps}")
@@ -306,10 +306,10 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .data import load_dataset
-    from .evaluate import evaluate
-    from .train import resolve_device
+    from ..checkpoint import load_model
+    from ..data import load_dataset
+    from ..evaluate import evaluate
+    from ..train import resolve_device
 
     if args.max_ticks is not None and args.halt_certainty is None and args.halt_sweep is None:
         raise CLIError("--max-ticks only applies with --halt-certainty or --halt-sweep")
@@ -332,7 +332,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval_halting(args, model, data, dataset_name)
     result = evaluate(model, data, args.batch_size)
     if args.plot:
-        from .viz import save_ticks_plot
+        from ..viz import save_ticks_plot
 
         save_ticks_plot(result, Path(args.run_dir) / "ticks.png")
     if args.json:
@@ -349,15 +349,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-# Thresholds of `ctm eval --halt-sweep` without values.
-DEFAULT_HALT_SWEEP = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
-
-
 def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .evaluate import evaluate_halting, timed_evaluate
+    from ..evaluate import DEFAULT_HALT_SWEEP, evaluate_halting, timed_evaluate
 
     taus = [args.halt_certainty] if args.halt_certainty is not None else list(args.halt_sweep or DEFAULT_HALT_SWEEP)
     for tau in taus:
@@ -376,7 +372,7 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
         results.append(evaluate_halting(model, data, tau, args.batch_size, max_ticks=args.max_ticks))
     T = model.config.iterations
     if args.halt_sweep is not None:
-        from .viz import save_halting_plot
+        from ..viz import save_halting_plot
 
         plot_path = Path(args.run_dir) / "halting.png"
         save_halting_plot(results, full, wall_full, plot_path)
@@ -416,7 +412,7 @@ def _out_of_memory(e: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # the benchmark has its own flags (shared with benchmarks/speed.py)
+    if argv[:1] == ["bench"]:  # the benchmark parses its own flags (the same as benchmarks/speed.py)
         from .bench import main as bench_main
 
         return bench_main(argv[1:], prog="ctm bench")
@@ -434,9 +430,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Run one command; the errors users cause become one line on stderr and an exit code."""
-    from .checkpoint import RunDirError
-    from .idx import DataError
-    from .train import NonFiniteLossError
+    from ..checkpoint import RunDirError
+    from ..idx import DataError
+    from ..train import NonFiniteLossError
 
     try:
         return COMMANDS[args.command](args)

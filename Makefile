@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 export CTM_DATA_DIR ?= $(abspath ../shared/data)
+# The seed tutorial's reference model, for `ctm bench` and the seed-equivalence tests (outside the package).
+export CTM_SEED_REFERENCE ?= $(abspath ../shared/reference/seed_ctm.py)
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

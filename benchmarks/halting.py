@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 
 from ctm.checkpoint import load_model
-from ctm.cli import DEFAULT_HALT_SWEEP
 from ctm.data import load_dataset
-from ctm.evaluate import evaluate_halting, timed_evaluate
+from ctm.evaluate import DEFAULT_HALT_SWEEP, evaluate_halting, timed_evaluate
 from ctm.viz import save_halting_plot
 
 

@@ -4,9 +4,9 @@
     python benchmarks/speed.py --compile --amp # also torch.compile and bfloat16 autocast rows
     python benchmarks/speed.py --quick --json  # a few seconds, machine-readable
 
-The seed reference is looked for at $CTM_SEED_REFERENCE, then ../shared/reference/seed_ctm.py next to
-the repository (or pass --seed PATH); without it ctm is benchmarked alone. The measuring code lives in
-ctm.bench (run_benchmark, format_table), so the `ctm` command can print the same table.
+The seed reference is the file named by --seed-reference PATH or $CTM_SEED_REFERENCE (the Makefile sets it
+to ../shared/reference/seed_ctm.py next to the repository); without either, ctm is benchmarked alone. This
+is `ctm bench` (ctm.cli.bench) under another name; the measuring code lives in ctm.bench.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 try:
-    from ctm.bench import main
+    from ctm.cli.bench import main
 except ImportError:  # run from a source checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from ctm.bench import main
+    from ctm.cli.bench import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="benchmarks/speed.py"))

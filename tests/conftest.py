@@ -12,6 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_PATH = Path(os.environ.get("CTM_SEED_REFERENCE", REPO.parent / "shared" / "reference" / "seed_ctm.py"))
+if SEED_PATH.is_file():  # `ctm bench` (also in child processes) finds the seed only through the flag or this
+    os.environ.setdefault("CTM_SEED_REFERENCE", str(SEED_PATH))
 
 
 def load_seed_module():

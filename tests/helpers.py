@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 import ctm
-from ctm.data import write_idx
+from ctm.idx import write_idx
 
 TINY_FLAGS = ["--ticks", "4", "--d-model", "24", "--d-input", "16", "--memory-length", "4", "--n-synch-out", "8",
               "--n-synch-action", "8", "--memory-hidden-dims", "4"]

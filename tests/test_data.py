@@ -1,4 +1,5 @@
-"""Tests of ctm.data: IDX files, dataset lookup and download (against a local server), sampling, augmentation."""
+"""Tests of ctm.idx, ctm.datasets and ctm.data: IDX files, dataset lookup and download (against a local server),
+sampling, augmentation."""
 
 from __future__ import annotations
 
@@ -16,19 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from ctm import data
-from ctm.data import (
-    DATASETS,
-    DataError,
-    EpochSampler,
-    ImageDataset,
-    load_dataset,
-    random_affine,
-    read_idx,
-    write_idx,
-)
+from ctm import datasets, idx
+from ctm.data import EpochSampler, ImageDataset, load_dataset, random_affine
+from ctm.datasets import DATASETS
+from ctm.idx import DataError, read_idx, write_idx
 
-FILES = data.DATASETS["mnist"].files  # the four canonical names
+FILES = datasets.DATASETS["mnist"].files  # the four canonical names
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -40,10 +34,10 @@ def tiny_arrays(n_train: int = 12, n_test: int = 5, size: int = 4, seed: int = 0
     """Small IDX contents under the canonical MNIST file names."""
     rng = np.random.default_rng(seed)
     return {
-        data.TRAIN_IMAGES: rng.integers(0, 256, (n_train, size, size), dtype=np.uint8),
-        data.TRAIN_LABELS: (np.arange(n_train) % 10).astype(np.uint8),
-        data.TEST_IMAGES: rng.integers(0, 256, (n_test, size, size), dtype=np.uint8),
-        data.TEST_LABELS: (np.arange(n_test) % 10).astype(np.uint8),
+        datasets.TRAIN_IMAGES: rng.integers(0, 256, (n_train, size, size), dtype=np.uint8),
+        datasets.TRAIN_LABELS: (np.arange(n_train) % 10).astype(np.uint8),
+        datasets.TEST_IMAGES: rng.integers(0, 256, (n_test, size, size), dtype=np.uint8),
+        datasets.TEST_LABELS: (np.arange(n_test) % 10).astype(np.uint8),
     }
 
 
@@ -66,7 +60,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("CTM_DATA_DIR", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(data, "SYSTEM_DATASETS_DIR", tmp_path / "system")
+    monkeypatch.setattr(datasets, "SYSTEM_DATASETS_DIR", tmp_path / "system")
     return tmp_path
 
 
@@ -135,7 +129,7 @@ def test_idx_round_trip(tmp_path, suffix, shape):
     assert back.dtype == np.uint8 and back.shape == shape
     np.testing.assert_array_equal(back, arr)
     assert back.flags.writeable
-    assert data.content_md5(path) == raw_md5(arr)
+    assert idx.content_md5(path) == raw_md5(arr)
     assert leftovers(tmp_path) == [path.name]  # no temp file left by the atomic write
 
 
@@ -211,7 +205,7 @@ def test_load_from_data_dir(isolated, gz):
     assert (ds.name, ds.split, ds.source) == ("mnist", "train", str(d))
     x, y = ds.batch(torch.tensor([3, 0, 7]))
     assert x.shape == (3, 1, 4, 4) and x.dtype == torch.float32
-    torch.testing.assert_close(x[:, 0], torch.from_numpy(arrays[data.TRAIN_IMAGES][[3, 0, 7]]).float() / 255)
+    torch.testing.assert_close(x[:, 0], torch.from_numpy(arrays[datasets.TRAIN_IMAGES][[3, 0, 7]]).float() / 255)
     assert y.tolist() == [3, 0, 7]
     x0, y0 = ds[3]
     torch.testing.assert_close(x0, x[0])
@@ -242,17 +236,17 @@ def test_lookup_order(isolated, monkeypatch):
 
     write_dataset(isolated / "xdg" / "ctm" / "mnist", tiny_arrays(n_train=6))
     monkeypatch.setenv("XDG_CACHE_HOME", str(isolated / "xdg"))
-    assert data.cache_dir("mnist") == isolated / "xdg" / "ctm" / "mnist"
+    assert datasets.cache_dir("mnist") == isolated / "xdg" / "ctm" / "mnist"
     assert len(load_dataset("mnist", download=False)) == 6
 
     env = write_dataset(isolated / "env" / "mnist", tiny_arrays(n_train=7))
     monkeypatch.setenv("CTM_DATA_DIR", str(isolated / "env"))
     ds = load_dataset("mnist", download=False)
     assert len(ds) == 7 and ds.source == str(env)
-    assert data.search_dirs("mnist") == [env, isolated / "xdg" / "ctm" / "mnist", isolated / "system" / "mnist"]
+    assert datasets.search_dirs("mnist") == [env, isolated / "xdg" / "ctm" / "mnist", isolated / "system" / "mnist"]
 
     # A folder missing one of the four files is skipped.
-    (env / (data.TEST_LABELS + ".gz")).unlink()
+    (env / (datasets.TEST_LABELS + ".gz")).unlink()
     assert len(load_dataset("mnist", download=False)) == 6
 
 
@@ -261,7 +255,7 @@ def test_not_found_without_download_lists_places(isolated, monkeypatch):
     with pytest.raises(DataError) as e:
         load_dataset("fashion-mnist", download=False)
     msg = str(e.value)
-    for d in data.search_dirs("fashion-mnist"):
+    for d in datasets.search_dirs("fashion-mnist"):
         assert str(d) in msg
     assert "--data-dir" in msg and "CTM_DATA_DIR" in msg and "apt-get install dataset-fashion-mnist" in msg
 
@@ -275,28 +269,28 @@ def test_unknown_dataset_and_split(isolated):
 
 def test_count_mismatch_names_both_files(isolated):
     arrays = tiny_arrays()
-    arrays[data.TRAIN_LABELS] = arrays[data.TRAIN_LABELS][:-1]
+    arrays[datasets.TRAIN_LABELS] = arrays[datasets.TRAIN_LABELS][:-1]
     d = write_dataset(isolated / "d", arrays)
     with pytest.raises(DataError, match="mismatch") as e:
         load_dataset("mnist", data_dir=d)
-    assert data.TRAIN_IMAGES in str(e.value) and data.TRAIN_LABELS in str(e.value)
+    assert datasets.TRAIN_IMAGES in str(e.value) and datasets.TRAIN_LABELS in str(e.value)
 
 
 def test_label_out_of_range_and_bad_rank(isolated):
     arrays = tiny_arrays()
-    arrays[data.TRAIN_LABELS] = arrays[data.TRAIN_LABELS].copy()
-    arrays[data.TRAIN_LABELS][2] = 10
+    arrays[datasets.TRAIN_LABELS] = arrays[datasets.TRAIN_LABELS].copy()
+    arrays[datasets.TRAIN_LABELS][2] = 10
     d = write_dataset(isolated / "d", arrays)
     with pytest.raises(DataError, match="label 10 out of range") as e:
         load_dataset("mnist", data_dir=d)
-    assert data.TRAIN_LABELS in str(e.value)
+    assert datasets.TRAIN_LABELS in str(e.value)
 
     arrays = tiny_arrays()
-    arrays[data.TEST_IMAGES] = arrays[data.TEST_IMAGES].reshape(5, 16)
+    arrays[datasets.TEST_IMAGES] = arrays[datasets.TEST_IMAGES].reshape(5, 16)
     d = write_dataset(isolated / "d2", arrays)
     with pytest.raises(DataError, match=r"\(N, H, W\)") as e:
         load_dataset("mnist", "test", data_dir=d)
-    assert data.TEST_IMAGES in str(e.value)
+    assert datasets.TEST_IMAGES in str(e.value)
 
 
 def test_verify_detects_wrong_content(isolated, tiny_md5):
@@ -338,8 +332,8 @@ def test_download_good_checksum(isolated, tiny_md5, http_root):
 def test_download_bad_checksum_leaves_nothing(isolated, tiny_md5, http_root):
     root, url, _ = http_root
     bad = tiny_arrays(seed=99)  # same shapes, other bytes in every file
-    bad[data.TRAIN_LABELS] = (bad[data.TRAIN_LABELS] + 1) % 10
-    bad[data.TEST_LABELS] = (bad[data.TEST_LABELS] + 1) % 10
+    bad[datasets.TRAIN_LABELS] = (bad[datasets.TRAIN_LABELS] + 1) % 10
+    bad[datasets.TEST_LABELS] = (bad[datasets.TEST_LABELS] + 1) % 10
     write_dataset(root / "m1", bad)
     with pytest.raises(DataError, match="checksum mismatch") as e:
         load_dataset("mnist", mirrors=[url + "m1/"], timeout=5)
@@ -351,7 +345,7 @@ def test_download_404_falls_through_to_next_mirror(isolated, tiny_md5, http_root
     root, url, requests = http_root
     (root / "empty").mkdir()
     write_dataset(root / "m2", tiny_md5)
-    paths = data.download_dataset("mnist", mirrors=[url + "empty/", url + "m2/"], timeout=5)
+    paths = datasets.download_dataset("mnist", mirrors=[url + "empty/", url + "m2/"], timeout=5)
     assert set(paths) == set(FILES)
     assert sum(r.startswith("/empty/") for r in requests) == 4
     assert sum(r.startswith("/m2/") for r in requests) == 4
@@ -366,8 +360,8 @@ def test_download_all_mirrors_fail(isolated, tiny_md5, http_root, monkeypatch):
         load_dataset("mnist", mirrors=[url + "empty/", refused], timeout=5)
     msg = str(e.value)
     assert "HTTP 404" in msg and refused in msg
-    assert url + "empty/" + data.TRAIN_IMAGES + ".gz" in msg
-    for d in data.search_dirs("mnist"):
+    assert url + "empty/" + datasets.TRAIN_IMAGES + ".gz" in msg
+    for d in datasets.search_dirs("mnist"):
         assert str(d) in msg
     assert "CTM_DATA_DIR" in msg and "--data-dir" in msg
     assert leftovers(isolated / "xdg" / "ctm" / "mnist") == []
@@ -375,17 +369,17 @@ def test_download_all_mirrors_fail(isolated, tiny_md5, http_root, monkeypatch):
 
 def test_download_keeps_completed_files_and_serves_raw(isolated, tiny_md5, http_root):
     root, url, requests = http_root
-    cache = data.cache_dir("mnist")
-    write_dataset(cache, {data.TRAIN_IMAGES: tiny_md5[data.TRAIN_IMAGES]})
+    cache = datasets.cache_dir("mnist")
+    write_dataset(cache, {datasets.TRAIN_IMAGES: tiny_md5[datasets.TRAIN_IMAGES]})
     # The mirror sends uncompressed bytes under the .gz URL: kept under the raw name.
     (root / "m").mkdir()
     for name, arr in tiny_md5.items():
         write_idx(root / "m" / "tmp", arr)
         os.replace(root / "m" / "tmp", root / "m" / (name + ".gz"))
-    data.download_dataset("mnist", mirrors=[url + "m/"], timeout=5)
+    datasets.download_dataset("mnist", mirrors=[url + "m/"], timeout=5)
     assert len(requests) == 3
     assert leftovers(cache) == sorted(
-        [data.TRAIN_IMAGES + ".gz", data.TRAIN_LABELS, data.TEST_IMAGES, data.TEST_LABELS]
+        [datasets.TRAIN_IMAGES + ".gz", datasets.TRAIN_LABELS, datasets.TEST_IMAGES, datasets.TEST_LABELS]
     )
     assert len(load_dataset("mnist", download=False, verify=True)) == 12
 
@@ -485,10 +479,10 @@ def test_random_affine_rejects_bad_input():
 
 def _check_real(name: str, directory: Path) -> None:
     spec = DATASETS[name]
-    paths, missing = data._locate_files(directory, spec.files)
+    paths, missing = datasets._locate_files(directory, spec.files)
     if missing:
         pytest.skip(f"{name} not found in {directory} (missing {', '.join(missing)})")
-    data.verify_dataset(name, paths)
+    datasets.verify_dataset(name, paths)
     for split, n in (("train", 60000), ("test", 10000)):
         ds = load_dataset(name, split, data_dir=directory)
         assert len(ds) == n and ds.images.shape == (n, 1, 28, 28)

@@ -15,7 +15,7 @@ import torch
 from test_seed_equivalence import CONFIGS, TOL, make_seed_model, ours_name
 
 import ctm
-from ctm import bench
+from ctm.cli import bench  # the command; it re-exports ctm.bench's format_table
 
 REPO = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"mode", "batch", "impl", "samples_per_s", "samples_per_s_best", "ms_per_call", "ratio_to_seed",
@@ -52,7 +52,7 @@ def test_speed_script_quick_json(seed):
 
 
 def test_benchmark_without_seed_reference(monkeypatch, tmp_path):
-    monkeypatch.setattr(bench, "default_seed_paths", lambda: [tmp_path / "missing.py"])
+    monkeypatch.delenv(bench.SEED_ENV, raising=False)
     result = bench.run_benchmark(bench.BenchOptions.quick(batch_sizes=(2,), modes=("eval",), memory="none"))
     assert result["seed_reference"] is None
     assert any("seed reference not found" in n for n in result["notes"])
@@ -125,7 +125,7 @@ def test_check_reports_a_variant_that_cannot_run_apart_from_a_difference(seed, m
 @pytest.mark.parametrize("with_seed", [True, False])
 def test_benchmark_on_missing_cuda_is_one_clear_line(capsys, monkeypatch, tmp_path, with_seed):
     if not with_seed:  # the device is checked first: no "seed not found" line before the error
-        monkeypatch.setattr(bench, "default_seed_paths", lambda: [tmp_path / "missing.py"])
+        monkeypatch.delenv(bench.SEED_ENV, raising=False)
     assert bench.main(["--quick", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no CUDA device" in err[0] and "--device cpu" in err[0]

@@ -209,7 +209,7 @@ def _cli_error(capsys, *args) -> str:
 
 def test_cli_errors(synthetic, tmp_path, capsys):
     assert "unknown dataset 'cifar'" in _cli_error(capsys, "train", "--dataset", "cifar", "--out", tmp_path / "x")
-    assert "n_synch_out (500) must not exceed d_model (128)" in _cli_error(
+    assert "--n-synch-out (500) must not exceed d_model (128)" in _cli_error(
         capsys, "train", "--data-dir", synthetic, "--n-synch-out", "500", "--out", tmp_path / "x")
     assert "does not exist" in _cli_error(capsys, "train", "--resume", tmp_path / "nope")
     (tmp_path / "foreign").mkdir()
@@ -224,9 +224,9 @@ def test_cli_errors(synthetic, tmp_path, capsys):
     assert run_cli("train", "--data-dir", synthetic, "--out", run, "--steps", "4", "--batch-size", "32",
                    "--eval-every", "4", "--no-progress", *TINY_FLAGS) == 0
     capsys.readouterr()
-    assert "the run was trained with d_model=24" in _cli_error(
+    assert "cannot resume with --d-model=64: the run was trained with d_model=24" in _cli_error(
         capsys, "train", "--resume", run, "--d-model", "64", "--steps", "8")
-    assert "only --steps/--epochs and --eval-every may change" in _cli_error(
+    assert "cannot resume with --lr=1.0: the run uses lr=0.004; only --steps and --eval-every may change" in _cli_error(
         capsys, "train", "--resume", run, "--lr", "1", "--steps", "8")
     assert "already ran 4 of 4 steps" in _cli_error(capsys, "train", "--resume", run, "--data-dir", synthetic)
     assert "already holds a run" in _cli_error(capsys, "train", "--data-dir", synthetic, "--out", run,

@@ -1,4 +1,4 @@
-"""Atomic file writes shared by checkpoints, datasets and pictures."""
+"""Atomic file writes, used by checkpoints, datasets and pictures."""
 
 from __future__ import annotations
 

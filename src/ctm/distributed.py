@@ -44,7 +44,7 @@ def setup(device_type: str, backend: str = "auto", timeout_s: float = 600.0) -> 
     if backend == "auto":
         backend = "nccl" if device_type == "cuda" else "gloo"
     if backend == "nccl" and device_type != "cuda":
-        raise ValueError("--backend nccl needs CUDA devices; use --backend gloo (or auto) on CPU")
+        raise ValueError("backend 'nccl' needs CUDA devices; use 'gloo' (or 'auto') on CPU")
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 

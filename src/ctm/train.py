@@ -13,7 +13,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed as dist
-from .config import CTMConfig
+from .config import CTMConfig, check_fields, option
 from .data import EpochSampler, ImageDataset, _mix_seed, load_dataset, random_affine
 from .evaluate import EvalResult, evaluate
 from .losses import accuracy, certainty_loss, per_tick_cross_entropy
@@ -33,39 +33,29 @@ from .model import ContinuousThoughtMachine
 class TrainConfig:
     """How to train. `steps` counts optimiser steps; each step sees `batch_size` samples."""
 
-    dataset: str = "mnist"
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    adam_eps: float = 1e-8
-    warmup_steps: int = 0
-    schedule: str = "constant"  # "constant" or "cosine" (to min_lr_ratio * lr after warm-up)
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
+    dataset: str = option("mnist", "dataset to train on: mnist or fashion-mnist")
+    steps: int = option(2000, "optimiser steps in total", min=1)
+    batch_size: int = option(64, "global batch per step; under torchrun it is split evenly across the ranks", min=1)
+    lr: float = option(1e-4, "peak learning rate (AdamW)", min=0)
+    weight_decay: float = option(0.01, "AdamW weight decay", min=0)
+    adam_eps: float = option(1e-8, "AdamW epsilon", min=0)
+    warmup_steps: int = option(0, "steps of linear learning-rate warm-up", min=0)
+    schedule: str = option("constant", "learning rate after warm-up: constant, or cosine down to min_lr_ratio x lr",
+                           choices=("constant", "cosine"))
+    min_lr_ratio: float = option(0.0, "end of the cosine schedule, as a fraction of lr (0 to 1)", min=0)
+    grad_clip: float = option(0.0, "max global gradient norm; 0 disables clipping", min=0)
     # Extra loss term: this weight times the cross-entropy averaged over all ticks (0 = the seed's
     # certainty loss alone). It asks every tick to be right, so certainty comes early (see ctm.halting).
-    tick_loss_weight: float = 0.0
-    eval_every: int = 100
-    eval_batch_size: int = 500
-    augment: bool = False
-    grad_accum: int = 1  # micro-batches per step; batch_size must be divisible by it
-    seed: int = 0
+    tick_loss_weight: float = option(0.0, "add this weight x the cross-entropy averaged over all ticks to the "
+                                          "certainty loss", min=0)
+    eval_every: int = option(100, "evaluate on the full test set every N steps", min=1)
+    eval_batch_size: int = option(500, "batch size of those evaluations", min=1)
+    augment: bool = option(False, "small random affine transforms of the training images")
+    grad_accum: int = option(1, "micro-batches per step (the batch size must divide by it)", min=1)
+    seed: int = option(0, "seed of the initialisation, the sampling order and the augmentation", min=0)
 
     def __post_init__(self) -> None:
-        positive_ints = ("steps", "batch_size", "eval_every", "eval_batch_size", "grad_accum")
-        for name in positive_ints:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
-        for name in ("warmup_steps", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"TrainConfig.{name} must be a non-negative integer, got {v!r}")
-        for name in ("lr", "weight_decay", "adam_eps", "grad_clip", "min_lr_ratio", "tick_loss_weight"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
+        check_fields(self)
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}")
         for name in ("lr", "weight_decay"):  # their product must fit a float32 inside AdamW
@@ -73,8 +63,6 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be at most 1e6, got {getattr(self, name)}")
         if self.seed >= 2**63:
             raise ValueError(f"TrainConfig.seed must be below 2**63, got {self.seed}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"TrainConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.min_lr_ratio > 1:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.batch_size % self.grad_accum:
@@ -133,14 +121,14 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if (name == "cuda" or name.startswith("cuda:")) and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was asked for, but torch sees no CUDA GPU (use --device auto or cpu)")
+        raise ValueError(f"device {name!r} was asked for, but torch sees no CUDA GPU (use device 'auto' or 'cpu')")
     if name.startswith("cuda:"):
         index = name[5:]
         if not index.isdigit() or int(index) >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: no such GPU; this machine has {torch.cuda.device_count()} "
+            raise ValueError(f"device {name!r}: no such GPU; this machine has {torch.cuda.device_count()} "
                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("--device mps was asked for, but MPS is not available here (use --device auto or cpu)")
+        raise ValueError("device 'mps' was asked for, but MPS is not available here (use device 'auto' or 'cpu')")
     if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
         raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return torch.device(name)
@@ -159,9 +147,52 @@ class TrainResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
+# CTMConfig fields that training takes from the data.
+DATA_FIELDS = ("in_channels", "out_dims")
+
+
+def data_fields(dataset: ImageDataset) -> dict[str, int]:
+    """The values of DATA_FIELDS for `dataset`: its image channels and its number of classes."""
+    return {"in_channels": dataset.shape[0], "out_dims": dataset.num_classes}
+
+
 def build_model_config(model_config: CTMConfig, dataset: ImageDataset) -> CTMConfig:
     """The model config with in_channels and out_dims taken from the data."""
-    return model_config.replace(in_channels=dataset.shape[0], out_dims=dataset.num_classes)
+    return model_config.replace(**data_fields(dataset))
+
+
+def check_data_fields(requested: Mapping[str, Any], dataset: ImageDataset) -> None:
+    """ValueError naming the CTMConfig field when a requested in_channels or out_dims contradicts the data."""
+    for name, value in data_fields(dataset).items():
+        if name in requested and requested[name] != value:
+            raise ValueError(f"CTMConfig.{name}={requested[name]} contradicts the data: "
+                             f"{dataset.name or 'the dataset'} gives {name}={value} (leave it out: training "
+                             f"takes it from the data)")
+
+
+# TrainConfig fields a resumed run may change: they do not alter what the run has computed so far.
+RESUMABLE_FIELDS = ("steps", "eval_every")
+
+
+def resumed_train_config(model_config: CTMConfig, train_config: TrainConfig, model_changes: Mapping[str, Any],
+                         train_changes: Mapping[str, Any]) -> TrainConfig:
+    """The stored `train_config` of a run with `train_changes` applied, for `train(..., resume=True)`.
+
+    The architecture comes from the run, so every value of `model_changes` must equal the stored one; of
+    the training, only RESUMABLE_FIELDS may differ. Otherwise ValueError naming the first field that may not.
+    """
+    stored = model_config.to_dict()
+    for name, value in model_changes.items():
+        if stored[name] != value:
+            raise ValueError(f"cannot resume with CTMConfig.{name}={value}: the run was trained with "
+                             f"{name}={stored[name]} (the architecture comes from the run)")
+    stored_train = train_config.to_dict()
+    for name, value in train_changes.items():
+        if name not in RESUMABLE_FIELDS and stored_train[name] != value:
+            allowed = " and ".join(f"TrainConfig.{n}" for n in RESUMABLE_FIELDS)
+            raise ValueError(f"cannot resume with TrainConfig.{name}={value}: the run uses {name}="
+                             f"{stored_train[name]}; only {allowed} may change")
+    return TrainConfig.from_dict({**stored_train, **train_changes}) if train_changes else train_config
 
 
 class _StopFlag:
@@ -229,7 +260,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
     model_config = build_model_config(model_config, train_set)
     train_set, test_set = train_set.to(dev), test_set.to(dev)
     if train_config.batch_size % (info.world_size * train_config.grad_accum):
-        raise ValueError(f"--batch-size {train_config.batch_size} (the global batch) must be divisible by "
+        raise ValueError(f"TrainConfig.batch_size {train_config.batch_size} (the global batch) must be divisible by "
                          f"{info.world_size} ranks x {train_config.grad_accum} accumulation steps")
     sampler = EpochSampler(len(train_set), train_config.batch_size, seed=train_config.seed, drop_last=True,
                            rank=info.rank, world_size=info.world_size)
@@ -256,7 +287,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
         metrics = [m for m in ckpt.read_metrics(run_dir) if m["step"] <= step]
         if step >= train_config.steps:
             raise ckpt.RunDirError(f"{run_dir} already ran {step} of {train_config.steps} steps; "
-                                   f"pass a larger --steps to extend it")
+                                   f"pass a larger TrainConfig.steps to extend it")
         # Only now that everything loaded: record a changed length (e.g. a larger --steps) in config.json.
         if info.is_main and ckpt.read_config(run_dir).get("train") != train_config.to_dict():
             update_stored_train_config(run_dir, train_config)
@@ -281,7 +312,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
     if info.enabled:
         if sync_bn:
             if dev.type != "cuda":
-                raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only); use --no-sync-bn")
+                raise ValueError("sync_bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only); train with sync_bn off")
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
 
@@ -331,7 +362,8 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
                 what = f"became {bad}" if not finite else "became non-finite"
                 raise NonFiniteLossError(f"the training loss {what} at step {step + 1}"
                                          f"{f' on rank {int(bad_rank)}' if info.enabled else ''}; stopped. "
-                                         f"{run_dir} keeps {saved}; try a lower --lr or a --grad-clip")
+                                         f"{run_dir} keeps {saved}; try a lower TrainConfig.lr or a "
+                                         f"TrainConfig.grad_clip")
             step += 1
             running += torch.tensor([loss_value, tick_value, acc_value, 1.0], dtype=torch.float64, device=dev)
             if bar is not None:
@@ -423,20 +455,20 @@ def _fresh_run_dir_problem(run_dir: Path) -> str | None:
     start that failed before its first checkpoint is reused; anything else already there is never
     overwritten."""
     if run_dir.exists() and not run_dir.is_dir():
-        return f"--out {run_dir} is a file, not a folder; choose another --out"
+        return f"{run_dir} is a file, not a folder; choose another run directory"
     if not run_dir.is_dir():
         return None
     if (run_dir / ckpt.MODEL_FILE).exists() or (run_dir / ckpt.STATE_FILE).exists():
-        return f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose another --out"
+        return f"{run_dir} already holds a run; resume it or choose another run directory"
     names = {p.name for p in run_dir.iterdir()}
     if names - {ckpt.CONFIG_FILE}:
         return (f"{run_dir} is not empty ({', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''}) "
-                f"and holds no ctm checkpoint; choose another --out (ctm does not write over other files)")
+                f"and holds no ctm checkpoint; choose another run directory (ctm does not write over other files)")
     if names:
         try:
             resume_configs(run_dir)
         except ckpt.RunDirError:
-            return f"{run_dir} holds a config.json that is not a ctm run's; choose another --out"
+            return f"{run_dir} holds a config.json that is not a ctm run's; choose another run directory"
     return None
 
 

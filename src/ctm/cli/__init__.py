@@ -14,23 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
-
-# CLI flag -> CTMConfig field
-MODEL_FLAGS = {
-    "ticks": "iterations", "d_model": "d_model", "d_input": "d_input", "memory_length": "memory_length",
-    "heads": "heads", "n_synch_out": "n_synch_out", "n_synch_action": "n_synch_action",
-    "memory_hidden_dims": "memory_hidden_dims",
-}
-# CLI flag -> TrainConfig field
-TRAIN_FLAGS = {
-    "dataset": "dataset", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
-    "weight_decay": "weight_decay", "warmup_steps": "warmup_steps", "schedule": "schedule",
-    "grad_clip": "grad_clip", "eval_every": "eval_every", "augment": "augment", "seed": "seed",
-    "grad_accum": "grad_accum", "tick_loss_weight": "tick_loss_weight",
-}
-# Training flags that may change when resuming without changing what the run computes up to now.
-RESUMABLE_CHANGES = {"steps", "eval_every"}
+from .. import __version__
+from .config_flags import add_config_flags, given, shown, with_flag_names
 
 
 class CLIError(Exception):
@@ -55,43 +40,27 @@ def _positive_int(text: str) -> int:
 
 
 def _add_train_parser(sub) -> None:
+    from ..config import CTMConfig
+    from ..train import DATA_FIELDS, PRESETS, TrainConfig
+
     p = sub.add_parser("train", help="train a CTM", description=(
         "Train a CTM on an image dataset. Flags not given come from the preset; the run directory records "
         "everything, so --resume needs no other flags."))
-    p.add_argument("--preset", choices=["default", "seed"], default=None,
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="default: the fast recipe (see README); seed: the tutorial's recipe exactly")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (a larger --steps extends it)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<timestamp>)")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="mnist or fashion-mnist (default mnist)")
-    g.add_argument("--data-dir", metavar="DIR", help="folder holding the four IDX files (used alone, no fallback)")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="small random affine transforms of the training images")
-    g = p.add_argument_group("schedule")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the four IDX files (used alone, no fallback)")
+    g = p.add_argument_group("training (TrainConfig)")
     length = g.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_positive_int, help="optimiser steps in total")
-    length.add_argument("--epochs", type=float, help="passes over the training set (converted to steps)")
-    g.add_argument("--batch-size", type=_positive_int,
-                   help="global batch per step; under torchrun it is split evenly across the ranks")
-    g.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--warmup-steps", type=int)
-    g.add_argument("--schedule", choices=["constant", "cosine"])
-    g.add_argument("--grad-clip", type=float, help="max gradient norm; 0 disables")
-    g.add_argument("--tick-loss-weight", type=float,
-                   help="add this weight x the cross-entropy averaged over all ticks to the certainty loss")
-    g.add_argument("--grad-accum", type=_positive_int, help="micro-batches per step (batch size must divide)")
-    g.add_argument("--eval-every", type=_positive_int, help="evaluate on the full test set every N steps")
-    g.add_argument("--seed", type=int)
+    length.add_argument("--epochs", type=float, help="passes over the training set (converted to --steps)")
+    base, seed = TrainConfig(**PRESETS["default"]).to_dict(), TrainConfig(**PRESETS["seed"]).to_dict()
+    defaults = {name: shown(v) if seed[name] == v else f"{shown(v)}; --preset seed: {shown(seed[name])}"
+                for name, v in base.items()}
+    add_config_flags(g, TrainConfig, defaults, groups={"steps": length})
     g = p.add_argument_group("model (CTMConfig)")
-    g.add_argument("--ticks", type=_positive_int, help="internal ticks T (default 30)")
-    g.add_argument("--d-model", type=_positive_int, help="neurons D (default 128)")
-    g.add_argument("--d-input", type=_positive_int, help="attention/backbone width (default 32)")
-    g.add_argument("--memory-length", type=_positive_int, help="trace length M (default 15)")
-    g.add_argument("--heads", type=_positive_int, help="attention heads (default 1)")
-    g.add_argument("--n-synch-out", type=_positive_int, help="neurons in the output synchronisation (default 16)")
-    g.add_argument("--n-synch-action", type=_positive_int, help="neurons in the action synchronisation (16)")
-    g.add_argument("--memory-hidden-dims", type=_positive_int, help="hidden units of each neuron's MLP (8)")
+    add_config_flags(g, CTMConfig, {name: "the dataset's" if name in DATA_FIELDS else shown(v)
+                                    for name, v in CTMConfig().to_dict().items()})
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     g.add_argument("--threads", type=_positive_int, help="CPU threads for torch")
@@ -173,10 +142,6 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _explicit(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, object]:
-    return {field: getattr(args, flag) for flag, field in mapping.items() if getattr(args, flag) is not None}
-
-
 def _data_dir_for(run_dir: str | Path, payload: dict, data_dir: str | None, dataset: str | None = None) -> str | None:
     """The data folder for a run: --data-dir when given; else the --data-dir the run was trained with (so a
     run trained on other files than the standard ones never silently continues or evaluates on those)."""
@@ -190,7 +155,7 @@ def _data_dir_for(run_dir: str | Path, payload: dict, data_dir: str | None, data
 
 
 def _steps_from_epochs(epochs: float, dataset: str, data_dir: str | None, batch_size: int) -> int:
-    from .data import load_dataset
+    from ..data import load_dataset
 
     if not math.isfinite(epochs) or epochs <= 0:
         raise CLIError(f"--epochs must be a positive number, got {epochs}")
@@ -199,16 +164,15 @@ def _steps_from_epochs(epochs: float, dataset: str, data_dir: str | None, batch_
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import train as tr
-    from .config import CTMConfig
+    from .. import train as tr
+    from ..config import CTMConfig
 
     _set_threads(args.threads)
     if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
         raise CLIError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
     if args.out is not None and not args.out.strip():
         raise CLIError("--out is empty; give a folder for the run (or leave --out out for runs/<dataset>-<time>)")
-    model_changes = _explicit(args, MODEL_FLAGS)
-    train_changes = _explicit(args, TRAIN_FLAGS)
+    model_changes, train_changes = given(args, CTMConfig), given(args, tr.TrainConfig)
     if args.resume:
         run_dir = Path(args.resume)
         if args.out and Path(args.out) != run_dir:
@@ -217,26 +181,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CLIError("--preset cannot be combined with --resume (the run keeps its recipe)")
         model_config, train_config, payload = tr.resume_configs(run_dir)
         args.data_dir = _data_dir_for(run_dir, payload, args.data_dir)
-        stored = model_config.to_dict()
-        for field, value in model_changes.items():
-            if stored[field] != value:
-                raise CLIError(f"cannot resume {run_dir} with {field}={value}: the run was trained with "
-                               f"{field}={stored[field]} (the architecture comes from the run)")
-        stored_train = train_config.to_dict()
-        for field, value in train_changes.items():
-            if field not in RESUMABLE_CHANGES and stored_train[field] != value:
-                raise CLIError(f"cannot resume {run_dir} with {field}={value}: the run uses {field}="
-                               f"{stored_train[field]}; only --steps/--epochs and --eval-every may change")
         if args.epochs is not None:
             train_changes["steps"] = _steps_from_epochs(args.epochs, train_config.dataset, args.data_dir,
                                                         train_config.batch_size)
-        if train_changes:  # train() checks the new length and records it once the checkpoint has loaded
-            train_config = tr.TrainConfig.from_dict({**stored_train, **train_changes})
+        # train() checks the new length and records it once the checkpoint has loaded.
+        train_config = tr.resumed_train_config(model_config, train_config, model_changes, train_changes)
     else:
         train_config = tr.make_train_config(args.preset or "default", **train_changes)
         if args.epochs is not None:
             train_config = tr.TrainConfig.from_dict({**train_config.to_dict(), "steps": _steps_from_epochs(
                 args.epochs, train_config.dataset, args.data_dir, train_config.batch_size)})
+        if set(model_changes) & set(tr.DATA_FIELDS):
+            from ..data import load_dataset
+
+            tr.check_data_fields(model_changes, load_dataset(train_config.dataset, "train", data_dir=args.data_dir))
         model_config = CTMConfig(**model_changes)
         run_dir = Path(args.out or f"runs/{train_config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     started = time.perf_counter()
@@ -261,9 +219,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _write_run_pictures(run_dir: Path, data_dir: str | None) -> None:
     """thinking.gif (test image 0) and curves.png in the run directory; skipped without matplotlib."""
     try:
-        from . import viz
-        from .checkpoint import load_model, read_metrics
-        from .data import load_dataset
+        from .. import viz
+        from ..checkpoint import load_model, read_metrics
+        from ..data import load_dataset
 
         viz._require_matplotlib()
     except ImportError:
@@ -279,9 +237,9 @@ def _write_run_pictures(run_dir: Path, data_dir: str | None) -> None:
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
-    from . import viz
-    from .checkpoint import load_model
-    from .data import load_dataset
+    from .. import viz
+    from ..checkpoint import load_model
+    from ..data import load_dataset
 
     if not 0.1 <= args.fps <= 100:
         raise CLIError(f"--fps must be between 0.1 and 100 frames per second, got {args.fps}")
@@ -306,10 +264,10 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .data import load_dataset
-    from .evaluate import evaluate
-    from .train import resolve_device
+    from ..checkpoint import load_model
+    from ..data import load_dataset
+    from ..evaluate import evaluate
+    from ..train import resolve_device
 
     if args.max_ticks is not None and args.halt_certainty is None and args.halt_sweep is None:
         raise CLIError("--max-ticks only applies with --halt-certainty or --halt-sweep")
@@ -332,7 +290,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval_halting(args, model, data, dataset_name)
     result = evaluate(model, data, args.batch_size)
     if args.plot:
-        from .viz import save_ticks_plot
+        from ..viz import save_ticks_plot
 
         save_ticks_plot(result, Path(args.run_dir) / "ticks.png")
     if args.json:
@@ -349,15 +307,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-# Thresholds of `ctm eval --halt-sweep` without values.
-DEFAULT_HALT_SWEEP = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
-
-
 def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .evaluate import evaluate_halting, timed_evaluate
+    from ..evaluate import DEFAULT_HALT_SWEEP, evaluate_halting, timed_evaluate
 
     taus = [args.halt_certainty] if args.halt_certainty is not None else list(args.halt_sweep or DEFAULT_HALT_SWEEP)
     for tau in taus:
@@ -376,7 +330,7 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
         results.append(evaluate_halting(model, data, tau, args.batch_size, max_ticks=args.max_ticks))
     T = model.config.iterations
     if args.halt_sweep is not None:
-        from .viz import save_halting_plot
+        from ..viz import save_halting_plot
 
         plot_path = Path(args.run_dir) / "halting.png"
         save_halting_plot(results, full, wall_full, plot_path)
@@ -416,7 +370,7 @@ def _out_of_memory(e: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # the benchmark has its own flags (shared with benchmarks/speed.py)
+    if argv[:1] == ["bench"]:  # the benchmark parses its own flags (the same as benchmarks/speed.py)
         from .bench import main as bench_main
 
         return bench_main(argv[1:], prog="ctm bench")
@@ -432,21 +386,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _in_flags(command: str, e: Exception) -> str:
+    """The message of a library error; for `ctm train`, whose flags set the configs, with the config fields
+    it names written as those flags (TrainConfig.batch_size -> --batch-size)."""
+    return with_flag_names(str(e)) if command == "train" else str(e)
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run one command; the errors users cause become one line on stderr and an exit code."""
-    from .checkpoint import RunDirError
-    from .data import DataError
-    from .train import NonFiniteLossError
+    from ..checkpoint import RunDirError
+    from ..idx import DataError
+    from ..train import NonFiniteLossError
 
     try:
         return COMMANDS[args.command](args)
     except (CLIError, RunDirError, DataError, ValueError) as e:
         if os.environ.get("CTM_DEBUG"):
             raise
-        print(f"ctm {args.command}: error: {e}", file=sys.stderr)
+        print(f"ctm {args.command}: error: {_in_flags(args.command, e)}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
-        print(f"ctm {args.command}: {e}", file=sys.stderr)
+        print(f"ctm {args.command}: {_in_flags(args.command, e)}", file=sys.stderr)
         return 1
     except OSError as e:  # a path that cannot be written or read: unwritable, read-only, a file for a folder
         if os.environ.get("CTM_DEBUG"):
@@ -462,7 +422,3 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ctm {args.command}: error: out of memory ({detail}); use a smaller --batch-size, fewer --ticks "
               f"or a smaller model", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

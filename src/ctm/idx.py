@@ -1,0 +1,162 @@
+"""IDX files (the MNIST format): read, write and checksum them.
+
+An IDX file is a 4-byte magic number (two zero bytes, a type code, the rank), one big-endian uint32 per
+dimension, then the data in C order; only uint8 data is supported. Files may be gzipped, which is detected
+by their first two bytes. Every problem is a `DataError` (a `ValueError`) naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._io import atomic_write
+
+__all__ = ["DataError", "content_md5", "read_idx", "write_idx"]
+
+GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
+
+# IDX data type codes (third byte of the magic number); only uint8 is supported.
+_IDX_TYPES = {0x08: "uint8", 0x09: "int8", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
+
+
+class DataError(ValueError):
+    """A data file or dataset is missing, corrupt, or could not be fetched."""
+
+
+def _read_bytes(path: Path) -> bytes | bytearray:
+    """The content of `path`, gunzipped when it starts with the gzip magic bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(0)
+            if head == GZIP_MAGIC:
+                try:
+                    with gzip.GzipFile(fileobj=f, mode="rb") as gz:
+                        return gz.read()
+                except (OSError, EOFError, zlib.error) as e:
+                    raise DataError(f"{path}: corrupt gzip data ({e})") from e
+            buf = bytearray(os.fstat(f.fileno()).st_size)
+            n = f.readinto(buf)
+            return buf[:n] if n != len(buf) else buf
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: file not found") from e
+    except IsADirectoryError as e:
+        raise DataError(f"{path}: is a directory, not an IDX file") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+
+
+def _parse_idx(data: bytes | bytearray, path: Path) -> np.ndarray:
+    """Validate an IDX buffer and return its array (a view of `data`)."""
+    if len(data) < 4:
+        raise DataError(f"{path}: too short for an IDX file ({len(data)} bytes; the magic number needs 4)")
+    if data[0] != 0 or data[1] != 0:
+        raise DataError(
+            f"{path}: bad IDX magic number 0x{bytes(data[:4]).hex()} (must start with two zero bytes); not an IDX file"
+        )
+    code, rank = data[2], data[3]
+    if code != 0x08:
+        known = _IDX_TYPES.get(code)
+        what = f"type 0x{code:02x} ({known})" if known else f"unknown type code 0x{code:02x}"
+        raise DataError(f"{path}: unsupported IDX data {what}; only 0x08 (uint8) is supported")
+    if not 1 <= rank <= 4:
+        raise DataError(f"{path}: IDX rank byte is {rank}; expected 1 to 4 dimensions")
+    header = 4 + 4 * rank
+    if len(data) < header:
+        raise DataError(
+            f"{path}: IDX header truncated: {rank} dimensions need {header} header bytes, file has {len(data)}"
+        )
+    dims = struct.unpack(f">{rank}I", bytes(data[4:header]))
+    expected = header + math.prod(dims)
+    if len(data) < expected:
+        raise DataError(
+            f"{path}: truncated: header says shape {dims} ({expected} bytes in all) but the content is "
+            f"{len(data)} bytes"
+        )
+    if len(data) > expected:
+        raise DataError(
+            f"{path}: {len(data) - expected} trailing bytes after the data of shape {dims} "
+            f"(expected exactly {expected} bytes)"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a uint8 IDX file, raw or gzipped (detected by its magic bytes), into a writable array.
+
+    Raises `DataError` naming `path` for a bad magic number, unsupported type, bad rank, truncated
+    header or data, or trailing bytes.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    arr = _parse_idx(data, path)
+    # A view of a bytearray is already writable; one of immutable bytes (gunzipped) needs a copy.
+    return arr if arr.flags.writeable else arr.copy()
+
+
+def write_idx(path: str | os.PathLike[str], array: np.ndarray | torch.Tensor) -> None:
+    """Write a uint8 array of rank 1..4 as an IDX file, gzipped when `path` ends in ``.gz``.
+
+    The file is written to a temporary name in the same folder and moved into place atomically.
+    """
+    path = Path(path)
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    arr = np.asarray(array)
+    if arr.dtype != np.uint8:
+        raise DataError(f"{path}: write_idx supports uint8 arrays only, got dtype {arr.dtype}")
+    if not 1 <= arr.ndim <= 4:
+        raise DataError(f"{path}: write_idx supports 1 to 4 dimensions, got shape {arr.shape}")
+    if any(d >= 2**32 for d in arr.shape):
+        raise DataError(f"{path}: dimension too large for IDX in shape {arr.shape}")
+    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    payload = np.ascontiguousarray(arr).tobytes()
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            _write_idx_bytes(f)
+
+    def _write_idx_bytes(f) -> None:
+        if path.name.endswith(".gz"):
+            # mtime=0 and no file name: the same array always gives the same bytes.
+            with gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz:
+                gz.write(header)
+                gz.write(payload)
+        else:
+            f.write(header)
+            f.write(payload)
+
+    atomic_write(path, write)
+
+
+def content_md5(path: str | os.PathLike[str]) -> str:
+    """Hex MD5 of a file's uncompressed content (gunzipped when it starts with the gzip magic bytes)."""
+    path = Path(path)
+    h = hashlib.md5()
+    try:
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == GZIP_MAGIC
+            raw.seek(0)
+            f = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+            try:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+            finally:
+                if gz:
+                    f.close()
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: file not found") from e
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+    return h.hexdigest()
+

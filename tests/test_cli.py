@@ -1,0 +1,102 @@
+"""The command line over a quiet library: flags generated from the config dataclasses, errors that name the
+flags, the rules for what a resumed run may change, and a library that never imports the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+from helpers import make_synthetic
+
+from ctm import train as tr
+from ctm.cli import OneLineParser, build_parser, main
+from ctm.cli.config_flags import add_config_flags, flag_for, given, with_flag_names
+from ctm.config import CTMConfig, option
+from ctm.train import TrainConfig
+
+
+def test_the_library_does_not_import_the_command_line():
+    # torch itself imports argparse, so the check is on ctm.cli
+    code = ("import sys, ctm, ctm.bench, ctm.checkpoint, ctm.data, ctm.datasets, ctm.evaluate, ctm.idx, ctm.train; "
+            "print(sorted(m for m in sys.modules if m.startswith('ctm.cli')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
+
+
+def test_every_config_field_has_its_flag():
+    flags = {s: a.dest for a in _train_parser()._actions for s in a.option_strings}
+    for cls in (CTMConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            assert flags.get(flag_for(f.name)) == f.name, f"{cls.__name__}.{f.name} has no flag {flag_for(f.name)}"
+    assert flag_for("iterations") == "--ticks" and flag_for("batch_size") == "--batch-size"
+    help_text = _train_parser().format_help()
+    assert "--adam-eps" in help_text and "--min-lr-ratio" in help_text and "--eval-batch-size" in help_text
+
+
+def test_flags_follow_the_field_types_and_metadata():
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        count: int = option(3, "how many", min=1)
+        scale: float = option(0.5, "how much", min=0)
+        flag: bool = option(False, "whether")
+        kind: str = option("a", "which", choices=("a", "b"))
+
+    parser = OneLineParser(prog="t")
+    add_config_flags(parser, Options, {"count": "3"})
+    args = parser.parse_args(["--count", "4", "--scale", "2.5", "--no-flag", "--kind", "b"])
+    assert given(args, Options) == {"count": 4, "scale": 2.5, "flag": False, "kind": "b"}
+    assert given(parser.parse_args([]), Options) == {}
+    assert "how many (default 3)" in parser.format_help() and "{a,b}" in parser.format_help()
+
+
+@pytest.mark.parametrize("argv, flag, message", [
+    (["--lr", "-1"], "--lr", "must be a finite number >= 0"),
+    (["--steps", "0"], "--steps", "must be a positive integer"),
+    (["--ticks", "2.5"], "--ticks", "expected an integer"),
+    (["--schedule", "linear"], "--schedule", "must be 'constant' or 'cosine', got 'linear'"),
+])
+def test_a_bad_flag_value_is_one_line_naming_the_flag(capsys, argv, flag, message):
+    with pytest.raises(SystemExit) as e:
+        main(["train", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0] and message in err[0], err
+
+
+def test_library_errors_are_printed_with_flag_names(capsys, tmp_path):
+    assert main(["train", "--lr", "0", "--data-dir", str(tmp_path)]) == 2  # bad on its own: TrainConfig.lr > 0
+    err = capsys.readouterr().err.strip()
+    assert err == "ctm train: error: --lr must be positive, got 0.0"
+    assert with_flag_names("CTMConfig.iterations and TrainConfig.eval_batch_size, not CTMConfig.nothing") == (
+        "--ticks and --eval-batch-size, not CTMConfig.nothing")
+
+
+def test_data_fields_that_contradict_the_dataset_are_refused(capsys, tmp_path):
+    data = make_synthetic(tmp_path / "data", n_train=64, n_test=16)
+    assert main(["train", "--data-dir", str(data), "--in-channels", "3", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--in-channels=3 contradicts the data" in err[0] and "in_channels=1" in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_what_a_resumed_run_may_change():
+    model, stored = CTMConfig(), TrainConfig(steps=10, eval_every=5, lr=1e-3)
+    resumed = tr.resumed_train_config(model, stored, {"d_model": 128}, {"steps": 20, "eval_every": 2, "lr": 1e-3})
+    assert (resumed.steps, resumed.eval_every, resumed.lr) == (20, 2, 1e-3)
+    assert tr.resumed_train_config(model, stored, {}, {}) is stored
+    refused = [({}, {"lr": 0.1}, "--lr"), ({}, {"augment": True}, "--augment"),
+               ({}, {"batch_size": 32}, "--batch-size"), ({"iterations": 12}, {}, "--ticks"),
+               ({"d_model": 64}, {"steps": 20}, "--d-model")]
+    for model_changes, train_changes, flag in refused:
+        with pytest.raises(ValueError, match="cannot resume") as e:
+            tr.resumed_train_config(model, stored, model_changes, train_changes)
+        assert with_flag_names(str(e.value)).startswith(f"cannot resume with {flag}="), str(e.value)
+    assert set(tr.RESUMABLE_FIELDS) == {"steps", "eval_every"}

@@ -311,7 +311,7 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
         torch.mul(torch.bmm(W2t, dh2).unsqueeze(1).expand_as(j1), j1, out=dh1)
         dh1 = dh1.view(D, 2 * H, B)
         dW1.baddbmm_(windows[t], dh1.transpose(1, 2))
-        dseq_windows[t].baddbmm_(W1t, dh1)
+        dseq_windows[t] += torch.bmm(W1t, dh1)
         # synapses
         dg = _layer_norm_backward(dpre[t], g, mean, rstd, p.gamma, p.beta)
         torch.mul(dg.unsqueeze(1).expand_as(jl), jl, out=dlin)

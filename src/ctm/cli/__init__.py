@@ -110,6 +110,20 @@ def _add_viz_parser(sub) -> None:
     p.add_argument("--fps", type=float, default=5)
 
 
+def _add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="classify image files with a trained run", description=(
+        "Classify PNG/JPEG/BMP files of any size (converted to the run's channels and input size): class, "
+        "probability and the tick of the answer (the most certain tick, or the halting tick)."))
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    p.add_argument("--halt-certainty", type=float, metavar="TAU",
+                   help="answer at the first tick whose certainty reaches TAU, a fraction in [0, 1] (default: the "
+                        "most certain tick of all)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's)")
+
+
 def _add_bench_parser(sub) -> None:
     # Listed for `ctm --help`; main() hands everything after `bench` to ctm.bench, which parses its own flags.
     sub.add_parser("bench", help="speed of ctm against the seed reference (ctm bench --help)", add_help=False)
@@ -122,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_eval_parser(sub)
     _add_viz_parser(sub)
+    _add_predict_parser(sub)
     _add_bench_parser(sub)
     return parser
 
@@ -314,6 +329,8 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
     from ..evaluate import DEFAULT_HALT_SWEEP, evaluate_halting, timed_evaluate
 
     taus = [args.halt_certainty] if args.halt_certainty is not None else list(args.halt_sweep or DEFAULT_HALT_SWEEP)
+    if args.halt_certainty is not None:
+        _check_halt_certainty(args.halt_certainty)
     for tau in taus:
         if not math.isfinite(tau) or tau < 0:
             raise CLIError(f"halting thresholds are certainties in [0, 1] (above 1 never halts), got {tau}")
@@ -358,7 +375,36 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz}
+def _check_halt_certainty(tau: float) -> None:
+    if not (math.isfinite(tau) and 0 <= tau <= 1):
+        raise CLIError(f"--halt-certainty {tau:g}: halting thresholds are certainties in [0, 1], a fraction, "
+                       f"e.g. 0.8")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..inference import load_run, predict
+    from ..train import resolve_device
+
+    if args.halt_certainty is not None:
+        _check_halt_certainty(args.halt_certainty)
+    for image in args.images:
+        if not Path(image).is_file():
+            raise CLIError(f"{image}: no such file")
+    _set_threads(args.threads)
+    run = load_run(args.run_dir, resolve_device(args.device))
+    if run.data.shape is None:
+        raise CLIError(f"{args.run_dir} does not record its input size; use ctm.predict(..., size=(H, W)) in Python")
+    T = run.config.iterations
+    for path, p in zip(args.images, predict(run, args.images, halt_certainty=args.halt_certainty), strict=True):
+        if args.json:
+            print(json.dumps({"file": path, **p._asdict()}))
+        else:
+            print(f"{path}: {p.class_name} (probability {p.probability:.3f}, tick {p.tick} of {T}, "
+                  f"certainty {p.certainty:.3f})")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "predict": cmd_predict}
 
 
 def _out_of_memory(e: BaseException) -> bool:

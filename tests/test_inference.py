@@ -1,0 +1,115 @@
+"""Using a trained run from Python (`ctm.load_run`, `ctm.predict`) and `ctm predict` on image files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY, make_synthetic
+
+import ctm
+from ctm import train as tr
+from ctm.cli import main
+from ctm.data import load_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    data = make_synthetic(tmp_path_factory.mktemp("synthetic"))
+    run = tmp_path_factory.mktemp("runs") / "run"
+    cfg = tr.TrainConfig(steps=150, batch_size=32, lr=3e-3, warmup_steps=10, eval_every=150, tick_loss_weight=0)
+    tr.train(run, TINY, cfg, data_dir=str(data))
+    return run, data
+
+
+def test_load_run_gives_the_model_its_configs_and_data(trained):
+    run_dir, data = trained
+    run = ctm.load_run(run_dir)
+    assert not run.model.training and run.config == run.model.config and run.config.d_model == TINY.d_model
+    assert run.train_config.steps == 150 and run.train_config.lr == 3e-3
+    assert run.data.name == "mnist" and run.data.shape == (1, 12, 12)
+    assert run.data.class_names == tuple(str(i) for i in range(10))
+    assert run.data.data_dir == str(Path(data).resolve()) and run.path == run_dir
+
+
+def test_predict_on_tensors_equals_the_forward_at_the_most_certain_tick(trained):
+    run_dir, data = trained
+    run = ctm.load_run(run_dir)
+    test = load_dataset("mnist", "test", data_dir=str(data))
+    x, y = test.batch(torch.arange(40))
+    preds = ctm.predict(run, x)
+    with torch.no_grad():
+        out = run.model(x)
+    tick = out.certainties[:, 1].argmax(-1)
+    expected = out.predictions[torch.arange(40), :, tick].argmax(-1)
+    assert [p.label for p in preds] == expected.tolist()
+    assert [p.tick for p in preds] == (tick + 1).tolist()
+    assert all(0 < p.probability <= 1 and 0 <= p.certainty <= 1 and p.class_name == str(p.label) for p in preds)
+    assert np.mean([p.label == t for p, t in zip(preds, y.tolist(), strict=True)]) >= 0.9
+    halted = ctm.predict(run, x, halt_certainty=0.0)  # every sample answers at tick 1
+    assert {p.tick for p in halted} == {1}
+    assert [p.label for p in halted] == out.predictions[:, :, 0].argmax(-1).tolist()
+
+
+def test_predict_on_files_arrays_and_pil_images_of_other_sizes(trained, tmp_path):
+    from PIL import Image
+
+    run_dir, data = trained
+    run = ctm.load_run(run_dir)
+    test = load_dataset("mnist", "test", data_dir=str(data))
+    images = test.images[:20, 0].numpy()  # (20, 12, 12) uint8
+    labels = test.labels[:20].tolist()
+    direct = [p.label for p in ctm.predict(run, torch.from_numpy(images).float().div(255).unsqueeze(1))]
+    paths = []
+    for i, im in enumerate(images):  # 3x larger, RGB: converted back to 12x12 greyscale
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(np.repeat(np.kron(im, np.ones((3, 3), np.uint8))[..., None], 3, -1)).save(path)
+        paths.append(path)
+    from_files = [p.label for p in ctm.predict(run, paths)]
+    assert np.mean([a == b for a, b in zip(from_files, direct, strict=True)]) >= 0.9
+    assert np.mean([a == b for a, b in zip(from_files, labels, strict=True)]) >= 0.85
+    assert [p.label for p in ctm.predict(run, list(images))] == direct  # uint8 arrays at the right size
+    assert [p.label for p in ctm.predict(run, [Image.fromarray(im) for im in images])] == direct
+    assert ctm.predict(run, images[0])[0].label == direct[0]  # one image alone
+
+
+def test_predict_bad_inputs_say_what_is_wrong(trained, tmp_path):
+    run = ctm.load_run(trained[0])
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("hello")
+    with pytest.raises(ValueError, match="notes.png: not a readable image"):
+        ctm.predict(run, [not_image])
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        ctm.predict(run, np.full((12, 12), 3.0, np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        ctm.predict(run, np.zeros((4, 5, 1, 1), np.uint8))
+    with pytest.raises(TypeError, match="image path, PIL image"):
+        ctm.predict(run, [42])
+    with pytest.raises(ValueError, match="needs the input size"):
+        ctm.predict(run.model, np.zeros((12, 12), np.uint8))
+
+
+def test_ctm_predict_command(trained, tmp_path, capsys):
+    from PIL import Image
+
+    run_dir, data = trained
+    test = load_dataset("mnist", "test", data_dir=str(data))
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(test.images[i, 0].numpy()).save(paths[-1])
+    assert main(["predict", str(run_dir), *map(str, paths), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["file"] for r in rows] == [str(p) for p in paths]
+    assert [r["label"] for r in rows] == [p.label for p in ctm.predict(ctm.load_run(run_dir), paths)]
+    assert {"class_name", "probability", "tick", "certainty"} <= set(rows[0])
+    assert main(["predict", str(run_dir), str(paths[0]), "--halt-certainty", "0"]) == 0
+    out = capsys.readouterr().out
+    assert str(paths[0]) in out and "tick 1" in out
+    assert main(["predict", str(run_dir), str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err
+    assert main(["predict", str(run_dir), str(paths[0]), "--halt-certainty", "80"]) == 2
+    assert "a fraction" in capsys.readouterr().err

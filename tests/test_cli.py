@@ -100,3 +100,18 @@ def test_what_a_resumed_run_may_change():
             tr.resumed_train_config(model, stored, model_changes, train_changes)
         assert with_flag_names(str(e.value)).startswith(f"cannot resume with {flag}="), str(e.value)
     assert set(tr.RESUMABLE_FIELDS) == {"steps", "eval_every"}
+
+
+def test_ctm_help_does_not_import_torch():
+    """`ctm --help` answers without importing torch (only the subcommand being run builds its flags)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ctm.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "import ctm; ctm.CTMConfig(); assert 'torch' not in sys.modules\n"
+            "ctm.CTM; assert 'torch' in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "predict" in result.stdout and "train" in result.stdout

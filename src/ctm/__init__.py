@@ -1,16 +1,52 @@
-"""Continuous Thought Machines in PyTorch."""
+"""Continuous Thought Machines in PyTorch.
+
+The public names below are imported on first use, so `import ctm` (and the `ctm` command's help) does not
+pay for importing torch until something needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from .config import CTMConfig
-from .halting import ThinkOutput, think
-from .inference import Prediction, Run, load_run, predict
-from .losses import accuracy, certainty_loss, per_tick_cross_entropy
-from .model import CTM, ContinuousThoughtMachine, CTMOutput, Tracking, certainty, normalised_entropy
-from .seed import config_from_seed_state_dict, from_seed_state_dict
-
+# public name -> the module that defines it
+_EXPORTS = {
+    "CTMConfig": "config",
+    "CTM": "model", "ContinuousThoughtMachine": "model", "CTMOutput": "model", "Tracking": "model",
+    "certainty": "model", "normalised_entropy": "model",
+    "accuracy": "losses", "certainty_loss": "losses", "per_tick_cross_entropy": "losses",
+    "ThinkOutput": "halting", "think": "halting",
+    "Prediction": "inference", "Run": "inference", "load_run": "inference", "predict": "inference",
+    "config_from_seed_state_dict": "seed", "from_seed_state_dict": "seed",
+}
 __all__ = [
-    "CTM", "CTMConfig", "CTMOutput", "ContinuousThoughtMachine", "Tracking", "accuracy",
-    "certainty", "certainty_loss", "config_from_seed_state_dict", "from_seed_state_dict", "normalised_entropy",
-    "per_tick_cross_entropy", "think", "ThinkOutput", "Prediction", "Run", "load_run", "predict",
+    "CTM", "CTMConfig", "CTMOutput", "ContinuousThoughtMachine", "Prediction", "Run", "ThinkOutput", "Tracking",
+    "accuracy", "certainty", "certainty_loss", "config_from_seed_state_dict", "from_seed_state_dict", "load_run",
+    "normalised_entropy", "per_tick_cross_entropy", "predict", "think",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ctm' has no attribute {name!r}")
+
+
+assert sorted(__all__) == sorted(_EXPORTS)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from .config import CTMConfig
+    from .halting import ThinkOutput, think
+    from .inference import Prediction, Run, load_run, predict
+    from .losses import accuracy, certainty_loss, per_tick_cross_entropy
+    from .model import CTM, ContinuousThoughtMachine, CTMOutput, Tracking, certainty, normalised_entropy
+    from .seed import config_from_seed_state_dict, from_seed_state_dict

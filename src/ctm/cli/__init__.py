@@ -129,15 +129,27 @@ def _add_bench_parser(sub) -> None:
     sub.add_parser("bench", help="speed of ctm against the seed reference (ctm bench --help)", add_help=False)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Subcommand -> (one-line help, the function that adds its flags). Flags are added only for the command being
+# run (building train's imports torch), so `ctm --help` answers at once.
+SUBCOMMANDS = {
+    "train": ("train a CTM", lambda sub: _add_train_parser(sub)),
+    "eval": ("evaluate a trained run", lambda sub: _add_eval_parser(sub)),
+    "viz": ("render the thinking GIF of one image", lambda sub: _add_viz_parser(sub)),
+    "predict": ("classify image files with a trained run", lambda sub: _add_predict_parser(sub)),
+    "bench": ("speed of ctm against the seed reference (ctm bench --help)", lambda sub: _add_bench_parser(sub)),
+}
+
+
+def build_parser(command: str | None = "all") -> argparse.ArgumentParser:
+    """The `ctm` parser with the flags of `command` ("all": every subcommand; None: names and help only)."""
     parser = OneLineParser(prog="ctm", description="Continuous Thought Machines: train, evaluate, watch.")
     parser.add_argument("--version", action="version", version=f"ctm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
-    _add_train_parser(sub)
-    _add_eval_parser(sub)
-    _add_viz_parser(sub)
-    _add_predict_parser(sub)
-    _add_bench_parser(sub)
+    for name, (help_text, add) in SUBCOMMANDS.items():
+        if command in ("all", name):
+            add(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
@@ -420,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:], prog="ctm bench")
-    parser = build_parser()
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -115,3 +115,28 @@ def test_ctm_help_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "predict" in result.stdout and "train" in result.stdout
+
+
+COMPUTING = ("train", "eval", "viz", "predict")
+
+
+@pytest.mark.parametrize("command", COMPUTING)
+def test_every_flag_has_help_and_every_subcommand_examples(command):
+    sub = next(a for a in build_parser(command)._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices[command]
+    missing = [a.option_strings or a.dest for a in parser._actions
+               if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert not missing, f"ctm {command}: no help for {missing}"
+    assert parser.epilog and parser.epilog.startswith("examples:") and f"ctm {command}" in parser.epilog
+    flags = {s for a in parser._actions for s in a.option_strings}
+    assert {"--threads", "--device"} <= flags, f"ctm {command} lacks --threads/--device"
+
+
+@pytest.mark.parametrize("command", COMPUTING)
+def test_a_wrong_flag_points_to_the_subcommands_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main({"train": ["train"], "predict": ["predict", "RUN", "x.png"]}.get(command, [command, "RUN"])
+             + ["--no-such-flag"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--no-such-flag" in err and f"(see ctm {command} --help)" in err

@@ -39,13 +39,45 @@ def _positive_int(text: str) -> int:
     return v
 
 
+EXAMPLES = {
+    "train": """examples:
+  ctm train                                  # MNIST with the default recipe, into runs/mnist-<time>
+  ctm train --dataset fashion-mnist --steps 8000 --out runs/fashion
+  ctm train --preset seed                    # the tutorial's recipe exactly
+  ctm train --resume runs/fashion --steps 10000
+  torchrun --nproc-per-node 2 -m ctm train --batch-size 256""",
+    "eval": """examples:
+  ctm eval runs/mnist-20261129-101500
+  ctm eval RUN --json --plot                 # machine-readable; RUN/ticks.png
+  ctm eval RUN --halt-certainty 0.9          # adaptive computation at one threshold
+  ctm eval RUN --halt-sweep                  # several thresholds, RUN/halting.png""",
+    "viz": """examples:
+  ctm viz RUN                                # test image 0 -> RUN/thinking-test-0.gif
+  ctm viz RUN --label 7 --out seven.gif""",
+    "predict": """examples:
+  ctm predict RUN digit.png photo.jpg
+  ctm predict RUN *.png --halt-certainty 0.9 --json""",
+}
+
+
+def _add_parser(sub, name: str, description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=SUBCOMMANDS[name][0], description=description, epilog=EXAMPLES.get(name),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_runtime_flags(p) -> None:
+    """--device and --threads, the same on every computing subcommand."""
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps "
+                                                    "(default auto)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+
+
 def _add_train_parser(sub) -> None:
     from ..config import CTMConfig
     from ..train import DATA_FIELDS, PRESETS, TrainConfig
 
-    p = sub.add_parser("train", help="train a CTM", description=(
-        "Train a CTM on an image dataset. Flags not given come from the preset; the run directory records "
-        "everything, so --resume needs no other flags."))
+    p = _add_parser(sub, "train", "Train a CTM on an image dataset. Flags not given come from the preset; the "
+                    "run directory records everything, so --resume needs no other flags.")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="default: the fast recipe (see README); seed: the tutorial's recipe exactly")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (a larger --steps extends it)")
@@ -62,8 +94,7 @@ def _add_train_parser(sub) -> None:
     add_config_flags(g, CTMConfig, {name: "the dataset's" if name in DATA_FIELDS else shown(v)
                                     for name, v in CTMConfig().to_dict().items()})
     g = p.add_argument_group("runtime")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
-    g.add_argument("--threads", type=_positive_int, help="CPU threads for torch")
+    _add_runtime_flags(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bar; print a line per evaluation")
     g = p.add_argument_group("distributed (torchrun --nproc-per-node N -m ctm train ...)")
     g.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto",
@@ -76,15 +107,15 @@ def _add_train_parser(sub) -> None:
 
 
 def _add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a trained run", description=(
-        "Test loss and accuracy of a run at the most-certain tick and the last tick, and accuracy per tick."))
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = _add_parser(sub, "eval", "Test loss and accuracy of a run at the most-certain tick and the last tick, "
+                                 "and accuracy per tick.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by ctm train")
     p.add_argument("--dataset", help="evaluate on another dataset of the same shape (default: the run's)")
-    p.add_argument("--data-dir", metavar="DIR", help="folder holding the four IDX files")
-    p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--batch-size", type=_positive_int, default=500)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=_positive_int)
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the IDX files (default: the run's, else the "
+                                                     "standard places)")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
+    p.add_argument("--batch-size", type=_positive_int, default=500, help="images per forward (default 500)")
+    _add_runtime_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", action="store_true", help="write RUN_DIR/ticks.png (accuracy and certainty per tick)")
     halt = p.add_mutually_exclusive_group()
@@ -98,30 +129,31 @@ def _add_eval_parser(sub) -> None:
 
 
 def _add_viz_parser(sub) -> None:
-    p = sub.add_parser("viz", help="render the thinking GIF of one image", description=(
-        "The tutorial's GIF for one image: input, attention map, class probabilities, certainty, neuron traces."))
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = _add_parser(sub, "viz", "The thinking GIF of one image: input, attention map, class probabilities, "
+                                "certainty, neuron traces.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by ctm train")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--index", type=int, help="image index in the split (default 0)")
     which.add_argument("--label", type=int, help="the first image with this label")
-    p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--data-dir", metavar="DIR")
-    p.add_argument("--out", metavar="FILE.gif", help="default RUN_DIR/thinking-<split>-<index>.gif")
-    p.add_argument("--fps", type=float, default=5)
+    p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the IDX files (default: the run's, else the "
+                                                     "standard places)")
+    p.add_argument("--out", metavar="FILE.gif", help="where to write (default RUN_DIR/thinking-<split>-<index>.gif)")
+    p.add_argument("--fps", type=float, default=5, help="frames per second, 0.1 to 100 (default 5)")
+    _add_runtime_flags(p)
 
 
 def _add_predict_parser(sub) -> None:
-    p = sub.add_parser("predict", help="classify image files with a trained run", description=(
-        "Classify PNG/JPEG/BMP files of any size (converted to the run's channels and input size): class, "
-        "probability and the tick of the answer (the most certain tick, or the halting tick)."))
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = _add_parser(sub, "predict", "Classify PNG/JPEG/BMP files of any size (converted to the run's channels and "
+                                    "input size): class, probability and the tick of the answer (the most certain "
+                                    "tick, or the halting tick).")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by ctm train")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     p.add_argument("--halt-certainty", type=float, metavar="TAU",
                    help="answer at the first tick whose certainty reaches TAU, a fraction in [0, 1] (default: the "
                         "most certain tick of all)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's)")
+    _add_runtime_flags(p)
 
 
 def _add_bench_parser(sub) -> None:
@@ -278,7 +310,10 @@ def cmd_viz(args: argparse.Namespace) -> int:
             raise CLIError(f"--out {out} is a folder; give a file name ending in .gif")
         if not out.parent.is_dir():
             raise CLIError(f"--out {out}: folder {out.parent} does not exist")
-    model, payload = load_model(args.run_dir)
+    from ..train import resolve_device
+
+    _set_threads(args.threads)
+    model, payload = load_model(args.run_dir, resolve_device(args.device))
     data_dir = _data_dir_for(args.run_dir, payload, args.data_dir)
     data = load_dataset(payload["dataset"]["name"], args.split, data_dir=data_dir)
     index, image, target = viz.select_example(data, args.index, args.label)
@@ -296,8 +331,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate
     from ..train import resolve_device
 
-    if args.max_ticks is not None and args.halt_certainty is None and args.halt_sweep is None:
+    halting = args.halt_certainty is not None or args.halt_sweep is not None
+    if args.max_ticks is not None and not halting:
         raise CLIError("--max-ticks only applies with --halt-certainty or --halt-sweep")
+    if args.plot and halting:
+        raise CLIError("--plot draws the full evaluation's ticks.png; it does not combine with --halt-certainty or "
+                       "--halt-sweep (the sweep writes halting.png itself)")
     _set_threads(args.threads)
     device = resolve_device(args.device)
     model, payload = load_model(args.run_dir, device)
@@ -362,6 +401,7 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
         from ..viz import save_halting_plot
 
         plot_path = Path(args.run_dir) / "halting.png"
+        replaced = " (replacing the earlier one)" if plot_path.exists() else ""
         save_halting_plot(results, full, wall_full, plot_path)
     if args.json:
         if args.halt_certainty is not None:
@@ -383,7 +423,7 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
         hist = results[0].ticks_histogram
         print("  ticks used: " + ", ".join(f"{t + 1}: {h}" for t, h in enumerate(hist) if h))
     else:
-        print(f"Wrote {plot_path}")
+        print(f"Wrote {plot_path}{replaced}")
     return 0
 
 
@@ -433,7 +473,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:], prog="ctm bench")
     parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the subcommand's parser, so the hint names its help
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        (sub.choices[args.command] if args.command else parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 0

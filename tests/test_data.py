@@ -245,8 +245,10 @@ def test_lookup_order(isolated, monkeypatch):
     assert len(ds) == 7 and ds.source == str(env)
     assert datasets.search_dirs("mnist") == [env, isolated / "xdg" / "ctm" / "mnist", isolated / "system" / "mnist"]
 
-    # A folder missing one of the four files is skipped.
+    # A folder missing a file the split needs is skipped (one missing only another split's file is not).
     (env / (datasets.TEST_LABELS + ".gz")).unlink()
+    assert len(load_dataset("mnist", download=False)) == 7
+    (env / (datasets.TRAIN_LABELS + ".gz")).unlink()
     assert len(load_dataset("mnist", download=False)) == 6
 
 
@@ -322,9 +324,13 @@ def test_download_good_checksum(isolated, tiny_md5, http_root):
     ds = load_dataset("mnist", "train", mirrors=[url + "m1/"], timeout=5)
     cache = isolated / "home" / ".cache" / "ctm" / "mnist"
     assert ds.source == str(cache) and len(ds) == 12
-    assert leftovers(cache) == sorted(f + ".gz" for f in FILES)  # final names only, no temp files
+    # final names only, no temp files; only the split asked for
+    assert leftovers(cache) == sorted([datasets.TRAIN_IMAGES + ".gz", datasets.TRAIN_LABELS + ".gz"])
+    assert len(requests) == 2
+    # The test split fetches its two files; then both splits are found in the cache, nothing fetched.
+    assert len(load_dataset("mnist", "test", mirrors=[url + "m1/"])) == 5
     assert len(requests) == 4
-    # Second load: found in the cache, nothing fetched.
+    assert len(load_dataset("mnist", "train", mirrors=[url + "m1/"])) == 12
     assert len(load_dataset("mnist", "test", mirrors=[url + "m1/"])) == 5
     assert len(requests) == 4
 
@@ -349,6 +355,17 @@ def test_download_404_falls_through_to_next_mirror(isolated, tiny_md5, http_root
     assert set(paths) == set(FILES)
     assert sum(r.startswith("/empty/") for r in requests) == 4
     assert sum(r.startswith("/m2/") for r in requests) == 4
+
+
+def test_loading_one_split_downloads_only_its_two_files(isolated, tiny_md5, http_root):
+    root, url, requests = http_root
+    write_dataset(root / "m", tiny_md5)
+    test = load_dataset("mnist", "test", mirrors=[url + "m/"], timeout=5)
+    assert sorted(r.rsplit("/", 1)[1] for r in requests) == sorted(
+        [datasets.TEST_IMAGES + ".gz", datasets.TEST_LABELS + ".gz"])
+    assert len(test) == len(tiny_md5[datasets.TEST_LABELS])
+    assert leftovers(datasets.cache_dir("mnist")) == sorted(
+        [datasets.TEST_IMAGES + ".gz", datasets.TEST_LABELS + ".gz"])
 
 
 def test_download_all_mirrors_fail(isolated, tiny_md5, http_root, monkeypatch):

@@ -110,8 +110,8 @@ def load_dataset(
     spec = dataset_spec(name)
     if split not in spec.splits:
         raise DataError(f"unknown split {split!r} for dataset {name!r}; expected one of {', '.join(spec.splits)}")
-    paths = locate_dataset(name, data_dir, download, mirrors, timeout)
     img_name, lbl_name = spec.splits[split]
+    paths = locate_dataset(name, data_dir, download, mirrors, timeout, files=(img_name, lbl_name))
     img_path, lbl_path = paths[img_name], paths[lbl_name]
     if verify:
         verify_dataset(name, {img_name: img_path, lbl_name: lbl_path})

@@ -157,20 +157,23 @@ def _locate_files(directory: Path, files: Sequence[str]) -> tuple[dict[str, Path
     return found, missing
 
 
-def find_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> dict[str, Path] | None:
-    """Paths of the four IDX files of dataset `name`, or None when no searched folder has all of them.
+def find_dataset(name: str, data_dir: str | os.PathLike[str] | None = None,
+                 files: Sequence[str] | None = None) -> dict[str, Path] | None:
+    """Paths of the IDX files of dataset `name` (default all four; `files` names a subset, e.g. one split's),
+    or None when no searched folder has all of them.
 
     With `data_dir`, only that folder is looked at and missing files raise `DataError`.
     """
     spec = dataset_spec(name)
+    files = tuple(spec.files if files is None else files)
     if data_dir is not None:
         directory = Path(data_dir)
-        found, missing = _locate_files(directory, spec.files)
+        found, missing = _locate_files(directory, files)
         if missing:
             raise DataError(f"data directory {directory} does not hold dataset {name!r}: missing {', '.join(missing)}")
         return found
     for directory in search_dirs(name):
-        found, missing = _locate_files(directory, spec.files)
+        found, missing = _locate_files(directory, files)
         if not missing:
             return found
     return None
@@ -225,8 +228,10 @@ def download_dataset(
     dest_dir: str | os.PathLike[str] | None = None,
     mirrors: Sequence[str] | None = None,
     timeout: float = DOWNLOAD_TIMEOUT_S,
+    files: Sequence[str] | None = None,
 ) -> dict[str, Path]:
-    """Download the four IDX files of `name` into `dest_dir` (default: `cache_dir(name)`).
+    """Download the IDX files of `name` (default all four, or the canonical names in `files`) into `dest_dir`
+    (default: `cache_dir(name)`).
 
     Each file is fetched as ``<mirror><file>.gz`` from the mirrors in order (default: the registry's),
     its uncompressed MD5 checked, and only then moved to its final name; a file already complete in
@@ -242,9 +247,10 @@ def download_dataset(
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create download folder {dest} for dataset {name!r} ({e})") from e
-    found, _ = _locate_files(dest, spec.files)
+    files = tuple(spec.files if files is None else files)
+    found, _ = _locate_files(dest, files)
     failures: list[str] = []
-    for f in spec.files:
+    for f in files:
         if f in found:  # only ever written under its final name after its checksum matched
             continue
         errors = []
@@ -285,13 +291,15 @@ def locate_dataset(
     download: bool = True,
     mirrors: Sequence[str] | None = None,
     timeout: float = DOWNLOAD_TIMEOUT_S,
+    files: Sequence[str] | None = None,
 ) -> dict[str, Path]:
-    """Paths of the four IDX files of `name`: found (see the module docstring) or else downloaded.
+    """Paths of the IDX files of `name` (default all four, or those in `files`): found (see the module
+    docstring) or else downloaded, only those that are needed.
 
     Raises `DataError` listing the folders searched and how to provide the files.
     """
     spec = dataset_spec(name)
-    found = find_dataset(name, data_dir)
+    found = find_dataset(name, data_dir, files)
     if found is not None:
         return found
     searched = "\n  ".join(str(d) for d in search_dirs(name))
@@ -300,7 +308,7 @@ def locate_dataset(
             f"dataset {name!r} not found (download disabled). Searched:\n  {searched}\n{_how_to_provide(spec)}"
         )
     try:
-        return download_dataset(name, mirrors=mirrors, timeout=timeout)
+        return download_dataset(name, mirrors=mirrors, timeout=timeout, files=files)
     except DataError as e:
         raise DataError(
             f"dataset {name!r} not found and the download failed. Searched:\n  {searched}\n{e}\n{_how_to_provide(spec)}"

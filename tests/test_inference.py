@@ -113,3 +113,16 @@ def test_ctm_predict_command(trained, tmp_path, capsys):
     assert "missing.png" in capsys.readouterr().err
     assert main(["predict", str(run_dir), str(paths[0]), "--halt-certainty", "80"]) == 2
     assert "a fraction" in capsys.readouterr().err
+
+
+def test_viz_without_matplotlib_is_one_line_naming_the_extra(trained, monkeypatch, capsys):
+    from ctm import viz
+
+    def missing():
+        raise ImportError("ctm.viz needs matplotlib: pip install 'torch-ctm[viz]'")
+
+    monkeypatch.setattr(viz, "_require_matplotlib", missing)
+    run_dir, data = trained
+    assert main(["viz", str(run_dir), "--out", str(run_dir.parent / "x.gif")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == ["ctm viz: error: ctm.viz needs matplotlib: pip install 'torch-ctm[viz]'"]

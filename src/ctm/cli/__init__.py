@@ -506,6 +506,11 @@ def _run(args: argparse.Namespace) -> int:
             raise
         print(f"ctm {args.command}: error: {_in_flags(args.command, e)}", file=sys.stderr)
         return 2
+    except ImportError as e:  # an optional dependency: ctm.viz says which extra brings it
+        if os.environ.get("CTM_DEBUG") or "pip install" not in str(e):
+            raise
+        print(f"ctm {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as e:
         print(f"ctm {args.command}: {_in_flags(args.command, e)}", file=sys.stderr)
         return 1

@@ -178,12 +178,12 @@ class TickSlots(NamedTuple):
     w: Tensor  # (B*h, 1, N) attention weights
     o: Tensor  # (B, d) attention output (before out_proj, which is folded into the synapses)
     g: Tensor  # (B, D) GLU output, LayerNorm input
-    lin: Tensor  # (B, 2, D) synapse GLU input, then its Jacobians
+    lin: Tensor  # (B, 2, D) synapse GLU input (the backward overwrites it with its Jacobians)
     mean: Tensor  # (B, 1) LayerNorm statistics
     rstd: Tensor  # (B, 1)
     u: Tensor  # (D, H, B) first NLM GLU output
-    h1: Tensor  # (D, 2H, B) first NLM GLU input, then its Jacobians
-    h2: Tensor  # (D, 2, B) second NLM GLU input, then its Jacobians
+    h1: Tensor  # (D, 2H, B) first NLM GLU input (then its Jacobians)
+    h2: Tensor  # (D, 2, B) second NLM GLU input (then its Jacobians)
 
 
 def tick(p: TickParams, t: int, kT: Tensor, v: Tensor, z: Tensor, alpha: Tensor, window: Tensor,
@@ -221,7 +221,6 @@ def tick(p: TickParams, t: int, kT: Tensor, v: Tensor, z: Tensor, alpha: Tensor,
     lin = s.lin.view(b, 2 * D)
     torch.addmm(torch.addmm(p.bs, z.t(), WzT), s.o, WoT, out=lin)
     _glu_into(lin, -1, s.g)
-    _glu_jacobians(s.lin, s.g.unsqueeze(1), 1)
     pre, mean, rstd = torch.native_layer_norm(s.g, (D,), p.gamma, p.beta, eps)
     pre_out.copy_(pre)
     s.mean.copy_(mean)
@@ -229,10 +228,7 @@ def tick(p: TickParams, t: int, kT: Tensor, v: Tensor, z: Tensor, alpha: Tensor,
     torch.baddbmm(p.b1.expand_as(s.h1), p.W1, window, out=s.h1)  # explicit expand: ~30% faster than broadcast
     _glu_into(s.h1, 1, s.u)
     torch.baddbmm(p.b2.expand_as(s.h2), p.W2, s.u, out=s.h2)
-    H = s.u.shape[1]
-    _glu_jacobians(s.h1.view(D, 2, H, b), s.u.unsqueeze(1), 1)
     _glu_into(s.h2, 1, z_out)
-    _glu_jacobians(s.h2.view(D, 2, 1, b), z_out.view(D, 1, 1, b), 1)
     return alpha
 
 
@@ -287,6 +283,11 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
     """Gradients of all `TickParams` fields from dZ (T, D, B), the gradient of z_1 .. z_T."""
     T, D, M, H, B, heads, dh, N, na = s
     d = heads * dh
+    if not saved.get("jacobians"):  # the three GLUs' Jacobians, for all ticks at once, in place of their inputs
+        _glu_jacobians(saved["lin"], saved["g"].unsqueeze(2), 2)
+        _glu_jacobians(saved["h1"].view(T, D, 2, H, B), saved["u"].unsqueeze(2), 2)
+        _glu_jacobians(saved["h2"].view(T, D, 2, 1, B), Z[1:].view(T, D, 1, 1, B), 2)
+        saved["jacobians"] = True  # a second backward through the same forward (no pool) reuses them
     W1t = p.W1.transpose(1, 2).contiguous()  # (D, M, 2H)
     W2t = p.W2.transpose(1, 2).contiguous()  # (D, H, 2)
     # The accumulator gradient is symmetric over (i, j); carry twice it (weights 2A) and halve at the end.
@@ -400,6 +401,7 @@ class _TickFunction(torch.autograd.Function):
         s = Sizes.of(p, heads)
         key = (tuple(s), p.kT.dtype, p.kT.device)
         workspace = (pool.take(key) if pool is not None else None) or {"fwd": _forward_buffers(s, p.kT)}
+        workspace["fwd"]["jacobians"] = False
         Z, seq = tick_loop(p, s, eps, workspace["fwd"])
         ctx.pool, ctx.key, ctx.workspace, ctx.sizes, ctx.Z, ctx.seq = pool, key, workspace, s, Z, seq
         ctx.save_for_backward(*tensors)

@@ -211,8 +211,17 @@ def test_ticks_plot(tmp_path):
         with PIL_Image.open(path) as im:
             assert im.format == "PNG"
     fig = viz.ticks_figure(result)
-    heights = [p.get_height() for p in fig.axes[1].patches]
+    heights = [p.get_height() for p in fig.axes[2].patches]
     assert heights == pytest.approx([0] * 20 + [10] * 10)  # percent of the 50 samples
+    # Each quantity on an axis scaled to its own data: changes of a point or two stay visible.
+    flat = EvalResult(loss=0.1, accuracy=0.981, accuracy_last_tick=0.98,
+                      per_tick_accuracy=list(np.linspace(0.970, 0.980, T)),
+                      per_tick_certainty=list(np.linspace(0.95, 0.99, T)), most_certain_tick_histogram=[1] * T, n=T)
+    ax_acc, ax_cert = viz.ticks_figure(flat).axes[:2]
+    lo, hi = ax_acc.get_ylim()
+    assert 96 < lo < 97.0 and 98.1 < hi < 99
+    lo, hi = ax_cert.get_ylim()
+    assert 0.9 < lo < 0.95 and 0.99 < hi < 1.0
     with pytest.raises(ValueError, match="per_tick_certainty"):
         viz.ticks_figure({"per_tick_accuracy": [0.5]})
     with pytest.raises(ValueError, match="one length"):

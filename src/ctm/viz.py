@@ -48,7 +48,7 @@ __all__ = [
 TARGET_COLOUR = "#2ca02c"  # the target class's bar, "correct"
 WRONG_COLOUR = "#d62728"  # a wrong prediction's bar, "wrong"
 BAR_COLOUR = "#9bb0c9"  # every other bar
-POST_COLOURS = ("#1f77b4", "#d62728")  # post-activation traces, alternating
+POST_COLOUR = "#1f4e79"  # post-activation traces (red and green mean wrong and right elsewhere)
 PRE_COLOUR = "#8c8c8c"  # pre-activation traces (dashed)
 CERTAINTY_COLOUR = "#4b3b8f"
 CURSOR_COLOUR = "#333333"
@@ -139,7 +139,8 @@ class _ThinkingFigure:
     """
 
     def __init__(self, image, predictions, certainties, pre_activations, post_activations, attention,
-                 token_grid, target=None, n_neurons=16, class_names=None, fig_scale=1.0, blit=True):
+                 token_grid, target=None, n_neurons=16, class_names=None, fig_scale=1.0, blit=True,
+                 attention_scale="tick"):
         predictions = np.asarray(predictions, dtype=np.float64)
         if predictions.ndim != 2:
             raise ValueError(f"predictions must have shape (classes, ticks), got {predictions.shape}")
@@ -181,6 +182,10 @@ class _ThinkingFigure:
                 raise ValueError(f"target {target} is not a class index in [0, {n_classes})")
         if fig_scale <= 0:
             raise ValueError(f"fig_scale must be positive, got {fig_scale}")
+        if attention_scale not in ("tick", "sample"):
+            raise ValueError(f"attention_scale must be 'tick' (colours span each tick's range) or 'sample' (0 to "
+                             f"the sample's largest weight, the same for every tick), got {attention_scale!r}")
+        self.attention_scale = attention_scale
         n_neurons = min(int(n_neurons), pre.shape[1])
         if n_neurons < 1:
             raise ValueError("n_neurons must be at least 1")
@@ -244,8 +249,20 @@ class _ThinkingFigure:
         ax_att.set_title("Attention" + (f" (mean of {heads} heads)" if heads > 1 else ""), fontsize=12)
         ax_att.set_axis_off()
         ax_att.set_anchor("N")
-        self.att_text = anim(ax_att.text(0.5, -0.02, "", transform=ax_att.transAxes, ha="center", va="top",
-                                         fontsize=9, color="#555555"))
+        # Colour bar under the map: the weights its darkest and brightest colours stand for.
+        ax_cb = ax_att.inset_axes([0.12, -0.085, 0.76, 0.045])
+        ax_cb.imshow(np.linspace(0, 1, 256)[None, :], cmap="inferno", aspect="auto", extent=(0, 1, 0, 1))
+        ax_cb.set_axis_off()
+        self.cb_lo = anim(ax_cb.text(-0.02, 0.5, "", transform=ax_cb.transAxes, ha="right", va="center",
+                                     fontsize=8.5, color="#333333"))
+        self.cb_hi = anim(ax_cb.text(1.02, 0.5, "", transform=ax_cb.transAxes, ha="left", va="center",
+                                     fontsize=8.5, color="#333333"))
+        note = "colour range: this tick's" if self.attention_scale == "tick" else "colour range: the whole sample's"
+        if outline:
+            note += "\ncyan line: the input's outline"
+        ax_att.text(0.5, -0.12, note, transform=ax_att.transAxes, ha="center", va="top", fontsize=8,
+                    color="#555555")
+        self._att_fixed = (0.0, float(np.nanmax(self.attention)) or 1e-12)
 
         # Class probabilities at this tick, horizontal bars so long class names fit.
         ax_p = fig.add_subplot(top[2])
@@ -308,19 +325,19 @@ class _ThinkingFigure:
                                   markeredgecolor=CERTAINTY_COLOUR, markeredgewidth=2, zorder=5)
         anim(self.c_dot)
 
-        # Neuron traces: post-activations solid (blue / red alternating), pre-activations dashed grey on a
-        # twin y-axis, each with a cursor at the current tick.
+        # Neuron traces: post-activations solid (one colour), pre-activations dashed grey on a twin y-axis,
+        # each with a cursor at the current tick and its neuron index left of the panel.
         n = post.shape[1]
         cols = min(4, n)
         rows = math.ceil(n / cols)
-        grid = outer[2].subgridspec(rows, cols, hspace=0.12, wspace=0.06)
+        grid = outer[2].subgridspec(rows, cols, hspace=0.12, wspace=0.12)
         self.trace_cursors, self.trace_dots = [], []
         self._post = post
         for i in range(n):
             ax = fig.add_subplot(grid[i // cols, i % cols])
             ax_pre = ax.twinx()
             ax_pre.plot(ticks, pre[:, i], color=PRE_COLOUR, linestyle="--", linewidth=1, alpha=0.8)
-            colour = POST_COLOURS[i % 2]
+            colour = POST_COLOUR
             ax.plot(ticks, post[:, i], color=colour, linewidth=1.8, marker="." if T == 1 else None)
             ax.set_zorder(ax_pre.get_zorder() + 1)  # post trace above the dashed pre trace
             ax.patch.set_visible(False)
@@ -331,16 +348,15 @@ class _ThinkingFigure:
                 a.set_yticks([])
                 for spine in a.spines.values():
                     spine.set_color("#d9d9d9")
-            ax.text(0.025, 0.95, f"neuron {i}", transform=ax.transAxes, fontsize=7.5, va="top", color="#444444",
-                    zorder=10, bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none",
-                                     "alpha": 0.75})
+            ax.text(-0.015, 0.5, f"#{i}", transform=ax.transAxes, fontsize=7.5, ha="right", va="center",
+                    color="#444444")
             self.trace_cursors.append(anim(ax.axvline(1, color=CURSOR_COLOUR, linewidth=1, alpha=0.5)))
             (dot,) = ax.plot([1], [post[0, i]], "o", markersize=4, color=colour)
             self.trace_dots.append(anim(dot))
         title_y = outer[2].get_position(fig).y1 + 0.008
         fig.text(0.035, title_y, "Neuron traces", fontsize=12, va="bottom")
-        fig.text(0.965, title_y, "solid: post-activation    dashed: pre-activation (own scale)", fontsize=9,
-                 ha="right", va="bottom", color="#555555")
+        fig.text(0.965, title_y, "solid: post-activation    dashed: pre-activation (own scale)    "
+                 "#: neuron index", fontsize=9, ha="right", va="bottom", color="#555555")
 
         self._animated = animated
         self._background = None
@@ -368,10 +384,14 @@ class _ThinkingFigure:
             self.pred_text.set_color(WRONG_COLOUR)
 
         att = self.attention[t]
-        lo, hi = float(np.nanmin(att)), float(np.nanmax(att))
+        if self.attention_scale == "tick":
+            lo, hi = float(np.nanmin(att)), float(np.nanmax(att))
+        else:
+            lo, hi = self._att_fixed
         self.att_image.set_data(att)
         self.att_image.set_clim(lo, hi if hi > lo else lo + 1e-12)
-        self.att_text.set_text(f"scaled per tick; weights {lo:.3f} to {hi:.3f}")
+        self.cb_lo.set_text(f"{lo:.3f}")
+        self.cb_hi.set_text(f"{hi:.3f}")
 
         for k, bar in enumerate(self.bars):
             bar.set_width(p[k])
@@ -421,7 +441,8 @@ def _tick_positions(T: int) -> list[int]:
 def thinking_frames(image: np.ndarray, predictions: np.ndarray, certainties: np.ndarray,
                     pre_activations: np.ndarray, post_activations: np.ndarray, attention: np.ndarray,
                     token_grid: tuple[int, int], target: int | None = None, n_neurons: int = 16,
-                    class_names: Sequence[str] | None = None, fig_scale: float = 1.0) -> list[np.ndarray]:
+                    class_names: Sequence[str] | None = None, fig_scale: float = 1.0,
+                    attention_scale: str = "tick") -> list[np.ndarray]:
     """One RGB uint8 frame per tick of one sample's thought, all the same size (900 x 1000 at scale 1).
 
     image (C, H, W) in [0, 1]: one channel is shown in gray, three as RGB, others as their mean.
@@ -429,11 +450,13 @@ def thinking_frames(image: np.ndarray, predictions: np.ndarray, certainties: np.
     post_activations (T, D); attention (T, heads, N) (or (T, N)) with N = H' * W' tokens of `token_grid`.
     Each frame shows the input, the attention (mean over heads) stretched over it, the class
     probabilities (target green), the certainty curve with the current and the most certain tick, and
-    the traces of the first `n_neurons` neurons.
+    the traces of the first `n_neurons` neurons. `attention_scale` "tick" spans the colours over each tick's
+    weights, "sample" from 0 to the largest weight of all ticks (a near-uniform map then looks uniform);
+    a colour bar gives the range either way.
     """
     fig = _ThinkingFigure(image, predictions, certainties, pre_activations, post_activations, attention,
                           token_grid, target=target, n_neurons=n_neurons, class_names=class_names,
-                          fig_scale=fig_scale)
+                          fig_scale=fig_scale, attention_scale=attention_scale)
     return [fig.render(t) for t in range(fig.T)]
 
 
@@ -493,7 +516,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: float | None = N
 def thinking_gif(model: ContinuousThoughtMachine, image: torch.Tensor | np.ndarray, target: int | None = None,
                  path: str | os.PathLike[str] | None = None, fps: float = 5,
                  class_names: Sequence[str] | None = None, n_neurons: int = 16,
-                 fig_scale: float = 1.0) -> list[np.ndarray]:
+                 fig_scale: float = 1.0, attention_scale: str = "tick") -> list[np.ndarray]:
     """Run `model` on one image (C, H, W) in [0, 1] and draw its thought, one frame per tick.
 
     The model runs in eval mode under inference_mode on its own device (its mode is restored after).
@@ -522,7 +545,7 @@ def thinking_gif(model: ContinuousThoughtMachine, image: torch.Tensor | np.ndarr
     frames = thinking_frames(
         np1(x), np1(out.predictions[0]), np1(out.certainties[0, 1]), np1(tr.pre_activations[:, 0]),
         np1(tr.post_activations[:, 0]), np1(tr.attention[:, 0]), tr.token_grid, target=target,
-        n_neurons=n_neurons, class_names=class_names, fig_scale=fig_scale,
+        n_neurons=n_neurons, class_names=class_names, fig_scale=fig_scale, attention_scale=attention_scale,
     )
     if path is not None:
         save_gif(frames, path, fps=fps)
@@ -613,11 +636,14 @@ def curves_figure(metrics: Sequence[Mapping[str, Any]]) -> Figure:
     ax_loss.set_ylabel("certainty loss", fontsize=10)
     ax_acc.set_ylabel("accuracy (%)", fontsize=10)
     xs, ys = _series(metrics, "test_accuracy")
-    if xs.size:
-        best = int(np.argmax(ys))
-        ax_acc.scatter([xs[best]], [ys[best] * 100], s=160, marker="*", color=MOST_CERTAIN_COLOUR,
+    if xs.size:  # the run keeps the last step's weights: mark that point; the highest only as a level
+        ax_acc.scatter([xs[-1]], [ys[-1] * 100], s=160, marker="*", color=MOST_CERTAIN_COLOUR,
                        edgecolor="#7a4a00", linewidth=0.6, zorder=4,
-                       label=f"best test {ys[best] * 100:.2f}% (step {xs[best]})")
+                       label=f"final test {ys[-1] * 100:.2f}% (step {xs[-1]}, the saved weights)")
+        best = int(np.argmax(ys))
+        if ys[best] > ys[-1]:
+            ax_acc.axhline(ys[best] * 100, color="#999999", linestyle=":", linewidth=1, zorder=1,
+                           label=f"highest test {ys[best] * 100:.2f}% (step {xs[best]}, not kept)")
     if not plotted:
         raise ValueError("no metrics to plot: no row has train/test loss or accuracy")
     for ax in (ax_loss, ax_acc):
@@ -649,27 +675,29 @@ def ticks_figure(result: Mapping[str, Any] | Any) -> Figure:
         raise ValueError(f"per-tick lists must be non-empty and of one length, got {acc.size}, {cert.size}, "
                          f"{hist.size}")
     ticks = np.arange(1, T + 1)
-    fig = _new_figure((9.0, 6.5), 100)
-    ax_a, ax_h = fig.subplots(2, 1, sharex=True, height_ratios=[1.3, 1.0])
+    fig = _new_figure((9.0, 8.0), 100)
+    # Accuracy and certainty each on its own axis, scaled to its data: 97-98 % and certainties of 0.95-1
+    # would lie flat along the top of a 0-100 % axis.
+    ax_a, ax_c, ax_h = fig.subplots(3, 1, sharex=True, height_ratios=[1.0, 1.0, 1.0])
     marker = {"marker": "o", "markersize": 3.5} if T <= 40 else {}
-    la = ax_a.plot(ticks, acc, color=TRAIN_COLOUR, linewidth=2, label="accuracy at tick", **marker)
-    handles = list(la)
+    ax_a.plot(ticks, acc, color=TRAIN_COLOUR, linewidth=2, label="accuracy at each tick", **marker)
+    shown_acc = acc
     if isinstance(result.get("accuracy"), (int, float)):
-        handles.append(ax_a.axhline(result["accuracy"] * 100, color=TARGET_COLOUR, linestyle="--", linewidth=1.2,
-                                    label=f"at most certain tick: {result['accuracy'] * 100:.2f}%"))
-    ax_a.set_ylim(0, 102)  # 0-100 % against certainty 0-1: the grid lines serve both axes
-    ax_a.set_ylabel("accuracy (%)", fontsize=10, color=TRAIN_COLOUR)
-    _style_axes(ax_a)
-    ax_c = ax_a.twinx()
-    handles += ax_c.plot(ticks, cert, color=CERTAINTY_COLOUR, linewidth=2, linestyle="-.",
-                         label="mean certainty", **marker)
-    ax_c.set_ylim(0, 1.02)
-    ax_c.set_ylabel("mean certainty", fontsize=10, color=CERTAINTY_COLOUR)
-    ax_c.tick_params(labelsize=9)
-    ax_c.spines["top"].set_visible(False)
-    ax_a.legend(handles=handles, fontsize=9, loc="lower right", frameon=True, framealpha=0.85)
+        best = result["accuracy"] * 100
+        ax_a.axhline(best, color=TARGET_COLOUR, linestyle="--", linewidth=1.2,
+                     label=f"at each sample's most certain tick: {best:.2f}%")
+        shown_acc = np.append(acc, best)
+    ax_a.set_ylim(*_padded_limits(shown_acc))
+    ax_a.set_ylabel("accuracy (%)", fontsize=10)
+    ax_a.legend(fontsize=9, loc="best", frameon=True, framealpha=0.85)
     n = result.get("n")
-    ax_a.set_title("Accuracy and certainty per tick" + (f" ({n} samples)" if n else ""), fontsize=12)
+    ax_a.set_title("Accuracy per tick" + (f" ({n} samples)" if n else ""), fontsize=12)
+    _style_axes(ax_a)
+    ax_c.plot(ticks, cert, color=CERTAINTY_COLOUR, linewidth=2, **marker)
+    ax_c.set_ylim(*_padded_limits(cert))
+    ax_c.set_ylabel("mean certainty", fontsize=10)
+    ax_c.set_title("Mean certainty per tick (1 - normalised entropy)", fontsize=12)
+    _style_axes(ax_c)
 
     total = hist.sum()
     share = hist / total * 100 if total > 0 else hist

@@ -29,8 +29,13 @@ def run_cli(*args: str) -> int:
     return main([str(a) for a in args])
 
 
+def in_checkpoint(run_dir: Path, name: str) -> Path:
+    """A file of the run's current checkpoint."""
+    return ckpt.current_checkpoint(run_dir).path / name
+
+
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / ckpt.MODEL_FILE))
+    return load_file(str(in_checkpoint(run_dir, ckpt.MODEL_FILE)))
 
 
 def test_tiny_ctm_learns_synthetic_task_through_cli(synthetic, tmp_path, capsys):
@@ -42,8 +47,12 @@ def test_tiny_ctm_learns_synthetic_task_through_cli(synthetic, tmp_path, capsys)
                  "--tick-loss-weight", "0", *TINY_FLAGS)
     assert rc == 0
     assert "Finished 150 steps" in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "trainer_state.pt",
-                                                "metrics.jsonl", "thinking.gif", "curves.png"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "checkpoint.json", "checkpoints", ".lock",
+                                                "thinking.gif", "curves.png"}
+    assert json.loads((out / "checkpoint.json").read_text()) == {"step": 150, "dir": "checkpoints/step-000000150"}
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"step-000000150"}
+    assert {p.name for p in (out / "checkpoints" / "step-000000150").iterdir()} == {
+        "model.safetensors", "trainer_state.pt", "metrics.jsonl"}
     from PIL import Image
 
     with Image.open(out / "thinking.gif") as gif:
@@ -56,7 +65,7 @@ def test_tiny_ctm_learns_synthetic_task_through_cli(synthetic, tmp_path, capsys)
     assert rows[-1]["test_loss"] < rows[0]["test_loss"] or rows[0]["test_accuracy"] >= 0.9
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["d_model"] == 24 and config["train"]["steps"] == 150
-    state = torch.load(out / "trainer_state.pt", weights_only=True)
+    state = torch.load(in_checkpoint(out, "trainer_state.pt"), weights_only=True)
     assert state["step"] == 150
 
     capsys.readouterr()
@@ -87,7 +96,7 @@ def test_resume_equals_uninterrupted_run(synthetic, tmp_path, augment):
     resumed = tmp_path / "resumed"
     first = tr.train(resumed, TINY, cfg, data_dir=str(synthetic), stop=lambda step: step == 13)
     assert first.interrupted and first.step == 13
-    assert torch.load(resumed / ckpt.STATE_FILE, weights_only=True)["step"] == 13
+    assert torch.load(in_checkpoint(resumed, ckpt.STATE_FILE), weights_only=True)["step"] == 13
     assert run_cli("train", "--resume", resumed, "--data-dir", synthetic, "--no-progress") == 0
 
     a, b = weights(straight), weights(resumed)
@@ -129,25 +138,22 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(synthetic, tmp_path, monkeyp
     assert rc == 1
     assert "became nan at step 7" in err and "last good checkpoint (step 5)" in err
     assert ckpt.weights_step(out) == 5
-    assert torch.load(out / ckpt.STATE_FILE, weights_only=True)["step"] == 5
+    assert torch.load(in_checkpoint(out, ckpt.STATE_FILE), weights_only=True)["step"] == 5
 
 
-def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
-    model = ctm.CTM(TINY)
-    ckpt.save_weights(tmp_path, model, step=3)
-    before = (tmp_path / ckpt.MODEL_FILE).read_bytes()
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    from ctm._io import atomic_write
 
-    def broken_save(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"half a file")
+    (tmp_path / "f").write_text("old")
+
+    def broken(tmp: str) -> None:
+        Path(tmp).write_text("half a file")
         raise OSError("disk full")
 
-    import safetensors.torch
-
-    monkeypatch.setattr(safetensors.torch, "save_file", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        ckpt.save_weights(tmp_path, model, step=4)
-    assert (tmp_path / ckpt.MODEL_FILE).read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.MODEL_FILE]
+        atomic_write(tmp_path / "f", broken)
+    assert (tmp_path / "f").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
 
 
 def test_lr_schedule():
@@ -231,8 +237,10 @@ def test_cli_errors(synthetic, tmp_path, capsys):
     assert "already ran 4 of 4 steps" in _cli_error(capsys, "train", "--resume", run, "--data-dir", synthetic)
     assert "already holds a run" in _cli_error(capsys, "train", "--data-dir", synthetic, "--out", run,
                                                *TINY_FLAGS)
-    (run / ckpt.MODEL_FILE).unlink()
-    assert "has no model.safetensors" in _cli_error(capsys, "eval", run, "--data-dir", synthetic)
+    in_checkpoint(run, ckpt.MODEL_FILE).unlink()
+    assert "model.safetensors" in _cli_error(capsys, "eval", run, "--data-dir", synthetic)
+    (run / ckpt.POINTER_FILE).unlink()
+    assert "has no checkpoint yet" in _cli_error(capsys, "eval", run, "--data-dir", synthetic)
 
 
 def test_cli_errors_leave_what_is_written_as_it_was(synthetic, tmp_path, capsys):
@@ -240,15 +248,16 @@ def test_cli_errors_leave_what_is_written_as_it_was(synthetic, tmp_path, capsys)
     assert run_cli("train", "--data-dir", synthetic, "--out", run, "--steps", "4", "--batch-size", "32",
                    "--eval-every", "4", "--no-progress", *TINY_FLAGS) == 0
     capsys.readouterr()
-    files = {p.name: p.read_bytes() for p in run.iterdir()}
-    assert (run / ckpt.MODEL_FILE).stat().st_mode & 0o777 == (run / ckpt.CONFIG_FILE).stat().st_mode & 0o777
+    files = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert in_checkpoint(run, ckpt.MODEL_FILE).stat().st_mode & 0o777 == \
+        (run / ckpt.CONFIG_FILE).stat().st_mode & 0o777
 
     # A resume that fails does not rewrite config.json (its steps stay 4).
-    state = (run / ckpt.STATE_FILE).read_bytes()
-    (run / ckpt.STATE_FILE).write_bytes(b"garbage")
+    state = in_checkpoint(run, ckpt.STATE_FILE).read_bytes()
+    in_checkpoint(run, ckpt.STATE_FILE).write_bytes(b"garbage")
     line = _cli_error(capsys, "train", "--resume", run, "--steps", "8", "--data-dir", synthetic)
     assert "trainer_state.pt is corrupt or not a ctm trainer state" in line and "weights_only" not in line
-    (run / ckpt.STATE_FILE).write_bytes(state)
+    in_checkpoint(run, ckpt.STATE_FILE).write_bytes(state)
     assert "already ran 4 of 2 steps" in _cli_error(capsys, "train", "--resume", run, "--steps", "2",
                                                     "--data-dir", synthetic)
     # viz never writes over the run's files; a file given as the run is named as such.
@@ -257,7 +266,7 @@ def test_cli_errors_leave_what_is_written_as_it_was(synthetic, tmp_path, capsys)
     assert "is a file" in _cli_error(capsys, "eval", run / ckpt.CONFIG_FILE)
     # New runs never write into a folder holding other files, or over a file.
     assert "already holds a run" in _cli_error(capsys, "train", "--data-dir", synthetic, "--out", run)
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == files
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
 
     other = tmp_path / "other"
     other.mkdir()
@@ -280,7 +289,7 @@ def test_cli_reuses_a_folder_left_by_a_start_that_failed_before_its_first_checkp
     monkeypatch.setattr(tr, "certainty_loss", lambda *a, **k: (real(*a, **k)[0] * math.nan, real(*a, **k)[1]))
     assert run_cli("train", "--data-dir", synthetic, "--out", out, "--steps", "4", "--batch-size", "32",
                    "--eval-every", "4", "--no-progress", *TINY_FLAGS) == 1
-    assert {p.name for p in out.iterdir()} == {ckpt.CONFIG_FILE}
+    assert {p.name for p in out.iterdir()} == {ckpt.CONFIG_FILE, ckpt.LOCK_FILE}
     monkeypatch.setattr(tr, "certainty_loss", real)
     assert run_cli("train", "--data-dir", synthetic, "--out", out, "--steps", "4", "--batch-size", "32",
                    "--eval-every", "4", "--no-progress", *TINY_FLAGS) == 0

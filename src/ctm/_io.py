@@ -11,8 +11,11 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None],
+                 before_replace: Callable[[], None] | None = None) -> Path:
     """Call write(tmp_path) on a temp file beside `path`, fsync, then rename it over `path`.
+
+    `before_replace()` is called between the fsync and the rename (tests inject faults there).
 
     A failure at any point leaves the old file (if any) in place and no temp file behind.
     """
@@ -25,6 +28,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files (and writers may recreate the file)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

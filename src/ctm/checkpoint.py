@@ -1,35 +1,89 @@
-"""Run directories: atomic writes of weights (safetensors), configs (JSON) and trainer state.
+"""Run directories: a checkpoint is one folder, published by one atomic replace of a pointer file.
 
 A run directory holds
-  config.json          {"ctm_version", "model": CTMConfig, "train": TrainConfig, "dataset": {...}}
-  model.safetensors    weights and buffers; metadata records the step
-  trainer_state.pt     optimiser state, step, epoch (tensors and plain values: weights_only-loadable)
-  metrics.jsonl        one JSON object per evaluation
-Every file is written to a temporary file in the same folder and renamed over the old one, so a kill at
-any moment leaves the previous complete file in place.
+  config.json              {"ctm_version", "model": CTMConfig, "train": TrainConfig, "dataset": {...}}
+  checkpoint.json          {"step": N, "dir": "checkpoints/step-00000000N"}: names the current checkpoint
+  checkpoints/step-N/      model.safetensors   weights and buffers; metadata records the step
+                           trainer_state.pt    optimiser state, step, epoch (weights_only-loadable)
+                           metrics.jsonl       one JSON object per evaluation, every row up to step N
+  .lock                    held (fcntl.flock) by the one process that trains the run; holds its PID
+
+`save_checkpoint` writes every file of step N into checkpoints/.step-N.tmp, fsyncs them and the folder,
+renames it to step-N, then replaces checkpoint.json (write, fsync, os.replace) and only then removes the
+previous checkpoint. A kill at any instant leaves checkpoint.json naming a complete checkpoint, and readers
+only ever open the folder it names; the next writer removes what a kill left behind.
+
+Runs written before this layout (model.safetensors, trainer_state.pt and metrics.jsonl at the top level,
+no checkpoint.json) still load and resume; their next checkpoint replaces those files.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import io
 import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from . import __version__
-from ._io import atomic_write
+from ._io import _UMASK, atomic_write
 from .config import CTMConfig
 from .model import ContinuousThoughtMachine
 
 CONFIG_FILE = "config.json"
+POINTER_FILE = "checkpoint.json"
+CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = ".lock"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 
+# The instants of `save_checkpoint`, in order; tests kill or fail the process at each through `_fault_hook`.
+SAVE_POINTS = ("tmp-dir-made", "model-written", "state-written", "metrics-written", "dir-synced",
+               "dir-renamed", "pointer-written", "pointer-replaced", "previous-removed")
+_fault_hook: Callable[[str], None] | None = None
+
+_CHECKPOINT_NAME = re.compile(r"step-(\d{9,})")
+# safetensors' dtype names of the tensors a model's state_dict may hold.
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8"}
+
 
 class RunDirError(ValueError):
-    """A run directory that is missing, incomplete or not a ctm run."""
+    """A run directory that is missing, incomplete, malformed or not a ctm run."""
+
+
+class CheckpointWriteError(RunDirError):
+    """A checkpoint could not be written (full disk, I/O error); the previous one is intact."""
+
+
+class RunLockedError(RunDirError):
+    """Another process is training the run."""
+
+
+class Checkpoint(NamedTuple):
+    """A complete checkpoint: its folder and step (None for a run in the old layout, the step is in the weights)."""
+
+    path: Path
+    step: int | None
+
+
+def _fault(point: str) -> None:
+    if _fault_hook is not None:
+        _fault_hook(point)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# config.json
+# ----------------------------------------------------------------------------------------------------------
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -40,24 +94,56 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, write)
 
 
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-
-
 def write_config(run_dir: Path, model_config: CTMConfig, extra: dict[str, Any]) -> None:
     payload = {"ctm_version": __version__, "model": model_config.to_dict(), **extra}
     atomic_write_text(Path(run_dir) / CONFIG_FILE, json.dumps(payload, indent=2) + "\n")
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path} is not valid JSON ({e})") from None
+    except UnicodeDecodeError:
+        raise RunDirError(f"{path} is not UTF-8 text") from None
+    except RecursionError:
+        raise RunDirError(f"{path} nests too deeply to be a ctm file") from None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_config(payload: Any, path: Path) -> None:
+    """Types of every section and field ctm reads from config.json (the dataclasses check their own)."""
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise RunDirError(f"{path} is not a ctm run config: it has no 'model' section")
+    for section in ("model", "train", "dataset"):
+        if section in payload and not isinstance(payload[section], dict):
+            raise RunDirError(f"{path}: '{section}' must be an object, got {type(payload[section]).__name__}")
+    try:
+        CTMConfig.from_dict(payload["model"])
+    except (TypeError, ValueError) as e:
+        raise RunDirError(f"{path}: invalid model config: {e}") from None
+    if "train" in payload and not isinstance(payload["train"].get("dataset", ""), str):
+        raise RunDirError(f"{path}: 'train.dataset' must be a string, got "
+                          f"{type(payload['train']['dataset']).__name__}")
+    dataset = payload.get("dataset", {})
+    fields = {"name": (str,), "source": (str,), "data_dir": (str, type(None)), "shape": (list,),
+              "num_classes": (int,)}
+    for name, types in fields.items():
+        if name in dataset and (not isinstance(dataset[name], types) or isinstance(dataset[name], bool)):
+            raise RunDirError(f"{path}: 'dataset.{name}' must be "
+                              f"{' or '.join('null' if t is type(None) else t.__name__ for t in types)}, "
+                              f"got {type(dataset[name]).__name__}")
+    if "shape" in dataset and not all(_is_int(d) and d > 0 for d in dataset["shape"]):
+        raise RunDirError(f"{path}: 'dataset.shape' must be a list of positive integers")
+    if "world_size" in payload and not (_is_int(payload["world_size"]) and payload["world_size"] >= 1):
+        raise RunDirError(f"{path}: 'world_size' must be a positive integer, got {payload['world_size']!r}")
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
-    """The run's config.json, checked to be a ctm run."""
+    """The run's config.json, checked to be a ctm run with fields of the right types."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} is a file; pass the run directory (the folder holding {CONFIG_FILE})")
@@ -66,91 +152,414 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not a ctm run directory: it has no {CONFIG_FILE}")
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"{path} is not valid JSON ({e})") from e
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise RunDirError(f"{path} is not a ctm run config: it has no 'model' section")
-    try:
-        CTMConfig.from_dict(payload["model"])
-    except (TypeError, ValueError) as e:
-        raise RunDirError(f"{path}: invalid model config: {e}") from e
+    payload = _read_json(path)
+    _check_config(payload, path)
     return payload
 
 
+def run_dataset_name(payload: dict[str, Any]) -> str | None:
+    """The dataset a run was trained on, from a checked config.json payload (None when it records none)."""
+    return payload.get("dataset", {}).get("name") or payload.get("train", {}).get("dataset")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Finding the current checkpoint
+# ----------------------------------------------------------------------------------------------------------
+
+
+def current_checkpoint(run_dir: str | os.PathLike[str]) -> Checkpoint | None:
+    """The complete checkpoint readers should use, or None when the run has saved none yet."""
+    run_dir = Path(run_dir)
+    pointer = run_dir / POINTER_FILE
+    if pointer.is_file():
+        payload = _read_json(pointer)
+        if not isinstance(payload, dict):
+            raise RunDirError(f"{pointer} must hold a JSON object, got {type(payload).__name__}")
+        step, where = payload.get("step"), payload.get("dir")
+        if not (_is_int(step) and step >= 0):
+            raise RunDirError(f"{pointer}: 'step' must be a non-negative integer, got {step!r}")
+        parts = where.split("/") if isinstance(where, str) else []
+        if len(parts) != 2 or parts[0] != CHECKPOINTS_DIR or not _CHECKPOINT_NAME.fullmatch(parts[1]):
+            raise RunDirError(f"{pointer}: 'dir' must name a folder {CHECKPOINTS_DIR}/step-N, got {where!r}")
+        path = run_dir / CHECKPOINTS_DIR / parts[1]
+        if not path.is_dir():
+            raise RunDirError(f"{pointer} names {where}, which is missing; the run's checkpoint was deleted")
+        return Checkpoint(path, step)
+    if (run_dir / MODEL_FILE).is_file():  # the old layout: files at the top level
+        return Checkpoint(run_dir, None)
+    return None
+
+
+def _require_checkpoint(run_dir: Path) -> Checkpoint:
+    found = current_checkpoint(run_dir)
+    if found is None:
+        raise RunDirError(f"{run_dir} has no checkpoint yet ({POINTER_FILE} or {MODEL_FILE}): "
+                          f"training has not saved one")
+    return found
+
+
+def _reading(run_dir: Path, read: Callable[[Checkpoint], Any]) -> Any:
+    """read(current checkpoint), again if a writer replaced and removed that checkpoint meanwhile."""
+    for _ in range(5):
+        found = _require_checkpoint(run_dir)
+        try:
+            return read(found)
+        except FileNotFoundError:
+            if current_checkpoint(run_dir) == found:
+                raise
+    return read(_require_checkpoint(run_dir))
+
+
+def checkpoint_step(run_dir: str | os.PathLike[str]) -> int | None:
+    """The step of the run's current checkpoint, or None when it has none."""
+    run_dir = Path(run_dir)
+    found = current_checkpoint(run_dir)
+    if found is None:
+        return None
+    return found.step if found.step is not None else weights_step(run_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weights
+# ----------------------------------------------------------------------------------------------------------
+
+
 def save_weights(run_dir: Path, model: ContinuousThoughtMachine, step: int) -> None:
-    atomic_save_safetensors(Path(run_dir) / MODEL_FILE, model.state_dict(),
-                            {"step": str(step), "ctm_version": __version__})
+    """Weights alone, at the top level of `run_dir` (a run of the old layout, e.g. exported weights)."""
+    data = _safetensors_bytes(model, step)
+    atomic_write(Path(run_dir) / MODEL_FILE, lambda tmp: Path(tmp).write_bytes(data))
 
 
-def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[ContinuousThoughtMachine, dict[str, Any]]:
-    """Rebuild the model of a run directory from its config.json and model.safetensors."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _safetensors_bytes(model: ContinuousThoughtMachine, step: int) -> bytes:
+    from safetensors.torch import save
 
-    payload = read_config(run_dir)
-    path = Path(run_dir) / MODEL_FILE
-    if not path.is_file():
-        raise RunDirError(f"{run_dir} has no {MODEL_FILE} (training has not saved a checkpoint yet)")
-    model = ContinuousThoughtMachine(CTMConfig.from_dict(payload["model"]))
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return save(tensors, metadata={"step": str(step), "ctm_version": __version__})
+
+
+def _check_weights_header(path: Path, config: CTMConfig) -> int:
+    """Names, shapes and dtypes in the safetensors header against the model `config` describes, before
+    anything is allocated (the expected model is built on the meta device). Returns the recorded step."""
+    from safetensors import SafetensorError, safe_open
+
+    with torch.device("meta"):
+        expected = ContinuousThoughtMachine(config).state_dict()
     try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise RunDirError(f"{path} could not be read: {e}") from e
-    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except FileNotFoundError:
+        raise
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RunDirError(f"{path} could not be read: {e}") from None
+    missing, unexpected = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
     if missing or unexpected:
-        raise RunDirError(f"{path} does not match config.json (missing {sorted(missing)}, "
-                          f"unexpected {sorted(unexpected)})")
-    expected = model.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} (config.json implies {tuple(expected[k].shape)})"
-             for k, v in state.items() if v.shape != expected[k].shape]
+        raise RunDirError(f"{path} does not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    wrong = [f"{k} {shape} (config.json implies {tuple(expected[k].shape)})"
+             for k, (shape, _) in header.items() if shape != tuple(expected[k].shape)]
     if wrong:
         raise RunDirError(f"{path} does not match the sizes in config.json: {wrong[0]}"
                           f"{f' and {len(wrong) - 1} more' if len(wrong) > 1 else ''}; was config.json edited? "
                           f"Restore it, or train a new run with the sizes you want")
+    for k, (_, dtype) in header.items():
+        want = _SAFETENSORS_DTYPES.get(expected[k].dtype)
+        if dtype != want:
+            raise RunDirError(f"{path}: tensor {k} is stored as {dtype}, but the model holds {want}; "
+                              f"these are not ctm weights (ctm stores float32 weights)")
+    step = metadata.get("step", "-1")
+    if not re.fullmatch(r"-?\d{1,18}", step):
+        raise RunDirError(f"{path}: metadata field 'step' must be an integer, got {step!r}")
+    return int(step)
+
+
+def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[ContinuousThoughtMachine, dict[str, Any]]:
+    """Rebuild the model of a run directory from its config.json and its current checkpoint's weights."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    payload = read_config(run_dir)
+    config = CTMConfig.from_dict(payload["model"])
+
+    def read(found: Checkpoint) -> dict[str, torch.Tensor]:
+        path = found.path / MODEL_FILE
+        _check_weights_header(path, config)
+        try:
+            return load_file(str(path))
+        except FileNotFoundError:
+            raise
+        except (SafetensorError, OSError) as e:
+            raise RunDirError(f"{path} could not be read: {e}") from None
+
+    state = _reading(run_dir, read)
+    model = ContinuousThoughtMachine(config)
     model.load_state_dict(state)
     return model.to(device), payload
 
 
 def weights_step(run_dir: Path) -> int:
-    """The step recorded in model.safetensors' metadata."""
-    from safetensors import safe_open
+    """The step recorded in the current checkpoint's model.safetensors metadata."""
+    payload = read_config(run_dir)
+    config = CTMConfig.from_dict(payload["model"])
+    return _reading(Path(run_dir), lambda found: _check_weights_header(found.path / MODEL_FILE, config))
 
-    with safe_open(str(Path(run_dir) / MODEL_FILE), framework="pt") as f:
-        return int((f.metadata() or {}).get("step", -1))
+
+# ----------------------------------------------------------------------------------------------------------
+# Trainer state and metrics
+# ----------------------------------------------------------------------------------------------------------
 
 
-def save_trainer_state(run_dir: Path, state: dict[str, Any]) -> None:
-    atomic_torch_save(Path(run_dir) / STATE_FILE, state)
+def _check_trainer_state(state: Any, path: Path) -> dict[str, Any]:
+    def bad(what: str) -> RunDirError:
+        return RunDirError(f"{path}: {what}; the run cannot be resumed (its weights still load for eval/viz)")
+
+    if not isinstance(state, dict):
+        raise bad(f"expected a dict, got {type(state).__name__}")
+    if not (_is_int(state.get("step")) and state["step"] >= 0):
+        raise bad(f"field 'step' must be a non-negative integer, got {state.get('step')!r}")
+    elapsed = state.get("elapsed_s", 0.0)
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not math.isfinite(elapsed):
+        raise bad(f"field 'elapsed_s' must be a finite number, got {elapsed!r}")
+    if "optimizer" not in state:
+        raise bad("it has no field 'optimizer'")
+    opt = state["optimizer"]
+    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) \
+            or not isinstance(opt.get("param_groups"), list) \
+            or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"]):
+        raise bad(f"field 'optimizer' is not an optimiser state (a dict with 'state' and 'param_groups'), "
+                  f"got {type(opt).__name__}")
+    return state
+
+
+def check_optimizer_state(saved: dict[str, Any], optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Refuse an optimiser state written for other parameters (another model's) before loading it."""
+    def bad(what: str) -> RunDirError:
+        return RunDirError(f"{path}: field 'optimizer' {what}; it belongs to another model")
+
+    groups = saved["param_groups"]
+    if len(groups) != len(optimizer.param_groups):
+        raise bad(f"has {len(groups)} parameter groups, this model's optimiser {len(optimizer.param_groups)}")
+    for i, (g_saved, g) in enumerate(zip(groups, optimizer.param_groups, strict=True)):
+        if len(g_saved["params"]) != len(g["params"]):
+            raise bad(f"group {i} holds {len(g_saved['params'])} parameters, this model has {len(g['params'])}")
+        for pid, p in zip(g_saved["params"], g["params"], strict=True):
+            entry = saved["state"].get(pid, {})
+            if not isinstance(entry, dict):
+                raise bad(f"state of parameter {pid!r} is a {type(entry).__name__}, not a dict")
+            for name, v in entry.items():
+                if not isinstance(v, torch.Tensor):
+                    raise bad(f"state {name!r} of parameter {pid!r} is not a tensor")
+                if v.dim() > 0 and (v.shape != p.shape or not v.is_floating_point()):
+                    raise bad(f"state {name!r} of parameter {pid!r} is {v.dtype} {tuple(v.shape)}, the "
+                              f"parameter {p.dtype} {tuple(p.shape)}")
 
 
 def load_trainer_state(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / STATE_FILE
-    if not path.is_file():
-        raise RunDirError(f"{run_dir} has no {STATE_FILE}: it cannot be resumed")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt or foreign file: torch raises many kinds, some with long advice
-        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]  # not torch's unpickling advice
-        reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
-        raise RunDirError(f"{path} is corrupt or not a ctm trainer state ({reason}); the weights in "
-                          f"{MODEL_FILE} are still usable for eval/viz, but the run cannot be resumed") from None
+    """The current checkpoint's trainer state, checked field by field (torch.load with weights_only)."""
+    def read(found: Checkpoint) -> dict[str, Any]:
+        path = found.path / STATE_FILE
+        if not path.is_file():
+            raise RunDirError(f"{found.path} has no {STATE_FILE}: it cannot be resumed")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # a corrupt or foreign file: torch raises many kinds, some with long advice
+            first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]  # not torch's unpickling advice
+            reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
+            raise RunDirError(f"{path} is corrupt or not a ctm trainer state ({reason}); the weights in "
+                              f"{MODEL_FILE} are still usable for eval/viz, but the run cannot be resumed") from None
+        return _check_trainer_state(state, path)
+
+    return _reading(Path(run_dir), read)
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
+def _parse_metrics(text: str, path: Path) -> list[dict[str, Any]]:
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise RunDirError(f"{path} line {number} is not JSON ({e.msg}); fix or delete that line") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{path} line {number} is not JSON ({e.msg}); fix or delete that line") from None
+        except RecursionError:
+            raise RunDirError(f"{path} line {number} nests too deeply; fix or delete that line") from None
+        if not isinstance(row, dict):
+            raise RunDirError(f"{path} line {number} is a {type(row).__name__}, not a JSON object; fix or delete "
+                              f"that line")
+        if not (_is_int(row.get("step")) and row["step"] >= 0):
+            raise RunDirError(f"{path} line {number}: field 'step' must be a non-negative integer, got "
+                              f"{row.get('step')!r}; fix or delete that line")
+        for key, value in row.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise RunDirError(f"{path} line {number}: field {key!r} must be a number, got {value!r}")
+        rows.append(row)
     return rows
 
 
-def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The metrics rows of the current checkpoint (none before the first)."""
+    run_dir = Path(run_dir)
+    if current_checkpoint(run_dir) is None:
+        return []
+
+    def read(found: Checkpoint) -> list[dict[str, Any]]:
+        path = found.path / METRICS_FILE
+        if found.step is None and not path.is_file():  # old layout: written after the weights
+            return []
+        try:
+            return _parse_metrics(path.read_text(encoding="utf-8"), path)
+        except UnicodeDecodeError:
+            raise RunDirError(f"{path} is not UTF-8 text") from None
+
+    return _reading(run_dir, read)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(run_dir: str | os.PathLike[str], model: ContinuousThoughtMachine, trainer_state: dict[str, Any],
+                    metrics: list[dict[str, Any]]) -> Path:
+    """Write a complete checkpoint of step trainer_state["step"] and publish it (see the module docstring).
+
+    Raises `CheckpointWriteError` when the disk is full or a write fails; the previous checkpoint stays.
+    The caller must hold the run's lock (`lock_run`).
+    """
+    run_dir = Path(run_dir)
+    step = int(trainer_state["step"])
+    name = f"step-{step:09d}"
+    checkpoints = run_dir / CHECKPOINTS_DIR
+    tmp, final = checkpoints / f".{name}.tmp", checkpoints / name
+    previous = current_checkpoint(run_dir)
+    if previous is not None and previous.path == final:
+        raise CheckpointWriteError(f"{final} is the current checkpoint already; step {step} was saved before")
+    try:
+        # Everything is serialised first, so a failure to write is an OSError of our own writes.
+        weights = _safetensors_bytes(model, step)
+        buffer = io.BytesIO()
+        torch.save(trainer_state, buffer)
+        rows = "".join(json.dumps(r) + "\n" for r in metrics).encode("utf-8")
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        for stale in (tmp, final):  # left by a kill before the pointer moved: never published
+            if stale.exists():
+                shutil.rmtree(stale)
+        tmp.mkdir()
+        _fault("tmp-dir-made")
+        _write_synced(tmp / MODEL_FILE, weights)
+        _fault("model-written")
+        _write_synced(tmp / STATE_FILE, buffer.getvalue())
+        _fault("state-written")
+        _write_synced(tmp / METRICS_FILE, rows)
+        _fault("metrics-written")
+        for path in (tmp / MODEL_FILE, tmp / STATE_FILE, tmp / METRICS_FILE):
+            os.chmod(path, 0o666 & ~_UMASK)
+        _fsync_dir(tmp)
+        _fault("dir-synced")
+        os.replace(tmp, final)
+        _fsync_dir(checkpoints)
+        _fault("dir-renamed")
+        pointer = json.dumps({"step": step, "dir": f"{CHECKPOINTS_DIR}/{name}"}) + "\n"
+        atomic_write(run_dir / POINTER_FILE, lambda t: Path(t).write_text(pointer, encoding="utf-8"),
+                     before_replace=lambda: _fault("pointer-written"))
+        _fsync_dir(run_dir)
+        _fault("pointer-replaced")
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists() and current_checkpoint(run_dir) != Checkpoint(final, step):
+            shutil.rmtree(final, ignore_errors=True)
+        kept = (f"the previous checkpoint (step {checkpoint_step(run_dir)}) is intact and resumable"
+                if previous is not None else "no checkpoint was saved before")
+        reason = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+        raise CheckpointWriteError(f"could not save the checkpoint of step {step} in {run_dir}: {reason}; "
+                                   f"{kept}") from None
+    # Only now that the pointer names the new checkpoint: remove the previous one and any leftovers.
+    remove_leftovers(run_dir)
+    _fault("previous-removed")
+    return final
+
+
+def remove_leftovers(run_dir: str | os.PathLike[str]) -> None:
+    """Remove what saves killed part-way left: temp folders and files, checkpoints no pointer names, and
+    the old layout's files once a checkpoint folder replaced them. Only the run's writer may call this."""
+    run_dir = Path(run_dir)
+    current = current_checkpoint(run_dir)
+    checkpoints = run_dir / CHECKPOINTS_DIR
+    if checkpoints.is_dir():
+        for entry in checkpoints.iterdir():
+            if current is None or entry != current.path:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+    for entry in run_dir.glob(".*.tmp"):
+        if entry.is_file():
+            entry.unlink(missing_ok=True)
+    if current is not None and current.path != run_dir:
+        for name in (MODEL_FILE, STATE_FILE, METRICS_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+
+
+def has_run_files(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a checkpoint of either layout, complete or not."""
+    return any((run_dir / name).exists() for name in (POINTER_FILE, CHECKPOINTS_DIR, MODEL_FILE, STATE_FILE))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One writer per run
+# ----------------------------------------------------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive `fcntl.flock` on RUN/.lock, holding the owner's PID. The kernel releases it when the
+    process ends, however it ends, so a lock left by a killed process never blocks."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f"PID {holder}" if holder.isdigit() else "another process"
+            raise RunLockedError(f"{self.path.parent} is being trained by another ctm process ({who}); wait for "
+                                 f"it to finish or stop it, then resume") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -22,6 +20,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from ._signals import StopFlag
 from .config import CTMConfig, check_fields, option
 from .data import EpochSampler, ImageDataset, _mix_seed, load_dataset, random_affine
 from .evaluate import EvalResult, evaluate
@@ -145,6 +144,7 @@ class TrainResult:
     interrupted: bool
     final_eval: EvalResult | None
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    stop_signal: int | None = None  # the signal that stopped training (SIGINT, SIGTERM or SIGHUP), if one did
 
 
 # CTMConfig fields that training takes from the data.
@@ -195,28 +195,6 @@ def resumed_train_config(model_config: CTMConfig, train_config: TrainConfig, mod
     return TrainConfig.from_dict({**stored_train, **train_changes}) if train_changes else train_config
 
 
-class _StopFlag:
-    """Set by SIGINT (Ctrl-C) so the loop stops between steps, never inside an optimiser step."""
-
-    def __init__(self) -> None:
-        self.set = False
-        self._previous = None
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.set:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.set = True
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 def train(run_dir: str | Path, model_config: CTMConfig, train_config: TrainConfig, *,
           data_dir: str | None = None, device: str = "auto", resume: bool = False,
           progress: bool = False, stop: Callable[[int], bool] | None = None,
@@ -226,7 +204,9 @@ def train(run_dir: str | Path, model_config: CTMConfig, train_config: TrainConfi
 
     For a new run, `run_dir` must not already hold a run. For a resumed run, `model_config` and
     `train_config` must be the ones stored in the run (see `resume_configs`). `stop(step)` is asked
-    after every step; returning True checkpoints and stops (Ctrl-C does the same).
+    after every step; returning True checkpoints and stops (SIGINT, SIGTERM and SIGHUP do the same; a
+    further signal stops at once, or after the save in progress). One process at a time trains a run: the
+    run's lock (see `ctm.checkpoint.RunLock`) refuses a second writer.
 
     Launched by torchrun (WORLD_SIZE > 1), this trains with DistributedDataParallel: the global batch
     is split across ranks, only rank 0 writes the run directory and shows progress, and evaluation is
@@ -240,8 +220,10 @@ def train(run_dir: str | Path, model_config: CTMConfig, train_config: TrainConfi
         if info.enabled and dev.type == "cuda":
             dev = torch.device("cuda", info.local_rank)
             torch.cuda.set_device(dev)
-        result = _train(run_dir, model_config, train_config, data_dir, dev, resume, progress and info.is_main,
-                        stop, log if info.is_main else None, info, dev.type == "cuda" if sync_bn is None else sync_bn)
+        with contextlib.ExitStack() as held:  # the run's lock, released however training ends
+            result = _train(run_dir, model_config, train_config, data_dir, dev, resume, progress and info.is_main,
+                            stop, log if info.is_main else None, info,
+                            dev.type == "cuda" if sync_bn is None else sync_bn, held)
         # Rank 0 may still be writing the checkpoint: leave the process group together (a gloo rank that
         # tears down while its peer is busy can abort the process).
         dist.barrier(info)
@@ -252,7 +234,20 @@ def train(run_dir: str | Path, model_config: CTMConfig, train_config: TrainConfi
 
 def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, data_dir: str | None,
            dev: torch.device, resume: bool, progress: bool, stop: Callable[[int], bool] | None,
-           log: Callable[[str], None] | None, info: dist.DistInfo, sync_bn: bool) -> TrainResult:
+           log: Callable[[str], None] | None, info: dist.DistInfo, sync_bn: bool,
+           held: contextlib.ExitStack) -> TrainResult:
+    if resume:
+        ckpt.read_config(run_dir)
+        problem = None
+        if info.is_main:  # before anything else: a second writer is refused at once
+            try:
+                held.enter_context(ckpt.RunLock(run_dir))
+                ckpt.remove_leftovers(run_dir)
+            except ckpt.RunDirError as e:
+                problem = str(e)
+        problem = dist.broadcast_object(problem, info)
+        if problem:
+            raise ckpt.RunDirError(problem)
     train_set = load_dataset(train_config.dataset, "train", data_dir=data_dir)
     test_set = load_dataset(train_config.dataset, "test", data_dir=data_dir)
     if train_set.shape != test_set.shape:
@@ -275,14 +270,23 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
     model.attach_decay_clamp(optimizer)
     step, elapsed, metrics = 0, 0.0, []
     if resume:
+        found = ckpt.current_checkpoint(run_dir)
+        if found is None:
+            raise ckpt.RunDirError(f"{run_dir} has no checkpoint yet: it stopped before its first save; start it "
+                                   f"again with --out {run_dir}")
         loaded, _ = ckpt.load_model(run_dir, dev)
         model.load_state_dict(loaded.state_dict())
         state = ckpt.load_trainer_state(run_dir)
-        step = int(state["step"])
+        step = state["step"]
         if ckpt.weights_step(run_dir) != step:
             raise ckpt.RunDirError(f"{run_dir}: {ckpt.MODEL_FILE} (step {ckpt.weights_step(run_dir)}) and "
                                    f"{ckpt.STATE_FILE} (step {step}) disagree; the run was killed while saving")
-        optimizer.load_state_dict(state["optimizer"])
+        state_path = found.path / ckpt.STATE_FILE
+        ckpt.check_optimizer_state(state["optimizer"], optimizer, state_path)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise ckpt.RunDirError(f"{state_path}: field 'optimizer' does not fit this model ({e})") from None
         elapsed = float(state.get("elapsed_s", 0.0))
         metrics = [m for m in ckpt.read_metrics(run_dir) if m["step"] <= step]
         if step >= train_config.steps:
@@ -296,6 +300,14 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
         problem = None
         if info.is_main:
             problem = _fresh_run_dir_problem(run_dir)
+            if problem is None:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    held.enter_context(ckpt.RunLock(run_dir))
+                except ckpt.RunLockedError as e:
+                    problem = str(e)
+                else:  # again, now that no other process can be writing it
+                    problem = _fresh_run_dir_problem(run_dir)
             if problem is None:
                 ckpt.write_config(run_dir, model_config, {
                     "train": train_config.to_dict(),
@@ -316,14 +328,16 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
 
+    flag = StopFlag()
+
     def save() -> None:
         if not info.is_main:
             return
-        ckpt.save_weights(run_dir, model, step)
-        ckpt.save_trainer_state(run_dir, {"step": step, "epoch": step // steps_per_epoch,
-                                          "optimizer": optimizer.state_dict(), "elapsed_s": elapsed,
-                                          "world_size": info.world_size, "torch_version": str(torch.__version__)})
-        ckpt.write_metrics(run_dir, metrics)
+        with flag.saving():  # a signal now waits for the checkpoint to be complete
+            ckpt.save_checkpoint(run_dir, model, {
+                "step": step, "epoch": step // steps_per_epoch, "optimizer": optimizer.state_dict(),
+                "elapsed_s": elapsed, "world_size": info.world_size, "torch_version": str(torch.__version__)},
+                metrics)
 
     last_eval: EvalResult | None = None
     # Sums since the last evaluation: certainty loss, mean per-tick cross-entropy, accuracy, steps.
@@ -336,7 +350,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
     net.train()
     started = time.perf_counter() - elapsed
     interrupted = False
-    with _StopFlag() as flag:
+    with flag:
         epoch, position = divmod(step, steps_per_epoch)
         batches = sampler.batches(epoch, position)
         while step < train_config.steps:
@@ -356,8 +370,9 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
             if bad_rank >= 0:
                 if bar is not None:
                     bar.close()
-                saved = (f"its last good checkpoint (step {ckpt.weights_step(run_dir)})"
-                         if (run_dir / ckpt.MODEL_FILE).exists() else "no checkpoint yet")
+                saved_step = ckpt.checkpoint_step(run_dir) if info.is_main else None
+                saved = f"its last good checkpoint (step {saved_step})" if saved_step is not None else \
+                    "no checkpoint yet"
                 bad = loss_value if not math.isfinite(loss_value) else tick_value
                 what = f"became {bad}" if not finite else "became non-finite"
                 raise NonFiniteLossError(f"the training loss {what} at step {step + 1}"
@@ -397,7 +412,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
                 break
     if bar is not None:
         bar.close()
-    return TrainResult(run_dir, step, interrupted, last_eval if not interrupted else None, metrics)
+    return TrainResult(run_dir, step, interrupted, last_eval if not interrupted else None, metrics, flag.signum)
 
 
 def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: ImageDataset,
@@ -458,9 +473,9 @@ def _fresh_run_dir_problem(run_dir: Path) -> str | None:
         return f"{run_dir} is a file, not a folder; choose another run directory"
     if not run_dir.is_dir():
         return None
-    if (run_dir / ckpt.MODEL_FILE).exists() or (run_dir / ckpt.STATE_FILE).exists():
+    if ckpt.has_run_files(run_dir):
         return f"{run_dir} already holds a run; resume it or choose another run directory"
-    names = {p.name for p in run_dir.iterdir()}
+    names = {p.name for p in run_dir.iterdir()} - {ckpt.LOCK_FILE}
     if names - {ckpt.CONFIG_FILE}:
         return (f"{run_dir} is not empty ({', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''}) "
                 f"and holds no ctm checkpoint; choose another run directory (ctm does not write over other files)")

@@ -1,7 +1,9 @@
 """The `ctm` command line: a thin layer that parses flags, builds objects and prints.
 
-Errors a user can cause (bad flags, missing data, foreign run directories) print one line on stderr and
-exit with code 2; a non-finite loss exits with 1; Ctrl-C during training saves and exits with 130.
+Errors a user can cause (bad flags, missing data, foreign or malformed run directories, a full disk) print
+one line on stderr and exit with code 2; a non-finite loss exits with 1. SIGINT (Ctrl-C), SIGTERM and SIGHUP
+during training save a checkpoint and exit with 128 + the signal number (130, 143, 129); anywhere else they
+exit at once with one line and the same code.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 from .. import __version__
+from .._signals import Interrupted, raise_on_stop_signals
 from .config_flags import add_config_flags, given, shown, with_flag_names
 
 
@@ -222,6 +226,17 @@ def _steps_from_epochs(epochs: float, dataset: str, data_dir: str | None, batch_
     return max(1, math.ceil(epochs * (n // batch_size)))
 
 
+def _check_path_text(flag: str, text: str | None) -> None:
+    """A path that is not valid UTF-8 (undecodable bytes from the shell) would be written into config.json
+    and never found again: refuse it before anything is written."""
+    if text is not None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CLIError(f"{flag} {text.encode('utf-8', 'backslashreplace').decode()}: the path is not valid "
+                           f"UTF-8; choose a name in UTF-8") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .. import train as tr
     from ..config import CTMConfig
@@ -229,6 +244,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
         raise CLIError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
+    for flag, value in (("--out", args.out), ("--resume", args.resume), ("--data-dir", args.data_dir)):
+        _check_path_text(flag, value)
     if args.out is not None and not args.out.strip():
         raise CLIError("--out is empty; give a folder for the run (or leave --out out for runs/<dataset>-<time>)")
     model_changes, train_changes = given(args, CTMConfig), given(args, tr.TrainConfig)
@@ -261,12 +278,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                       resume=bool(args.resume), progress=not args.no_progress,
                       log=lambda line: print(line, flush=True), backend=args.backend, sync_bn=args.sync_bn,
                       dist_timeout_s=args.dist_timeout)
+    code = 128 + (result.stop_signal or signal.SIGINT)
     if not _is_main_process():
-        return 130 if result.interrupted else 0
+        return code if result.interrupted else 0
     if result.interrupted:
-        print(f"Stopped at step {result.step}; checkpoint saved. Resume with: ctm train --resume {run_dir}",
+        by = f" by {signal.Signals(result.stop_signal).name}" if result.stop_signal else ""
+        print(f"Stopped at step {result.step}{by}; checkpoint saved. Resume with: ctm train --resume {run_dir}",
               file=sys.stderr)
-        return 130
+        return code
     ev = result.final_eval
     _write_run_pictures(run_dir, args.data_dir)
     print(f"Finished {result.step} steps in {time.perf_counter() - started:.0f} s. Test accuracy "
@@ -288,11 +307,21 @@ def _write_run_pictures(run_dir: Path, data_dir: str | None) -> None:
               "curves.png", file=sys.stderr)
         return
     model, payload = load_model(run_dir)
-    data = load_dataset(payload["dataset"]["name"], "test", data_dir=data_dir)
+    data = load_dataset(_run_dataset(run_dir, payload), "test", data_dir=data_dir)
     _, image, target = viz.select_example(data, 0)
     viz.thinking_gif(model, image, target, path=run_dir / "thinking.gif")
     viz.save_curves(read_metrics(run_dir), run_dir / "curves.png")
     print(f"Wrote {run_dir / 'thinking.gif'} and {run_dir / 'curves.png'}")
+
+
+def _run_dataset(run_dir: str | Path, payload: dict) -> str:
+    from .checkpoint import CONFIG_FILE, run_dataset_name
+
+    name = run_dataset_name(payload)
+    if name is None:
+        raise CLIError(f"{Path(run_dir) / CONFIG_FILE} records no dataset (no 'dataset' or 'train' section); "
+                       f"restore it")
+    return name
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
@@ -310,12 +339,13 @@ def cmd_viz(args: argparse.Namespace) -> int:
             raise CLIError(f"--out {out} is a folder; give a file name ending in .gif")
         if not out.parent.is_dir():
             raise CLIError(f"--out {out}: folder {out.parent} does not exist")
+        _check_path_text("--out", args.out)
     from ..train import resolve_device
 
     _set_threads(args.threads)
     model, payload = load_model(args.run_dir, resolve_device(args.device))
     data_dir = _data_dir_for(args.run_dir, payload, args.data_dir)
-    data = load_dataset(payload["dataset"]["name"], args.split, data_dir=data_dir)
+    data = load_dataset(_run_dataset(args.run_dir, payload), args.split, data_dir=data_dir)
     index, image, target = viz.select_example(data, args.index, args.label)
     out = Path(args.out or Path(args.run_dir) / f"thinking-{args.split}-{index}.gif")
     started = time.perf_counter()
@@ -342,7 +372,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, payload = load_model(args.run_dir, device)
     if args.max_ticks is not None and args.max_ticks > model.config.iterations:
         raise CLIError(f"--max-ticks {args.max_ticks} exceeds the model's {model.config.iterations} ticks")
-    dataset_name = args.dataset or payload.get("dataset", {}).get("name") or payload.get("train", {}).get("dataset")
+    from .checkpoint import run_dataset_name
+
+    dataset_name = args.dataset or run_dataset_name(payload)
     if dataset_name is None:
         raise CLIError(f"{args.run_dir} does not record its dataset; pass --dataset")
     data = load_dataset(dataset_name, args.split, data_dir=_data_dir_for(args.run_dir, payload, args.data_dir,
@@ -360,7 +392,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         save_ticks_plot(result, Path(args.run_dir) / "ticks.png")
     if args.json:
-        print(json.dumps({"dataset": dataset_name, "split": args.split, **result.to_dict()}))
+        print(_json_line({"dataset": dataset_name, "split": args.split, **result.to_dict()}))
         return 0
     print(f"{dataset_name} {args.split}: n={result.n}")
     print(f"  loss                      {result.loss:.4f}")
@@ -371,6 +403,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                          result.most_certain_tick_histogram, strict=True)):
         print(f"  {t + 1:4d}  {a:8.4f}  {cert:9.4f}  {h:12d}")
     return 0
+
+
+def _json_line(payload: dict) -> str:
+    """Valid JSON always: a NaN or infinite number (a model with NaN weights) becomes null."""
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(payload), allow_nan=False)
 
 
 def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> int:
@@ -411,7 +457,7 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
         else:
             payload = {"dataset": dataset_name, "split": args.split, "full": {**full.to_dict(), "wall_s": wall_full},
                        "sweep": [r.to_dict() for r in results]}
-        print(json.dumps(payload))
+        print(_json_line(payload))
         return 0
     print(f"{dataset_name} {args.split}: n={full.n}, full run: {T} ticks, accuracy (most certain) "
           f"{full.accuracy:.4f}, {wall_full:.2f} s")
@@ -472,19 +518,24 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:], prog="ctm bench")
-    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:  # reported by the subcommand's parser, so the hint names its help
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        (sub.choices[args.command] if args.command else parser).error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command is None:
-        parser.print_help()
-        return 0
+    raise_on_stop_signals()  # until training sets its own handlers: stop at once, with one line
+    command = "ctm"
     try:
+        parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # reported by the subcommand's parser, so the hint names its help
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            (sub.choices[args.command] if args.command else parser).error(
+                f"unrecognized arguments: {' '.join(unknown)}")
+        if args.command is None:
+            parser.print_help()
+            return 0
+        command = f"ctm {args.command}"
         return _run(args)
-    except KeyboardInterrupt:  # also while torch is still being imported
-        print(f"ctm {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # also while torch is still being imported
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"{command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
 
 
 def _in_flags(command: str, e: Exception) -> str:

@@ -30,11 +30,18 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def raise_on_stop_signals() -> None:
-    """Make every stop signal raise `Interrupted` (signal handlers can only be set in the main thread)."""
-    if _in_main_thread():
-        for s in STOP_SIGNALS:
-            signal.signal(s, _raise)
+def raise_on_stop_signals() -> dict[int, object]:
+    """Make every stop signal raise `Interrupted`; returns the handlers replaced, for `restore`. Nothing
+    changes outside the main thread (Python sets signal handlers only there)."""
+    if not _in_main_thread():
+        return {}
+    return {s: signal.signal(s, _raise) for s in STOP_SIGNALS}
+
+
+def restore(handlers: dict[int, object]) -> None:
+    for s, handler in handlers.items():
+        if handler is not None:
+            signal.signal(s, handler)
 
 
 class StopFlag:
@@ -70,6 +77,5 @@ class StopFlag:
         return self
 
     def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
+        restore(self._previous)
         self._previous = {}

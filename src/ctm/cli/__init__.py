@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from .._signals import Interrupted, raise_on_stop_signals
+from .._signals import Interrupted, raise_on_stop_signals, restore
 from .config_flags import add_config_flags, given, shown, with_flag_names
 
 
@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:], prog="ctm bench")
-    raise_on_stop_signals()  # until training sets its own handlers: stop at once, with one line
+    previous = raise_on_stop_signals()  # until training sets its own handlers: stop at once, with one line
     command = "ctm"
     try:
         parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
@@ -536,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         print(f"{command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         return 128 + signum
+    finally:
+        restore(previous)
 
 
 def _in_flags(command: str, e: Exception) -> str:

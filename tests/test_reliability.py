@@ -1,0 +1,298 @@
+"""Kills, signals, a second writer, a full disk and old-layout runs: the last good checkpoint always loads
+and resumes to the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY_FLAGS, make_synthetic
+from safetensors.torch import load_file
+
+from ctm import checkpoint as ckpt
+from ctm.cli import main
+
+# 12 steps, a checkpoint every 4 (saves 1, 2, 3 at steps 4, 8, 12); 8 steps per epoch, so resume crosses one.
+STEPS = 12
+RECIPE = ["--steps", str(STEPS), "--batch-size", "32", "--eval-every", "4", "--lr", "3e-3", "--warmup-steps", "2",
+          "--seed", "1", "--no-progress", *TINY_FLAGS]
+
+
+def _child(argv: list[str], point: str, save: int, signals: list[str], err: Path, marker: Path | None) -> None:
+    """`ctm ARGV` that, at save number `save` (from 1) and instant `point` of the save sequence
+    (ctm.checkpoint.SAVE_POINTS), sends itself each signal of `signals` in turn."""
+    fd = os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 2)
+    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+    saves = [0]
+
+    def hook(where: str) -> None:
+        if where == "tmp-dir-made":
+            saves[0] += 1
+        if where == point and saves[0] == save:
+            for name in signals:
+                if name == "PAUSE":  # stay alive holding the run's lock, as a long training would
+                    marker.touch()
+                    signal.pause()
+                os.kill(os.getpid(), getattr(signal, name))
+
+    ckpt._fault_hook = hook
+    sys.exit(main([str(a) for a in argv]))
+
+
+def run_child(point: str, save: int, signals: str, *argv, err: Path, marker: Path | None = None):
+    """Run `_child` in a forked process (torch is imported already: fast); a started Process."""
+    import multiprocessing
+
+    proc = multiprocessing.get_context("fork").Process(target=_child, args=(
+        list(argv), point, save, signals.split(","), err, marker))
+    proc.start()
+    return proc
+
+
+def finish(proc, err: Path, timeout: float = 300) -> tuple[int, str]:
+    proc.join(timeout)
+    assert proc.exitcode is not None, "the child did not finish"
+    return proc.exitcode, err.read_text()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_synthetic(tmp_path_factory.mktemp("data"), n_train=256, n_test=64)
+
+
+def run_cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def threads() -> list[str]:
+    return ["--threads", str(torch.get_num_threads())]  # subprocesses compute like this process
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The weights of the uninterrupted run."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    assert run_cli("train", "--data-dir", data, "--out", out, *RECIPE, *threads()) == 0
+    return weights(out)
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt.current_checkpoint(run_dir).path / ckpt.MODEL_FILE))
+
+
+def assert_same_weights(run_dir: Path, expected: dict[str, torch.Tensor]) -> None:
+    got = weights(run_dir)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def assert_clean(run_dir: Path) -> None:
+    """One published checkpoint, nothing half-written."""
+    assert [p.name for p in (run_dir / ckpt.CHECKPOINTS_DIR).iterdir()] == [ckpt.current_checkpoint(run_dir).path.name]
+    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+    assert not (run_dir / ckpt.MODEL_FILE).exists()
+
+
+def eval_json(run_dir: Path, data: Path, capsys) -> dict:
+    capsys.readouterr()
+    assert run_cli("eval", run_dir, "--data-dir", data, "--json") == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("point", ckpt.SAVE_POINTS)
+def test_a_kill_at_any_point_of_a_save_leaves_a_readable_resumable_run(point, data, straight, tmp_path, capsys):
+    run = tmp_path / "run"
+    proc = run_child(point, 2, "SIGKILL", "train", "--data-dir", data, "--out", run, *RECIPE, err=tmp_path / "err")
+    rc, err = finish(proc, tmp_path / "err")
+    assert rc == -signal.SIGKILL, err
+    published = ckpt.SAVE_POINTS.index(point) >= ckpt.SAVE_POINTS.index("pointer-replaced")
+    assert ckpt.checkpoint_step(run) == (8 if published else 4)
+    assert eval_json(run, data, capsys)["n"] == 64
+    assert run_cli("train", "--resume", run, "--no-progress") == 0
+    assert_same_weights(run, straight)
+    assert_clean(run)
+    assert [r["step"] for r in ckpt.read_metrics(run)] == [4, 8, 12]
+
+
+@pytest.mark.parametrize("point", ["model-written", "metrics-written", "pointer-written"])
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(point, data, straight, tmp_path,
+                                                                                  monkeypatch, capsys):
+    saves = []
+
+    def full_disk(where: str) -> None:
+        saves.extend([1] if where == "tmp-dir-made" else [])
+        if where == point and len(saves) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ckpt, "_fault_hook", full_disk)
+    run = tmp_path / "run"
+    assert run_cli("train", "--data-dir", data, "--out", run, *RECIPE) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert "could not save the checkpoint of step 8" in err[0] and "the disk is full" in err[0]
+    assert "previous checkpoint (step 4) is intact" in err[0]
+    assert ckpt.checkpoint_step(run) == 4
+    assert_clean(run)
+    monkeypatch.setattr(ckpt, "_fault_hook", None)
+    assert run_cli("train", "--resume", run, "--no-progress") == 0
+    assert_same_weights(run, straight)
+
+
+def test_sigterm_saves_says_how_to_resume_and_exits_143(data, straight, tmp_path):
+    """The signal comes in the middle of a save, a second one (SIGHUP) later in the same save: the save
+    completes, training stops at the next step with a checkpoint, and the resumed run is the straight one."""
+    run = tmp_path / "run"
+    proc = run_child("model-written", 1, "SIGTERM", "train", "--data-dir", data, "--out", run, *RECIPE,
+                     err=tmp_path / "err")
+    rc, err = finish(proc, tmp_path / "err")
+    assert rc == 128 + signal.SIGTERM, err
+    assert f"Stopped at step 5 by SIGTERM; checkpoint saved. Resume with: ctm train --resume {run}" in err
+    assert "Traceback" not in err
+    assert ckpt.checkpoint_step(run) == 5
+    assert run_cli("train", "--resume", run, "--no-progress") == 0
+    assert_same_weights(run, straight)
+
+
+def test_a_second_signal_during_a_save_waits_for_it(data, tmp_path):
+    run = tmp_path / "run"
+    proc = run_child("state-written", 1, "SIGHUP,SIGINT", "train", "--data-dir", data, "--out", run, *RECIPE,
+                     err=tmp_path / "err")
+    rc, err = finish(proc, tmp_path / "err")
+    assert rc == 128 + signal.SIGHUP, err
+    assert "Stopped at step 5 by SIGHUP" in err and "Traceback" not in err
+    assert ckpt.checkpoint_step(run) == 5
+    assert_clean(run)
+
+
+def test_sigterm_from_outside_during_training(data, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ctm", "train", "--data-dir", str(data), "--out", str(run),
+                             "--steps", "100000", "--batch-size", "32", "--eval-every", "1", "--no-progress",
+                             *TINY_FLAGS],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (run / ckpt.POINTER_FILE).exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].endswith(f"Resume with: ctm train --resume {run}"), err
+    step = ckpt.checkpoint_step(run)
+    assert step >= 1
+    assert run_cli("train", "--resume", run, "--steps", step + 1, "--no-progress") == 0
+    assert ckpt.checkpoint_step(run) == step + 1
+
+
+def test_a_signal_during_start_up_or_eval_exits_at_once_with_one_line(data, tmp_path, monkeypatch, capsys):
+    import ctm.evaluate
+    import ctm.train
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not stop ctm")
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    monkeypatch.setattr(ctm.train, "load_dataset", signalled)
+    assert run_cli("train", "--data-dir", data, "--out", tmp_path / "run", *RECIPE) == 143
+    assert capsys.readouterr().err == "ctm train: interrupted (SIGTERM)\n"
+    assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
+    assert run_cli("train", "--data-dir", data, "--out", tmp_path / "run", "--steps", "4", *RECIPE[2:]) == 0
+    monkeypatch.setattr(ctm.evaluate, "evaluate", signalled)
+    capsys.readouterr()
+    assert run_cli("eval", tmp_path / "run", "--data-dir", data) == 143
+    assert capsys.readouterr().err == "ctm eval: interrupted (SIGTERM)\n"
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # main() put the handlers back
+
+
+def test_one_writer_per_run_and_a_killed_writers_lock_never_blocks(data, straight, tmp_path, capsys):
+    run = tmp_path / "run"
+    first = run_child("previous-removed", 1, "PAUSE", "train", "--data-dir", data, "--out", run, *RECIPE,
+                      err=tmp_path / "err", marker=tmp_path / "paused")
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "paused").exists():
+        assert first.is_alive() and time.monotonic() < deadline, (tmp_path / "err").read_text()
+        time.sleep(0.05)
+    try:
+        for argv, message in ((["train", "--resume", run], f"being trained by another ctm process (PID {first.pid})"),
+                              (["train", "--data-dir", data, "--out", run, *RECIPE], "already holds a run")):
+            capsys.readouterr()
+            assert run_cli(*argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and message in err[0], err
+        assert eval_json(run, data, capsys)["n"] == 64  # readers need no lock
+    finally:
+        first.kill()
+        first.join()
+    assert run_cli("train", "--resume", run, "--no-progress") == 0
+    assert_same_weights(run, straight)
+
+
+def test_runs_in_the_old_layout_load_and_resume(data, straight, tmp_path, capsys):
+    run = tmp_path / "run"
+    from ctm import train as tr
+
+    cfg = tr.make_train_config("default", steps=STEPS, batch_size=32, eval_every=4, lr=3e-3, warmup_steps=2,
+                               seed=1)
+    from helpers import TINY
+
+    tr.train(run, TINY, cfg, data_dir=str(data), stop=lambda step: step == 6)
+    # Rewrite it as the previous version of ctm left runs: the checkpoint's files at the top level.
+    for name in (ckpt.MODEL_FILE, ckpt.STATE_FILE, ckpt.METRICS_FILE):
+        shutil.move(ckpt.current_checkpoint(run).path / name, run / name)
+    shutil.rmtree(run / ckpt.CHECKPOINTS_DIR)
+    (run / ckpt.POINTER_FILE).unlink()
+    assert ckpt.checkpoint_step(run) == 6 and [r["step"] for r in ckpt.read_metrics(run)] == [4]
+    assert eval_json(run, data, capsys)["n"] == 64
+    assert run_cli("train", "--resume", run, "--no-progress") == 0
+    assert_same_weights(run, straight)
+    assert_clean(run)
+    assert [r["step"] for r in ckpt.read_metrics(run)] == [4, 8, 12]
+
+
+@pytest.mark.slow
+def test_twenty_kills_at_random_times(data, tmp_path, capsys):
+    recipe = ["--steps", "60", "--batch-size", "32", "--eval-every", "1", "--lr", "3e-3", "--seed", "2",
+              "--no-progress", *TINY_FLAGS]  # a save every step: many kills land inside saves
+    assert run_cli("train", "--data-dir", data, "--out", tmp_path / "straight", *recipe, *threads()) == 0
+    expected = weights(tmp_path / "straight")
+    run = tmp_path / "run"
+    rng = random.Random(0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kills = 0
+    while kills < 20:
+        resume = run.exists() and ckpt.current_checkpoint(run) is not None
+        argv = ["--resume", str(run)] if resume else ["--data-dir", str(data), "--out", str(run), *recipe]
+        proc = subprocess.Popen([sys.executable, "-m", "ctm", "train", *argv, *threads()], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            proc.wait(timeout=rng.uniform(2.0, 6.0))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            kills += 1
+        _, err = proc.communicate()
+        assert proc.returncode in (0, -signal.SIGKILL), err
+        if proc.returncode == 0:  # it finished before the kill: check it, then start again
+            assert_same_weights(run, expected)
+            shutil.rmtree(run)
+        elif ckpt.current_checkpoint(run) is not None:
+            assert eval_json(run, data, capsys)["n"] == 64
+    if ckpt.current_checkpoint(run) is None:
+        assert run_cli("train", "--data-dir", data, "--out", run, *recipe, *threads()) == 0
+    else:
+        assert run_cli("train", "--resume", run, *threads()) == 0
+    assert_same_weights(run, expected)
+    assert_clean(run)

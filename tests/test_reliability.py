@@ -296,3 +296,148 @@ def test_twenty_kills_at_random_times(data, tmp_path, capsys):
         assert run_cli("train", "--resume", run, *threads()) == 0
     assert_same_weights(run, expected)
     assert_clean(run)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Malformed run directories: one line naming the file and the field, exit 2, never a traceback
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good_run(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("good") / "run"
+    assert run_cli("train", "--data-dir", data, "--out", out, "--steps", "4", *RECIPE[2:]) == 0
+    return out
+
+
+def edit_config(change):
+    def edit(run: Path) -> None:
+        payload = json.loads((run / ckpt.CONFIG_FILE).read_text())
+        change(payload)
+        (run / ckpt.CONFIG_FILE).write_text(json.dumps(payload))
+    return edit
+
+
+def edit_state(change):
+    def edit(run: Path) -> None:
+        path = ckpt.current_checkpoint(run).path / ckpt.STATE_FILE
+        torch.save(change(torch.load(path, weights_only=True)), path)
+    return edit
+
+
+def other_models_optimizer(state: dict) -> dict:
+    from helpers import TINY
+
+    import ctm
+
+    model = ctm.CTM(TINY.replace(d_model=32))
+    optimizer = torch.optim.AdamW(model.parameters())
+    sum(p.sum() for p in model.parameters()).backward()
+    optimizer.step()
+    return {**state, "optimizer": optimizer.state_dict()}
+
+
+def write_metrics_line(line: str):
+    def edit(run: Path) -> None:
+        path = ckpt.current_checkpoint(run).path / ckpt.METRICS_FILE
+        path.write_text(path.read_text() + line + "\n")
+    return edit
+
+
+def weights_as(dtype: torch.dtype):
+    def edit(run: Path) -> None:
+        from safetensors.torch import save_file
+
+        path = ckpt.current_checkpoint(run).path / ckpt.MODEL_FILE
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+        save_file(tensors, str(path), metadata={"step": "4"})
+    return edit
+
+
+def weights_metadata(step: str):
+    def edit(run: Path) -> None:
+        from safetensors.torch import save_file
+
+        path = ckpt.current_checkpoint(run).path / ckpt.MODEL_FILE
+        save_file(load_file(str(path)), str(path), metadata={"step": step})
+    return edit
+
+
+def write_pointer(payload):
+    return lambda run: (run / ckpt.POINTER_FILE).write_text(json.dumps(payload))
+
+
+def nested(run: Path) -> None:
+    (run / ckpt.CONFIG_FILE).write_text('{"model": {}, "train": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+EVAL, RESUME, VIZ = ["eval"], ["train", "--resume"], ["viz"]
+MALFORMED = {
+    "dataset is a string": (EVAL, edit_config(lambda p: p.update(dataset="mnist")), "'dataset' must be an object"),
+    "dataset.name is a list": (EVAL, edit_config(lambda p: p["dataset"].update(name=["mnist"])),
+                               "'dataset.name' must be str"),
+    "train.dataset is a list": (RESUME, edit_config(lambda p: p["train"].update(dataset=["mnist"])),
+                                "'train.dataset' must be a string"),
+    "data_dir is a number": (EVAL, edit_config(lambda p: p["dataset"].update(data_dir=5)),
+                             "'dataset.data_dir' must be str or null"),
+    "deeply nested": (EVAL, nested, "nests too deeply"),
+    "no dataset section (viz)": (VIZ, edit_config(lambda p: [p.pop("dataset"), p.pop("train")]),
+                                 "records no dataset"),
+    "model is a list": (EVAL, edit_config(lambda p: p.update(model=[24])), "'model' must be an object"),
+    "state without optimizer": (RESUME, edit_state(lambda s: {k: v for k, v in s.items() if k != "optimizer"}),
+                                "has no field 'optimizer'"),
+    "state is a list": (RESUME, edit_state(lambda s: [s]), "expected a dict, got list"),
+    "optimizer is a string": (RESUME, edit_state(lambda s: {**s, "optimizer": "adam"}),
+                              "field 'optimizer' is not an optimiser state"),
+    "another model's optimizer": (RESUME, edit_state(other_models_optimizer), "belongs to another model"),
+    "state step is a string": (RESUME, edit_state(lambda s: {**s, "step": "4"}), "field 'step' must be"),
+    "metrics line 1": (RESUME, write_metrics_line("1"), "line 2 is a int, not a JSON object"),
+    "metrics line [1,2]": (RESUME, write_metrics_line("[1, 2]"), "line 2 is a list, not a JSON object"),
+    "metrics line without step": (RESUME, write_metrics_line('{"foo": 1}'), "line 2: field 'step' must be"),
+    "metrics step not a number": (RESUME, write_metrics_line('{"step": "x"}'), "line 2: field 'step' must be"),
+    "metrics value a string": (RESUME, write_metrics_line('{"step": 1, "test_loss": "x"}'),
+                               "field 'test_loss' must be a number"),
+    "weights int32": (EVAL, weights_as(torch.int32), "is stored as I32, but the model holds F32"),
+    "weights bool": (EVAL, weights_as(torch.bool), "is stored as BOOL"),
+    "weights float16": (EVAL, weights_as(torch.float16), "is stored as F16"),
+    "weights float64": (EVAL, weights_as(torch.float64), "is stored as F64"),
+    "weights step abc": (RESUME, weights_metadata("abc"), "metadata field 'step' must be an integer, got 'abc'"),
+    "weights not safetensors": (EVAL, lambda run: (ckpt.current_checkpoint(run).path / ckpt.MODEL_FILE)
+                                .write_bytes(b"\xff" * 64), "could not be read"),
+    "config sizes edited": (EVAL, edit_config(lambda p: p["model"].update(d_model=32)),
+                            "does not match the sizes in config.json"),
+    "pointer step a string": (EVAL, write_pointer({"step": "4", "dir": "checkpoints/step-000000004"}),
+                              "'step' must be a non-negative integer"),
+    "pointer outside the run": (EVAL, write_pointer({"step": 4, "dir": "../../elsewhere"}),
+                                "'dir' must name a folder checkpoints/step-N"),
+    "pointer to a missing checkpoint": (EVAL, write_pointer({"step": 9, "dir": "checkpoints/step-000000009"}),
+                                        "which is missing"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_run_file_is_one_line_naming_it(case, good_run, data, tmp_path, capsys):
+    command, edit, message = MALFORMED[case]
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    edit(run)
+    capsys.readouterr()
+    argv = [*command, run, "--data-dir", data] + (["--steps", "8"] if command == RESUME else [])
+    rc = run_cli(*argv)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in captured.err, captured
+    assert message in lines[0], lines[0]
+    assert str(run) in lines[0]
+
+
+def test_an_oversized_config_is_refused_before_anything_is_allocated(good_run, data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    edit_config(lambda p: p["model"].update(d_model=30000))(run)
+    code = ("import resource, sys; from ctm.cli import main; rc = main(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "eval", str(run), "--data-dir", str(data)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2 and "does not match the sizes in config.json" in proc.stderr, proc.stderr
+    assert int(proc.stdout) < 700_000, proc.stdout  # KiB: torch itself, not a 30000-neuron model (7 GB)

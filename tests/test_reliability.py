@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -441,3 +442,39 @@ def test_an_oversized_config_is_refused_before_anything_is_allocated(good_run, d
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2 and "does not match the sizes in config.json" in proc.stderr, proc.stderr
     assert int(proc.stdout) < 700_000, proc.stdout  # KiB: torch itself, not a 30000-neuron model (7 GB)
+
+
+def gzip_bomb(path: Path, header: bytes, inflated_mib: int) -> None:
+    """A gzip file of about 1 MiB per GiB: `header`, then `inflated_mib` MiB of zeros (one deflated MiB
+    repeated; each repetition starts from a full flush, so the copies decode alike)."""
+    import zlib
+
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = bytes(1 << 20)
+    start = deflate.compress(header) + deflate.flush(zlib.Z_FULL_FLUSH)
+    block = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    end = deflate.flush()
+    crc = zlib.crc32(header)
+    for _ in range(inflated_mib):
+        crc = zlib.crc32(zeros, crc)
+    size = (len(header) + inflated_mib * len(zeros)) % 2**32
+    with open(path, "wb") as f:
+        f.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + start)
+        for _ in range(inflated_mib):
+            f.write(block)
+        f.write(end + crc.to_bytes(4, "little") + size.to_bytes(4, "little"))
+
+
+def test_a_gzip_bomb_is_refused_from_its_header_without_inflating_it(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    gzip_bomb(path, bytes([0, 0, 8, 3]) + struct.pack(">3I", 10, 28, 28), 1024)
+    assert path.stat().st_size < 2 << 20
+    code = ("import resource, sys\n"
+            "from ctm.data import DataError, read_idx\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "try:\n    read_idx(sys.argv[1])\nexcept DataError as e:\n    print(e)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+    message, grown_kib = proc.stdout.strip().splitlines()
+    assert str(path) in message and "more than 1048576 trailing bytes" in message, proc
+    assert int(grown_kib) < 64 * 1024, proc.stdout  # KiB: a few MiB of buffers, not the GiB it inflates to

@@ -33,21 +33,31 @@ class DataError(ValueError):
     """A data file or dataset is missing, corrupt, or could not be fetched."""
 
 
-def _read_bytes(path: Path) -> bytes | bytearray:
-    """The content of `path`, gunzipped when it starts with the gzip magic bytes."""
+# No deflate stream inflates to more than about 1032 times its size: the bound on what a gzip file can hold.
+_GZIP_MAX_RATIO = 1032
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a uint8 IDX file, raw or gzipped (detected by its magic bytes), into a writable array.
+
+    The file is read as a stream: its header is checked first and the size it declares bounds what is read
+    (and inflated), so a small gzip file that inflates to gigabytes is refused after a few bytes.
+    Raises `DataError` naming `path` for a bad magic number, unsupported type, bad rank, truncated
+    header or data, or trailing bytes.
+    """
+    path = Path(path)
     try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-            f.seek(0)
-            if head == GZIP_MAGIC:
-                try:
-                    with gzip.GzipFile(fileobj=f, mode="rb") as gz:
-                        return gz.read()
-                except (OSError, EOFError, zlib.error) as e:
-                    raise DataError(f"{path}: corrupt gzip data ({e})") from e
-            buf = bytearray(os.fstat(f.fileno()).st_size)
-            n = f.readinto(buf)
-            return buf[:n] if n != len(buf) else buf
+        with open(path, "rb") as raw:
+            size = os.fstat(raw.fileno()).st_size
+            gz = raw.read(2) == GZIP_MAGIC
+            raw.seek(0)
+            if not gz:
+                return _read_idx_stream(raw, path, size)
+            try:
+                with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                    return _read_idx_stream(f, path, None, _GZIP_MAX_RATIO * size + 1024)
+            except (OSError, EOFError, zlib.error) as e:
+                raise DataError(f"{path}: corrupt gzip data ({e})") from e
     except FileNotFoundError as e:
         raise DataError(f"{path}: file not found") from e
     except IsADirectoryError as e:
@@ -56,15 +66,17 @@ def _read_bytes(path: Path) -> bytes | bytearray:
         raise DataError(f"{path}: cannot read ({e})") from e
 
 
-def _parse_idx(data: bytes | bytearray, path: Path) -> np.ndarray:
-    """Validate an IDX buffer and return its array (a view of `data`)."""
-    if len(data) < 4:
-        raise DataError(f"{path}: too short for an IDX file ({len(data)} bytes; the magic number needs 4)")
-    if data[0] != 0 or data[1] != 0:
+def _read_idx_stream(f, path: Path, size: int | None, most: int | None = None) -> np.ndarray:
+    """The array of the IDX stream `f`: `size` is the content length when known (a raw file), else `most`
+    bounds it (a gzip file)."""
+    head = f.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path}: too short for an IDX file ({len(head)} bytes; the magic number needs 4)")
+    if head[0] != 0 or head[1] != 0:
         raise DataError(
-            f"{path}: bad IDX magic number 0x{bytes(data[:4]).hex()} (must start with two zero bytes); not an IDX file"
+            f"{path}: bad IDX magic number 0x{head.hex()} (must start with two zero bytes); not an IDX file"
         )
-    code, rank = data[2], data[3]
+    code, rank = head[2], head[3]
     if code != 0x08:
         known = _IDX_TYPES.get(code)
         what = f"type 0x{code:02x} ({known})" if known else f"unknown type code 0x{code:02x}"
@@ -72,36 +84,45 @@ def _parse_idx(data: bytes | bytearray, path: Path) -> np.ndarray:
     if not 1 <= rank <= 4:
         raise DataError(f"{path}: IDX rank byte is {rank}; expected 1 to 4 dimensions")
     header = 4 + 4 * rank
-    if len(data) < header:
+    dims_bytes = f.read(4 * rank)
+    if len(dims_bytes) < 4 * rank:
         raise DataError(
-            f"{path}: IDX header truncated: {rank} dimensions need {header} header bytes, file has {len(data)}"
+            f"{path}: IDX header truncated: {rank} dimensions need {header} header bytes, file has "
+            f"{4 + len(dims_bytes)}"
         )
-    dims = struct.unpack(f">{rank}I", bytes(data[4:header]))
+    dims = struct.unpack(f">{rank}I", dims_bytes)
     expected = header + math.prod(dims)
-    if len(data) < expected:
+    if size is not None and size != expected:
+        if size < expected:
+            raise DataError(
+                f"{path}: truncated: header says shape {dims} ({expected} bytes in all) but the content is "
+                f"{size} bytes"
+            )
         raise DataError(
-            f"{path}: truncated: header says shape {dims} ({expected} bytes in all) but the content is "
-            f"{len(data)} bytes"
-        )
-    if len(data) > expected:
-        raise DataError(
-            f"{path}: {len(data) - expected} trailing bytes after the data of shape {dims} "
+            f"{path}: {size - expected} trailing bytes after the data of shape {dims} "
             f"(expected exactly {expected} bytes)"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a uint8 IDX file, raw or gzipped (detected by its magic bytes), into a writable array.
-
-    Raises `DataError` naming `path` for a bad magic number, unsupported type, bad rank, truncated
-    header or data, or trailing bytes.
-    """
-    path = Path(path)
-    data = _read_bytes(path)
-    arr = _parse_idx(data, path)
-    # A view of a bytearray is already writable; one of immutable bytes (gunzipped) needs a copy.
-    return arr if arr.flags.writeable else arr.copy()
+    if most is not None and expected > most:
+        raise DataError(
+            f"{path}: truncated: header says shape {dims} ({expected} bytes in all), more than this gzip file "
+            f"can hold (at most {most} bytes)"
+        )
+    data = bytearray(expected - header)
+    view, filled = memoryview(data), 0
+    while filled < len(data) and (n := f.readinto(view[filled:])):
+        filled += n
+    if filled < len(data):
+        raise DataError(
+            f"{path}: truncated: header says shape {dims} ({expected} bytes in all) but the content is "
+            f"{header + filled} bytes"
+        )
+    rest = len(f.read(_CHUNK + 1))  # never more: a stream of trailing bytes is not inflated whole
+    if rest:
+        count = f"{rest}" if rest <= _CHUNK else f"more than {_CHUNK}"
+        raise DataError(
+            f"{path}: {count} trailing bytes after the data of shape {dims} (expected exactly {expected} bytes)"
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def write_idx(path: str | os.PathLike[str], array: np.ndarray | torch.Tensor) -> None:

@@ -30,6 +30,10 @@ def _run(args: list[str], torchrun: bool) -> subprocess.CompletedProcess:
     return proc
 
 
+def _in_checkpoint(run_dir, name: str):
+    return ckpt.current_checkpoint(run_dir).path / name
+
+
 def test_two_gloo_ranks_equal_grad_accum_and_resume(tmp_path):
     data = make_synthetic(tmp_path / "data", n_train=640, n_test=100)
     common = ["--data-dir", str(data), "--batch-size", "32", "--lr", "3e-3", "--schedule", "constant",
@@ -38,14 +42,14 @@ def test_two_gloo_ranks_equal_grad_accum_and_resume(tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
     _run(["--out", str(single), "--steps", "8", "--grad-accum", "2", *common], torchrun=False)
     _run(["--out", str(multi), "--steps", "5", *common], torchrun=True)
-    assert {p.name for p in multi.iterdir()} == {"config.json", "model.safetensors", "trainer_state.pt",
-                                                 "metrics.jsonl", "thinking.gif", "curves.png"}
-    assert torch.load(multi / ckpt.STATE_FILE, weights_only=True)["world_size"] == 2
+    assert {p.name for p in multi.iterdir()} == {"config.json", "checkpoint.json", "checkpoints", ".lock",
+                                                 "thinking.gif", "curves.png"}
+    assert torch.load(_in_checkpoint(multi, ckpt.STATE_FILE), weights_only=True)["world_size"] == 2
     proc = _run(["--resume", str(multi), "--steps", "8", "--data-dir", str(data), "--no-progress",
                  "--threads", "1"], torchrun=True)
     assert proc.stdout.count("Finished 8 steps") == 1  # only rank 0 prints
 
-    a, b = load_file(str(single / ckpt.MODEL_FILE)), load_file(str(multi / ckpt.MODEL_FILE))
+    a, b = (load_file(str(_in_checkpoint(run, ckpt.MODEL_FILE))) for run in (single, multi))
     compared = 0
     for name in a:
         if "running_" in name or "num_batches" in name:
@@ -93,4 +97,4 @@ def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     assert "became non-finite at step 4 on rank 1" in text  # rank 0 learnt it in the same collective
     assert "last good checkpoint (step 3)" in text
     assert ckpt.weights_step(out) == 3
-    assert torch.load(out / ckpt.STATE_FILE, weights_only=True)["step"] == 3
+    assert torch.load(_in_checkpoint(out, ckpt.STATE_FILE), weights_only=True)["step"] == 3

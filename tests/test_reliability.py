@@ -470,7 +470,7 @@ def test_a_gzip_bomb_is_refused_from_its_header_without_inflating_it(tmp_path):
     gzip_bomb(path, bytes([0, 0, 8, 3]) + struct.pack(">3I", 10, 28, 28), 1024)
     assert path.stat().st_size < 2 << 20
     code = ("import resource, sys\n"
-            "from ctm.data import DataError, read_idx\n"
+            "from ctm.idx import DataError, read_idx\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "try:\n    read_idx(sys.argv[1])\nexcept DataError as e:\n    print(e)\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")

@@ -370,7 +370,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
             if bad_rank >= 0:
                 if bar is not None:
                     bar.close()
-                saved_step = ckpt.checkpoint_step(run_dir) if info.is_main else None
+                saved_step = ckpt.checkpoint_step(run_dir)
                 saved = f"its last good checkpoint (step {saved_step})" if saved_step is not None else \
                     "no checkpoint yet"
                 bad = loss_value if not math.isfinite(loss_value) else tick_value

@@ -315,7 +315,7 @@ def _write_run_pictures(run_dir: Path, data_dir: str | None) -> None:
 
 
 def _run_dataset(run_dir: str | Path, payload: dict) -> str:
-    from .checkpoint import CONFIG_FILE, run_dataset_name
+    from ..checkpoint import CONFIG_FILE, run_dataset_name
 
     name = run_dataset_name(payload)
     if name is None:
@@ -372,7 +372,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, payload = load_model(args.run_dir, device)
     if args.max_ticks is not None and args.max_ticks > model.config.iterations:
         raise CLIError(f"--max-ticks {args.max_ticks} exceeds the model's {model.config.iterations} ticks")
-    from .checkpoint import run_dataset_name
+    from ..checkpoint import run_dataset_name
 
     dataset_name = args.dataset or run_dataset_name(payload)
     if dataset_name is None:

@@ -216,6 +216,11 @@ def test_a_signal_during_start_up_or_eval_exits_at_once_with_one_line(data, tmp_
     capsys.readouterr()
     assert run_cli("eval", tmp_path / "run", "--data-dir", data) == 143
     assert capsys.readouterr().err == "ctm eval: interrupted (SIGTERM)\n"
+    import ctm.viz
+
+    monkeypatch.setattr(ctm.viz, "thinking_gif", signalled)
+    assert run_cli("viz", tmp_path / "run", "--data-dir", data) == 143
+    assert capsys.readouterr().err == "ctm viz: interrupted (SIGTERM)\n"
     assert {s: signal.getsignal(s) for s in handlers} == handlers  # main() put the handlers back
 
 
@@ -478,3 +483,56 @@ def test_a_gzip_bomb_is_refused_from_its_header_without_inflating_it(tmp_path):
     message, grown_kib = proc.stdout.strip().splitlines()
     assert str(path) in message and "more than 1048576 trailing bytes" in message, proc
     assert int(grown_kib) < 64 * 1024, proc.stdout  # KiB: a few MiB of buffers, not the GiB it inflates to
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Smaller promises
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_eval_json_is_valid_json_for_a_model_with_nan_weights(good_run, data, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    path = ckpt.current_checkpoint(run).path / ckpt.MODEL_FILE
+    tensors = load_file(str(path))
+    tensors = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file(tensors, str(path), metadata={"step": "4"})
+    capsys.readouterr()
+    assert run_cli("eval", run, "--data-dir", data, "--json") == 0
+
+    def no_nan(constant: str):
+        raise AssertionError(f"bare {constant} in the JSON")
+
+    result = json.loads(capsys.readouterr().out, parse_constant=no_nan)
+    assert result["loss"] is None and result["n"] == 64
+
+
+def test_a_path_that_is_not_utf8_is_refused_before_anything_is_written(data, tmp_path, capsys):
+    out = tmp_path / os.fsdecode(b"run-\xff")
+    assert run_cli("train", "--data-dir", data, "--out", out, *RECIPE) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the path is not valid UTF-8" in err[0], err
+    assert not out.exists()
+
+
+def test_a_model_too_large_to_build_names_its_config_not_the_batch(good_run, data, monkeypatch, capsys):
+    real = ckpt.ContinuousThoughtMachine
+
+    def too_large(config):  # the shapes check builds on the meta device, which allocates nothing
+        if torch.empty(0).device.type != "meta":
+            raise MemoryError
+        return real(config)
+
+    monkeypatch.setattr(ckpt, "ContinuousThoughtMachine", too_large)
+    assert run_cli("eval", good_run, "--data-dir", data) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the model {good_run / ckpt.CONFIG_FILE} describes does not fit in memory" in err[0]
+    assert "--batch-size" not in err[0]
+
+
+def test_the_command_line_starts_without_torch_so_an_early_ctrl_c_is_one_line():
+    code = "import sys, ctm.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120).stdout.strip() == "False"

@@ -76,6 +76,25 @@ class Checkpoint(NamedTuple):
     step: int | None
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether `e` says an allocation failed (Python's MemoryError, or torch's on CPU or GPU)."""
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
+
+
+def build_model(config: CTMConfig, where: str) -> ContinuousThoughtMachine:
+    """The model of `config`; a model too large for this machine is a ValueError naming `where` its sizes
+    came from, not an out-of-memory error blamed on the batch."""
+    try:
+        return ContinuousThoughtMachine(config)
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise ValueError(f"the model {where} describes does not fit in memory (d_model={config.d_model}, "
+                         f"d_input={config.d_input}, memory_length={config.memory_length}); choose smaller "
+                         f"sizes") from None
+
+
 def _fault(point: str) -> None:
     if _fault_hook is not None:
         _fault_hook(point)
@@ -292,7 +311,7 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Conti
             raise RunDirError(f"{path} could not be read: {e}") from None
 
     state = _reading(run_dir, read)
-    model = ContinuousThoughtMachine(config)
+    model = build_model(config, str(run_dir / CONFIG_FILE))
     model.load_state_dict(state)
     return model.to(device), payload
 

@@ -107,7 +107,11 @@ def _read_idx_stream(f, path: Path, size: int | None, most: int | None = None) -
             f"{path}: truncated: header says shape {dims} ({expected} bytes in all), more than this gzip file "
             f"can hold (at most {most} bytes)"
         )
-    data = bytearray(expected - header)
+    try:
+        data = bytearray(expected - header)
+    except MemoryError:
+        raise DataError(f"{path}: its data of shape {dims} ({expected - header} bytes) does not fit in "
+                        f"memory") from None
     view, filled = memoryview(data), 0
     while filled < len(data) and (n := f.readinto(view[filled:])):
         filled += n

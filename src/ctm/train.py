@@ -25,7 +25,6 @@ from .config import CTMConfig, check_fields, option
 from .data import EpochSampler, ImageDataset, _mix_seed, load_dataset, random_affine
 from .evaluate import EvalResult, evaluate
 from .losses import accuracy, certainty_loss, per_tick_cross_entropy
-from .model import ContinuousThoughtMachine
 
 
 @dataclass(frozen=True)
@@ -264,7 +263,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
         raise ValueError(f"batch size {train_config.batch_size} exceeds the {len(train_set)} training samples")
 
     torch.manual_seed(train_config.seed)  # parameter initialisation (the same on every rank)
-    model = ContinuousThoughtMachine(model_config).to(dev)
+    model = ckpt.build_model(model_config, f"{run_dir / ckpt.CONFIG_FILE}" if resume else "the flags").to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, eps=train_config.adam_eps,
                                   weight_decay=train_config.weight_decay)
     model.attach_decay_clamp(optimizer)

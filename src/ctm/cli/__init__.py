@@ -505,13 +505,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "predict": cmd_predict}
 
 
-def _out_of_memory(e: BaseException) -> bool:
-    import torch
-
-    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
-        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # the benchmark parses its own flags (the same as benchmarks/speed.py)
@@ -575,9 +568,13 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
-        if os.environ.get("CTM_DEBUG") or not _out_of_memory(e):
+        from ..checkpoint import is_out_of_memory
+
+        if os.environ.get("CTM_DEBUG") or not is_out_of_memory(e):
             raise
         detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        print(f"ctm {args.command}: error: out of memory ({detail}); use a smaller --batch-size, fewer --ticks "
-              f"or a smaller model", file=sys.stderr)
+        # Models and data too large to load say so themselves (ValueError); this is the computation's memory.
+        hint = "use a smaller --batch-size, fewer --ticks or a smaller model" if args.command != "viz" else \
+            "the model is too large for this machine"
+        print(f"ctm {args.command}: error: out of memory ({detail}); {hint}", file=sys.stderr)
         return 2

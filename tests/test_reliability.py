@@ -127,6 +127,17 @@ def test_a_kill_at_any_point_of_a_save_leaves_a_readable_resumable_run(point, da
     assert [r["step"] for r in ckpt.read_metrics(run)] == [4, 8, 12]
 
 
+def test_a_run_killed_in_its_first_save_starts_again(data, straight, tmp_path):
+    run = tmp_path / "run"
+    proc = run_child("dir-renamed", 1, "SIGKILL", "train", "--data-dir", data, "--out", run, *RECIPE,
+                     err=tmp_path / "err")
+    assert finish(proc, tmp_path / "err")[0] == -signal.SIGKILL
+    assert ckpt.current_checkpoint(run) is None and (run / ckpt.CHECKPOINTS_DIR / "step-000000004").is_dir()
+    assert run_cli("train", "--data-dir", data, "--out", run, *RECIPE) == 0
+    assert_same_weights(run, straight)
+    assert_clean(run)
+
+
 @pytest.mark.parametrize("point", ["model-written", "metrics-written", "pointer-written"])
 def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(point, data, straight, tmp_path,
                                                                                   monkeypatch, capsys):

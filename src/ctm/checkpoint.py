@@ -528,8 +528,8 @@ def remove_leftovers(run_dir: str | os.PathLike[str]) -> None:
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
-    for entry in run_dir.glob(".*.tmp"):
-        if entry.is_file():
+    for name in (CONFIG_FILE, POINTER_FILE):  # only ours: `ctm viz` may be writing a picture here meanwhile
+        for entry in run_dir.glob(f".{name}.*.tmp"):
             entry.unlink(missing_ok=True)
     if current is not None and current.path != run_dir:
         for name in (MODEL_FILE, STATE_FILE, METRICS_FILE):
@@ -537,8 +537,9 @@ def remove_leftovers(run_dir: str | os.PathLike[str]) -> None:
 
 
 def has_run_files(run_dir: Path) -> bool:
-    """Whether `run_dir` holds a checkpoint of either layout, complete or not."""
-    return any((run_dir / name).exists() for name in (POINTER_FILE, CHECKPOINTS_DIR, MODEL_FILE, STATE_FILE))
+    """Whether `run_dir` holds a published checkpoint of either layout (a save killed before the first
+    checkpoint was published leaves none: the run can start again)."""
+    return any((run_dir / name).exists() for name in (POINTER_FILE, MODEL_FILE, STATE_FILE))
 
 
 # ----------------------------------------------------------------------------------------------------------

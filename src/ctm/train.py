@@ -466,8 +466,8 @@ def _describe(loss: float, acc: float, ev: EvalResult | None, step: int | None =
 
 def _fresh_run_dir_problem(run_dir: Path) -> str | None:
     """Why a new run cannot start in `run_dir`, or None. A folder that holds only the config.json of a
-    start that failed before its first checkpoint is reused; anything else already there is never
-    overwritten."""
+    start that failed or was killed before its first checkpoint was published is reused; anything else
+    already there is never overwritten."""
     if run_dir.exists() and not run_dir.is_dir():
         return f"{run_dir} is a file, not a folder; choose another run directory"
     if not run_dir.is_dir():
@@ -475,6 +475,8 @@ def _fresh_run_dir_problem(run_dir: Path) -> str | None:
     if ckpt.has_run_files(run_dir):
         return f"{run_dir} already holds a run; resume it or choose another run directory"
     names = {p.name for p in run_dir.iterdir()} - {ckpt.LOCK_FILE}
+    if ckpt.CONFIG_FILE in names:  # a start killed in its first save leaves an unpublished checkpoint folder
+        names -= {ckpt.CHECKPOINTS_DIR}
     if names - {ckpt.CONFIG_FILE}:
         return (f"{run_dir} is not empty ({', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''}) "
                 f"and holds no ctm checkpoint; choose another run directory (ctm does not write over other files)")

@@ -147,8 +147,8 @@ def test_hand_written_backward_gradcheck_float64():
     with torch.no_grad():
         model.decay_params_action.uniform_(0.2, 1)
     tokens = torch.randn(2, 5, cfg.d_input, dtype=torch.float64)
-    r_action, _ = model.decay_factors()
-    p, _ = engine.fold(model, tokens, r_action, cfg.iterations)
+    rate_action, _ = model.decay_rates()
+    p, _ = engine.fold(model, tokens, rate_action, cfg.iterations)
     na = cfg.n_synch_action
     leaves = [t.detach().clone().requires_grad_(True) for t in p]
 

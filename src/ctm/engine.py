@@ -100,9 +100,9 @@ def _pair_positions(synch: nn.Module) -> tuple[Tensor, Tensor]:
     return i * synch.n + j, j * synch.n + i
 
 
-def fold(model: ContinuousThoughtMachine, tokens: Tensor, r_action: Tensor, T: int) -> tuple[TickParams, Tensor]:
-    """Fold the parameters into the layout of the tick loop. tokens (B, N, d); r_action (P_action,) the
-    decay factors exp(-decay). Returns the tick parameters and 1/sqrt(beta_t) (T, na*na)."""
+def fold(model: ContinuousThoughtMachine, tokens: Tensor, rate_action: Tensor, T: int) -> tuple[TickParams, Tensor]:
+    """Fold the parameters into the layout of the tick loop. tokens (B, N, d); rate_action (P_action,) the
+    clamped decays (r = exp(-rate)). Returns the tick parameters and 1/sqrt(beta_t) (T, na*na)."""
     c = model.config
     B, N, d = tokens.shape
     h, na = c.heads, c.n_synch_action
@@ -115,9 +115,11 @@ def fold(model: ContinuousThoughtMachine, tokens: Tensor, r_action: Tensor, T: i
 
     # Action synchronisation: accumulators over all na x na products, symmetric decay factors.
     upper, lower = _pair_positions(model.synch_action)
-    r = r_action.new_zeros(na * na).index_copy(0, upper, r_action).index_copy(0, lower, r_action)
-    powers = torch.exp(torch.arange(T, dtype=r.dtype, device=r.device).unsqueeze(1) * r.log())  # (T, na*na): r^k
-    inv_sqrt_beta = powers.cumsum(0).rsqrt()  # beta_t = sum_{k <= t} r^k
+    rates = rate_action.new_zeros(na * na).index_copy(0, upper, rate_action).index_copy(0, lower, rate_action)
+    k = torch.arange(T + 1, dtype=rates.dtype, device=rates.device).unsqueeze(1)
+    powers = torch.exp(-k * rates)  # (T + 1, na*na): r^k, as exp(-k rate) (pow is slower, and rounds further
+    # from the recursion r * beta + 1 of the readable path than this does)
+    inv_sqrt_beta = powers[:T].cumsum(0).rsqrt()  # beta_t = sum_{k <= t} r^k
     # Query of tick t = attention scale * in_proj_q(q_proj(alpha_t / sqrt(beta_t))), as one matrix per tick
     # on the accumulators, half of each off-diagonal pair's weight on (i, j) and half on (j, i).
     scale = dh ** -0.5
@@ -133,7 +135,7 @@ def fold(model: ContinuousThoughtMachine, tokens: Tensor, r_action: Tensor, T: i
     W_att = W_syn[:, :d]
     nlm, ln = model.neuron_level_models, model.synapses[2]
     return TickParams(
-        kT=kT, v=v, A=A, cq=cq, r=r, Wz=W_syn[:, d:], Wo=W_att @ attention.out_proj.weight,
+        kT=kT, v=v, A=A, cq=cq, r=powers[1], Wz=W_syn[:, d:], Wo=W_att @ attention.out_proj.weight,
         bs=b_syn + W_att @ attention.out_proj.bias, gamma=ln.weight, beta=ln.bias,
         W1=nlm.first.w1.permute(2, 1, 0).contiguous(), b1=nlm.first.b1.permute(1, 2, 0).contiguous(),
         W2=nlm.second.w1.permute(2, 1, 0).contiguous(), b2=nlm.second.b1.permute(1, 2, 0).contiguous(),
@@ -441,7 +443,7 @@ def run_ticks(p: TickParams, heads: int, eps: float, track: bool, pool: Workspac
     return (Z[1:], None, None, None) if not track else (Z[1:], seq, saved["w"], saved["alpha"])
 
 
-def readout(model: ContinuousThoughtMachine, Zs: Tensor, r_out: Tensor) -> tuple[Tensor, Tensor]:
+def readout(model: ContinuousThoughtMachine, Zs: Tensor, rate_out: Tensor) -> tuple[Tensor, Tensor]:
     """Output synchronisation and logits of every tick at once, after the loop.
 
     With r = exp(-decay) per pair: alpha_t = r^(t+1) alpha_start + sum_{s <= t} r^(t-s) z_s,i z_s,j over the
@@ -451,11 +453,10 @@ def readout(model: ContinuousThoughtMachine, Zs: Tensor, r_out: Tensor) -> tuple
     synch = model.synch_out
     T, _, B = Zs.shape
     ticks = torch.arange(T + 1, dtype=Zs.dtype, device=Zs.device)
-    log_r = r_out.log()  # r^k as exp(k log r): pow is several times slower, forward and backward
-    powers = torch.exp(ticks.unsqueeze(1) * log_r)  # (T + 1, P): r^k
+    powers = torch.exp(-ticks.unsqueeze(1) * rate_out)  # (T + 1, P): r^k
     inv_sqrt_beta = powers.cumsum(0)[1:].t().rsqrt()  # (P, T)
     lag = ticks[:T].unsqueeze(1) - ticks[:T].unsqueeze(0)  # t - s
-    decay = torch.exp(lag.clamp(min=0) * log_r.view(-1, 1, 1)) * (lag >= 0)  # (P, T, T)
+    decay = torch.exp(-lag.clamp(min=0) * rate_out.view(-1, 1, 1)) * (lag >= 0)  # (P, T, T)
     z = Zs[:, synch.first:synch.first + synch.n].permute(1, 0, 2)  # (n, T, B)
     upper, _ = _pair_positions(synch)
     products = (z.unsqueeze(1) * z.unsqueeze(0)).reshape(-1, T, B).index_select(0, upper)  # (P, T, B)
@@ -527,10 +528,10 @@ def forward(model: ContinuousThoughtMachine, x: Tensor, track: bool):
     B, T, M = x.shape[0], c.iterations, c.memory_length
     tokens, grid = features(model, x)  # (B, N, d_input)
     with model.full_precision(x):  # under autocast only the backbone runs in low precision
-        r_action, r_out = model.decay_factors()
-        p, inv_sqrt_beta = fold(model, tokens.to(model.start_trace.dtype), r_action, T)
+        rate_action, rate_out = model.decay_rates()
+        p, inv_sqrt_beta = fold(model, tokens.to(model.start_trace.dtype), rate_action, T)
         Zs, seq, attn, alpha = run_ticks(p, c.heads, model.synapses[2].eps, track, model._workspaces)  # (T, D, B)
-        logits, S_out = readout(model, Zs, r_out)  # (B, C, T), (P_out, T, B)
+        logits, S_out = readout(model, Zs, rate_out)  # (B, C, T), (P_out, T, B)
         certainties = certainty(logits, dim=1)  # (B, 2, T)
     tracking = None
     if track:
@@ -555,8 +556,9 @@ class Stepper:
         self.model, self.T, self.t = model, T, 0
         tokens, _ = features(model, x)
         with model.full_precision(x):
-            r_action, self.r_out = model.decay_factors()
-            self.p, _ = fold(model, tokens.to(model.start_trace.dtype), r_action, T)
+            rate_action, rate_out = model.decay_rates()
+            self.r_out = torch.exp(-rate_out)
+            self.p, _ = fold(model, tokens.to(model.start_trace.dtype), rate_action, T)
             self.eps, self.heads, D, M, B = model.synapses[2].eps, c.heads, c.d_model, c.memory_length, x.shape[0]
             self.kT, self.v = self.p.kT, self.p.v
             self.seq = self.p.kT.new_empty(D, M + T, B)  # start trace, then a_1 .. a_T; column j is column off + j

@@ -326,8 +326,8 @@ class ContinuousThoughtMachine(nn.Module):
         grid = (features.shape[-2], features.shape[-1])
         return self.kv_proj(features.flatten(2).transpose(1, 2)), grid
 
-    def decay_factors(self) -> tuple[Tensor, Tensor]:
-        """r = exp(-decay) of the action and the output pairs, each decay clamped to [0, MAX_DECAY].
+    def decay_rates(self) -> tuple[Tensor, Tensor]:
+        """The decays of the action and the output pairs, clamped to [0, MAX_DECAY].
 
         The clamp is straight-through: the forward sees the clamped rate, the gradient flows as if unclamped
         (the seed clamps the parameters in place before using them; no writes to parameters here).
@@ -335,7 +335,12 @@ class ContinuousThoughtMachine(nn.Module):
         def clamped(p: Tensor) -> Tensor:
             return p + (p.clamp(0, MAX_DECAY) - p).detach()
 
-        return torch.exp(-clamped(self.decay_params_action)), torch.exp(-clamped(self.decay_params_out))
+        return clamped(self.decay_params_action), clamped(self.decay_params_out)
+
+    def decay_factors(self) -> tuple[Tensor, Tensor]:
+        """r = exp(-decay) of the action and the output pairs (decays clamped, see `decay_rates`)."""
+        rate_action, rate_out = self.decay_rates()
+        return torch.exp(-rate_action), torch.exp(-rate_out)
 
     def full_precision(self, x: Tensor):
         """A context in which autocast is off, so the ticks run in the parameters' precision."""

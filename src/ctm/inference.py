@@ -170,7 +170,7 @@ def predict(run_or_model: Run | ContinuousThoughtMachine, images: Any, *, halt_c
         raise ValueError("predict needs the input size (H, W): pass size=, or a Run that records it")
     names = names or tuple(str(i) for i in range(c.out_dims))
     device = next(model.parameters()).device
-    x = images_to_batch(images, c.in_channels, size).to(device)
+    x = images_to_batch(images, c.in_channels, size).to(device=device, dtype=model.start_trace.dtype)
     model.eval()
     if halt_certainty is not None:
         out = model.think(x, halt_certainty)

@@ -390,6 +390,10 @@ class ContinuousThoughtMachine(nn.Module):
             raise ValueError(f"images must be at least 4x4 (two 2x2 poolings), got {h}x{w}")
         if not x.is_floating_point():
             raise ValueError(f"expected a floating-point image tensor, got {x.dtype} (use x.float() / 255)")
+        dtype = self.start_trace.dtype
+        if x.dtype != dtype:
+            raise ValueError(f"expected {dtype} images (the model's parameters are {dtype}), got {x.dtype}; use "
+                             f"x.to({dtype}), or model.to({x.dtype}) for a model in that precision")
 
 
 CTM = ContinuousThoughtMachine

@@ -534,7 +534,7 @@ def thinking_gif(model: ContinuousThoughtMachine, image: torch.Tensor | np.ndarr
     model.eval()
     try:
         with torch.inference_mode():
-            out = model(x.unsqueeze(0).to(device=device, dtype=torch.float32), track=True)
+            out = model(x.unsqueeze(0).to(device=device, dtype=next(model.parameters()).dtype), track=True)
     finally:
         model.train(was_training)
     tr = out.tracking

@@ -46,7 +46,17 @@ def test_tiny_ctm_learns_synthetic_task_through_cli(synthetic, tmp_path, capsys)
                  "--lr", "3e-3", "--warmup-steps", "10", "--eval-every", "75", "--no-progress",
                  "--tick-loss-weight", "0", *TINY_FLAGS)
     assert rc == 0
-    assert "Finished 150 steps" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "Finished 150 steps" in stdout
+    # The start-up block says what the run is about to do, before the first step.
+    lines = stdout.splitlines()
+    assert lines[0] == f"run directory: {out}"
+    assert lines[1].startswith("data: mnist, 1200 train / 300 test images of 1x12x12, 10 classes (from ")
+    assert lines[2].startswith(f"model: {ctm.CTM(TINY).num_parameters():,} parameters; 4 ticks, 24 neurons")
+    assert lines[3].startswith("device: cpu, ")
+    assert lines[4] == ("training: 150 steps (4.05 epochs) at batch 32, lr 0.003 (cosine, 10 warm-up steps); "
+                        "evaluation every 75 steps on the 300 test images")
+    assert lines[5].startswith("step 75: train loss ") and "(mean since last eval) | test loss" in lines[5]
     assert {p.name for p in out.iterdir()} == {"config.json", "checkpoint.json", "checkpoints", ".lock",
                                                 "thinking.gif", "curves.png"}
     assert json.loads((out / "checkpoint.json").read_text()) == {"step": 150, "dir": "checkpoints/step-000000150"}
@@ -357,3 +367,11 @@ def test_real_mnist_smoke(tmp_path, capsys):
     assert rows[-1]["test_accuracy"] > 0.3  # well above chance (0.1) after 100 steps of a tiny CTM
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"]["shape"] == [1, 28, 28] and config["dataset"]["num_classes"] == 10
+
+
+def test_progress_bar_names_its_figures_and_says_when_it_evaluates(synthetic, tmp_path, capsys):
+    cfg = tr.TrainConfig(steps=6, batch_size=32, lr=1e-3, eval_every=3)
+    tr.train(tmp_path / "run", TINY, cfg, data_dir=str(synthetic), progress=True)
+    err = capsys.readouterr().err
+    assert "evaluating on 300 test images" in err
+    assert "train loss" in err and "(mean since last eval)" in err and "| test loss" in err

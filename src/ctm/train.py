@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,9 @@ from .config import CTMConfig, check_fields, option
 from .data import EpochSampler, ImageDataset, _mix_seed, load_dataset, random_affine
 from .evaluate import EvalResult, evaluate
 from .losses import accuracy, certainty_loss, per_tick_cross_entropy
+
+if TYPE_CHECKING:
+    from .model import ContinuousThoughtMachine
 
 
 @dataclass(frozen=True)
@@ -338,9 +341,15 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
                 "elapsed_s": elapsed, "world_size": info.world_size, "torch_version": str(torch.__version__)},
                 metrics)
 
+    if log is not None and info.is_main:
+        for line in _startup_lines(run_dir, resume, step, model, train_set, test_set, train_config, dev, info,
+                                   steps_per_epoch):
+            log(line)
     last_eval: EvalResult | None = None
-    # Sums since the last evaluation: certainty loss, mean per-tick cross-entropy, accuracy, steps.
+    # Sums since the last evaluation: certainty loss, mean per-tick cross-entropy, accuracy, steps (this rank's
+    # on the host for the progress bar, all ranks' for metrics.jsonl).
     running = torch.zeros(4, dtype=torch.float64, device=dev)
+    interval = [0.0, 0.0, 0]  # certainty loss, accuracy, steps
     bar = None
     if progress:
         from tqdm import tqdm
@@ -380,12 +389,16 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
                                          f"TrainConfig.grad_clip")
             step += 1
             running += torch.tensor([loss_value, tick_value, acc_value, 1.0], dtype=torch.float64, device=dev)
+            interval = [interval[0] + loss_value, interval[1] + acc_value, interval[2] + 1]
             if bar is not None:
                 bar.update(1)
-                bar.set_description(_describe(loss_value, acc_value, last_eval), refresh=False)
+                bar.set_description(_describe(interval[0] / interval[2], interval[1] / interval[2], last_eval),
+                                    refresh=False)
             is_last = step == train_config.steps
             stop_now = stop_flag > 0
             if step % train_config.eval_every == 0 or is_last:
+                if bar is not None:
+                    bar.set_postfix_str(f"evaluating on {len(test_set)} test images")
                 dist.broadcast_buffers(model, info)  # evaluate (and save) rank 0's BatchNorm statistics
                 last_eval = evaluate(model, test_set, train_config.eval_batch_size, dist_info=info)
                 loss_sum, tick_sum, acc_sum, n = dist.all_reduce_sum(running, info).tolist()
@@ -398,9 +411,11 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
                     "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(elapsed, 3),
                 })
                 running.zero_()
+                interval = [0.0, 0.0, 0]
                 save()
                 if bar is not None:
-                    bar.set_description(_describe(loss_value, acc_value, last_eval))
+                    bar.set_postfix_str("", refresh=False)
+                    bar.set_description(_describe(metrics[-1]["train_loss"], metrics[-1]["train_accuracy"], last_eval))
                 elif log is not None:
                     log(_describe(metrics[-1]["train_loss"], metrics[-1]["train_accuracy"], last_eval, step))
             elif stop_now:
@@ -458,10 +473,32 @@ def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Im
 
 
 def _describe(loss: float, acc: float, ev: EvalResult | None, step: int | None = None) -> str:
-    text = f"Train Loss: {loss:.3f}, Train Acc: {acc:.3f}"
+    """The progress line: train loss and accuracy are means over the steps since the last evaluation (as in
+    metrics.jsonl), test figures those of the last evaluation."""
+    text = f"train loss {loss:.3f} acc {acc:.3f} (mean since last eval)"
     if ev is not None:
-        text += f" Test Loss: {ev.loss:.3f}, Test Acc: {ev.accuracy:.4f}"
+        text += f" | test loss {ev.loss:.3f} acc {ev.accuracy:.4f}"
     return text if step is None else f"step {step}: {text}"
+
+
+def _startup_lines(run_dir: Path, resume: bool, step: int, model: ContinuousThoughtMachine, train_set: ImageDataset,
+                   test_set: ImageDataset, cfg: TrainConfig, dev: torch.device, info: dist.DistInfo,
+                   steps_per_epoch: int) -> list[str]:
+    """What a training run is about to do, printed before its first step."""
+    c = model.config
+    shape = "x".join(str(n) for n in train_set.shape)
+    ranks = f", {info.world_size} ranks" if info.enabled else ""
+    return [
+        f"run directory: {run_dir}" + (f" (resuming at step {step})" if resume else ""),
+        f"data: {cfg.dataset}, {len(train_set)} train / {len(test_set)} test images of {shape}, "
+        f"{train_set.num_classes} classes (from {train_set.source})",
+        f"model: {model.num_parameters():,} parameters; {c.iterations} ticks, {c.d_model} neurons, memory "
+        f"{c.memory_length}",
+        f"device: {dev}, {torch.get_num_threads()} threads{ranks}",
+        f"training: {cfg.steps} steps ({cfg.steps / steps_per_epoch:.2f} epochs) at batch {cfg.batch_size}, "
+        f"lr {cfg.lr:g} ({cfg.schedule}, {cfg.warmup_steps} warm-up steps); evaluation every {cfg.eval_every} "
+        f"steps on the {len(test_set)} test images",
+    ]
 
 
 def _fresh_run_dir_problem(run_dir: Path) -> str | None:

@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -140,7 +140,7 @@ class _ThinkingFigure:
 
     def __init__(self, image, predictions, certainties, pre_activations, post_activations, attention,
                  token_grid, target=None, n_neurons=16, class_names=None, fig_scale=1.0, blit=True,
-                 attention_scale="tick"):
+                 attention_scale="tick", caption=None):
         predictions = np.asarray(predictions, dtype=np.float64)
         if predictions.ndim != 2:
             raise ValueError(f"predictions must have shape (classes, ticks), got {predictions.shape}")
@@ -199,11 +199,11 @@ class _ThinkingFigure:
         self.most_certain = int(np.argmax(np.nan_to_num(certainties, nan=-np.inf)))
         self.attention = attention.mean(axis=1).reshape(T, gh, gw)  # mean over heads
         self.blit = blit
-        self._build(image, pre[:, :n_neurons], post[:, :n_neurons], heads, fig_scale)
+        self._build(image, pre[:, :n_neurons], post[:, :n_neurons], heads, fig_scale, caption)
 
     # ------------------------------------------------------------------ layout (once)
 
-    def _build(self, image, pre, post, heads, fig_scale):
+    def _build(self, image, pre, post, heads, fig_scale, caption=None):
         fig = self.figure = _new_figure(FRAME_SIZE_IN, BASE_DPI * fig_scale)
         self.canvas = fig.canvas
         T, ticks = self.T, np.arange(1, self.T + 1)
@@ -218,8 +218,14 @@ class _ThinkingFigure:
         self.tick_text = anim(fig.text(0.035, 0.968, "", fontsize=17, fontweight="bold", va="center",
                                        color=NEUTRAL_TEXT))
         self.pred_text = anim(fig.text(0.965, 0.968, "", fontsize=14, ha="right", va="center"))
+        if caption:  # why this sample was chosen, under the header
+            import textwrap
 
-        outer = fig.add_gridspec(3, 1, height_ratios=[3.3, 1.55, 4.2], left=0.035, right=0.965, top=0.925,
+            fig.text(0.035, 0.948, textwrap.fill("Why this image: " + caption, 140), fontsize=8.5, va="top",
+                     color="#555555")
+
+        outer = fig.add_gridspec(3, 1, height_ratios=[3.3, 1.55, 4.2], left=0.035, right=0.965,
+                                 top=0.89 if caption else 0.925,
                                  bottom=0.035, hspace=0.3)
         top = outer[0].subgridspec(1, 3, width_ratios=[1.0, 1.0, 1.15], wspace=0.28)
 
@@ -442,7 +448,7 @@ def thinking_frames(image: np.ndarray, predictions: np.ndarray, certainties: np.
                     pre_activations: np.ndarray, post_activations: np.ndarray, attention: np.ndarray,
                     token_grid: tuple[int, int], target: int | None = None, n_neurons: int = 16,
                     class_names: Sequence[str] | None = None, fig_scale: float = 1.0,
-                    attention_scale: str = "tick") -> list[np.ndarray]:
+                    attention_scale: str = "tick", caption: str | None = None) -> list[np.ndarray]:
     """One RGB uint8 frame per tick of one sample's thought, all the same size (900 x 1000 at scale 1).
 
     image (C, H, W) in [0, 1]: one channel is shown in gray, three as RGB, others as their mean.
@@ -452,11 +458,12 @@ def thinking_frames(image: np.ndarray, predictions: np.ndarray, certainties: np.
     probabilities (target green), the certainty curve with the current and the most certain tick, and
     the traces of the first `n_neurons` neurons. `attention_scale` "tick" spans the colours over each tick's
     weights, "sample" from 0 to the largest weight of all ticks (a near-uniform map then looks uniform);
-    a colour bar gives the range either way.
+    a colour bar gives the range either way. `caption`, when given, is a line under the header (say, why
+    this sample was chosen).
     """
     fig = _ThinkingFigure(image, predictions, certainties, pre_activations, post_activations, attention,
                           token_grid, target=target, n_neurons=n_neurons, class_names=class_names,
-                          fig_scale=fig_scale, attention_scale=attention_scale)
+                          fig_scale=fig_scale, attention_scale=attention_scale, caption=caption)
     return [fig.render(t) for t in range(fig.T)]
 
 
@@ -516,7 +523,8 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: float | None = N
 def thinking_gif(model: ContinuousThoughtMachine, image: torch.Tensor | np.ndarray, target: int | None = None,
                  path: str | os.PathLike[str] | None = None, fps: float = 5,
                  class_names: Sequence[str] | None = None, n_neurons: int = 16,
-                 fig_scale: float = 1.0, attention_scale: str = "tick") -> list[np.ndarray]:
+                 fig_scale: float = 1.0, attention_scale: str = "tick",
+                 caption: str | None = None) -> list[np.ndarray]:
     """Run `model` on one image (C, H, W) in [0, 1] and draw its thought, one frame per tick.
 
     The model runs in eval mode under inference_mode on its own device (its mode is restored after).
@@ -546,10 +554,61 @@ def thinking_gif(model: ContinuousThoughtMachine, image: torch.Tensor | np.ndarr
         np1(x), np1(out.predictions[0]), np1(out.certainties[0, 1]), np1(tr.pre_activations[:, 0]),
         np1(tr.post_activations[:, 0]), np1(tr.attention[:, 0]), tr.token_grid, target=target,
         n_neurons=n_neurons, class_names=class_names, fig_scale=fig_scale, attention_scale=attention_scale,
+        caption=caption,
     )
     if path is not None:
         save_gif(frames, path, fps=fps)
     return frames
+
+
+class ThinkingPick(NamedTuple):
+    """A sample chosen by `pick_thinking_example`: its index, its score and why, in words."""
+
+    index: int
+    score: float  # total variation of the class probabilities over the ticks
+    reason: str
+
+
+def pick_thinking_example(model: ContinuousThoughtMachine, dataset: ImageDataset, limit: int = 500,
+                          batch_size: int = 250) -> ThinkingPick:
+    """Among the first `limit` samples, the one on which the model most uses its ticks.
+
+    Score: the total variation of the class probabilities across ticks, sum_t 0.5 * |p_t - p_{t-1}|_1, which
+    grows with every change of prediction and of certainty. Samples answered right at their most certain
+    tick are preferred (a thought that ends well); the model runs in eval mode.
+    """
+    import torch
+
+    n = min(int(limit), len(dataset))
+    if n < 1:
+        raise ValueError("pick_thinking_example needs at least one sample")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    probs, certainty = [], []
+    try:
+        with torch.inference_mode():
+            for idx in torch.arange(n).split(batch_size):
+                x, _ = dataset.batch(idx)
+                out = model(x.to(device))
+                probs.append(out.predictions.float().softmax(1).cpu().numpy())  # (b, C, T)
+                certainty.append(out.certainties[:, 1].float().cpu().numpy())  # (b, T)
+    finally:
+        model.train(was_training)
+    p, c = np.concatenate(probs), np.concatenate(certainty)
+    labels = np.asarray(dataset.labels[:n].cpu())
+    score = 0.5 * np.abs(np.diff(p, axis=2)).sum(axis=(1, 2))  # (n,)
+    most_certain = c.argmax(axis=1)
+    right = p[np.arange(n), :, most_certain].argmax(axis=1) == labels
+    pool = np.flatnonzero(right) if right.any() else np.arange(n)
+    i = int(pool[np.argmax(score[pool])])
+    path = [int(k) for k in p[i].argmax(axis=0)]
+    steps = [path[0]] + [k for a, k in zip(path, path[1:], strict=False) if k != a]
+    shown = "\u2192".join(map(str, steps[:8])) + ("\u2026" if len(steps) > 8 else "")
+    name = f"{getattr(dataset, 'split', '') or 'dataset'} image"
+    reason = (f"of the first {n} {name}s, its probabilities change most over the ticks (prediction {shown}; "
+              f"certainty {c[i, 0]:.2f} at tick 1, {c[i].max():.2f} at tick {int(most_certain[i]) + 1})")
+    return ThinkingPick(i, float(score[i]), reason)
 
 
 def select_example(dataset: ImageDataset, index: int | None = None,

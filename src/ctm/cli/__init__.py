@@ -43,6 +43,9 @@ def _positive_int(text: str) -> int:
     return v
 
 
+# `ctm viz` without --index and thinking.gif pick among this many first test images.
+THOUGHTFUL_POOL = 500
+
 EXAMPLES = {
     "train": """examples:
   ctm train                                  # MNIST with the default recipe, into runs/mnist-<time>
@@ -54,10 +57,17 @@ EXAMPLES = {
   ctm eval runs/mnist-20261129-101500
   ctm eval RUN --json --plot                 # machine-readable; RUN/ticks.png
   ctm eval RUN --halt-certainty 0.9          # adaptive computation at one threshold
-  ctm eval RUN --halt-sweep                  # several thresholds, RUN/halting.png""",
+  ctm eval RUN --halt-sweep                  # several thresholds, RUN/halting.png
+  ctm eval --pretrained mnist                # the bundled model (on its shipped test images without MNIST)""",
     "viz": """examples:
-  ctm viz RUN                                # test image 0 -> RUN/thinking-test-0.gif
+  ctm viz RUN                                # an image the model thinks about -> RUN/thinking-test-<index>.gif
+  ctm viz --pretrained mnist                 # the bundled model, no data needed
+  ctm viz RUN --index 0                      # test image 0
   ctm viz RUN --label 7 --out seven.gif""",
+    "view": """examples:
+  ctm view --pretrained mnist                # ./ctm-view-mnist.html, no data needed
+  ctm view RUN --samples 200                 # RUN/viewer.html
+  ctm view RUN --serve --port 8000           # also on http://127.0.0.1:8000/ until Ctrl-C""",
     "predict": """examples:
   ctm predict RUN digit.png photo.jpg
   ctm predict RUN *.png --halt-certainty 0.9 --json""",
@@ -113,7 +123,7 @@ def _add_train_parser(sub) -> None:
 def _add_eval_parser(sub) -> None:
     p = _add_parser(sub, "eval", "Test loss and accuracy of a run at the most-certain tick and the last tick, "
                                  "and accuracy per tick.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by ctm train")
+    _add_model_source(p)
     p.add_argument("--dataset", help="evaluate on another dataset of the same shape (default: the run's)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the IDX files (default: the run's, else the "
                                                      "standard places)")
@@ -130,14 +140,17 @@ def _add_eval_parser(sub) -> None:
                       help="evaluate several thresholds (default: a built-in list), print a table and write "
                            "RUN_DIR/halting.png")
     p.add_argument("--max-ticks", type=_positive_int, help="with --halt-*: stop every sample by this tick")
+    p.add_argument("--slice", action="store_true", help="with --pretrained: evaluate on the test images shipped "
+                   "with the weights (the default when the dataset's files are not found)")
 
 
 def _add_viz_parser(sub) -> None:
     p = _add_parser(sub, "viz", "The thinking GIF of one image: input, attention map, class probabilities, "
                                 "certainty, neuron traces.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by ctm train")
+    _add_model_source(p)
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--index", type=int, help="image index in the split (default 0)")
+    which.add_argument("--index", type=int, help="image index in the split (default: among the first "
+                       f"{THOUGHTFUL_POOL} test images, the one whose probabilities change most over the ticks)")
     which.add_argument("--label", type=int, help="the first image with this label")
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the IDX files (default: the run's, else the "
@@ -160,6 +173,34 @@ def _add_predict_parser(sub) -> None:
     _add_runtime_flags(p)
 
 
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a run directory written by ctm train (or use "
+                                                                  "--pretrained)")
+    p.add_argument("--pretrained", metavar="NAME",
+                   help="a model bundled with ctm instead of a run (see ctm pretrained)")
+
+
+def _add_view_parser(sub) -> None:
+    p = _add_parser(sub, "view", "Write one self-contained HTML page to step through the model's ticks on test "
+                                 "samples: the input with its attention, class probabilities, certainty, neuron "
+                                 "traces, halting. No network needed to open it.")
+    _add_model_source(p)
+    p.add_argument("--out", metavar="FILE.html", help="default RUN_DIR/viewer.html, or ./ctm-view-NAME.html "
+                   "for --pretrained")
+    p.add_argument("--samples", type=_positive_int, default=100, help="test samples in the picker (default 100)")
+    p.add_argument("--threshold", type=float, default=0.9, help="the halting threshold shown first (default 0.9)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the IDX files (default: the run's, else the "
+                                                     "standard places; with --pretrained: the shipped test images)")
+    p.add_argument("--serve", action="store_true", help="also serve the page on 127.0.0.1 until Ctrl-C")
+    p.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000; 0: any free port)")
+    _add_runtime_flags(p)
+
+
+def _add_pretrained_parser(sub) -> None:
+    _add_parser(sub, "pretrained", "The trained models shipped inside the package, with the command that made "
+                                   "each and its accuracy.")
+
+
 def _add_bench_parser(sub) -> None:
     # Listed for `ctm --help`; main() hands everything after `bench` to ctm.bench, which parses its own flags.
     sub.add_parser("bench", help="speed of ctm against the seed reference (ctm bench --help)", add_help=False)
@@ -172,6 +213,8 @@ SUBCOMMANDS = {
     "eval": ("evaluate a trained run", lambda sub: _add_eval_parser(sub)),
     "viz": ("render the thinking GIF of one image", lambda sub: _add_viz_parser(sub)),
     "predict": ("classify image files with a trained run", lambda sub: _add_predict_parser(sub)),
+    "view": ("an interactive tick viewer (one HTML file)", lambda sub: _add_view_parser(sub)),
+    "pretrained": ("list the models bundled with ctm", lambda sub: _add_pretrained_parser(sub)),
     "bench": ("speed of ctm against the seed reference (ctm bench --help)", lambda sub: _add_bench_parser(sub)),
 }
 
@@ -294,8 +337,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_source(args: argparse.Namespace, device="cpu"):
+    """(model, config payload) of RUN_DIR or of --pretrained NAME."""
+    if (args.run_dir is None) == (args.pretrained is None):
+        raise CLIError("give a run directory or --pretrained NAME (one of them; ctm pretrained lists the names)")
+    if args.pretrained is not None:
+        from ..pretrained import load_pretrained, pretrained_config
+
+        return load_pretrained(args.pretrained, device), pretrained_config(args.pretrained)
+    from ..checkpoint import load_model
+
+    return load_model(args.run_dir, device)
+
+
+def _samples_for(args: argparse.Namespace, payload: dict, split: str = "test"):
+    """The data a command shows: for --pretrained without --data-dir the test slice shipped with the weights,
+    else the run's dataset split."""
+    from ..data import load_dataset
+
+    if args.pretrained is not None and args.data_dir is None and split == "test":
+        from ..pretrained import pretrained_test_slice
+
+        return pretrained_test_slice(args.pretrained)
+    if args.pretrained is not None:
+        return load_dataset(payload["dataset"]["name"], split, data_dir=args.data_dir)
+    data_dir = _data_dir_for(args.run_dir, payload, args.data_dir)
+    return load_dataset(_run_dataset(args.run_dir, payload), split, data_dir=data_dir)
+
+
 def _write_run_pictures(run_dir: Path, data_dir: str | None) -> None:
-    """thinking.gif (test image 0) and curves.png in the run directory; skipped without matplotlib."""
+    """thinking.gif (a test image the model thinks about) and curves.png in the run directory; skipped
+    without matplotlib."""
     try:
         from .. import viz
         from ..checkpoint import load_model, read_metrics
@@ -308,10 +380,11 @@ def _write_run_pictures(run_dir: Path, data_dir: str | None) -> None:
         return
     model, payload = load_model(run_dir)
     data = load_dataset(_run_dataset(run_dir, payload), "test", data_dir=data_dir)
-    _, image, target = viz.select_example(data, 0)
-    viz.thinking_gif(model, image, target, path=run_dir / "thinking.gif")
+    pick = viz.pick_thinking_example(model, data, THOUGHTFUL_POOL)
+    _, image, target = viz.select_example(data, pick.index)
+    viz.thinking_gif(model, image, target, path=run_dir / "thinking.gif", caption=pick.reason)
     viz.save_curves(read_metrics(run_dir), run_dir / "curves.png")
-    print(f"Wrote {run_dir / 'thinking.gif'} and {run_dir / 'curves.png'}")
+    print(f"Wrote {run_dir / 'thinking.gif'} (test image {pick.index}: {pick.reason}) and {run_dir / 'curves.png'}")
 
 
 def _run_dataset(run_dir: str | Path, payload: dict) -> str:
@@ -326,8 +399,6 @@ def _run_dataset(run_dir: str | Path, payload: dict) -> str:
 
 def cmd_viz(args: argparse.Namespace) -> int:
     from .. import viz
-    from ..checkpoint import load_model
-    from ..data import load_dataset
 
     if not 0.1 <= args.fps <= 100:
         raise CLIError(f"--fps must be between 0.1 and 100 frames per second, got {args.fps}")
@@ -343,21 +414,96 @@ def cmd_viz(args: argparse.Namespace) -> int:
     from ..train import resolve_device
 
     _set_threads(args.threads)
-    model, payload = load_model(args.run_dir, resolve_device(args.device))
-    data_dir = _data_dir_for(args.run_dir, payload, args.data_dir)
-    data = load_dataset(_run_dataset(args.run_dir, payload), args.split, data_dir=data_dir)
-    index, image, target = viz.select_example(data, args.index, args.label)
-    out = Path(args.out or Path(args.run_dir) / f"thinking-{args.split}-{index}.gif")
+    model, payload = _load_source(args, resolve_device(args.device))
+    data = _samples_for(args, payload, args.split)
+    where = f"{data.split} image" if data.split == "test-slice" else f"{args.split} image"
+    caption = None
+    if args.index is None and args.label is None:
+        pick = viz.pick_thinking_example(model, data, THOUGHTFUL_POOL)
+        index, caption = pick.index, pick.reason
+    else:
+        index = args.index
+    index, image, target = viz.select_example(data, index, args.label)
+    if args.pretrained is None:
+        out = Path(args.out or Path(args.run_dir) / f"thinking-{args.split}-{index}.gif")
+    else:
+        out = Path(args.out or f"thinking-{args.pretrained}-{index}.gif")
     started = time.perf_counter()
-    frames = viz.thinking_gif(model, image, target, path=out, fps=args.fps)
-    print(f"Wrote {out}: {len(frames)} frames ({args.split} image {index}, label {target}) "
-          f"in {time.perf_counter() - started:.1f} s")
+    frames = viz.thinking_gif(model, image, target, path=out, fps=args.fps, caption=caption)
+    print(f"Wrote {out}: {len(frames)} frames ({where} {index}, label {target}) "
+          f"in {time.perf_counter() - started:.1f} s" + (f"; why this image: {caption}" if caption else ""))
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import view
+    from ..train import resolve_device
+
+    if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
+        raise CLIError(f"--threshold is a certainty in [0, 1], got {args.threshold}")
+    if not 0 <= args.port <= 65535:
+        raise CLIError(f"--port must be in 0..65535, got {args.port}")
+    if args.out is not None:
+        out = Path(args.out)
+        if out.suffix.lower() not in (".html", ".htm"):
+            raise CLIError(f"--out {out}: the file name must end in .html")
+        if out.is_dir():
+            raise CLIError(f"--out {out} is a folder; give a file name ending in .html")
+        if not out.parent.is_dir():
+            raise CLIError(f"--out {out}: folder {out.parent} does not exist")
+        _check_path_text("--out", args.out)
+    _set_threads(args.threads)
+    model, payload = _load_source(args, resolve_device(args.device))
+    data = _samples_for(args, payload)
+    n = min(args.samples, len(data))
+    images, labels = data.batch(torch.arange(n))
+    source = (f"the test slice shipped with {args.pretrained}" if data.split == "test-slice"
+              else f"{data.name} {data.split}")
+    title = f"ctm view: {args.pretrained or Path(args.run_dir).name}"
+    started = time.perf_counter()
+    page = view.viewer_data(model, images, labels.tolist(), title=title, source=source, threshold=args.threshold)
+    out = Path(args.out) if args.out else (Path(args.run_dir) / "viewer.html" if args.pretrained is None
+                                           else Path(f"ctm-view-{args.pretrained}.html"))
+    view.write_viewer(page, out)
+    print(f"Wrote {out} ({out.stat().st_size / 1024:.0f} KB, {n} samples of {source}) in "
+          f"{time.perf_counter() - started:.1f} s. Open it in a browser: {out.resolve().as_uri()}")
+    if not args.serve:
+        return 0
+    server = view.serve(out, args.port)
+    print(f"Serving on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("Stopped.")
+    finally:
+        server.server_close()
+    return 0
+
+
+def cmd_pretrained(args: argparse.Namespace) -> int:
+    from ..pretrained import list_pretrained
+
+    infos = list_pretrained()
+    if not infos:
+        print("No bundled models in this installation.")
+        return 0
+    for info in infos:
+        r = info.record
+        size = sum(info.files.values()) / 1024
+        print(f"{info.name}: {info.dataset}, {r.get('parameters', '?')} parameters, test accuracy "
+              f"{r['test_accuracy']:.4f} (n={r['test_n']}), {r['slice_accuracy']:.4f} on the shipped slice of "
+              f"{r['slice_n']} test images; {size:.0f} KB")
+        print(f"  trained with: {r['command']}")
+        print(f"  use: ctm view --pretrained {info.name} | ctm viz --pretrained {info.name} | "
+              f"ctm eval --pretrained {info.name} | ctm.load_pretrained({info.name!r})")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model
     from ..data import load_dataset
+    from ..datasets import dataset_spec, find_dataset
     from ..evaluate import evaluate
     from ..train import resolve_device
 
@@ -369,7 +515,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        "--halt-sweep (the sweep writes halting.png itself)")
     _set_threads(args.threads)
     device = resolve_device(args.device)
-    model, payload = load_model(args.run_dir, device)
+    model, payload = _load_source(args, device)
     if args.max_ticks is not None and args.max_ticks > model.config.iterations:
         raise CLIError(f"--max-ticks {args.max_ticks} exceeds the model's {model.config.iterations} ticks")
     from ..checkpoint import run_dataset_name
@@ -377,8 +523,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset_name = args.dataset or run_dataset_name(payload)
     if dataset_name is None:
         raise CLIError(f"{args.run_dir} does not record its dataset; pass --dataset")
-    data = load_dataset(dataset_name, args.split, data_dir=_data_dir_for(args.run_dir, payload, args.data_dir,
-                                                                          args.dataset))
+    if args.pretrained is not None and args.dataset is None and args.split == "test" and (
+            args.slice or (args.data_dir is None and find_dataset(
+                dataset_name, files=dataset_spec(dataset_name).splits["test"]) is None)):
+        from ..pretrained import pretrained_test_slice
+
+        data = pretrained_test_slice(args.pretrained)
+        if not args.slice:
+            print(f"note: no {dataset_name} files found here; evaluating on the {len(data)} test images shipped "
+                  f"with --pretrained {args.pretrained}", file=sys.stderr)
+    elif args.slice:
+        raise CLIError("--slice needs --pretrained (and the test split)")
+    else:
+        data_dir = (args.data_dir if args.pretrained is not None
+                    else _data_dir_for(args.run_dir, payload, args.data_dir, args.dataset))
+        data = load_dataset(dataset_name, args.split, data_dir=data_dir)
     c = model.config
     if data.shape[0] != c.in_channels or data.num_classes != c.out_dims:
         raise CLIError(f"{dataset_name} has {data.shape[0]} channel(s) and {data.num_classes} classes, but the "
@@ -390,11 +549,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.plot:
         from ..viz import save_ticks_plot
 
-        save_ticks_plot(result, Path(args.run_dir) / "ticks.png")
+        save_ticks_plot(result, Path(args.run_dir or ".") / "ticks.png")
     if args.json:
-        print(_json_line({"dataset": dataset_name, "split": args.split, **result.to_dict()}))
+        print(_json_line({"dataset": dataset_name, "split": data.split, **result.to_dict()}))
         return 0
-    print(f"{dataset_name} {args.split}: n={result.n}")
+    print(f"{dataset_name} {data.split}: n={result.n}")
     print(f"  loss                      {result.loss:.4f}")
     print(f"  accuracy (most certain)   {result.accuracy:.4f}")
     print(f"  accuracy (last tick)      {result.accuracy_last_tick:.4f}")
@@ -446,7 +605,7 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
     if args.halt_sweep is not None:
         from ..viz import save_halting_plot
 
-        plot_path = Path(args.run_dir) / "halting.png"
+        plot_path = Path(args.run_dir or ".") / "halting.png"
         replaced = " (replacing the earlier one)" if plot_path.exists() else ""
         save_halting_plot(results, full, wall_full, plot_path)
     if args.json:
@@ -502,7 +661,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "predict": cmd_predict}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "predict": cmd_predict, "view": cmd_view,
+            "pretrained": cmd_pretrained}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,147 @@
+"""Trained weights that ship inside the package, so a fresh install can watch a CTM think.
+
+Each bundled model is a folder next to this file:
+  config.json         the run's config (model, train, dataset), as in a run directory
+  model.safetensors   weights and buffers
+  test_slice.safetensors  the first test images (uint8 (n, C, H, W)) and labels (uint8 (n,))
+  record.json         the command that trained it and its measured accuracy (full test set and slice)
+No pickle: weights and samples are safetensors, the rest JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_write
+from ..config import CTMConfig
+from ..model import ContinuousThoughtMachine
+
+BUNDLE_DIR = Path(__file__).resolve().parent
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+SLICE_FILE = "test_slice.safetensors"
+RECORD_FILE = "record.json"
+
+
+class PretrainedError(ValueError):
+    """An unknown bundled model name or an incomplete bundle."""
+
+
+@dataclass(frozen=True)
+class PretrainedInfo:
+    """What `list_pretrained` reports about one bundled model."""
+
+    name: str
+    path: Path
+    dataset: str
+    record: dict[str, Any]  # the contents of record.json
+
+    @property
+    def files(self) -> dict[str, int]:
+        """Bundle file name -> size in bytes."""
+        return {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}
+
+
+def _bundle(name: str) -> Path:
+    path = BUNDLE_DIR / name
+    if not name or os.sep in name or "/" in name or not (path / CONFIG_FILE).is_file():
+        known = ", ".join(i.name for i in list_pretrained()) or "none"
+        raise PretrainedError(f"no bundled model named {name!r} (bundled: {known})")
+    for file in (MODEL_FILE, SLICE_FILE, RECORD_FILE):
+        if not (path / file).is_file():
+            raise PretrainedError(f"bundled model {name!r} is incomplete: {path / file} is missing")
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def list_pretrained() -> list[PretrainedInfo]:
+    """The bundled models, by name."""
+    infos = []
+    for path in sorted(p for p in BUNDLE_DIR.iterdir() if (p / CONFIG_FILE).is_file() and (p / RECORD_FILE).is_file()):
+        config = _read_json(path / CONFIG_FILE)
+        infos.append(PretrainedInfo(path.name, path, config["dataset"]["name"], _read_json(path / RECORD_FILE)))
+    return infos
+
+
+def pretrained_config(name: str) -> dict[str, Any]:
+    """The bundled model's config.json (model, train and dataset sections)."""
+    return _read_json(_bundle(name) / CONFIG_FILE)
+
+
+def pretrained_record(name: str) -> dict[str, Any]:
+    """The bundled model's record.json: the command that trained it and its measured accuracy."""
+    return _read_json(_bundle(name) / RECORD_FILE)
+
+
+def load_pretrained(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu"
+                    ) -> ContinuousThoughtMachine:
+    """A bundled model by name ("mnist"), or the model of a run directory, in eval mode on `device`.
+
+    A string naming a bundled model means that model, even where a folder of that name exists; a Path, a
+    string with a separator, or any other existing folder is a run directory.
+    """
+    from safetensors.torch import load_file
+
+    text = str(name_or_path)
+    is_name = not isinstance(name_or_path, os.PathLike) and "/" not in text and os.sep not in text
+    if not (is_name and (BUNDLE_DIR / text / CONFIG_FILE).is_file()) and (not is_name or Path(text).is_dir()):
+        from ..checkpoint import load_model
+
+        model, _ = load_model(Path(name_or_path), device)
+        return model.eval()
+    path = _bundle(str(name_or_path))
+    model = ContinuousThoughtMachine(CTMConfig.from_dict(_read_json(path / CONFIG_FILE)["model"]))
+    model.load_state_dict(load_file(str(path / MODEL_FILE)))
+    return model.to(device).eval()
+
+
+def pretrained_test_slice(name: str):
+    """The test samples shipped with a bundled model, as an `ImageDataset` (split "test-slice")."""
+    from safetensors.torch import load_file
+
+    from ..data import ImageDataset
+
+    path = _bundle(name)
+    tensors = load_file(str(path / SLICE_FILE))
+    config = _read_json(path / CONFIG_FILE)
+    return ImageDataset(tensors["images"], tensors["labels"].long(), int(config["model"]["out_dims"]),
+                        name=config["dataset"]["name"], split="test-slice", source=str(path / SLICE_FILE))
+
+
+def save_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], test_data, n_slice: int,
+                record: dict[str, Any]) -> Path:
+    """Make a bundle folder from a run directory: its config and weights, the first `n_slice` samples of
+    `test_data` (an `ImageDataset`) and `record` (written as record.json). Returns the folder."""
+    from safetensors.torch import save_file
+
+    from ..checkpoint import load_model
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model, payload = load_model(run_dir)
+    if int(test_data.labels.max()) > 255:
+        raise ValueError("labels above 255 do not fit the slice's uint8 labels")
+    payload = {k: v for k, v in payload.items() if k != "dataset"} | {
+        "dataset": {"name": payload["dataset"]["name"]}}  # no machine-specific data paths
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    sample = {"images": test_data.images[:n_slice].contiguous(),
+              "labels": test_data.labels[:n_slice].to(torch.uint8).contiguous()}
+    atomic_write(out_dir / MODEL_FILE, lambda tmp: save_file(state, tmp))
+    atomic_write(out_dir / SLICE_FILE, lambda tmp: save_file(sample, tmp))
+    write_json(out_dir / CONFIG_FILE, payload)
+    write_json(out_dir / RECORD_FILE, record)
+    return out_dir
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """`payload` as indented JSON, written atomically."""
+    text = json.dumps(payload, indent=2) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -1,0 +1,184 @@
+"""The viewer in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright.
+
+Skips with the reason when Playwright or a Chromium executable is missing. `CTM_CHROMIUM` names the
+executable when it is not `chromium` on PATH. Playwright's own browser download is never used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import pytest
+import torch
+
+import ctm
+from ctm import view
+from ctm.pretrained import pretrained_test_slice
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+CHROMIUM = os.environ.get("CTM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+if not CHROMIUM:
+    pytest.skip("no Chromium executable (apt-get install chromium, or set CTM_CHROMIUM)", allow_module_level=True)
+
+N_SAMPLES = 100
+
+
+@pytest.fixture(scope="module")
+def viewer(tmp_path_factory):
+    """The viewer page of the bundled MNIST model on 100 samples of its shipped slice, and its data."""
+    data = pretrained_test_slice("mnist")
+    images, labels = data.batch(torch.arange(N_SAMPLES))
+    payload = view.viewer_data(ctm.load_pretrained("mnist"), images, labels.tolist(), title="test viewer")
+    path = view.write_viewer(payload, tmp_path_factory.mktemp("viewer") / "viewer.html")
+    return path, payload
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        except Exception as e:  # a broken install: say why instead of erroring every test
+            pytest.skip(f"Chromium at {CHROMIUM} does not start under Playwright: {str(e).splitlines()[0]}")
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, viewer):
+    """A fresh page on the viewer; fails the test on any console error or uncaught exception."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(viewer[0].as_uri())
+    page.wait_for_selector("#samples li")
+    yield page
+    page.close()
+    assert errors == []
+
+
+def bars(page) -> list[float]:
+    return [float(v) for v in page.eval_on_selector_all("#probs rect.bar", "els => els.map(e => e.dataset.p)")]
+
+
+def listed(page, key: str) -> list[int]:
+    """The picker's samples in their shown order: their position in the data ("pos") or dataset "index"."""
+    return [int(v) for v in page.eval_on_selector_all("#samples li[data-pos]", f"els => els.map(e => e.dataset.{key})")]
+
+
+def set_tick(page, tick: int) -> None:
+    page.fill("#tick-slider", str(tick))  # fires the input event like a drag would
+
+
+def pick(page, pos: int) -> None:
+    page.click(f"#samples li[data-pos='{pos}']")
+
+
+def changing_sample(payload) -> tuple[int, int, int]:
+    """A sample whose probabilities and most-attended token both change between two ticks: (pos, t1, t2)."""
+    for pos, s in enumerate(payload["samples"]):
+        for t in range(1, payload["ticks"]):
+            if s["probs"][t] != s["probs"][0] and s["attention_max"][t] != s["attention_max"][0]:
+                return pos, 0, t
+    pytest.fail("no sample changes its probabilities and its attention over the ticks")
+
+
+def test_opens_fast_with_everything_drawn(page, viewer):
+    payload = viewer[1]
+    assert float(page.get_attribute("body", "data-ready-ms")) < 1000  # well under a second for 100 samples
+    assert page.locator("#samples li").count() == N_SAMPLES
+    assert page.text_content("#tick-label") == f"tick 1 / {payload['ticks']}"
+    assert page.locator("#probs rect.bar").count() == 10
+    assert page.text_content("#title") == "test viewer"
+
+
+def test_slider_moves_tick_label_bars_and_attention(page, viewer):
+    payload = viewer[1]
+    pos, t1, t2 = changing_sample(payload)
+    pick(page, pos)
+    s = payload["samples"][pos]
+    for t in (t1, t2):
+        set_tick(page, t + 1)
+        assert page.text_content("#tick-label") == f"tick {t + 1} / {payload['ticks']}"
+        assert bars(page) == pytest.approx([v / 1000 for v in s["probs"][t]], abs=1e-9)
+        assert int(page.get_attribute("#attn-info", "data-cell")) == s["attention_max"][t]
+    set_tick(page, t1 + 1)
+    before_bars, before_cell = bars(page), page.get_attribute("#attn-info", "data-cell")
+    before_image = page.eval_on_selector("#image", "c => c.toDataURL()")
+    set_tick(page, t2 + 1)
+    assert bars(page) != before_bars
+    assert page.get_attribute("#attn-info", "data-cell") != before_cell  # the highlighted cell moved
+    assert page.eval_on_selector("#image", "c => c.toDataURL()") != before_image  # the overlay was redrawn
+    page.keyboard.press("ArrowLeft")
+    assert page.text_content("#tick-label") == f"tick {t2} / {payload['ticks']}"
+
+
+def test_picking_another_sample_changes_image_and_label(page, viewer):
+    payload = viewer[1]
+    a, b = payload["samples"][0], next(s for s in payload["samples"] if s["target"] != payload["samples"][0]["target"])
+    title = page.text_content("#sample-title")
+    assert f"sample #{a['index']} · target {a['target']}" in title
+    image = page.eval_on_selector("#image", "c => c.toDataURL()")
+    pick(page, payload["samples"].index(b))
+    assert f"sample #{b['index']} · target {b['target']}" in page.text_content("#sample-title")
+    assert page.eval_on_selector("#image", "c => c.toDataURL()") != image
+    assert page.get_attribute(f"#samples li[data-pos='{payload['samples'].index(b)}']", "class") == "selected"
+    # The target's bar is marked.
+    assert page.get_attribute(f"#bar-{b['target']}", "fill") == "var(--target)"
+
+
+def test_play_advances_and_pauses(page, viewer):
+    page.click("#play")
+    page.wait_for_function("document.getElementById('tick-label').textContent.startsWith('tick 3 ')")
+    page.click("#play")
+    stopped = page.text_content("#tick-label")
+    page.wait_for_timeout(500)
+    assert page.text_content("#tick-label") == stopped
+    assert "play" in page.text_content("#play")
+
+
+def test_filters_and_halting_threshold(page, viewer):
+    payload = viewer[1]
+    wrong = [s["index"] for s in payload["samples"] if s["prediction"] != s["target"]]
+    page.select_option("#filter", "wrong")
+    shown = listed(page, "index")
+    assert shown == wrong
+
+    def halt(s, tau):
+        return next((t for t, c in enumerate(s["certainty"]) if c >= tau), payload["ticks"] - 1) + 1
+
+    page.select_option("#filter", "ticks")
+    page.fill("#threshold", "0.999")
+    page.dispatch_event("#threshold", "change")
+    shown = listed(page, "pos")
+    ticks = [halt(payload["samples"][p], 0.999) for p in shown]
+    assert ticks == sorted(ticks, reverse=True) and len(shown) == N_SAMPLES
+    top = payload["samples"][shown[0]]
+    pick(page, shown[0])
+    assert page.text_content("#halt-info").startswith(f"halts at tick {halt(top, 0.999)}")
+    page.select_option("#filter", "uncertain")
+    shown = listed(page, "pos")
+    peaks = [max(payload["samples"][p]["certainty"]) for p in shown]
+    assert peaks == sorted(peaks)
+
+
+def test_served_page_works_too(browser, viewer):
+    server = view.serve(viewer[0], port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        page.wait_for_selector("#samples li")
+        set_tick(page, 5)
+        assert page.text_content("#tick-label").startswith("tick 5 / ")
+    finally:
+        page.close()
+        server.shutdown()
+        server.server_close()
+    assert errors == []

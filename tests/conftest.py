@@ -37,3 +37,21 @@ def seed():
     if module is None:
         pytest.skip(f"seed reference not found at {SEED_PATH} (set CTM_SEED_REFERENCE)")
     return module
+
+
+OFFICIAL_PATH = Path(os.environ.get("CTM_OFFICIAL_REFERENCE", REPO.parent / "shared" / "reference" / "official_ctm"))
+
+
+@pytest.fixture(scope="session")
+def official():
+    """The official implementation's `models` package (../shared/reference/official_ctm), imported from its
+    folder; skips when it is absent."""
+    if not (OFFICIAL_PATH / "models" / "ctm.py").is_file():
+        pytest.skip(f"official CTM reference not found at {OFFICIAL_PATH} (set CTM_OFFICIAL_REFERENCE)")
+    sys.path.insert(0, str(OFFICIAL_PATH))
+    try:
+        import models.ctm
+        import models.resnet
+    finally:
+        sys.path.remove(str(OFFICIAL_PATH))
+    return models

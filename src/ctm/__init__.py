@@ -21,12 +21,13 @@ _EXPORTS = {
     "Prediction": "inference", "Run": "inference", "load_run": "inference", "predict": "inference",
     "list_pretrained": "pretrained", "load_pretrained": "pretrained",
     "config_from_seed_state_dict": "seed", "from_seed_state_dict": "seed",
+    "config_from_official": "official", "from_official_state_dict": "official",
 }
 __all__ = [
     "CTM", "CTMConfig", "CTMOutput", "ContinuousThoughtMachine", "Prediction", "Run", "ThinkOutput", "Tracking",
-    "accuracy", "certainty", "certainty_loss", "config_from_seed_state_dict", "from_seed_state_dict",
-    "list_pretrained", "load_pretrained", "load_run", "normalised_entropy", "per_tick_cross_entropy", "predict",
-    "think",
+    "accuracy", "certainty", "certainty_loss", "config_from_official", "config_from_seed_state_dict",
+    "from_official_state_dict", "from_seed_state_dict", "list_pretrained", "load_pretrained", "load_run",
+    "normalised_entropy", "per_tick_cross_entropy", "predict", "think",
 ]
 
 
@@ -51,5 +52,6 @@ if TYPE_CHECKING:
     from .inference import Prediction, Run, load_run, predict
     from .losses import accuracy, certainty_loss, per_tick_cross_entropy
     from .model import CTM, ContinuousThoughtMachine, CTMOutput, Tracking, certainty, normalised_entropy
+    from .official import config_from_official, from_official_state_dict
     from .pretrained import list_pretrained, load_pretrained
     from .seed import config_from_seed_state_dict, from_seed_state_dict

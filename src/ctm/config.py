@@ -58,6 +58,16 @@ def check_fields(config: Any) -> None:
             raise ValueError(f"{type(config).__name__}.{f.name} {problem}")
 
 
+BACKBONES = ("tutorial", *(f"resnet{depth}-{stages}" for depth in (18, 34, 50, 101, 152) for stages in (1, 2, 3, 4)),
+             "shallow-wide", "parity", "none")
+POSITIONAL_EMBEDDINGS = ("none", "learnable-fourier", "multi-learnable-fourier", "custom-rotational",
+                         "custom-rotational-1d")
+NEURON_SELECTIONS = ("first-last", "random", "random-pairing")
+#: The fields beyond the tutorial's model: at their defaults a config is the tutorial's architecture.
+OFFICIAL_OPTIONS = ("backbone", "positional_embedding", "neuron_selection", "n_self_pairs", "synapse_depth",
+                    "deep_nlms", "nlm_layernorm", "nlm_temperature", "dropout", "nlm_dropout", "out_positions")
+
+
 @dataclass(frozen=True)
 class CTMConfig:
     """Sizes of a CTM. Defaults are the seed tutorial's MNIST model.
@@ -76,6 +86,25 @@ class CTMConfig:
     memory_hidden_dims: int = option(8, "hidden units of each neuron-level model", min=1)
     out_dims: int = option(10, "classes (outputs per tick); training takes it from the data", min=1)
     in_channels: int = option(1, "channels of the input images; training takes it from the data", min=1)
+    # The official implementation's options (README "Official options"); the defaults are the tutorial's.
+    backbone: str = option("tutorial", "input backbone: the tutorial's two conv blocks, a truncated ResNet "
+                           "(resnet<depth>-<stages>), shallow-wide, parity (an embedding of a +-1 sequence) "
+                           "or none (the input's channels are the features)", choices=BACKBONES)
+    positional_embedding: str = option("none", "positional embedding added to the backbone's features",
+                                       choices=POSITIONAL_EMBEDDINGS)
+    neuron_selection: str = option("first-last", "which neurons synchronise: first-last (output pairs among "
+                                   "the first n_synch_out, action among the last n_synch_action), random "
+                                   "(all pairs of two random selections) or random-pairing (n random pairs)",
+                                   choices=NEURON_SELECTIONS)
+    n_self_pairs: int = option(0, "with random-pairing: how many of the pairs join a neuron with itself", min=0)
+    synapse_depth: int = option(1, "synapse layers: 1 is Linear-GLU-LayerNorm, more is a U-Net", min=1)
+    deep_nlms: bool = option(True, "two-layer neuron-level models (off: one linear layer and a GLU)")
+    nlm_layernorm: bool = option(False, "LayerNorm over each neuron's trace before its model")
+    nlm_temperature: bool = option(False, "a learnable temperature dividing each neuron-level model layer")
+    dropout: float = option(0.0, "dropout on the synapses and the attention weights", min=0)
+    nlm_dropout: float = option(0.0, "dropout on the neuron-level models' inputs", min=0)
+    out_positions: int = option(1, "output positions: out_dims is positions x classes, and certainty is the "
+                                "mean over the positions", min=1)
 
     def __post_init__(self) -> None:
         check_fields(self)  # a size of True is a bug, not a 1: bool is refused where an int is expected
@@ -84,6 +113,15 @@ class CTMConfig:
                 f"CTMConfig.out_dims must be at least 2 (certainty is a normalised entropy over the "
                 f"classes), got {self.out_dims}"
             )
+        if self.out_dims % self.out_positions or self.out_dims // self.out_positions < 2:
+            raise ValueError(
+                f"CTMConfig.out_positions ({self.out_positions}) must divide out_dims ({self.out_dims}) into "
+                f"positions of at least 2 classes each"
+            )
+        for name in ("dropout", "nlm_dropout"):
+            if getattr(self, name) >= 1:
+                raise ValueError(f"CTMConfig.{name} must be below 1 (a probability), got {getattr(self, name)}")
+        self._check_options()
         for name in ("n_synch_out", "n_synch_action"):
             if getattr(self, name) > self.d_model:
                 raise ValueError(
@@ -96,17 +134,56 @@ class CTMConfig:
                 f"try heads in {_divisors(self.d_input)}"
             )
 
+    def _check_options(self) -> None:
+        """The combinations of the official options that make a model."""
+        if self.neuron_selection == "random-pairing":
+            for name in ("n_synch_out", "n_synch_action"):
+                if self.n_self_pairs >= getattr(self, name):
+                    raise ValueError(
+                        f"CTMConfig.n_self_pairs ({self.n_self_pairs}) must be below {name} "
+                        f"({getattr(self, name)}): it counts pairs among them")
+        elif self.n_self_pairs:
+            raise ValueError(f"CTMConfig.n_self_pairs ({self.n_self_pairs}) applies only to "
+                             f"neuron_selection 'random-pairing', not {self.neuron_selection!r}")
+        one_d = self.positional_embedding == "custom-rotational-1d"
+        if self.positional_embedding != "none" and self.backbone == "none":
+            raise ValueError(f"CTMConfig.positional_embedding {self.positional_embedding!r} needs a backbone "
+                             f"(backbone 'none' has no feature map to embed positions of)")
+        if self.backbone == "parity" and self.positional_embedding not in ("none", "custom-rotational-1d"):
+            raise ValueError(f"CTMConfig.positional_embedding {self.positional_embedding!r} is for image "
+                             f"features; the parity backbone's sequence takes 'custom-rotational-1d' or 'none'")
+        if one_d and self.backbone not in ("parity",):
+            raise ValueError(f"CTMConfig.positional_embedding 'custom-rotational-1d' is for sequences; "
+                             f"backbone {self.backbone!r} makes image features (use a 2-d embedding)")
+        if self.in_channels != 1 and self.backbone == "parity":
+            raise ValueError(f"CTMConfig.in_channels must be 1 with the parity backbone (its input is one "
+                             f"sequence of +-1 per sample), got {self.in_channels}")
+
+    @property
+    def tutorial_options(self) -> bool:
+        """Whether every official option is at the tutorial's choice (what the fast engine covers)."""
+        return all(getattr(self, f.name) == f.default for f in fields(self) if f.name in OFFICIAL_OPTIONS)
+
     @property
     def synch_size_out(self) -> int:
-        """Length of the output synchronisation vector: all pairs i <= j of n_synch_out neurons."""
-        return self.n_synch_out * (self.n_synch_out + 1) // 2
+        """Length of the output synchronisation vector: pairs of the n_synch_out selected neurons."""
+        return _synch_size(self.neuron_selection, self.n_synch_out)
 
     @property
     def synch_size_action(self) -> int:
-        """Length of the action synchronisation vector: all pairs i <= j of n_synch_action neurons."""
-        return self.n_synch_action * (self.n_synch_action + 1) // 2
+        """Length of the action synchronisation vector: pairs of the n_synch_action selected neurons."""
+        return _synch_size(self.neuron_selection, self.n_synch_action)
 
-    def to_dict(self) -> dict[str, int]:
+    @property
+    def d_backbone(self) -> int:
+        """Channels of the backbone's features (what the key/value projection takes)."""
+        if self.backbone.startswith("resnet"):
+            depth, stages = self.backbone[len("resnet"):].split("-")
+            return (64 if depth in ("18", "34") else 256) * 2 ** (int(stages) - 1)
+        return {"tutorial": self.d_input, "parity": self.d_input, "shallow-wide": 2048,
+                "none": self.in_channels}[self.backbone]
+
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
@@ -130,6 +207,11 @@ class CTMConfig:
     def replace(self, **changes: Any) -> CTMConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def _synch_size(selection: str, n: int) -> int:
+    """n random pairs, or all pairs i <= j of n neurons."""
+    return n if selection == "random-pairing" else n * (n + 1) // 2
 
 
 def _divisors(n: int) -> list[int]:

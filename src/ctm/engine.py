@@ -46,9 +46,10 @@ INFERENCE_CHUNK = 64  # images per backbone call in CPU inference (see features)
 
 def applies(model: ContinuousThoughtMachine) -> bool:
     """Whether `model.forward` runs here: the model asks for it (`fast_backward`), the configuration is one
-    the engine covers, and torch.compile is not tracing (it traces the readable path)."""
+    the engine covers (the tutorial's options: `CTMConfig.tutorial_options`), and torch.compile is not
+    tracing (it traces the readable path)."""
     compiling = hasattr(torch, "compiler") and torch.compiler.is_compiling()
-    return model.fast_backward and not compiling
+    return model.fast_backward and model.config.tutorial_options and not compiling
 
 
 # --------------------------------------------------------------------------------------------- folding

@@ -13,22 +13,26 @@ Per tick t (`ContinuousThoughtMachine.tick`) the model
   7. reports certainty = 1 - normalised entropy of those logits.
 
 This file is the code that runs for plain autograd (`fast_backward = False`), torch.compile, double
-backward and forward-mode AD. Training and inference at full speed run the same function on the fast
-engine (`ctm.engine`), entered through one dispatch at the top of `forward`.
+backward and forward-mode AD, and for every option of the official implementation beyond the tutorial's.
+Training and inference at full speed run the same function on the fast engine (`ctm.engine`, the tutorial's
+options only), entered through one dispatch at the top of `forward`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import engine
+from .backbones import build_backbone
 from .config import CTMConfig
+from .positional import build_positional_embedding
+from .synapses import build_synapses
 
 MAX_DECAY = 15.0  # decay rates are clamped to [0, MAX_DECAY]
 
@@ -84,37 +88,51 @@ def certainty(logits: Tensor, dim: int = -1) -> Tensor:
 class SuperLinear(nn.Module):
     """D private linear maps, one per neuron: (B, D, in_dims) -> (B, D, out_dims).
 
-    Weights are stored as (in_dims, out_dims, D) and biases as (1, D, out_dims), the seed's layout.
+    Weights are stored as (in_dims, out_dims, D) and biases as (1, D, out_dims), the seed's layout. The
+    official options add dropout and a LayerNorm on the input and a learnable temperature dividing the output.
     """
 
-    def __init__(self, in_dims: int, out_dims: int, n_neurons: int) -> None:
+    def __init__(self, in_dims: int, out_dims: int, n_neurons: int, *, layernorm: bool = False,
+                 temperature: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         bound = 1 / math.sqrt(in_dims + out_dims)
         self.w1 = nn.Parameter(torch.empty(in_dims, out_dims, n_neurons).uniform_(-bound, bound))
         self.b1 = nn.Parameter(torch.zeros(1, n_neurons, out_dims))
+        self.norm = nn.LayerNorm(in_dims) if layernorm else None
+        self.temperature = nn.Parameter(torch.ones(1)) if temperature else None
+        self.dropout = dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.einsum("bdm,mhd->bdh", x, self.w1) + self.b1
+        if self.dropout:
+            x = F.dropout(x, self.dropout, self.training)
+        if self.norm is not None:
+            x = self.norm(x)
+        out = torch.einsum("bdm,mhd->bdh", x, self.w1) + self.b1
+        return out if self.temperature is None else out / self.temperature
 
     def extra_repr(self) -> str:
         m, h, d = self.w1.shape
-        return f"in_dims={m}, out_dims={h}, neurons={d}"
+        return f"in_dims={m}, out_dims={h}, neurons={d}" + (f", dropout={self.dropout}" if self.dropout else "")
 
 
 class NeuronLevelModels(nn.Module):
-    """Each neuron's private two-layer MLP over its trace: (B, D, M) -> (B, D).
+    """Each neuron's private MLP over its trace: (B, D, M) -> (B, D).
 
-    SuperLinear -> GLU -> SuperLinear -> GLU, with memory_hidden_dims hidden units per neuron.
+    Deep (the tutorial's): SuperLinear -> GLU -> SuperLinear -> GLU, with memory_hidden_dims hidden units per
+    neuron. Not deep: SuperLinear -> GLU.
     """
 
-    def __init__(self, memory_length: int, hidden: int, n_neurons: int) -> None:
+    def __init__(self, memory_length: int, hidden: int, n_neurons: int, *, deep: bool = True,
+                 **options: Any) -> None:
         super().__init__()
-        self.first = SuperLinear(memory_length, 2 * hidden, n_neurons)
-        self.second = SuperLinear(hidden, 2, n_neurons)
+        self.first = SuperLinear(memory_length, 2 * hidden if deep else 2, n_neurons, **options)
+        self.second = SuperLinear(hidden, 2, n_neurons, **options) if deep else None
 
     def forward(self, trace: Tensor) -> Tensor:
-        h = F.glu(self.first(trace), dim=-1)  # (B, D, hidden)
-        return F.glu(self.second(h), dim=-1).squeeze(-1)  # (B, D)
+        h = F.glu(self.first(trace), dim=-1)  # (B, D, hidden), or (B, D, 1) when not deep
+        if self.second is not None:
+            h = F.glu(self.second(h), dim=-1)  # (B, D, 1)
+        return h.squeeze(-1)  # (B, D)
 
 
 class CrossAttention(nn.Module):
@@ -124,9 +142,9 @@ class CrossAttention(nn.Module):
     query, split so that keys and values are projected once per forward instead of once per tick.
     """
 
-    def __init__(self, d: int, heads: int) -> None:
+    def __init__(self, d: int, heads: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.dropout = heads, dropout
         self.in_proj = nn.Linear(d, 3 * d)
         self.out_proj = nn.Linear(d, d)
         # nn.MultiheadAttention's initialisation: xavier on the packed projection, zero biases.
@@ -145,6 +163,8 @@ class CrossAttention(nn.Module):
         b, d = query.shape
         q = F.linear(query, self.in_proj.weight[:d], self.in_proj.bias[:d]).view(b, self.heads, 1, -1)
         weights = (q * q.shape[-1] ** -0.5 @ k.transpose(-1, -2)).softmax(dim=-1)  # (B, h, 1, N)
+        if self.dropout:
+            weights = F.dropout(weights, self.dropout, self.training)
         out = (weights @ v).view(b, d)
         return self.out_proj(out), weights.squeeze(2)
 
@@ -157,20 +177,21 @@ class SynchState(NamedTuple):
 
 
 class Synchronisation(nn.Module):
-    """Pairwise synchronisation of the neurons first .. first + n - 1 over all pairs i <= j (P of them).
+    """Pairwise synchronisation of P pairs of neurons (left[p], right[p]).
 
     With one learnable decay per pair and r = exp(-decay):
-        alpha_t = r alpha_{t-1} + z_i z_j,   beta_t = r beta_{t-1} + 1,   S_t = alpha_t / sqrt(beta_t),
-    started from alpha = z_i z_j, beta = 1 at the first call. The decays live on the model
-    (`decay_params_out`, `decay_params_action`: the seed's names); this module holds the pairs.
+        alpha_t = r alpha_{t-1} + z_left z_right,   beta_t = r beta_{t-1} + 1,   S_t = alpha_t / sqrt(beta_t),
+    started from alpha = z_left z_right, beta = 1 at the first call. The decays live on the model
+    (`decay_params_out`, `decay_params_action`: the seed's names); this module holds the pairs (`select_pairs`),
+    saved with the weights when they were drawn at random.
     """
 
-    def __init__(self, first: int, n: int) -> None:
+    def __init__(self, left: Tensor, right: Tensor, *, drawn: bool = False, first: int | None = None,
+                 n: int | None = None) -> None:
         super().__init__()
-        self.first, self.n = first, n
-        left, right = torch.triu_indices(n, n)
-        self.register_buffer("left", left + first, persistent=False)
-        self.register_buffer("right", right + first, persistent=False)
+        self.first, self.n = first, n  # first-last: the block of neurons first .. first + n - 1
+        self.register_buffer("left", left, persistent=drawn)
+        self.register_buffer("right", right, persistent=drawn)
 
     def forward(self, z: Tensor, state: SynchState | None, r: Tensor) -> tuple[Tensor, SynchState]:
         """z (B, D) post-activations, r (P,) decay factors -> S (B, P) and the new state."""
@@ -182,7 +203,28 @@ class Synchronisation(nn.Module):
         return state.alpha / state.beta.sqrt(), state
 
     def extra_repr(self) -> str:
-        return f"neurons={self.first}..{self.first + self.n - 1}, pairs={self.left.numel()}"
+        which = "drawn at random" if self.first is None else f"neurons {self.first}..{self.first + self.n - 1}"
+        return f"pairs={self.left.numel()}, {which}"
+
+
+def select_pairs(selection: str, d_model: int, n: int, last: bool, n_self_pairs: int = 0) -> Synchronisation:
+    """The pairs of a synchronisation over n selected neurons (`CTMConfig.neuron_selection`).
+
+    first-last: all pairs i <= j of the first n neurons (output; `last` False) or of the last n (action).
+    random: all pairs i <= j of two draws of n neurons, (left_i, right_j). random-pairing: n pairs
+    (left_i, right_i) of two draws, the first n_self_pairs of them a neuron with itself. Draws are with
+    replacement, from torch's global generator (like the parameters' initialisation).
+    """
+    if selection == "first-last":
+        first = d_model - n if last else 0
+        i, j = torch.triu_indices(n, n)
+        return Synchronisation(i + first, j + first, first=first, n=n)
+    left, right = torch.randint(d_model, (n,)), torch.randint(d_model, (n,))
+    if selection == "random":
+        i, j = torch.triu_indices(n, n)
+        return Synchronisation(left[i], right[j], drawn=True)
+    right = torch.cat((left[:n_self_pairs], right[n_self_pairs:]))
+    return Synchronisation(left, right, drawn=True)
 
 
 class TickState(NamedTuple):
@@ -217,8 +259,10 @@ class TickOutput(NamedTuple):
 
 
 class ContinuousThoughtMachine(nn.Module):
-    """A CTM image classifier: conv backbone -> tokens, then T ticks of attention, synapses, neuron-level
-    models and synchronisation. `forward(x)` returns a `CTMOutput`; `think(x, ...)` halts adaptively.
+    """A CTM: an input encoder (backbone -> positional embedding -> key/value tokens), then T ticks of
+    attention, synapses, neuron-level models and synchronisation over the tokens (`forward_tokens`).
+    `forward(x)` returns a `CTMOutput`; `think(x, ...)` halts adaptively. The options of the official
+    implementation are `CTMConfig` fields (`ctm.backbones`, `ctm.positional`, `ctm.synapses`).
     """
 
     #: True: forward runs on the fast engine (`ctm.engine`: the same function, a hand-written backward).
@@ -233,25 +277,25 @@ class ContinuousThoughtMachine(nn.Module):
         if not isinstance(config, CTMConfig):
             raise TypeError(f"config must be a CTMConfig, got {type(config).__name__}")
         self.config = c = config
-        self.backbone = nn.Sequential(
-            nn.Conv2d(c.in_channels, c.d_input, kernel_size=3, padding=1), nn.BatchNorm2d(c.d_input), nn.ReLU(),
-            nn.MaxPool2d(2, 2),
-            nn.Conv2d(c.d_input, c.d_input, kernel_size=3, padding=1), nn.BatchNorm2d(c.d_input), nn.ReLU(),
-            nn.MaxPool2d(2, 2),
-        )
-        self.kv_proj = nn.Sequential(nn.Linear(c.d_input, c.d_input), nn.LayerNorm(c.d_input))
+        # The input encoder: backbone -> positional embedding -> key/value tokens (B, N, d_input).
+        self.backbone = build_backbone(c)
+        self.positional_embedding = build_positional_embedding(c.positional_embedding, c.d_backbone)
+        self.kv_proj = nn.Sequential(nn.Linear(c.d_backbone, c.d_input), nn.LayerNorm(c.d_input))
+        # The core.
         self.q_proj = nn.Linear(c.synch_size_action, c.d_input)
-        self.attention = CrossAttention(c.d_input, c.heads)
-        self.synapses = nn.Sequential(nn.Linear(c.d_input + c.d_model, 2 * c.d_model), nn.GLU(),
-                                      nn.LayerNorm(c.d_model))
-        self.neuron_level_models = NeuronLevelModels(c.memory_length, c.memory_hidden_dims, c.d_model)
+        self.attention = CrossAttention(c.d_input, c.heads, c.dropout)
+        self.synapses = build_synapses(c.d_input + c.d_model, c.d_model, c.synapse_depth, c.dropout)
+        self.neuron_level_models = NeuronLevelModels(
+            c.memory_length, c.memory_hidden_dims, c.d_model, deep=c.deep_nlms, layernorm=c.nlm_layernorm,
+            temperature=c.nlm_temperature, dropout=c.nlm_dropout)
         self.start_activated_state = nn.Parameter(
             torch.empty(c.d_model).uniform_(-math.sqrt(1 / c.d_model), math.sqrt(1 / c.d_model)))
         bound = math.sqrt(1 / (c.d_model + c.memory_length))
         self.start_trace = nn.Parameter(torch.empty(c.d_model, c.memory_length).uniform_(-bound, bound))
-        # Output synchronisation over the first n_synch_out neurons, action over the last n_synch_action.
-        self.synch_out = Synchronisation(0, c.n_synch_out)
-        self.synch_action = Synchronisation(c.d_model - c.n_synch_action, c.n_synch_action)
+        # first-last: output synchronisation over the first n_synch_out neurons, action over the last
+        # n_synch_action; or pairs drawn at random (`select_pairs`).
+        self.synch_out = select_pairs(c.neuron_selection, c.d_model, c.n_synch_out, False, c.n_self_pairs)
+        self.synch_action = select_pairs(c.neuron_selection, c.d_model, c.n_synch_action, True, c.n_self_pairs)
         self.decay_params_out = nn.Parameter(torch.zeros(c.synch_size_out))
         self.decay_params_action = nn.Parameter(torch.zeros(c.synch_size_action))
         self.output_projector = nn.Linear(c.synch_size_out, c.out_dims)
@@ -276,7 +320,7 @@ class ContinuousThoughtMachine(nn.Module):
         logits = self.output_projector(s_out)  # (B, C)
         # 7. certainty
         return TickState(z, trace, synch_action, synch_out), TickOutput(
-            logits, certainty(logits), a, z, attention, s_action, s_out)
+            logits, self.certainty(logits), a, z, attention, s_action, s_out)
 
     def start(self, tokens: Tensor) -> tuple[TickState, TickInputs]:
         """Before the first tick: keys/values of the tokens (B, N, d_input), decay factors, the start state."""
@@ -289,17 +333,22 @@ class ContinuousThoughtMachine(nn.Module):
         return TickState(z, trace, None, synch_out), TickInputs(k, v, r_action, r_out)
 
     def forward(self, x: Tensor, track: bool = False) -> CTMOutput:
-        """Run T ticks on a batch of images (B, C, H, W)."""
+        """Run T ticks on a batch of inputs: images (B, C, H, W), or what the backbone takes."""
         self.check_input(x)
         if engine.applies(self):
             return engine.forward(self, x, track)
         tokens, grid = self.compute_features(x)  # (B, N, d_input)
         with self.full_precision(x):  # under autocast only the backbone runs in low precision
-            state, inputs = self.start(tokens)
-            ticks = []
-            for _ in range(self.config.iterations):
-                state, out = self.tick(state, inputs)
-                ticks.append(out)
+            return self.forward_tokens(tokens, track, grid)
+
+    def forward_tokens(self, tokens: Tensor, track: bool = False, grid: tuple[int, int] | None = None
+                       ) -> CTMOutput:
+        """The core: T ticks attending over key/value tokens (B, N, d_input) from any input encoder."""
+        state, inputs = self.start(tokens)
+        ticks = []
+        for _ in range(self.config.iterations):
+            state, out = self.tick(state, inputs)
+            ticks.append(out)
         predictions = torch.stack([o.logits for o in ticks], -1)  # (B, C, T)
         certainties = torch.stack([o.certainty for o in ticks], -1)  # (B, 2, T)
         tracking = None
@@ -308,7 +357,8 @@ class ContinuousThoughtMachine(nn.Module):
                 return torch.stack([getattr(o, name).detach() for o in ticks])
 
             tracking = Tracking(stacked("pre_activations"), stacked("post_activations"), stacked("attention"),
-                                stacked("synchronisation_out"), stacked("synchronisation_action"), grid)
+                                stacked("synchronisation_out"), stacked("synchronisation_action"),
+                                grid or (1, tokens.shape[1]))
         return CTMOutput(predictions, certainties, ticks[-1].synchronisation_out, tracking)
 
     def think(self, x: Tensor, halt_certainty: float, max_ticks: int | None = None):
@@ -321,10 +371,23 @@ class ContinuousThoughtMachine(nn.Module):
     # ------------------------------------------------------------------------------------------ helpers
 
     def compute_features(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """(B, C, H, W) images -> (B, N, d_input) key/value tokens and the token grid (H', W')."""
-        features = self.backbone(x)  # (B, d_input, H', W')
-        grid = (features.shape[-2], features.shape[-1])
+        """The input encoder: a batch -> (B, N, d_input) key/value tokens and their grid (H', W'); a
+        sequence's L tokens are the grid (1, L)."""
+        features = self.backbone(x)  # (B, d_backbone, H', W') or (B, d_backbone, L)
+        if self.positional_embedding is not None:
+            features = features + self.positional_embedding(features)
+        grid = tuple(features.shape[2:])
+        grid = grid if len(grid) == 2 else (1, math.prod(grid))
         return self.kv_proj(features.flatten(2).transpose(1, 2)), grid
+
+    def certainty(self, logits: Tensor) -> Tensor:
+        """(B, C) logits -> (B, 2) certainty; with several output positions the normalised entropy is the
+        mean over the positions of each one's entropy over its classes."""
+        P = self.config.out_positions
+        if P == 1:
+            return certainty(logits)
+        ne = normalised_entropy(logits.unflatten(-1, (P, -1))).mean(-1)  # (B,)
+        return torch.stack((ne, 1 - ne), -1)
 
     def decay_rates(self) -> tuple[Tensor, Tensor]:
         """The decays of the action and the output pairs, clamped to [0, MAX_DECAY].
@@ -374,9 +437,19 @@ class ContinuousThoughtMachine(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise a ValueError naming what is wrong with an input batch, before any torch op sees it."""
+        backbone = self.config.backbone
+        if backbone == "parity":
+            return self._check_sequence(x)
         c = self.config.in_channels
         if not isinstance(x, Tensor):
             raise TypeError(f"expected a torch.Tensor of shape (B, {c}, H, W), got {type(x).__name__}")
+        if backbone == "none":  # any number of grid dimensions
+            if x.dim() < 3 or x.shape[1] != c:
+                raise ValueError(f"expected input of shape (B, {c}, ...) with backbone 'none' "
+                                 f"(CTMConfig.in_channels={c}), got shape {tuple(x.shape)}")
+            if not x.is_floating_point():
+                raise ValueError(f"expected a floating-point input tensor, got {x.dtype}")
+            return self._check_dtype(x)
         if x.dim() != 4:
             hint = " (add a batch dimension: x.unsqueeze(0))" if x.dim() == 3 else ""
             raise ValueError(f"expected input of shape (B, {c}, H, W), got shape {tuple(x.shape)}{hint}")
@@ -386,14 +459,24 @@ class ContinuousThoughtMachine(nn.Module):
                 f"expected {c} input channel(s) (CTMConfig.in_channels), got {ch} in shape {tuple(x.shape)}")
         if b < 1:
             raise ValueError("expected a batch of at least one image, got an empty batch")
-        if h < 4 or w < 4:
+        if backbone == "tutorial" and (h < 4 or w < 4):
             raise ValueError(f"images must be at least 4x4 (two 2x2 poolings), got {h}x{w}")
         if not x.is_floating_point():
             raise ValueError(f"expected a floating-point image tensor, got {x.dtype} (use x.float() / 255)")
+        return self._check_dtype(x)
+
+    def _check_dtype(self, x: Tensor) -> None:
         dtype = self.start_trace.dtype
         if x.dtype != dtype:
             raise ValueError(f"expected {dtype} images (the model's parameters are {dtype}), got {x.dtype}; use "
                              f"x.to({dtype}), or model.to({x.dtype}) for a model in that precision")
+
+    @staticmethod
+    def _check_sequence(x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor of shape (B, L), got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[0] < 1:
+            raise ValueError(f"the parity backbone takes sequences of +-1 of shape (B, L), got {tuple(x.shape)}")
 
 
 CTM = ContinuousThoughtMachine

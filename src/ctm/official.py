@@ -1,0 +1,150 @@
+"""Load weights of the official CTM implementation (SakanaAI/continuous-thought-machines, `models/ctm.py`).
+
+`from_official_state_dict(state_dict, **kwargs)` takes the official `ContinuousThoughtMachine`'s
+`state_dict()` and the arguments its constructor was called with, and returns a ctm model computing the same
+function: the same predictions, certainties, synchronisation and gradients. The official names map to
+`CTMConfig` fields as in `OFFICIAL_ARGUMENTS` (and the README's table).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .config import CTMConfig
+from .model import ContinuousThoughtMachine
+
+#: official constructor argument -> CTMConfig field (None: read differently, see `config_from_official`)
+OFFICIAL_ARGUMENTS = {
+    "iterations": "iterations", "d_model": "d_model", "d_input": "d_input", "heads": "heads",
+    "n_synch_out": "n_synch_out", "n_synch_action": "n_synch_action", "synapse_depth": "synapse_depth",
+    "memory_length": "memory_length", "deep_nlms": "deep_nlms", "memory_hidden_dims": "memory_hidden_dims",
+    "do_layernorm_nlm": "nlm_layernorm", "backbone_type": "backbone",
+    "positional_embedding_type": "positional_embedding", "out_dims": "out_dims",
+    "prediction_reshaper": "out_positions", "dropout": "dropout", "dropout_nlm": "nlm_dropout",
+    "neuron_select_type": "neuron_selection", "n_random_pairing_self": "n_self_pairs",
+}
+# The official constructor's defaults; the other arguments are required.
+OFFICIAL_DEFAULTS = {"prediction_reshaper": [-1], "dropout": 0, "dropout_nlm": None,
+                     "neuron_select_type": "random-pairing", "n_random_pairing_self": 0}
+
+# official state-dict name -> ctm name, rewritten by each rule in turn
+_RENAMES = [
+    (r"^initial_rgb\.", "backbone.rgb."),
+    (r"^backbone\.layers\.", "backbone."),  # shallow-wide
+    (r"^positional_embedding\.embedders\.", "positional_embedding.scales."),
+    (r"\.Wr\.", ".frequencies."),
+    (r"^positional_embedding\.combination$", "positional_embedding.mix"),
+    (r"^positional_embedding\.start_vector$", "positional_embedding.start"),
+    (r"^positional_embedding\.projection\.0\.", "positional_embedding.projection."),
+    (r"^attention\.in_proj_(weight|bias)$", r"attention.in_proj.\1"),
+    (r"^synapses\.1\.", "synapses.0."),  # depth 1: [dropout, linear, glu, norm] -> [linear, glu, norm]
+    (r"^synapses\.3\.", "synapses.2."),
+    (r"^synapses\.first_projection\.", "synapses.first."),
+    (r"^synapses\.down_projections\.", "synapses.down."),
+    (r"^synapses\.up_projections\.", "synapses.up."),
+    (r"^synapses\.skip_lns\.", "synapses.skip_norms."),
+    (r"^trace_processor\.0\.0\.", "neuron_level_models.first."),
+    (r"^trace_processor\.0\.2\.", "neuron_level_models.second."),
+    (r"^(neuron_level_models\.\w+)\.T$", r"\1.temperature"),
+    (r"^(neuron_level_models\.\w+)\.layernorm\.", r"\1.norm."),
+    (r"^output_projector\.0\.", "output_projector."),
+]
+_SELECTIONS = re.compile(r"^(out|action)_neuron_indices_(left|right)$")
+
+
+def ctm_name(official_name: str) -> str:
+    """The ctm state-dict name of an official one (neuron selections excepted: see `from_official_state_dict`)."""
+    for pattern, replacement in _RENAMES:
+        official_name = re.sub(pattern, replacement, official_name)
+    return official_name
+
+
+def config_from_official(state_dict: Mapping[str, Tensor], **kwargs: Any) -> CTMConfig:
+    """The `CTMConfig` of an official model built with `kwargs`; in_channels is read from the weights."""
+    unknown = sorted(set(kwargs) - set(OFFICIAL_ARGUMENTS))
+    missing = sorted(set(OFFICIAL_ARGUMENTS) - set(OFFICIAL_DEFAULTS) - set(kwargs))
+    if unknown or missing:
+        raise ValueError("official CTM arguments: " + "; ".join(
+            ([f"unknown {unknown}"] if unknown else []) + ([f"missing {missing}"] if missing else [])))
+    a = {**OFFICIAL_DEFAULTS, **kwargs}
+    unsupported = [f"{name}={a[name]!r}" for name in ("heads", "n_synch_action") if a[name] == 0]
+    if unsupported:
+        raise ValueError(f"official CTM arguments not supported by ctm: {', '.join(unsupported)} "
+                         f"(a CTM without attention)")
+    try:
+        classes = torch.empty(a["out_dims"]).reshape(a["prediction_reshaper"]).shape[-1]
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"official CTM arguments: prediction_reshaper={a['prediction_reshaper']!r} does not "
+                         f"reshape out_dims={a['out_dims']} ({e})") from None
+    backbone = "parity" if a["backbone_type"] == "parity_backbone" else a["backbone_type"]
+    fields = {OFFICIAL_ARGUMENTS[k]: a[k] for k in OFFICIAL_ARGUMENTS
+              if k not in ("backbone_type", "prediction_reshaper", "dropout_nlm")}
+    fields.update(backbone=backbone, out_positions=a["out_dims"] // classes, nlm_temperature=True,
+                  nlm_dropout=a["dropout"] if a["dropout_nlm"] is None else a["dropout_nlm"],
+                  in_channels=_in_channels(state_dict, backbone))
+    try:
+        return CTMConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"official CTM arguments not supported by ctm: {e}") from None
+
+
+def _in_channels(state_dict: Mapping[str, Tensor], backbone: str) -> int:
+    """The input channels the official model's first layer was built for (lazily, from its first batch)."""
+    first = {"shallow-wide": "backbone.layers.0.weight", "none": "kv_proj.0.weight"}.get(
+        backbone, "initial_rgb.weight" if backbone.startswith("resnet") else None)
+    if first is None:
+        return 1
+    if first not in state_dict:
+        raise ValueError(f"official state dict: no {first} (expected an official ContinuousThoughtMachine's "
+                         f"state_dict() after one forward, which initialises its lazy layers)")
+    return int(state_dict[first].shape[1])
+
+
+def from_official_state_dict(state_dict: Mapping[str, Tensor], **kwargs: Any) -> ContinuousThoughtMachine:
+    """A ctm model computing what the official model built with `kwargs` and holding `state_dict` computes.
+
+    `kwargs` are the official constructor's arguments (`iterations=..., backbone_type=..., ...`); an
+    argument ctm does not support, or a state dict that does not fit them, raises a one-line ValueError.
+    """
+    config = config_from_official(state_dict, **kwargs)
+    model = ContinuousThoughtMachine(config)
+    ours = model.state_dict()
+    converted: dict[str, Tensor] = {}
+    unexpected = []
+    for name, tensor in state_dict.items():
+        selection = _SELECTIONS.match(name)
+        if selection:
+            if config.neuron_selection != "first-last":  # first-last pairs follow from the sizes
+                converted.update(_pairs(state_dict, selection[1], config))
+            continue
+        target = ctm_name(name)
+        if target not in ours:
+            unexpected.append(name)
+            continue
+        converted[target] = tensor.detach().clone()
+    missing = sorted(set(ours) - set(converted))
+    wrong = [f"{k} {tuple(v.shape)} (the arguments give {tuple(ours[k].shape)})"
+             for k, v in converted.items() if k in ours and v.shape != ours[k].shape]
+    if wrong:
+        raise ValueError(f"official state dict does not fit its arguments: {', '.join(wrong)}")
+    if unexpected or missing:
+        raise ValueError("official state dict does not fit its arguments: "
+                         + (f"unexpected keys {sorted(unexpected)}; " if unexpected else "")
+                         + (f"missing keys {missing}" if missing else ""))
+    with torch.no_grad():
+        model.load_state_dict(converted)
+    return model
+
+
+def _pairs(state_dict: Mapping[str, Tensor], side: str, config: CTMConfig) -> dict[str, Tensor]:
+    """The pairs (left, right) of one synchronisation from the official neuron selections."""
+    left, right = (state_dict[f"{side}_neuron_indices_{s}"].long() for s in ("left", "right"))
+    if config.neuron_selection == "random":  # all pairs i <= j of the two selections
+        i, j = torch.triu_indices(left.numel(), left.numel())
+        left, right = left[i], right[j]
+    return {f"synch_{side}.left": left.clone(), f"synch_{side}.right": right.clone()}

@@ -214,3 +214,20 @@ def test_official_options_keep_batch_independence(change):
         torch.testing.assert_close(twin(x).predictions, full)
         for i in range(3):
             torch.testing.assert_close(model(x[i:i + 1]).predictions, full[i:i + 1], **TOL)
+
+
+def test_halting_with_several_output_positions_answers_per_position():
+    torch.manual_seed(0)
+    config = ctm.CTMConfig(iterations=4, d_model=20, d_input=8, memory_length=4, n_synch_out=5, n_synch_action=4,
+                           memory_hidden_dims=2, backbone="parity", positional_embedding="custom-rotational-1d",
+                           out_dims=12, out_positions=6)
+    model = ctm.CTM(config).eval()
+    x = (torch.randint(0, 2, (5, 6)) * 2 - 1).float()
+    with torch.no_grad():
+        out = model(x)
+    logits = out.predictions.unflatten(1, (6, 2))  # (B, positions, classes, T)
+    entropy = -(logits.log_softmax(2).exp() * logits.log_softmax(2)).sum(2) / torch.log(torch.tensor(2.0))
+    torch.testing.assert_close(out.certainties[:, 1], 1 - entropy.mean(1))  # certainty: mean over positions
+    for tau, tick in ((2.0, 3), (0.0, 0)):
+        thought = model.think(x, tau)
+        assert torch.equal(thought.prediction, logits[..., tick].argmax(2)) and (thought.ticks == tick + 1).all()

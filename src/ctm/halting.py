@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from . import engine
-from .model import SynchState, TickState, normalised_entropy
+from .model import SynchState, TickState
 
 if TYPE_CHECKING:
     from .model import ContinuousThoughtMachine
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class ThinkOutput(NamedTuple):
     """What `think` returns, one entry per sample."""
 
-    prediction: Tensor  # (B,) predicted class at the halting tick
+    prediction: Tensor  # (B,) predicted class at the halting tick; (B, P) with P > 1 output positions
     ticks: Tensor  # (B,) ticks used, 1 .. max_ticks: the answer is forward's output at tick index ticks - 1
     certainty: Tensor  # (B,) certainty (1 - normalised entropy) at the halting tick
     logits: Tensor  # (B, C) logits at the halting tick
@@ -72,7 +72,8 @@ def think(model: ContinuousThoughtMachine, x: Tensor, halt_certainty: float,
                          f"got {max_ticks!r}")
     B, device = x.shape[0], x.device
     stepper = engine.Stepper(model, x, T) if engine.applies(model) else ReadableStepper(model, x)
-    prediction = torch.empty(B, dtype=torch.long, device=device)
+    positions = c.out_positions
+    prediction = torch.empty(B, *(() if positions == 1 else (positions,)), dtype=torch.long, device=device)
     used = torch.empty(B, dtype=torch.long, device=device)
     certainty = torch.empty(B, dtype=model.start_trace.dtype, device=device)
     logits_at = torch.empty(B, c.out_dims, dtype=model.start_trace.dtype, device=device)
@@ -82,7 +83,7 @@ def think(model: ContinuousThoughtMachine, x: Tensor, halt_certainty: float,
     with model.full_precision(x):
         for t in range(T):
             logits = stepper.step()  # (b, C)
-            cert = 1 - normalised_entropy(logits)
+            cert = model.certainty(logits)[:, 1]
             if t < T - 1 and halt_certainty > 0:
                 halt = (cert >= halt_certainty) & thinking
             else:  # last tick, or tau <= 0 (rounding can put a certainty a hair below 0)
@@ -91,7 +92,7 @@ def think(model: ContinuousThoughtMachine, x: Tensor, halt_certainty: float,
             if not n_halt:
                 continue
             done = rows[halt]
-            prediction[done] = logits[halt].argmax(-1)
+            prediction[done] = logits[halt].unflatten(-1, (positions, -1)).argmax(-1).squeeze(-1)
             used[done] = t + 1
             certainty[done] = cert[halt]
             logits_at[done] = logits[halt]

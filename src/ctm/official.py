@@ -8,8 +8,10 @@ function: the same predictions, certainties, synchronisation and gradients. The 
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -139,6 +141,22 @@ def from_official_state_dict(state_dict: Mapping[str, Tensor], **kwargs: Any) ->
     with torch.no_grad():
         model.load_state_dict(converted)
     return model
+
+
+def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The state dict in an official `.pt` file: a bare `state_dict()`, or a checkpoint dict holding it under
+    `model_state_dict`. Loaded with `weights_only=True`: a file that needs arbitrary unpickling is refused."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ValueError(f"{path} cannot be loaded with weights_only=True ({first}); save the official "
+                         f"model's state_dict() alone with torch.save") from None
+    if isinstance(payload, Mapping) and isinstance(payload.get("model_state_dict"), Mapping):
+        payload = payload["model_state_dict"]
+    if not isinstance(payload, Mapping) or not all(isinstance(v, Tensor) for v in payload.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return dict(payload)
 
 
 def _pairs(state_dict: Mapping[str, Tensor], side: str, config: CTMConfig) -> dict[str, Tensor]:

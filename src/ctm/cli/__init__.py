@@ -71,6 +71,9 @@ EXAMPLES = {
     "predict": """examples:
   ctm predict RUN digit.png photo.jpg
   ctm predict RUN *.png --halt-certainty 0.9 --json""",
+    "convert-official": """examples:
+  ctm convert-official official.pt --args args.json --out runs/official --dataset mnist
+  ctm eval runs/official --halt-certainty 0.9""",
 }
 
 
@@ -201,6 +204,18 @@ def _add_pretrained_parser(sub) -> None:
                                    "each and its accuracy.")
 
 
+def _add_convert_official_parser(sub) -> None:
+    p = _add_parser(sub, "convert-official", "Convert a state dict of the official CTM implementation "
+                    "(SakanaAI/continuous-thought-machines) and its constructor's arguments into a ctm run directory "
+                    "that ctm eval, viz and predict read.")
+    p.add_argument("state_dict", metavar="STATE_DICT.pt",
+                   help="the official model's state_dict() (or a checkpoint holding it as model_state_dict)")
+    p.add_argument("--args", required=True, metavar="ARGS.json",
+                   help="a JSON object of the official ContinuousThoughtMachine constructor's arguments")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory to write (new or empty)")
+    p.add_argument("--dataset", help="the dataset the run evaluates on by default (e.g. mnist)")
+
+
 def _add_bench_parser(sub) -> None:
     # Listed for `ctm --help`; main() hands everything after `bench` to ctm.bench, which parses its own flags.
     sub.add_parser("bench", help="speed of ctm against the seed reference (ctm bench --help)", add_help=False)
@@ -215,6 +230,8 @@ SUBCOMMANDS = {
     "predict": ("classify image files with a trained run", lambda sub: _add_predict_parser(sub)),
     "view": ("an interactive tick viewer (one HTML file)", lambda sub: _add_view_parser(sub)),
     "pretrained": ("list the models bundled with ctm", lambda sub: _add_pretrained_parser(sub)),
+    "convert-official": ("a run directory from the official CTM code's weights",
+                         lambda sub: _add_convert_official_parser(sub)),
     "bench": ("speed of ctm against the seed reference (ctm bench --help)", lambda sub: _add_bench_parser(sub)),
 }
 
@@ -661,8 +678,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_official(args: argparse.Namespace) -> int:
+    from ..checkpoint import save_weights, write_config
+    from ..official import from_official_state_dict, load_official_state_dict
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CLIError(f"--out {out} exists and is not an empty folder; give a new run directory")
+    try:
+        arguments = json.loads(Path(args.args).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--args {args.args} is not valid JSON ({e})") from None
+    if not isinstance(arguments, dict):
+        raise CLIError(f"--args {args.args} must hold a JSON object of the official constructor's arguments")
+    model = from_official_state_dict(load_official_state_dict(args.state_dict), **arguments)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {"official": {"arguments": arguments, "state_dict": str(Path(args.state_dict).resolve())}}
+    if args.dataset:
+        extra["dataset"] = {"name": args.dataset}
+    write_config(out, model.config, extra)
+    save_weights(out, model, step=0)
+    print(f"Wrote {out}: {model.num_parameters():,} parameters, {model.config.iterations} ticks "
+          f"(backbone {model.config.backbone}, {model.config.neuron_selection} synchronisation)")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "predict": cmd_predict, "view": cmd_view,
-            "pretrained": cmd_pretrained}
+            "pretrained": cmd_pretrained, "convert-official": cmd_convert_official}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ class Tracking(NamedTuple):
     attention: Tensor  # (T, B, heads, N) attention weights per head
     synchronisation_out: Tensor  # (T, B, synch_size_out)
     synchronisation_action: Tensor  # (T, B, synch_size_action)
-    token_grid: tuple[int, int]  # (H', W'): attention[..., n] is token (n // W', n % W')
+    token_grid: tuple[int, int]  # (H', W'): attention[..., n] is token (n // W', n % W'); (1, L) for a sequence
 
 
 class _CTMOutputBase(NamedTuple):

@@ -55,3 +55,16 @@ def official():
     finally:
         sys.path.remove(str(OFFICIAL_PATH))
     return models
+
+
+@pytest.fixture
+def isolated_rng():
+    """Leave torch's and numpy's global generators as the test found them (the official code draws its
+    neuron selections from numpy's), so later tests see the same random state whether or not it ran."""
+    import numpy as np
+    import torch
+
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng():
+        yield
+    np.random.set_state(numpy_state)

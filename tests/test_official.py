@@ -55,6 +55,7 @@ GRID = {
         _images(2, 2, 16, 16)),
 }
 TOL = dict(rtol=1e-5, atol=1e-5)
+pytestmark = pytest.mark.usefixtures("isolated_rng")
 
 
 def _official_model(official, kwargs, x):

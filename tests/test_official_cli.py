@@ -21,6 +21,8 @@ OFFICIAL_FLAGS = ["--backbone", "resnet18-1", "--positional-embedding", "learnab
                   "--neuron-selection", "random-pairing", "--n-self-pairs", "2", "--synapse-depth", "3",
                   "--no-deep-nlms", "--nlm-layernorm", "--nlm-temperature"]
 
+pytestmark = pytest.mark.usefixtures("isolated_rng")
+
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:

@@ -26,6 +26,10 @@ def _images(b, c, h, w):
     return lambda g: torch.rand(b, c, h, w, generator=g)
 
 
+def _sequences(b, c, n):
+    return lambda g: torch.randn(b, c, n, generator=g)
+
+
 def _parity(b, n):
     return lambda g: (torch.randint(0, 2, (b, n), generator=g) * 2 - 1).float()
 
@@ -50,6 +54,9 @@ GRID = {
     "no backbone first-last layernorm batch 1": (dict(
         backbone_type="none", neuron_select_type="first-last", d_model=17, n_synch_out=9, n_synch_action=4,
         do_layernorm_nlm=True, heads=1, iterations=3), _images(1, 5, 3, 4)),
+    "no backbone sequence random n_synch > d_model": (dict(
+        backbone_type="none", neuron_select_type="random", d_model=7, n_synch_out=9, n_synch_action=8, heads=3,
+        d_input=9, synapse_depth=2), _sequences(2, 4, 9)),
     "resnet18-4 linear nlm": (dict(
         backbone_type="resnet18-4", heads=2, deep_nlms=False, out_dims=3, n_synch_out=3),
         _images(2, 2, 16, 16)),

@@ -123,7 +123,8 @@ class CTMConfig:
                 raise ValueError(f"CTMConfig.{name} must be below 1 (a probability), got {getattr(self, name)}")
         self._check_options()
         for name in ("n_synch_out", "n_synch_action"):
-            if getattr(self, name) > self.d_model:
+            # random selections draw with replacement, so only first-last needs that many neurons
+            if getattr(self, name) > self.d_model and self.neuron_selection == "first-last":
                 raise ValueError(
                     f"CTMConfig.{name} ({getattr(self, name)}) must not exceed d_model ({self.d_model}): "
                     f"synchronisation pairs are taken from the model's own neurons"

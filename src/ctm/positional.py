@@ -46,7 +46,7 @@ class LearnableFourier(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         """(B, C, H, W) -> (1, C, H, W)."""
         H, W = features.shape[-2:]
-        kw = dict(dtype=features.dtype, device=features.device)
+        kw = dict(dtype=_coordinate_dtype(features), device=features.device)
         x = (torch.arange(W, **kw) / (W - 1)).expand(H, W)  # each column's coordinate, 0 .. 1
         y = (torch.arange(H, **kw) / (H - 1)).unsqueeze(1).expand(H, W)
         projected = self.frequencies(torch.stack((x, y), dim=-1))  # (H, W, F/2)
@@ -68,9 +68,14 @@ class MultiLearnableFourier(nn.Module):
         return (embeddings * self.mix.softmax(-1).view(-1, 1, 1, 1, 1)).sum(0)
 
 
+def _coordinate_dtype(features: Tensor) -> torch.dtype:
+    """Positions in float32, or float64 for float64 features (never in a low precision under autocast)."""
+    return torch.float64 if features.dtype == torch.float64 else torch.float32
+
+
 def _rotations(n: int, like: Tensor) -> tuple[Tensor, Tensor]:
     """cos and sin of n angles evenly spaced over 0 .. 180 degrees."""
-    theta = torch.deg2rad(torch.linspace(0, 180, n, device=like.device))
+    theta = torch.deg2rad(torch.linspace(0, 180, n, dtype=_coordinate_dtype(like), device=like.device))
     return theta.cos(), theta.sin()
 
 

@@ -83,9 +83,9 @@ def _official_model(official, kwargs, x):
     return model
 
 
-def _pair(official, name):
+def _pair(official, name, **changes):
     overrides, make_input = GRID[name]
-    kwargs = {**BASE, **overrides}
+    kwargs = {**BASE, **overrides, **changes}
     g = torch.Generator().manual_seed(0)
     x = make_input(g)
     torch.manual_seed(0)
@@ -130,6 +130,19 @@ def test_official_weights_compute_the_same_function(official, name, mode):
         for n, b in theirs.named_buffers():
             if n.endswith("running_mean") or n.endswith("running_var"):
                 torch.testing.assert_close(buffers[ctm_name(n)], b, **TOL)
+
+
+@pytest.mark.parametrize("name", ["parity rotational-1d deep unet", "resnet18-2 fourier random-pairing"])
+def test_official_dropout_maps_and_is_off_in_eval_mode(official, name):
+    theirs, ours, x = _pair(official, name, dropout=0.3, dropout_nlm=0.2)
+    assert (ours.config.dropout, ours.config.nlm_dropout) == (0.3, 0.2)
+    ours.eval()
+    with torch.no_grad():
+        for a, b in zip(tuple(ours(x))[:3], theirs(x), strict=True):
+            torch.testing.assert_close(a, b, **TOL)
+    ours.train()
+    with torch.no_grad():  # in training mode the masks differ from tick to tick and run to run
+        assert not torch.equal(ours(x).predictions, ours(x).predictions)
 
 
 @pytest.mark.parametrize("name", list(GRID))

@@ -70,10 +70,11 @@ OFFICIAL_OPTIONS = ("backbone", "positional_embedding", "neuron_selection", "n_s
 
 @dataclass(frozen=True)
 class CTMConfig:
-    """Sizes of a CTM. Defaults are the seed tutorial's MNIST model.
+    """Sizes and options of a CTM. Defaults are the seed tutorial's MNIST model.
 
     iterations is T (internal ticks), d_model is D (neurons), memory_length is M (the length of each
-    neuron's pre-activation trace), d_input the width of the attention output and of the backbone.
+    neuron's pre-activation trace), d_input the width of the attention output (and of the tutorial's
+    backbone). The fields after in_channels are the official implementation's options.
     """
 
     iterations: int = option(30, "internal ticks T", min=1)
@@ -86,7 +87,8 @@ class CTMConfig:
     memory_hidden_dims: int = option(8, "hidden units of each neuron-level model", min=1)
     out_dims: int = option(10, "classes (outputs per tick); training takes it from the data", min=1)
     in_channels: int = option(1, "channels of the input images; training takes it from the data", min=1)
-    # The official implementation's options (README "Official options"); the defaults are the tutorial's.
+    # The official implementation's options (README "The official CTM's options and weights"); the defaults
+    # are the tutorial's, the only ones the fast engine runs (`tutorial_options`).
     backbone: str = option("tutorial", "input backbone: the tutorial's two conv blocks, a truncated ResNet "
                            "(resnet<depth>-<stages>), shallow-wide, parity (an embedding of a +-1 sequence) "
                            "or none (the input's channels are the features)", choices=BACKBONES)

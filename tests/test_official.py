@@ -57,9 +57,9 @@ GRID = {
     "no backbone sequence random n_synch > d_model": (dict(
         backbone_type="none", neuron_select_type="random", d_model=7, n_synch_out=9, n_synch_action=8, heads=3,
         d_input=9, synapse_depth=2), _sequences(2, 4, 9)),
-    "resnet18-4 linear nlm": (dict(
-        backbone_type="resnet18-4", heads=2, deep_nlms=False, out_dims=3, n_synch_out=3),
-        _images(2, 2, 16, 16)),
+    "resnet18-3 linear nlm": (dict(  # stage 4 of the ResNets: test_every_resnet_has_the_official_layout
+        backbone_type="resnet18-3", heads=2, deep_nlms=False, out_dims=3, n_synch_out=3),
+        _images(2, 2, 8, 8)),
 }
 TOL = dict(rtol=1e-5, atol=1e-5)
 pytestmark = pytest.mark.usefixtures("isolated_rng")

@@ -44,7 +44,7 @@ def test_official_options_train_and_resume_through_the_cli(synthetic, tmp_path):
     model = json.loads((resumed / "config.json").read_text())["model"]
     assert (model["backbone"], model["neuron_selection"], model["synapse_depth"], model["deep_nlms"]) == (
         "resnet18-1", "random-pairing", 3, False)
-    a, b = load_file(str(straight / ckpt.MODEL_FILE)), load_file(str(resumed / ckpt.MODEL_FILE))
+    a, b = (load_file(str(ckpt.current_checkpoint(run).path / ckpt.MODEL_FILE)) for run in (straight, resumed))
     assert a.keys() == b.keys() and "synch_out.left" in a  # the drawn pairs are saved with the weights
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)

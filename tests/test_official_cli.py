@@ -53,6 +53,15 @@ def test_official_options_train_and_resume_through_the_cli(synthetic, tmp_path):
         assert r2["test_loss"] == pytest.approx(r1["test_loss"], abs=1e-6)
 
 
+@pytest.mark.parametrize("flags", [["--backbone", "parity", "--positional-embedding", "custom-rotational-1d"],
+                                   ["--out-positions", "2"]])
+def test_ctm_train_refuses_the_sequence_options_in_one_line(synthetic, tmp_path, capsys, flags):
+    assert run_cli("train", "--data-dir", synthetic, "--out", tmp_path / "run", *flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "image classifiers" in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
 OFFICIAL_ARGS = dict(iterations=4, d_model=21, d_input=12, heads=3, n_synch_out=6, n_synch_action=5,
                      synapse_depth=2, memory_length=4, deep_nlms=True, memory_hidden_dims=3, do_layernorm_nlm=False,
                      backbone_type="resnet18-1", positional_embedding_type="custom-rotational", out_dims=10,

@@ -332,6 +332,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             tr.check_data_fields(model_changes, load_dataset(train_config.dataset, "train", data_dir=args.data_dir))
         model_config = CTMConfig(**model_changes)
+        if model_config.backbone == "parity" or model_config.out_positions != 1:
+            raise CLIError("ctm train trains image classifiers: --backbone parity and --out-positions above 1 are "
+                           "for sequence tasks (use them from Python: ctm.CTM(config).forward_tokens)")
         run_dir = Path(args.out or f"runs/{train_config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     started = time.perf_counter()
     result = tr.train(run_dir, model_config, train_config, data_dir=args.data_dir, device=args.device,

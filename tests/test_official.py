@@ -252,3 +252,20 @@ def test_halting_with_several_output_positions_answers_per_position():
     for tau, tick in ((2.0, 3), (0.0, 0)):
         thought = model.think(x, tau)
         assert torch.equal(thought.prediction, logits[..., tick].argmax(2)) and (thought.ticks == tick + 1).all()
+
+
+@pytest.mark.parametrize("embedding", ["learnable-fourier", "multi-learnable-fourier", "custom-rotational",
+                                       "custom-rotational-1d"])
+def test_positional_embeddings_follow_the_models_precision(embedding):
+    torch.manual_seed(0)
+    one_d = embedding.endswith("1d")
+    config = ctm.CTMConfig(iterations=2, d_model=12, d_input=8, memory_length=3, n_synch_out=4, n_synch_action=4,
+                           memory_hidden_dims=2, positional_embedding=embedding,
+                           backbone="parity" if one_d else "tutorial")
+    model = ctm.CTM(config).eval()
+    x = (torch.randint(0, 2, (2, 5)) * 2 - 1).float() if one_d else torch.rand(2, 1, 12, 12)
+    with torch.no_grad():
+        single = model(x).predictions
+        double = model.double()(x.double() if not one_d else x).predictions
+    assert double.dtype == torch.float64
+    torch.testing.assert_close(double.float(), single, rtol=1e-4, atol=1e-5)

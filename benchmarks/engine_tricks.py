@@ -45,14 +45,17 @@ def public_glu_into(x, dim, out):
     out.copy_(F.glu(x, dim))
 
 
-def public_layer_norm_backward(dy, x, mean, rstd, gamma, beta):
-    xhat = (x - mean) * rstd
-    dxhat = dy * gamma
-    return rstd * (dxhat - dxhat.mean(-1, keepdim=True) - xhat * (dxhat * xhat).mean(-1, keepdim=True))
+def private_layer_norm_backward(dy, x, mean, rstd, gamma):
+    return torch.ops.aten.native_layer_norm_backward(dy, x, x.shape[-1:], mean, rstd, gamma, None,
+                                                     (True, False, False))[0]
 
 
 def private_softmax_backward_into(dw, w, out):
     torch.ops.aten._softmax_backward_data.out(dw, w, -1, w.dtype, grad_input=out)
+
+
+def maxpool_2x2(x):
+    return F.max_pool2d(x, 2, 2)
 
 
 def main() -> None:
@@ -78,20 +81,18 @@ def main() -> None:
         with torch.inference_mode():
             model(x_eval)
 
-    no_pool = engine.WorkspacePool(keep=0)
     rows: dict[str, tuple[Callable[[], None], Callable[[], contextlib.AbstractContextManager]]] = {
         "train: engine as shipped": (train_step, contextlib.nullcontext),
         "train: engine as shipped, again": (train_step, contextlib.nullcontext),  # the noise floor
-        "train: no workspace pool": (train_step, lambda: patched(model, "_workspaces", no_pool)),
         "train: public glu + copy": (train_step, lambda: patched(engine, "_glu_into", public_glu_into)),
-        "train: LayerNorm backward by formula": (
-            train_step, lambda: patched(engine, "_layer_norm_backward", public_layer_norm_backward)),
+        "train: private LayerNorm backward": (
+            train_step, lambda: patched(engine, "_layer_norm_backward", private_layer_norm_backward)),
         "train: private softmax backward": (
             train_step, lambda: patched(engine, "_softmax_backward_into", private_softmax_backward_into)),
         "train: readable path (autograd)": (train_step, lambda: patched(model, "fast_backward", False)),
         "eval: engine as shipped": (eval_step, contextlib.nullcontext),
         "eval: engine as shipped, again": (eval_step, contextlib.nullcontext),
-        "eval: backbone not chunked": (eval_step, lambda: patched(engine, "INFERENCE_CHUNK", 10**9)),
+        "eval: max_pool2d in the backbone": (eval_step, lambda: patched(engine, "_max_pool_2x2", maxpool_2x2)),
         "eval: public glu + copy": (eval_step, lambda: patched(engine, "_glu_into", public_glu_into)),
         "eval: readable path": (eval_step, lambda: patched(model, "fast_backward", False)),
     }

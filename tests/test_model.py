@@ -57,9 +57,9 @@ def test_batch_of_n_equals_n_batches_of_one():
 
 
 @pytest.mark.parametrize("hw", [(28, 28), (13, 10)])
-def test_inference_backbone_in_chunks_equals_the_autograd_path(hw):
-    # In inference the backbone runs in chunks of 64 images with its own pooling; with autograd on, in
-    # one piece with max_pool2d. BatchNorm statistics are set so that it does something.
+def test_inference_backbone_equals_the_autograd_path(hw):
+    # In inference the engine's backbone folds BatchNorm and pools by elementwise maxima; with autograd on
+    # it uses max_pool2d. BatchNorm statistics are set so that it does something.
     model = ctm.CTM(SMALL).eval()
     with torch.no_grad():
         for bn in (model.backbone[1], model.backbone[5]):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 __all__ = ["format_table", "make_step", "measure_peak_cuda", "measure_peak_inprocess", "peak_rss_growth",
-           "release_workspaces", "speed_context", "synchronize", "time_alternating"]
+           "speed_context", "synchronize", "time_alternating"]
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -83,20 +83,8 @@ def time_alternating(steps: dict[str, Callable[[], None]], repeats: int,
     return times
 
 
-def release_workspaces(model: torch.nn.Module) -> None:
-    """Free ctm's reused training buffers (also behind torch.compile), so a memory measurement that
-    follows counts them; the seed has none."""
-    inner = getattr(model, "_orig_mod", model)
-    if hasattr(inner, "release_workspaces"):
-        inner.release_workspaces()
-
-
-def measure_peak_cuda(step: Callable[[], None], device: torch.device, calls: int = 2,
-                      model: torch.nn.Module | None = None) -> float:
-    """Peak CUDA memory (MB) allocated while running `step`, beyond what was allocated before; `model`'s
-    kept workspaces are freed first, so they count in the peak as they do in a fresh process."""
-    if model is not None:
-        release_workspaces(model)
+def measure_peak_cuda(step: Callable[[], None], device: torch.device, calls: int = 2) -> float:
+    """Peak CUDA memory (MB) allocated while running `step`, beyond what was allocated before."""
     synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
@@ -137,15 +125,12 @@ def _vm_hwm_mb() -> float:
     return float("nan")
 
 
-def measure_peak_inprocess(step: Callable[[], None], calls: int = 2,
-                           model: torch.nn.Module | None = None) -> float | None:
+def measure_peak_inprocess(step: Callable[[], None], calls: int = 2) -> float | None:
     """Peak RSS growth (MB) over the current RSS while running `step`, in this process.
 
     Approximate: memory the allocator kept from earlier rows is reused without growing RSS, so this
     can under-count. None where the peak mark cannot be reset (not Linux).
     """
-    if model is not None:
-        release_workspaces(model)
     if not _reset_peak_rss():
         return None
     before = _rss_mb()

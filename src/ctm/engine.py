@@ -3,9 +3,10 @@
 `ContinuousThoughtMachine.forward` enters here through one dispatch (`engine.applies(model)`); everything
 else in the package reads `model.py`. The engine computes the same function (tests/test_engine.py holds it
 to the readable path: outputs, every gradient, BatchNorm statistics, float64 gradcheck) but a tick is ~15
-larger kernels instead of ~60 small ones. What each trick buys was measured side by side on a 2-core
-x86 CPU at the seed's sizes (batch 64, 30 ticks; `python benchmarks/engine_tricks.py`, figures in its
-docstring):
+larger kernels instead of ~60 small ones. At the seed's sizes (batch 64, 30 ticks) a training step takes
+0.35x the readable path's time and an evaluation (batch 500) 0.38x, on a 2-core x86 CPU with 2 threads
+(`python benchmarks/engine_tricks.py`, 9 alternating rounds, the machine otherwise idle; two timings of the
+same engine differed by up to 3%, which bounds what the figures below can resolve). The tricks:
 
 * **Folding.** Everything that does not change between ticks is folded once per forward (`fold`):
   keys/values, the query projection into the attention's query weights together with 1/sqrt(beta_t) and
@@ -18,20 +19,23 @@ docstring):
 * **Readout after the loop.** The output synchronisation, logits and certainties do not feed back into
   the loop, so they are computed once for all ticks (the decay recursion becomes one matmul with a
   (T, T) decay matrix per pair).
-* **Hand-written backward** (`_TickFunction`): the forward writes what the backward needs into
-  preallocated per-tick buffers, and weight gradients are batched over ticks.
-* **Workspace pool**: those buffers are kept between training steps (`_WorkspacePool`).
-* **Backbone for inference**: channels-last convolutions with BatchNorm folded in eval mode, pooling
-  before the ReLU (they commute), and on CPU with running statistics the batch in cache-sized chunks.
+* **Hand-written backward** (`_TickFunction`): the forward writes what the backward needs into per-tick
+  buffers, the GLU Jacobians are formed for all ticks at once, and weight gradients are batched over ticks.
+* **GLU written in place** (`_glu_into`, the private `aten.glu.out`): 6% of a training step, 4% of an
+  evaluation against `F.glu` and a copy. The only private aten op left; tests/test_engine.py fails loudly if
+  a torch upgrade changes it.
+* **Backbone**: channels-last convolutions (about 40% faster than NCHW for the tutorial's backbone, forward
+  and backward, 1 thread), BatchNorm folded into the convolution in eval mode, pooling before the ReLU (they
+  commute), and in inference 2x2 max-pooling as elementwise maxima.
 
-Two private aten ops remain (`aten.glu.out`, `aten.native_layer_norm_backward`); tests/test_engine.py
-fails loudly if a torch upgrade changes what they compute.
+Measured and dropped (within the noise): keeping the backward's buffers between steps in a pool (1%), the
+private LayerNorm and softmax backward kernels (0% and 1%), and running the inference backbone in chunks of
+64 images (5% slower at batch 500).
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -41,7 +45,6 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from .model import ContinuousThoughtMachine
 
-INFERENCE_CHUNK = 64  # images per backbone call in CPU inference (see features)
 
 
 def applies(model: ContinuousThoughtMachine) -> bool:
@@ -152,16 +155,16 @@ def _glu_into(x: Tensor, dim: int, out: Tensor) -> None:
     torch.ops.aten.glu.out(x, dim, out=out)
 
 
-def _layer_norm_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
-    """The input gradient of LayerNorm over the last dim, from the forward's statistics. The private aten
-    kernel is one pass instead of the ~8 elementwise kernels of the formula (see benchmarks/engine_tricks.py)."""
-    return torch.ops.aten.native_layer_norm_backward(dy, x, x.shape[-1:], mean, rstd, gamma, beta,
-                                                     (True, False, False))[0]
+def _layer_norm_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, gamma: Tensor) -> Tensor:
+    """The input gradient of LayerNorm over the last dim, from the forward's statistics:
+    rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * gamma, xhat = (x - mean) * rstd."""
+    xhat = (x - mean) * rstd
+    g = dy * gamma
+    return rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
 
 
 def _softmax_backward_into(dw: Tensor, w: Tensor, out: Tensor) -> None:
-    """The gradient of softmax's input, w * (dw - <dw, w>), written into `out` (public ops: the private
-    `_softmax_backward_data` bought nothing measurable here)."""
+    """The gradient of softmax's input, w * (dw - <dw, w>), written into `out`."""
     torch.mul(w, dw - (dw * w).sum(-1, keepdim=True), out=out)
 
 
@@ -290,7 +293,7 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
         _glu_jacobians(saved["lin"], saved["g"].unsqueeze(2), 2)
         _glu_jacobians(saved["h1"].view(T, D, 2, H, B), saved["u"].unsqueeze(2), 2)
         _glu_jacobians(saved["h2"].view(T, D, 2, 1, B), Z[1:].view(T, D, 1, 1, B), 2)
-        saved["jacobians"] = True  # a second backward through the same forward (no pool) reuses them
+        saved["jacobians"] = True  # a second backward through the same forward (retain_graph) reuses them
     W1t = p.W1.transpose(1, 2).contiguous()  # (D, M, 2H)
     W2t = p.W2.transpose(1, 2).contiguous()  # (D, H, 2)
     # The accumulator gradient is symmetric over (i, j); carry twice it (weights 2A) and halve at the end.
@@ -317,7 +320,7 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
         dW1.baddbmm_(windows[t], dh1.transpose(1, 2))
         dseq_windows[t] += torch.bmm(W1t, dh1)
         # synapses
-        dg = _layer_norm_backward(dpre[t], g, mean, rstd, p.gamma, p.beta)
+        dg = _layer_norm_backward(dpre[t], g, mean, rstd, p.gamma)
         torch.mul(dg.unsqueeze(1).expand_as(jl), jl, out=dlin)
         dlin = dlin.view(B, 2 * D)
         # attention: softmax backward ds = w * (dw - <dw, w>)
@@ -355,58 +358,18 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
             d_z0, d_trace0)
 
 
-class WorkspacePool:
-    """Keeps the hand-written backward's buffers between training steps (~55 MB at the seed's sizes and
-    batch 64, growing linearly with the batch); fresh buffers cost page faults on first touch.
-
-    A workspace is taken by a forward and given back at the end of its backward; a forward whose graph is
-    dropped without a backward lets its workspace be garbage-collected. At most `keep` workspaces (one
-    per shape) are held. Copies and pickles of a model start with an empty pool.
-    """
-
-    def __init__(self, keep: int = 2) -> None:
-        self.keep = keep
-        self._free: dict[tuple, dict[str, Tensor]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, key: tuple) -> dict[str, Tensor] | None:
-        with self._lock:
-            return self._free.pop(key, None)
-
-    def give(self, key: tuple, workspace: dict[str, Tensor]) -> None:
-        with self._lock:
-            self._free.pop(key, None)
-            self._free[key] = workspace
-            while len(self._free) > self.keep:
-                self._free.pop(next(iter(self._free)))
-
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
-
-    def __deepcopy__(self, memo) -> WorkspacePool:
-        return WorkspacePool(self.keep)
-
-    def __getstate__(self) -> dict:
-        return {"keep": self.keep}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["keep"])
-
-
 class _TickFunction(torch.autograd.Function):
     """The tick loop with a hand-written backward: outputs z_1 .. z_T (T, D, B), and for tracking the
     pre-activation sequence, the attention weights and the action accumulators (not differentiable)."""
 
     @staticmethod
-    def forward(ctx, pool: WorkspacePool | None, eps: float, heads: int, track: bool, *tensors: Tensor):
+    def forward(ctx, eps: float, heads: int, track: bool, *tensors: Tensor):
         p = TickParams(*tensors)
         s = Sizes.of(p, heads)
-        key = (tuple(s), p.kT.dtype, p.kT.device)
-        workspace = (pool.take(key) if pool is not None else None) or {"fwd": _forward_buffers(s, p.kT)}
+        workspace = {"fwd": _forward_buffers(s, p.kT)}
         workspace["fwd"]["jacobians"] = False
         Z, seq = tick_loop(p, s, eps, workspace["fwd"])
-        ctx.pool, ctx.key, ctx.workspace, ctx.sizes, ctx.Z, ctx.seq = pool, key, workspace, s, Z, seq
+        ctx.workspace, ctx.sizes, ctx.Z, ctx.seq = workspace, s, Z, seq
         ctx.save_for_backward(*tensors)
         if not track:
             return Z[1:]
@@ -417,27 +380,20 @@ class _TickFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dZ: Tensor, *_unused):
-        if ctx.workspace is None:
-            raise RuntimeError(
-                "backward through the same CTM forward twice (retain_graph=True) is not supported by the "
-                "hand-written backward; set model.fast_backward = False to use autograd")
         p = TickParams(*ctx.saved_tensors)
         workspace = ctx.workspace
         if "bwd" not in workspace:
             workspace["bwd"] = _backward_buffers(ctx.sizes, p.kT)
         grads = _tick_backward(dZ.contiguous(), p, ctx.sizes, ctx.Z, ctx.seq, workspace["fwd"], workspace["bwd"])
-        if ctx.pool is not None:  # the workspace goes back for the next step; without a pool the graph keeps it
-            ctx.workspace = ctx.Z = ctx.seq = None
-            ctx.pool.give(ctx.key, workspace)
-        return (None, None, None, None, *grads)
+        return (None, None, None, *grads)
 
 
-def run_ticks(p: TickParams, heads: int, eps: float, track: bool, pool: WorkspacePool | None = None
+def run_ticks(p: TickParams, heads: int, eps: float, track: bool
               ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """z_1 .. z_T (T, D, B); with track also the sequence, attention weights and action accumulators."""
     s = Sizes.of(p, heads)
     if torch.is_grad_enabled() and any(t.requires_grad for t in p):
-        out = _TickFunction.apply(pool, eps, heads, track, *p)
+        out = _TickFunction.apply(eps, heads, track, *p)
         return (out, None, None, None) if not track else out
     saved = _forward_buffers(s, p.kT) if track else None
     Z, seq = tick_loop(p, s, eps, saved)
@@ -476,15 +432,10 @@ def readout(model: ContinuousThoughtMachine, Zs: Tensor, rate_out: Tensor) -> tu
 def features(model: ContinuousThoughtMachine, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
     """`model.compute_features`, fast: (B, C, H, W) images -> (B, N, d_input) tokens and the grid (H', W')."""
     bb = model.backbone
-    h = x.to(memory_format=torch.channels_last)
-    independent = not any(bn.training or bn.running_mean is None for bn in (bb[1], bb[5]))
-    if torch.is_grad_enabled() or not independent or h.device.type != "cpu":
-        feats = _backbone(bb, h, bb[3])
-    else:
-        # CPU inference with BatchNorm on running statistics: every image is independent, so run the
-        # backbone in chunks whose activations stay in cache (about 2x faster at batch 500), pooling with
-        # elementwise maxima of strided views (max_pool2d also computes indices).
-        feats = torch.cat([_backbone(bb, c, _max_pool_2x2) for c in h.split(INFERENCE_CHUNK)])
+    # Pooling by elementwise maxima of strided views in inference (max_pool2d also computes the indices
+    # that only its backward needs).
+    pool = bb[3] if torch.is_grad_enabled() else _max_pool_2x2
+    feats = _backbone(bb, x.to(memory_format=torch.channels_last), pool)
     grid = (feats.shape[-2], feats.shape[-1])
     return model.kv_proj(feats.flatten(2).transpose(1, 2)), grid
 
@@ -531,7 +482,7 @@ def forward(model: ContinuousThoughtMachine, x: Tensor, track: bool):
     with model.full_precision(x):  # under autocast only the backbone runs in low precision
         rate_action, rate_out = model.decay_rates()
         p, inv_sqrt_beta = fold(model, tokens.to(model.start_trace.dtype), rate_action, T)
-        Zs, seq, attn, alpha = run_ticks(p, c.heads, model.synapses[2].eps, track, model._workspaces)  # (T, D, B)
+        Zs, seq, attn, alpha = run_ticks(p, c.heads, model.synapses[2].eps, track)  # (T, D, B)
         logits, S_out = readout(model, Zs, rate_out)  # (B, C, T), (P_out, T, B)
         certainties = certainty(logits, dim=1)  # (B, 2, T)
     tracking = None

@@ -299,7 +299,6 @@ class ContinuousThoughtMachine(nn.Module):
         self.decay_params_out = nn.Parameter(torch.zeros(c.synch_size_out))
         self.decay_params_action = nn.Parameter(torch.zeros(c.synch_size_action))
         self.output_projector = nn.Linear(c.synch_size_out, c.out_dims)
-        self._workspaces = engine.WorkspacePool()
 
     # ------------------------------------------------------------------------------------------ the tick
 
@@ -430,10 +429,6 @@ class ContinuousThoughtMachine(nn.Module):
         there too (as the seed does), which keeps them from drifting where no gradient would bring them back.
         """
         return optimizer.register_step_post_hook(lambda *_: self.clamp_decay_())
-
-    def release_workspaces(self) -> None:
-        """Free the engine's training buffers kept between steps (the next training step rebuilds them)."""
-        self._workspaces.clear()
 
     def check_input(self, x: Tensor) -> None:
         """Raise a ValueError naming what is wrong with an input batch, before any torch op sees it."""

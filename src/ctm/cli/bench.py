@@ -356,7 +356,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
                     memory[impl] = None
                 elif device.type == "cuda":
                     try:
-                        memory[impl] = measure_peak_cuda(steps[impl], device, model=row_models[impl])
+                        memory[impl] = measure_peak_cuda(steps[impl], device)
                     except torch.OutOfMemoryError:
                         memory[impl] = None
                 elif opts.memory == "subprocess" and impl == "ctm+compile":
@@ -364,7 +364,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
                 elif opts.memory == "subprocess":
                     memory[impl] = peak_memory_mb(impl, mode, batch, opts, seed_path)
                 elif opts.memory == "inprocess":
-                    memory[impl] = measure_peak_inprocess(steps[impl], model=row_models[impl])
+                    memory[impl] = measure_peak_inprocess(steps[impl])
                 else:
                     memory[impl] = None
             base = times.get("seed")

@@ -12,7 +12,7 @@ import pytest
 from helpers import make_synthetic
 
 from ctm import train as tr
-from ctm.cli import OneLineParser, build_parser, main
+from ctm.cli import SUBCOMMANDS, OneLineParser, build_parser, main
 from ctm.cli.config_flags import add_config_flags, flag_for, given, with_flag_names
 from ctm.config import CTMConfig, option
 from ctm.train import TrainConfig
@@ -117,10 +117,10 @@ def test_ctm_help_does_not_import_torch():
     assert "predict" in result.stdout and "train" in result.stdout
 
 
-COMPUTING = ("train", "eval", "viz", "predict")
+COMPUTING = ("train", "eval", "viz", "predict", "view")
 
 
-@pytest.mark.parametrize("command", COMPUTING)
+@pytest.mark.parametrize("command", [c for c in SUBCOMMANDS if c != "bench"])
 def test_every_flag_has_help_and_every_subcommand_examples(command):
     sub = next(a for a in build_parser(command)._actions if isinstance(a, argparse._SubParsersAction))
     parser = sub.choices[command]
@@ -129,7 +129,15 @@ def test_every_flag_has_help_and_every_subcommand_examples(command):
     assert not missing, f"ctm {command}: no help for {missing}"
     assert parser.epilog and parser.epilog.startswith("examples:") and f"ctm {command}" in parser.epilog
     flags = {s for a in parser._actions for s in a.option_strings}
-    assert {"--threads", "--device"} <= flags, f"ctm {command} lacks --threads/--device"
+    if command in COMPUTING:
+        assert {"--threads", "--device"} <= flags, f"ctm {command} lacks --threads/--device"
+
+
+def test_ctm_bench_help_has_help_for_every_flag_and_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert "examples:\n  ctm bench --quick" in out and "--threads" in out and "--device" in out
 
 
 @pytest.mark.parametrize("command", COMPUTING)

@@ -281,6 +281,9 @@ def test_cli_halt_sweep_table_and_plot(tiny_run, capsys):
     (["--max-ticks", "2"], "--max-ticks only applies with --halt-certainty or --halt-sweep"),
     (["--halt-certainty", "0.5", "--max-ticks", "9"], "--max-ticks 9 exceeds the model's 4 ticks"),
     (["--halt-certainty", "-1"], "halting thresholds are certainties"),
+    (["--halt-certainty", "80"], "--halt-certainty 80: halting thresholds are certainties in [0, 1], a fraction"),
+    (["--halt-certainty", "1.5"], "a fraction, e.g. 0.8"),
+    (["--halt-certainty", "0.8", "--plot"], "does not combine with --halt-certainty or --halt-sweep"),
 ])
 def test_cli_halting_errors(tiny_run, capsys, args, message):
     run, data = tiny_run

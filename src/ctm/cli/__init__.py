@@ -71,6 +71,9 @@ EXAMPLES = {
     "predict": """examples:
   ctm predict RUN digit.png photo.jpg
   ctm predict RUN *.png --halt-certainty 0.9 --json""",
+    "pretrained": """examples:
+  ctm pretrained                             # name, accuracy, size and the command that trained each
+  ctm view --pretrained mnist""",
     "convert-official": """examples:
   ctm convert-official official.pt --args args.json --out runs/official --dataset mnist
   ctm eval runs/official --halt-certainty 0.9""",

@@ -455,13 +455,20 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     return BenchOptions.quick(**changes) if args.quick else BenchOptions(**changes)
 
 
+BENCH_EXAMPLES = """examples:
+  ctm bench --quick                          # a few seconds: tiny batches, 4 ticks
+  ctm bench --batch-sizes 64,256 --threads 2 # the README's table
+  ctm bench --compile --amp --json           # also torch.compile and bfloat16, machine-readable"""
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "ctm bench") -> int:
     """Run the benchmark command; returns the exit code (2 and one line on stderr for a user error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--memory-child"]:
         _memory_child(argv[1])
         return 0
-    p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
+    p = OneLineParser(prog=prog, description=__doc__.splitlines()[0], epilog=BENCH_EXAMPLES.replace("ctm bench", prog),
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     args = p.parse_args(argv)
 

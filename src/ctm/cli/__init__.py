@@ -420,20 +420,26 @@ def _run_dataset(run_dir: str | Path, payload: dict) -> str:
     return name
 
 
+def _check_out_file(out: str | None, suffixes: tuple[str, ...]) -> None:
+    """An --out file name: the right kind, not a folder, in a folder that exists."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.suffix.lower() not in suffixes:
+        raise CLIError(f"--out {path}: the file name must end in {suffixes[0]}")
+    if path.is_dir():
+        raise CLIError(f"--out {path} is a folder; give a file name ending in {suffixes[0]}")
+    if not path.parent.is_dir():
+        raise CLIError(f"--out {path}: folder {path.parent} does not exist")
+    _check_path_text("--out", out)
+
+
 def cmd_viz(args: argparse.Namespace) -> int:
     from .. import viz
 
     if not 0.1 <= args.fps <= 100:
         raise CLIError(f"--fps must be between 0.1 and 100 frames per second, got {args.fps}")
-    if args.out is not None:
-        out = Path(args.out)
-        if out.suffix.lower() != ".gif":
-            raise CLIError(f"--out {out}: the file name must end in .gif")
-        if out.is_dir():
-            raise CLIError(f"--out {out} is a folder; give a file name ending in .gif")
-        if not out.parent.is_dir():
-            raise CLIError(f"--out {out}: folder {out.parent} does not exist")
-        _check_path_text("--out", args.out)
+    _check_out_file(args.out, (".gif",))
     from ..train import resolve_device
 
     _set_threads(args.threads)
@@ -468,15 +474,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         raise CLIError(f"--threshold is a certainty in [0, 1], got {args.threshold}")
     if not 0 <= args.port <= 65535:
         raise CLIError(f"--port must be in 0..65535, got {args.port}")
-    if args.out is not None:
-        out = Path(args.out)
-        if out.suffix.lower() not in (".html", ".htm"):
-            raise CLIError(f"--out {out}: the file name must end in .html")
-        if out.is_dir():
-            raise CLIError(f"--out {out} is a folder; give a file name ending in .html")
-        if not out.parent.is_dir():
-            raise CLIError(f"--out {out}: folder {out.parent} does not exist")
-        _check_path_text("--out", args.out)
+    _check_out_file(args.out, (".html", ".htm"))
     _set_threads(args.threads)
     model, payload = _load_source(args, resolve_device(args.device))
     data = _samples_for(args, payload)

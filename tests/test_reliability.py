@@ -32,6 +32,9 @@ RECIPE = ["--steps", str(STEPS), "--batch-size", "32", "--eval-every", "4", "--l
 def _child(argv: list[str], point: str, save: int, signals: list[str], err: Path, marker: Path | None) -> None:
     """`ctm ARGV` that, at save number `save` (from 1) and instant `point` of the save sequence
     (ctm.checkpoint.SAVE_POINTS), sends itself each signal of `signals` in turn."""
+    # A forked child must not enter the OpenMP thread pool of its parent (GNU libgomp is not fork-safe: with the
+    # parent's threads gone, a parallel region waits for them forever). One thread runs no parallel region.
+    torch.set_num_threads(1)
     fd = os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 2)
     sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
@@ -74,6 +77,15 @@ def data(tmp_path_factory) -> Path:
 
 def run_cli(*args) -> int:
     return main([str(a) for a in args])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The forked children compute on one thread (see `_child`); so do the runs they are compared with."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def threads() -> list[str]:

@@ -21,8 +21,9 @@ same engine differed by up to 3%, which bounds what the figures below can resolv
   weights on the accumulators directly, and in the backward dz gets index_add_ of dacc * z[right] at left
   and dacc * z[left] at right (`action_pairs`). The general path run on the tutorial model timed the same
   as the outer product (train step 58.3 vs 59.0 ms, noise floor 3%; eval batch 500 122.8 vs 125.9 ms; 9
-  rounds, 2 threads, load average ~1.4 from another engineer's jobs; row "action pairs by index"). The
-  outer product stays for first-last only because tests/test_engine.py's gradcheck holds its layout.
+  rounds, 2 threads, load average ~1.4 from other jobs; row "action pairs by index"; measured with the
+  workspace pool still in, a re-run without it was swamped by load). The outer product stays for
+  first-last only because tests/test_engine.py's gradcheck holds its (n, n) layout.
 * **Neuron-major trace.** The trace is a (D, M + T, B) sequence: tick t reads the window [t + 1, t + M]
   (no concatenation), and every neuron's MLP is one batched matmul over neurons.
 * **Readout after the loop.** The output synchronisation, logits and certainties do not feed back into

@@ -19,11 +19,12 @@ same engine differed by up to 3%, which bounds what the figures below can resolv
   index gathers) with symmetric weights, so the pairs i <= j of the model carry their full weight. Other
   selections: one accumulator per pair (left, right), alpha = r * alpha + z[left] * z[right], the query
   weights on the accumulators directly, and in the backward dz gets index_add_ of dacc * z[right] at left
-  and dacc * z[left] at right (`action_pairs`). The general path run on the tutorial model timed the same
-  as the outer product (train step 58.3 vs 59.0 ms, noise floor 3%; eval batch 500 122.8 vs 125.9 ms; 9
-  rounds, 2 threads, load average ~1.4 from other jobs; row "action pairs by index"; measured with the
-  workspace pool still in, a re-run without it was swamped by load). The outer product stays for
-  first-last only because tests/test_engine.py's gradcheck holds its (n, n) layout.
+  and dacc * z[left] at right (`action_pairs`). Run on the tutorial model (engine_tricks.py row "action
+  pairs by index", 9 rounds, 2 threads, load average 1.2-1.3 from other jobs), the general path timed within
+  the noise of the outer product in two runs: train step 82.1 and 83.3 ms, the outer product 87.1/84.8
+  and 82.8/82.2 (timed twice per run); eval batch 500 167.5 and 143.1 ms, the outer product 173.4/172.8
+  and 151.4/144.2. The outer product stays for first-last only because
+  tests/test_engine.py's first gradcheck holds its (n, n) layout; the general path could replace it.
 * **Neuron-major trace.** The trace is a (D, M + T, B) sequence: tick t reads the window [t + 1, t + M]
   (no concatenation), and every neuron's MLP is one batched matmul over neurons.
 * **Readout after the loop.** The output synchronisation, logits and certainties do not feed back into

@@ -2,6 +2,7 @@
 
     python benchmarks/engine_tricks.py                  # seed sizes, batch 64, 30 ticks, 2 threads
     python benchmarks/engine_tricks.py --threads 1 --rounds 9
+    python benchmarks/engine_tricks.py --rows "shipped|pairs"   # only the rows matching a regex
 
 Every row swaps one trick for its plain alternative and times the same step, alternating with the engine
 as it ships (round-robin, median of the rounds), so load from other processes hits all rows alike:
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import statistics
 import sys
 import time
@@ -58,6 +60,12 @@ def maxpool_2x2(x):
     return F.max_pool2d(x, 2, 2)
 
 
+def pairs_by_index(model):
+    """The general action synchronisation (one accumulator per pair, gathered by index) on a first-last model,
+    in place of its n x n outer product."""
+    return torch.stack((model.synch_action.left, model.synch_action.right))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=64)
@@ -65,6 +73,7 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rows", default="", help="only the rows whose name matches this regular expression")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -89,13 +98,16 @@ def main() -> None:
             train_step, lambda: patched(engine, "_layer_norm_backward", private_layer_norm_backward)),
         "train: private softmax backward": (
             train_step, lambda: patched(engine, "_softmax_backward_into", private_softmax_backward_into)),
+        "train: action pairs by index": (train_step, lambda: patched(engine, "action_pairs", pairs_by_index)),
         "train: readable path (autograd)": (train_step, lambda: patched(model, "fast_backward", False)),
         "eval: engine as shipped": (eval_step, contextlib.nullcontext),
         "eval: engine as shipped, again": (eval_step, contextlib.nullcontext),
         "eval: max_pool2d in the backbone": (eval_step, lambda: patched(engine, "_max_pool_2x2", maxpool_2x2)),
         "eval: public glu + copy": (eval_step, lambda: patched(engine, "_glu_into", public_glu_into)),
+        "eval: action pairs by index": (eval_step, lambda: patched(engine, "action_pairs", pairs_by_index)),
         "eval: readable path": (eval_step, lambda: patched(model, "fast_backward", False)),
     }
+    rows = {name: row for name, row in rows.items() if re.search(args.rows, name)}
     times: dict[str, list[float]] = {name: [] for name in rows}
     for step, ctx in rows.values():  # warm-up
         with ctx():

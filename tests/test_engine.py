@@ -13,7 +13,9 @@ import torch.nn.functional as F
 import ctm
 from ctm import engine
 
-# Odd sizes; several heads with colour non-square input; fewer ticks than memory with batch 1.
+# Odd sizes; several heads with colour non-square input; fewer ticks than memory with batch 1; random pairs
+# with self pairs; a ResNet with a positional embedding and random selection; a rotational embedding with
+# two output positions and NLM temperatures.
 CONFIGS = {
     "odd": (ctm.CTMConfig(iterations=5, d_model=23, d_input=12, memory_length=6, heads=3, n_synch_out=5,
                           n_synch_action=7, memory_hidden_dims=3, out_dims=4), 5, (13, 11)),
@@ -21,6 +23,18 @@ CONFIGS = {
                                    n_synch_action=6, memory_hidden_dims=5, out_dims=7, in_channels=3), 4, (20, 12)),
     "short-batch1": (ctm.CTMConfig(iterations=3, d_model=18, d_input=8, memory_length=7, heads=2, n_synch_out=18,
                                    n_synch_action=4, memory_hidden_dims=2, out_dims=3), 1, (9, 16)),
+    "random-pairing": (ctm.CTMConfig(iterations=4, d_model=21, d_input=12, memory_length=5, heads=3, n_synch_out=7,
+                                     n_synch_action=6, memory_hidden_dims=3, out_dims=5,
+                                     neuron_selection="random-pairing", n_self_pairs=2), 3, (10, 9)),
+    "resnet-fourier-random": (ctm.CTMConfig(iterations=3, d_model=17, d_input=8, memory_length=4, heads=2,
+                                            n_synch_out=4, n_synch_action=3, memory_hidden_dims=2, out_dims=4,
+                                            in_channels=3, backbone="resnet18-1",
+                                            positional_embedding="learnable-fourier", neuron_selection="random"),
+                              2, (8, 8)),
+    "rotational-positions-temperature": (ctm.CTMConfig(
+        iterations=4, d_model=19, d_input=8, memory_length=3, heads=1, n_synch_out=5, n_synch_action=4,
+        memory_hidden_dims=2, out_dims=6, out_positions=2, positional_embedding="custom-rotational",
+        nlm_temperature=True), 2, (12, 12)),
 }
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -32,9 +46,13 @@ def _twins(name: str, seed: int = 0) -> tuple[ctm.CTM, ctm.CTM, torch.Tensor, to
     with torch.no_grad():  # decays away from 0 and the clamp bounds; non-trivial BatchNorm statistics
         fast.decay_params_out.uniform_(0.1, 2)
         fast.decay_params_action.uniform_(0.1, 2)
-        for bn in (fast.backbone[1], fast.backbone[5]):
+        for name, p in fast.named_parameters():
+            if name.endswith("temperature"):
+                p.uniform_(0.5, 2)
+        for bn in (m for m in fast.modules() if isinstance(m, torch.nn.BatchNorm2d)):
             bn.running_mean.uniform_(-0.3, 0.3)
             bn.running_var.uniform_(0.5, 2)
+    assert engine.applies(fast)
     readable = copy.deepcopy(fast)
     readable.fast_backward = False
     x = torch.rand(batch, cfg.in_channels, *hw)
@@ -98,9 +116,8 @@ def test_think_is_the_same_on_both_engines(name):
         torch.testing.assert_close(a.certainty, b.certainty, **TOL)
 
 
-def test_readable_path_really_runs_when_fast_backward_is_off(monkeypatch):
-    """fast_backward = False: neither the engine's forward nor its stepper runs; model.tick does, T times."""
-    fast, readable, x, y = _twins("odd")
+def _refuse_the_engine(monkeypatch) -> list:
+    """Make the engine's forward and stepper fail; returns a list that grows by one per readable model.tick."""
 
     def refuse(*_a, **_k):
         raise AssertionError("the fast engine ran")
@@ -110,6 +127,13 @@ def test_readable_path_really_runs_when_fast_backward_is_off(monkeypatch):
     calls = []
     plain_tick = ctm.CTM.tick
     monkeypatch.setattr(ctm.CTM, "tick", lambda self, *a: calls.append(1) or plain_tick(self, *a))
+    return calls
+
+
+def test_readable_path_really_runs_when_fast_backward_is_off(monkeypatch):
+    """fast_backward = False: neither the engine's forward nor its stepper runs; model.tick does, T times."""
+    fast, readable, x, y = _twins("odd")
+    calls = _refuse_the_engine(monkeypatch)
     _run(readable, x, y)
     assert len(calls) == readable.config.iterations
     readable.eval().think(x, 0.5)
@@ -117,6 +141,41 @@ def test_readable_path_really_runs_when_fast_backward_is_off(monkeypatch):
         fast(x)
     with pytest.raises(AssertionError, match="fast engine ran"):
         fast.eval().think(x, 0.5)
+
+
+# What the engine does not compute: each runs the readable path (dropout only in training).
+NOT_ON_THE_ENGINE = [dict(synapse_depth=2), dict(deep_nlms=False), dict(nlm_layernorm=True),
+                     dict(dropout=0.1), dict(nlm_dropout=0.1)]
+
+
+@pytest.mark.parametrize("change", NOT_ON_THE_ENGINE, ids=lambda c: "-".join(map(str, c.items())))
+def test_options_the_engine_does_not_cover_run_the_readable_path(change, monkeypatch):
+    cfg = CONFIGS["odd"][0].replace(**change)
+    torch.manual_seed(0)
+    model = ctm.CTM(cfg).train()
+    assert not engine.applies(model)
+    calls = _refuse_the_engine(monkeypatch)
+    x = torch.rand(2, 1, 13, 11)
+    _run(model, x, torch.randint(0, cfg.out_dims, (2,)))
+    assert len(calls) == cfg.iterations
+    if not any("dropout" in k for k in change):  # in eval mode dropout is the identity and the engine runs
+        model.eval().think(x, 0.5)  # halting takes the readable steps too
+        assert len(calls) > cfg.iterations
+
+
+def test_dropout_runs_on_the_engine_in_eval_mode():
+    """Dropout is the identity in eval mode, so the engine runs there and agrees with the readable path."""
+    cfg = CONFIGS["odd"][0].replace(dropout=0.2, nlm_dropout=0.1)
+    torch.manual_seed(0)
+    fast = ctm.CTM(cfg).eval()
+    readable = copy.deepcopy(fast)
+    readable.fast_backward = False
+    assert engine.applies(fast) and not engine.applies(fast.train()) and not engine.applies(readable.eval())
+    fast.eval()
+    x = torch.rand(3, 1, 13, 11)
+    with torch.no_grad():
+        for a, b in zip(fast(x), readable(x), strict=True):
+            torch.testing.assert_close(a, b, **TOL)
 
 
 def test_double_backward_and_forward_mode_ad_on_the_readable_path():
@@ -160,6 +219,29 @@ def test_hand_written_backward_gradcheck_float64():
         r = q.r.view(na, na)
         q = q._replace(A=A, r=(0.5 * (r + r.t())).reshape(-1))
         return engine._TickFunction.apply(model.synapses[2].eps, cfg.heads, False, *q)
+
+    assert torch.autograd.gradcheck(ticks, leaves, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_hand_written_backward_gradcheck_float64_random_pairing():
+    """The same gradcheck with one accumulator per pair (`engine.action_pairs`), self pairs among them."""
+    cfg = ctm.CTMConfig(iterations=3, d_model=6, d_input=4, memory_length=3, heads=2, n_synch_out=3,
+                        n_synch_action=4, memory_hidden_dims=2, out_dims=3, neuron_selection="random-pairing",
+                        n_self_pairs=1)
+    torch.manual_seed(0)
+    model = ctm.CTM(cfg).double()
+    with torch.no_grad():
+        model.decay_params_action.uniform_(0.2, 1)
+    pairs = engine.action_pairs(model)
+    assert pairs is not None and pairs.shape == (2, 4) and pairs[0, 0] == pairs[1, 0]
+    tokens = torch.randn(2, 5, cfg.d_input, dtype=torch.float64)
+    rate_action, _ = model.decay_rates()
+    p, _ = engine.fold(model, tokens, rate_action, cfg.iterations)
+    assert p.A.shape[-1] == p.r.shape[0] == 4
+    leaves = [t.detach().clone().requires_grad_(True) for t in p]
+
+    def ticks(*tensors):
+        return engine._TickFunction.apply(model.synapses[2].eps, cfg.heads, False, *tensors, pairs)
 
     assert torch.autograd.gradcheck(ticks, leaves, eps=1e-6, atol=1e-5, rtol=1e-4)
 

@@ -1,7 +1,7 @@
 """ctm against the official CTM implementation (../shared/reference/official_ctm): official weights loaded with
 `ctm.from_official_state_dict` give the same predictions, certainties, synchronisation, tracking and gradients,
 over a grid that takes every official option value at least once; the options' config rules; the dispatch to
-the fast engine (tutorial options only)."""
+the fast engine."""
 
 from __future__ import annotations
 
@@ -107,7 +107,8 @@ def _run(model, x, weights):
 @pytest.mark.parametrize("name", list(GRID))
 def test_official_weights_compute_the_same_function(official, name, mode):
     theirs, ours, x = _pair(official, name)
-    assert not engine.applies(ours)  # official options run on the readable path
+    # "resnet18-2 fourier random-pairing" runs on the fast engine, the others on the readable path
+    assert engine.applies(ours) == (name == "resnet18-2 fourier random-pairing")
     theirs.train(mode == "train")
     ours.train(mode == "train")
     c, B = ours.config, x.shape[0]
@@ -189,10 +190,14 @@ def test_the_default_config_is_the_tutorials_and_runs_on_the_engine():
     assert ctm.CTMConfig().tutorial_options and engine.applies(model)
     assert not any(k.startswith(("synch_", "positional")) for k in model.state_dict())  # no new weights
     for change in (dict(backbone="resnet18-1"), dict(positional_embedding="learnable-fourier"),
-                   dict(neuron_selection="random"), dict(synapse_depth=2), dict(deep_nlms=False),
-                   dict(nlm_layernorm=True), dict(nlm_temperature=True), dict(dropout=0.1),
-                   dict(nlm_dropout=0.1), dict(out_positions=2)):
+                   dict(neuron_selection="random"), dict(neuron_selection="random-pairing", n_self_pairs=3),
+                   dict(out_positions=2), dict(nlm_temperature=True)):
+        assert engine.applies(ctm.CTM(ctm.CTMConfig(iterations=2, **change))), change
+    for change in (dict(synapse_depth=2), dict(deep_nlms=False), dict(nlm_layernorm=True), dict(dropout=0.1),
+                   dict(nlm_dropout=0.1)):
         assert not engine.applies(ctm.CTM(ctm.CTMConfig(iterations=2, **change))), change
+    for change in (dict(dropout=0.1), dict(nlm_dropout=0.1)):  # dropout is the identity in eval mode
+        assert engine.applies(ctm.CTM(ctm.CTMConfig(iterations=2, **change)).eval()), change
 
 
 def test_a_config_json_without_the_new_fields_loads_as_the_tutorial():

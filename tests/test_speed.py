@@ -62,6 +62,49 @@ def test_benchmark_without_seed_reference(monkeypatch, tmp_path):
         bench.find_seed_reference(tmp_path / "missing.py")
 
 
+OFFICIAL_CONFIG_FLAGS = ["--backbone", "resnet18-1", "--positional-embedding", "learnable-fourier",
+                         "--neuron-selection", "random-pairing", "--n-self-pairs", "2", "--d-model", "24",
+                         "--n-synch-out", "6", "--n-synch-action", "5"]
+
+
+def test_benchmark_any_config_against_the_official_model(official, capsys):
+    """`ctm bench` with config flags and --official: the official model built for that config gives ctm its
+    weights, ctm is checked equal to it first, and both are timed (the config runs on ctm's fast engine)."""
+    path = Path(official.ctm.__file__).resolve().parents[1]
+    assert bench.main(["--quick", "--json", "--batch-sizes", "2", "--memory", "none", "--ticks", "3",
+                       *OFFICIAL_CONFIG_FLAGS, "--official", str(path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    c = result["config"]
+    assert (c["iterations"], c["d_model"], c["backbone"], c["positional_embedding"], c["neuron_selection"],
+            c["n_self_pairs"], c["nlm_temperature"]) == (3, 24, "resnet18-1", "learnable-fourier", "random-pairing",
+                                                         2, True)
+    assert result["reference"] == "official" and result["official_reference"] == str(path)
+    assert [(r["mode"], r["impl"]) for r in result["results"]] == [
+        ("train", "official"), ("train", "ctm"), ("eval", "official"), ("eval", "ctm")]
+    assert all(r["ratio_to_seed"] == 1.0 for r in result["results"] if r["impl"] == "official")
+    assert set(result["check"]) == {"ctm"} and result["check"]["ctm"]["ok"] is True
+    assert any("fast engine" in n for n in result["notes"])
+    table = bench.format_table(result)
+    assert "x official" in table.splitlines()[0] and "check ctm: equal to the official" in table
+    assert "neuron_selection='random-pairing'" in table
+
+
+def test_benchmark_config_flags_without_a_reference(seed, monkeypatch, capsys):
+    """A config beyond the tutorial's gets no seed row (the seed has only the tutorial's options); the
+    official model has no tutorial backbone, which --official says in one line."""
+    assert bench.main(["--quick", "--json", "--batch-sizes", "2", "--modes", "eval", "--memory", "none",
+                       *OFFICIAL_CONFIG_FLAGS]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["impl"] for r in result["results"]] == ["ctm"] and result["check"] is None
+    assert result["config"]["neuron_selection"] == "random-pairing"
+    assert any("no seed row" in n for n in result["notes"])
+    monkeypatch.setenv(bench.OFFICIAL_ENV, str(REPO / "missing"))
+    assert bench.main(["--quick", "--official"]) == 2
+    assert "official implementation not found" in capsys.readouterr().err
+    assert bench.main(["--quick", "--n-self-pairs", "2"]) == 2
+    assert "--n-self-pairs" in capsys.readouterr().err
+
+
 def test_benchmark_amp_row_and_table_output(seed, capsys):
     assert bench.main(["--quick", "--amp", "--batch-sizes", "2", "--modes", "train", "--memory", "none"]) == 0
     table = capsys.readouterr().out

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .config import CTMConfig
+
 __all__ = ["format_table", "make_step", "measure_peak_cuda", "measure_peak_inprocess", "peak_rss_growth",
            "speed_context", "synchronize", "time_alternating"]
 
@@ -155,8 +157,11 @@ def peak_rss_growth(step: Callable[[], None], calls: int = 3) -> float:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The rows of `run_benchmark` as an aligned text table."""
-    head = ["mode", "batch", "impl", "samples/s", "best", "x seed", "x seed best", "ms/call", "peak MB", "compile s"]
+    """The rows of `run_benchmark` as an aligned text table; the ratios are to the reference implementation
+    (the seed, or the official model)."""
+    ref = result.get("reference") or "seed"
+    head = ["mode", "batch", "impl", "samples/s", "best", f"x {ref}", f"x {ref} best", "ms/call", "peak MB",
+            "compile s"]
     lines = []
     for r in result["results"]:
         if "error" in r:
@@ -185,9 +190,14 @@ def format_table(result: dict[str, Any]) -> str:
         out.append(join(row))
     where = result.get("device", "cpu")
     where = f"{result['threads']} threads, {result['machine']}" if where == "cpu" else f"{where} (CUDA)"
-    info = (f"CTMConfig() with {result['config']['iterations']} ticks; torch {result['torch']}, "
-            f"{where}; seed: {result['seed_reference'] or 'not found'}")
-    foot = [info, "samples/s and x seed: median of the alternating rounds; best: the fastest round",
+    defaults = CTMConfig().to_dict()
+    changed = ", ".join(f"{k}={v!r}" for k, v in result["config"].items()
+                        if k != "iterations" and k in defaults and v != defaults[k])
+    official = result.get("official_reference")
+    where_from = f"official: {official}" if official else f"seed: {result['seed_reference'] or 'not found'}"
+    info = (f"CTMConfig({changed}) with {result['config']['iterations']} ticks; torch {result['torch']}, "
+            f"{where}; {where_from}")
+    foot = [info, f"samples/s and x {ref}: median of the alternating rounds; best: the fastest round",
             f"peak MB: {result['memory_method']}"]
     if result.get("device", "cpu") != "cpu":
         foot.append("timed rows keep torch's TF32 defaults; the check against the seed runs with TF32 off")
@@ -195,8 +205,8 @@ def format_table(result: dict[str, Any]) -> str:
         if "error" in r:
             foot.append(f"check {impl}: could not run: {r['error']}")
             continue
-        verdict = {True: "equal to the seed (outputs rtol 1e-4 atol 1e-5, input gradient 1e-4 relative)",
-                   False: "DIFFERS from the seed", None: "bfloat16, not compared"}[r["ok"]]
+        verdict = {True: f"equal to the {ref} (outputs rtol 1e-4 atol 1e-5, input gradient 1e-4 relative)",
+                   False: f"DIFFERS from the {ref}", None: "bfloat16, not compared"}[r["ok"]]
         detail = ", ".join(f"{k} {v:.1e}" for k, v in r["max_abs_diff"].items())
         rel = r.get("grad_rel_err")
         rel = "" if rel is None else f"; input gradient relative error {rel:.1e}"

@@ -88,7 +88,7 @@ class CTMConfig:
     out_dims: int = option(10, "classes (outputs per tick); training takes it from the data", min=1)
     in_channels: int = option(1, "channels of the input images; training takes it from the data", min=1)
     # The official implementation's options (README "The official CTM's options and weights"); the defaults
-    # are the tutorial's, the only ones the fast engine runs (`tutorial_options`).
+    # are the tutorial's (`tutorial_options`). The fast engine runs most of them (`engine.covers`).
     backbone: str = option("tutorial", "input backbone: the tutorial's two conv blocks, a truncated ResNet "
                            "(resnet<depth>-<stages>), shallow-wide, parity (an embedding of a +-1 sequence) "
                            "or none (the input's channels are the features)", choices=BACKBONES)

@@ -1,7 +1,10 @@
 """The fast engine: the readable CTM of `ctm.model`, laid out for speed on a CPU.
 
 `ContinuousThoughtMachine.forward` enters here through one dispatch (`engine.applies(model)`); everything
-else in the package reads `model.py`. The engine computes the same function (tests/test_engine.py holds it
+else in the package reads `model.py`. The engine covers any backbone and positional embedding (the tick loop
+takes their tokens as input; only the tutorial's encoder has a fast twin here, `features`, the others run
+`model.compute_features` with plain autograd), every neuron selection, output positions and NLM temperature;
+the readable path runs the rest (`covers`). The engine computes the same function (tests/test_engine.py holds it
 to the readable path: outputs, every gradient, BatchNorm statistics, float64 gradcheck) but a tick is ~15
 larger kernels instead of ~60 small ones. At the seed's sizes (batch 64, 30 ticks) a training step takes
 0.35x the readable path's time and an evaluation (batch 500) 0.38x, on a 2-core x86 CPU with 2 threads
@@ -12,8 +15,16 @@ same engine differed by up to 3%, which bounds what the figures below can resolv
   keys/values, the query projection into the attention's query weights together with 1/sqrt(beta_t) and
   the attention scale (one matrix per tick on the action accumulators), the attention's output
   projection into the synapses, the NLM weights in neuron-major layout.
-* **Action synchronisation on all n x n products** (one outer product, no index gathers) with symmetric
-  weights, so the pairs i <= j of the model carry their full weight.
+* **Action synchronisation.** First-last: all n x n products of the last n neurons (one outer product, no
+  index gathers) with symmetric weights, so the pairs i <= j of the model carry their full weight. Other
+  selections: one accumulator per pair (left, right), alpha = r * alpha + z[left] * z[right], the query
+  weights on the accumulators directly, and in the backward dz gets index_add_ of dacc * z[right] at left
+  and dacc * z[left] at right (`action_pairs`). Run on the tutorial model (engine_tricks.py row "action
+  pairs by index", 9 rounds, 2 threads, load average 1.2-1.3 from other jobs), the general path timed within
+  the noise of the outer product in two runs: train step 82.1 and 83.3 ms, the outer product 87.1/84.8
+  and 82.8/82.2 (timed twice per run); eval batch 500 167.5 and 143.1 ms, the outer product 173.4/172.8
+  and 151.4/144.2. The outer product stays for first-last only because
+  tests/test_engine.py's first gradcheck holds its (n, n) layout; the general path could replace it.
 * **Neuron-major trace.** The trace is a (D, M + T, B) sequence: tick t reads the window [t + 1, t + M]
   (no concatenation), and every neuron's MLP is one batched matmul over neurons.
 * **Readout after the loop.** The output synchronisation, logits and certainties do not feed back into
@@ -43,16 +54,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    from .config import CTMConfig
     from .model import ContinuousThoughtMachine
 
 
 
 def applies(model: ContinuousThoughtMachine) -> bool:
     """Whether `model.forward` runs here: the model asks for it (`fast_backward`), the configuration is one
-    the engine covers (the tutorial's options: `CTMConfig.tutorial_options`), and torch.compile is not
-    tracing (it traces the readable path)."""
+    the engine computes exactly (`covers`), and torch.compile is not tracing (it traces the readable path)."""
     compiling = hasattr(torch, "compiler") and torch.compiler.is_compiling()
-    return model.fast_backward and model.config.tutorial_options and not compiling
+    return model.fast_backward and covers(model.config, model.training) and not compiling
+
+
+def covers(config: CTMConfig, training: bool) -> bool:
+    """Whether the engine computes this configuration: any backbone, positional embedding, neuron selection,
+    output positions and NLM temperature (folded into the NLM weights), with the tutorial's core (one synapse
+    layer, deep neuron-level models without LayerNorm) and no dropout while training (it draws masks the
+    engine does not)."""
+    c = config
+    core = c.synapse_depth == 1 and c.deep_nlms and not c.nlm_layernorm
+    no_dropout = not training or (c.dropout == 0 and c.nlm_dropout == 0)
+    return core and no_dropout
 
 
 # --------------------------------------------------------------------------------------------- folding
@@ -63,9 +85,9 @@ class TickParams(NamedTuple):
 
     kT: Tensor  # (B*h, d/h, N) keys, transposed
     v: Tensor  # (B*h, N, d/h) values
-    A: Tensor  # (T, d, na*na) query weights of tick t on the action accumulators (symmetric over pairs)
+    A: Tensor  # (T, d, K) query weights of tick t on the K action accumulators (see `action_pairs`)
     cq: Tensor  # (d,) query bias
-    r: Tensor  # (na*na,) action decay rates, symmetric
+    r: Tensor  # (K,) action decay factors
     Wz: Tensor  # (2D, D) synapse weights on z
     Wo: Tensor  # (2D, d) synapse weights on the attention output (out_proj folded in)
     bs: Tensor  # (2D,) synapse bias (out_proj bias folded in)
@@ -88,14 +110,14 @@ class Sizes(NamedTuple):
     heads: int
     dh: int
     N: int
-    na: int
+    K: int  # action accumulators: na*na (first-last) or the P_action pairs
 
     @classmethod
     def of(cls, p: TickParams, heads: int) -> Sizes:
-        T, d, na2 = p.A.shape
+        T, d, K = p.A.shape
         D, H2, M = p.W1.shape
         Bh, dh, N = p.kT.shape
-        return cls(T, D, M, H2 // 2, Bh // heads, heads, dh, N, math.isqrt(na2))
+        return cls(T, D, M, H2 // 2, Bh // heads, heads, dh, N, K)
 
 
 def _pair_positions(synch: nn.Module) -> tuple[Tensor, Tensor]:
@@ -104,9 +126,17 @@ def _pair_positions(synch: nn.Module) -> tuple[Tensor, Tensor]:
     return i * synch.n + j, j * synch.n + i
 
 
+def action_pairs(model: ContinuousThoughtMachine) -> Tensor | None:
+    """The layout of the action accumulators. None for first-last: all na x na products of the last na
+    neurons (one outer product per tick) with symmetric weights. Otherwise (2, P) the pairs' neurons (left,
+    right) of any selection: one accumulator per pair, products gathered by index."""
+    synch = model.synch_action
+    return None if synch.first is not None else torch.stack((synch.left, synch.right))
+
+
 def fold(model: ContinuousThoughtMachine, tokens: Tensor, rate_action: Tensor, T: int) -> tuple[TickParams, Tensor]:
     """Fold the parameters into the layout of the tick loop. tokens (B, N, d); rate_action (P_action,) the
-    clamped decays (r = exp(-rate)). Returns the tick parameters and 1/sqrt(beta_t) (T, na*na)."""
+    clamped decays (r = exp(-rate)). Returns the tick parameters and 1/sqrt(beta_t) (T, K)."""
     c = model.config
     B, N, d = tokens.shape
     h, na = c.heads, c.n_synch_action
@@ -117,34 +147,50 @@ def fold(model: ContinuousThoughtMachine, tokens: Tensor, rate_action: Tensor, T
     kT = k.reshape(B, N, h, dh).permute(0, 2, 3, 1).reshape(B * h, dh, N)
     v = v.reshape(B, N, h, dh).transpose(1, 2).reshape(B * h, N, dh)
 
-    # Action synchronisation: accumulators over all na x na products, symmetric decay factors.
-    upper, lower = _pair_positions(model.synch_action)
-    rates = rate_action.new_zeros(na * na).index_copy(0, upper, rate_action).index_copy(0, lower, rate_action)
+    # Action synchronisation: first-last accumulates all na x na products (symmetric decay factors), other
+    # selections one product per pair (`action_pairs`).
+    first_last = action_pairs(model) is None
+    if first_last:
+        upper, lower = _pair_positions(model.synch_action)
+        rates = rate_action.new_zeros(na * na).index_copy(0, upper, rate_action).index_copy(0, lower, rate_action)
+    else:
+        rates = rate_action
     k = torch.arange(T + 1, dtype=rates.dtype, device=rates.device).unsqueeze(1)
     powers = torch.exp(-k * rates)  # (T + 1, na*na): r^k, as exp(-k rate) (pow is slower, and rounds further
     # from the recursion r * beta + 1 of the readable path than this does)
     inv_sqrt_beta = powers[:T].cumsum(0).rsqrt()  # beta_t = sum_{k <= t} r^k
     # Query of tick t = attention scale * in_proj_q(q_proj(alpha_t / sqrt(beta_t))), as one matrix per tick
-    # on the accumulators, half of each off-diagonal pair's weight on (i, j) and half on (j, i).
+    # on the accumulators; first-last puts half of each off-diagonal pair's weight on (i, j), half on (j, i).
     scale = dh ** -0.5
     Wq, bq = W_in[:d], b_in[:d]
-    half = (Wq @ model.q_proj.weight) * (0.5 * scale)  # (d, P_action)
-    A = half.new_zeros(d, na * na).index_copy(1, upper, half).view(d, na, na)
-    A = (A + A.transpose(1, 2)).view(d, na * na)
-    A = A.unsqueeze(0) * inv_sqrt_beta.unsqueeze(1)  # (T, d, na*na)
+    if first_last:
+        half = (Wq @ model.q_proj.weight) * (0.5 * scale)  # (d, P_action)
+        A = half.new_zeros(d, na * na).index_copy(1, upper, half).view(d, na, na)
+        A = (A + A.transpose(1, 2)).view(d, na * na)
+    else:
+        A = (Wq @ model.q_proj.weight) * scale  # (d, P_action)
+    A = A.unsqueeze(0) * inv_sqrt_beta.unsqueeze(1)  # (T, d, K)
     cq = (Wq @ model.q_proj.bias + bq) * scale
 
     # Synapses on [attention output, z]; the attention's output projection folded in.
     W_syn, b_syn = model.synapses[0].weight, model.synapses[0].bias
     W_att = W_syn[:, :d]
     nlm, ln = model.neuron_level_models, model.synapses[2]
+    (w1, b1), (w2, b2) = _nlm_weights(nlm.first), _nlm_weights(nlm.second)
     return TickParams(
         kT=kT, v=v, A=A, cq=cq, r=powers[1], Wz=W_syn[:, d:], Wo=W_att @ attention.out_proj.weight,
         bs=b_syn + W_att @ attention.out_proj.bias, gamma=ln.weight, beta=ln.bias,
-        W1=nlm.first.w1.permute(2, 1, 0).contiguous(), b1=nlm.first.b1.permute(1, 2, 0).contiguous(),
-        W2=nlm.second.w1.permute(2, 1, 0).contiguous(), b2=nlm.second.b1.permute(1, 2, 0).contiguous(),
+        W1=w1.permute(2, 1, 0).contiguous(), b1=b1.permute(1, 2, 0).contiguous(),
+        W2=w2.permute(2, 1, 0).contiguous(), b2=b2.permute(1, 2, 0).contiguous(),
         z0=model.start_activated_state, trace0=model.start_trace,
     ), inv_sqrt_beta
+
+
+def _nlm_weights(layer: nn.Module) -> tuple[Tensor, Tensor]:
+    """A SuperLinear's weights and bias, its temperature (which divides its output) folded in."""
+    if layer.temperature is None:
+        return layer.w1, layer.b1
+    return layer.w1 / layer.temperature, layer.b1 / layer.temperature
 
 
 # --------------------------------------------------------------------------------------------- one tick
@@ -179,7 +225,7 @@ def _glu_jacobians(h: Tensor, y: Tensor, dim: int) -> None:
 class TickSlots(NamedTuple):
     """One tick's buffers in a training forward: what the hand-written backward reads."""
 
-    alpha: Tensor  # (B, na*na) action accumulators
+    alpha: Tensor  # (B, K) action accumulators
     q: Tensor  # (B, d) query
     w: Tensor  # (B*h, 1, N) attention weights
     o: Tensor  # (B, d) attention output (before out_proj, which is folded into the synapses)
@@ -192,23 +238,37 @@ class TickSlots(NamedTuple):
     h2: Tensor  # (D, 2, B) second NLM GLU input (then its Jacobians)
 
 
+def _action_products(z: Tensor, pairs: Tensor | None, K: int, out: Tensor | None = None) -> Tensor:
+    """z (D, b) -> the products the action accumulators add (b, K): the outer product of the last na
+    neurons (first-last), or z_left * z_right of each pair."""
+    D, b = z.shape
+    if pairs is None:
+        na = math.isqrt(K)
+        zA = z[D - na:].t()  # (b, na)
+        out = torch.empty(b, K, dtype=z.dtype, device=z.device) if out is None else out
+        torch.mul(zA.unsqueeze(2), zA.unsqueeze(1), out=out.view(b, na, na))
+        return out
+    zp = z.index_select(0, pairs.view(-1)).view(2, -1, b)  # (2, P, b)
+    return torch.mul(zp[0].t(), zp[1].t(), **({} if out is None else {"out": out}))
+
+
 def tick(p: TickParams, t: int, kT: Tensor, v: Tensor, z: Tensor, alpha: Tensor, window: Tensor,
-         pre_out: Tensor, z_out: Tensor, eps: float, slots: TickSlots | None = None) -> Tensor:
+         pre_out: Tensor, z_out: Tensor, eps: float, slots: TickSlots | None = None,
+         pairs: Tensor | None = None) -> Tensor:
     """Tick t in the engine's layout (neurons first, batch last) for b rows.
 
-    z (D, b): post-activations z_t; alpha (b, na*na): action accumulators of the previous tick (zeros before
-    the first); kT, v: the rows' keys and values. Writes the pre-activation a_t into pre_out (b, D), a view
-    of the trace whose window (D, M, b) ends with it, and z_{t+1} into z_out (D, 1, b); returns alpha_t.
-    With `slots` (a training forward) every intermediate the backward needs is written there.
+    z (D, b): post-activations z_t; alpha (b, K): action accumulators of the previous tick (zeros before
+    the first), laid out by `pairs` (`action_pairs`); kT, v: the rows' keys and values. Writes the
+    pre-activation a_t into pre_out (b, D), a view of the trace whose window (D, M, b) ends with it, and
+    z_{t+1} into z_out (D, 1, b); returns alpha_t. With `slots` (a training forward) every intermediate the
+    backward needs is written there.
     """
     D, b = z.shape
-    na = math.isqrt(alpha.shape[1])
     dh = kT.shape[1]
-    zA = z[D - na:].t()  # (b, na)
     WzT, WoT, A_t = p.Wz.t(), p.Wo.t(), p.A[t].t()
     if slots is None:
-        # 1-2. action synchronisation (alpha_t = z z^T + r alpha_{t-1}) -> query -> attention
-        alpha = torch.addcmul((zA.unsqueeze(2) * zA.unsqueeze(1)).view(b, na * na), p.r, alpha)
+        # 1-2. action synchronisation (alpha_t = products(z_t) + r alpha_{t-1}) -> query -> attention
+        alpha = torch.addcmul(_action_products(z, pairs, alpha.shape[1]), p.r, alpha)
         w = torch.bmm(torch.addmm(p.cq, alpha, A_t).view(-1, 1, dh), kT).softmax(-1)
         o = torch.bmm(w, v).view(b, -1)
         # 3. synapses: Linear -> GLU -> LayerNorm, written into the trace
@@ -219,8 +279,7 @@ def tick(p: TickParams, t: int, kT: Tensor, v: Tensor, z: Tensor, alpha: Tensor,
         _glu_into(torch.baddbmm(p.b2, p.W2, F.glu(h1, 1)), 1, z_out)
         return alpha
     s = slots
-    torch.mul(zA.unsqueeze(2), zA.unsqueeze(1), out=s.alpha.view(b, na, na))
-    alpha = s.alpha.addcmul_(p.r, alpha)
+    alpha = _action_products(z, pairs, s.alpha.shape[1], out=s.alpha).addcmul_(p.r, alpha)
     torch.addmm(p.cq, alpha, A_t, out=s.q)
     torch.softmax(torch.bmm(s.q.view(-1, 1, dh), kT), -1, out=s.w)
     torch.bmm(s.w, v, out=s.o.view(-1, 1, dh))
@@ -243,21 +302,21 @@ def tick(p: TickParams, t: int, kT: Tensor, v: Tensor, z: Tensor, alpha: Tensor,
 
 def _forward_buffers(s: Sizes, like: Tensor) -> dict[str, Tensor]:
     """What the hand-written backward needs from the forward, one slot per tick (see TickSlots)."""
-    T, D, H, B, na, d = s.T, s.D, s.H, s.B, s.na, s.heads * s.dh
+    T, D, H, B, K, d = s.T, s.D, s.H, s.B, s.K, s.heads * s.dh
     new = like.new_empty
     return {
-        "alpha": new(T, B, na * na), "q": new(T, B, d), "w": new(T, B * s.heads, 1, s.N), "o": new(T, B, d),
+        "alpha": new(T, B, K), "q": new(T, B, d), "w": new(T, B * s.heads, 1, s.N), "o": new(T, B, d),
         "g": new(T, B, D), "lin": new(T, B, 2, D), "mean": new(T, B, 1), "rstd": new(T, B, 1),
         "u": new(T, D, H, B), "h1": new(T, D, 2 * H, B), "h2": new(T, D, 2, B),
     }
 
 
 def _backward_buffers(s: Sizes, like: Tensor) -> dict[str, Tensor]:
-    T, D, H, B, na, d = s.T, s.D, s.H, s.B, s.na, s.heads * s.dh
+    T, D, H, B, K, d = s.T, s.D, s.H, s.B, s.K, s.heads * s.dh
     new = like.new_empty
     return {
         "dh1": new(T, D, 2 * H, B), "dh2": new(T, D, 2, B), "dlin": new(T, B, 2 * D), "dq": new(T, B, d),
-        "ds": new(T, B * s.heads, 1, s.N), "do": new(T, B, d), "dacc": new(T, B, na * na),
+        "ds": new(T, B * s.heads, 1, s.N), "do": new(T, B, d), "dacc": new(T, B, K),
         "dseq": new(D, s.M + T, B),
     }
 
@@ -267,7 +326,8 @@ def _per_tick(*tensors: Tensor) -> list[tuple[Tensor, ...]]:
     return list(zip(*(x.unbind(0) for x in tensors), strict=True))
 
 
-def tick_loop(p: TickParams, s: Sizes, eps: float, saved: dict[str, Tensor] | None) -> tuple[Tensor, Tensor]:
+def tick_loop(p: TickParams, s: Sizes, eps: float, saved: dict[str, Tensor] | None, pairs: Tensor | None = None
+              ) -> tuple[Tensor, Tensor]:
     """Run the T ticks. Returns Z (T + 1, D, B): z_0 .. z_T, and the pre-activation sequence seq
     (D, M + T, B): the start trace, then a_1 .. a_T. With `saved`, fills its per-tick buffers."""
     T, D, M, B = s.T, s.D, s.M, s.B
@@ -278,16 +338,17 @@ def tick_loop(p: TickParams, s: Sizes, eps: float, saved: dict[str, Tensor] | No
     pre_out = seq[:, M:].permute(1, 2, 0).unbind(0)  # (B, D) slot of each tick's pre-activation
     z_out = Z[1:].unsqueeze(2).unbind(0)  # (D, 1, B)
     slots = [None] * T if saved is None else [TickSlots(*x) for x in _per_tick(*(saved[k] for k in TickSlots._fields))]
-    alpha = p.kT.new_zeros(B, s.na * s.na)
+    alpha = p.kT.new_zeros(B, s.K)
     for t in range(T):
-        alpha = tick(p, t, p.kT, p.v, Z[t], alpha, seq[:, t + 1:t + 1 + M], pre_out[t], z_out[t], eps, slots[t])
+        alpha = tick(p, t, p.kT, p.v, Z[t], alpha, seq[:, t + 1:t + 1 + M], pre_out[t], z_out[t], eps, slots[t],
+                     pairs)
     return Z, seq
 
 
 def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, saved: dict[str, Tensor],
-                   buf: dict[str, Tensor]) -> tuple[Tensor, ...]:
+                   buf: dict[str, Tensor], pairs: Tensor | None = None) -> tuple[Tensor, ...]:
     """Gradients of all `TickParams` fields from dZ (T, D, B), the gradient of z_1 .. z_T."""
-    T, D, M, H, B, heads, dh, N, na = s
+    T, D, M, H, B, heads, dh, N, K = s
     d = heads * dh
     if not saved.get("jacobians"):  # the three GLUs' Jacobians, for all ticks at once, in place of their inputs
         _glu_jacobians(saved["lin"], saved["g"].unsqueeze(2), 2)
@@ -296,22 +357,29 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
         saved["jacobians"] = True  # a second backward through the same forward (retain_graph) reuses them
     W1t = p.W1.transpose(1, 2).contiguous()  # (D, M, 2H)
     W2t = p.W2.transpose(1, 2).contiguous()  # (D, H, 2)
-    # The accumulator gradient is symmetric over (i, j); carry twice it (weights 2A) and halve at the end.
-    A2 = (2 * p.A).unbind(0)
+    # first-last: the accumulator gradient is symmetric over (i, j); carry twice it (weights 2A) and halve
+    # at the end. Pairs: the products' factors, z_left and z_right of each tick (T, B, P).
+    if pairs is None:
+        na = math.isqrt(K)
+        A2, half = (2 * p.A).unbind(0), 0.5
+        factors = Z[:T, D - na:].transpose(1, 2).unsqueeze(3)  # (T, B, na, 1)
+    else:
+        A2, half = p.A.unbind(0), 1.0
+        factors = Z[:T].index_select(1, pairs.view(-1)).view(T, 2, -1, B).permute(0, 1, 3, 2)  # (T, 2, B, P)
     vT, kTT = p.v.transpose(1, 2), p.kT.transpose(1, 2)
     dseq = buf["dseq"].zero_()
     dW1 = p.W1.new_zeros(D, M, 2 * H)
     dh1s, dh2s, dlins, dqs, dss, dos, daccs = (buf[k] for k in ("dh1", "dh2", "dlin", "dq", "ds", "do", "dacc"))
     ticks = _per_tick(saved["h2"], saved["h1"].view(T, D, 2, H, B), saved["g"], saved["mean"], saved["rstd"],
                       saved["lin"], saved["w"], dh2s, dh1s.view(T, D, 2, H, B), dlins.view(T, B, 2, D), dqs, dss,
-                      dos, daccs, dZ.transpose(1, 2), Z[:T, D - na:].transpose(1, 2).unsqueeze(3))
+                      dos, daccs, dZ.transpose(1, 2), factors)
     windows = [seq[:, t + 1:t + 1 + M] for t in range(T)]
     dseq_windows = [dseq[:, t + 1:t + 1 + M] for t in range(T)]
     dpre = dseq[:, M:].permute(1, 2, 0).unbind(0)  # (B, D) gradient of each tick's pre-activation
     dacc = None
     dz = ticks[T - 1][14]  # (B, D): gradient of z_T
     for t in reversed(range(T)):
-        j2, j1, g, mean, rstd, jl, w, dh2, dh1, dlin, dq, ds, do, dacc_t, _, zA = ticks[t]
+        j2, j1, g, mean, rstd, jl, w, dh2, dh1, dlin, dq, ds, do, dacc_t, _, zf = ticks[t]
         # neuron-level models
         # (explicit expands: broadcasting over the GLU halves is ~40% slower)
         torch.mul(dz.t().unsqueeze(1).expand_as(j2), j2, out=dh2)
@@ -334,7 +402,10 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
             dacc = torch.addmm(dacc * p.r, dq, A2[t], out=dacc_t)
         # gradient of z_t: synapses, action synchronisation, and the readout
         dz = torch.addmm(ticks[t - 1][14], dlin, p.Wz) if t > 0 else torch.mm(dlin, p.Wz)
-        dz[:, D - na:] += torch.bmm(dacc.view(B, na, na), zA).view(B, na)
+        if pairs is None:
+            dz[:, D - na:] += torch.bmm(dacc.view(B, na, na), zf).view(B, na)
+        else:
+            dz.index_add_(1, pairs[0], dacc * zf[1]).index_add_(1, pairs[1], dacc * zf[0])
 
     dlin_all = dlins.view(T * B, 2 * D)
     d_Wz = dlin_all.t() @ Z[:T].transpose(1, 2).reshape(T * B, D)
@@ -348,7 +419,7 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
     d_v = torch.bmm(saved["w"].view(T, Bh, N).permute(1, 2, 0), dos.view(T, Bh, dh).transpose(0, 1))
     d_A = torch.bmm(dqs.transpose(1, 2), saved["alpha"])
     d_cq = dqs.sum((0, 1))
-    d_r = (saved["alpha"][:-1] * daccs[1:]).sum((0, 1)) * 0.5
+    d_r = (saved["alpha"][:-1] * daccs[1:]).sum((0, 1)) * half
     d_b1 = dh1s.sum(-1, keepdim=True).sum(0)
     d_W2 = torch.bmm(dh2s.view(T * D, 2, B), saved["u"].view(T * D, H, B).transpose(1, 2)).view(T, D, 2, H).sum(0)
     d_b2 = dh2s.sum(-1, keepdim=True).sum(0)
@@ -360,17 +431,19 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
 
 class _TickFunction(torch.autograd.Function):
     """The tick loop with a hand-written backward: outputs z_1 .. z_T (T, D, B), and for tracking the
-    pre-activation sequence, the attention weights and the action accumulators (not differentiable)."""
+    pre-activation sequence, the attention weights and the action accumulators (not differentiable).
+    `tensors` are the `TickParams` fields, then the action pairs (`action_pairs`) unless first-last."""
 
     @staticmethod
     def forward(ctx, eps: float, heads: int, track: bool, *tensors: Tensor):
-        p = TickParams(*tensors)
+        n = len(TickParams._fields)
+        p, pairs = TickParams(*tensors[:n]), (tensors[n] if len(tensors) > n else None)
         s = Sizes.of(p, heads)
         workspace = {"fwd": _forward_buffers(s, p.kT)}
         workspace["fwd"]["jacobians"] = False
-        Z, seq = tick_loop(p, s, eps, workspace["fwd"])
-        ctx.workspace, ctx.sizes, ctx.Z, ctx.seq = workspace, s, Z, seq
-        ctx.save_for_backward(*tensors)
+        Z, seq = tick_loop(p, s, eps, workspace["fwd"], pairs)
+        ctx.workspace, ctx.sizes, ctx.Z, ctx.seq, ctx.pairs = workspace, s, Z, seq, pairs
+        ctx.save_for_backward(*p)
         if not track:
             return Z[1:]
         extras = (seq, workspace["fwd"]["w"].clone(), workspace["fwd"]["alpha"].clone())
@@ -384,19 +457,20 @@ class _TickFunction(torch.autograd.Function):
         workspace = ctx.workspace
         if "bwd" not in workspace:
             workspace["bwd"] = _backward_buffers(ctx.sizes, p.kT)
-        grads = _tick_backward(dZ.contiguous(), p, ctx.sizes, ctx.Z, ctx.seq, workspace["fwd"], workspace["bwd"])
-        return (None, None, None, *grads)
+        grads = _tick_backward(dZ.contiguous(), p, ctx.sizes, ctx.Z, ctx.seq, workspace["fwd"], workspace["bwd"],
+                               ctx.pairs)
+        return (None, None, None, *grads) + ((None,) if ctx.pairs is not None else ())
 
 
-def run_ticks(p: TickParams, heads: int, eps: float, track: bool
+def run_ticks(p: TickParams, heads: int, eps: float, track: bool, pairs: Tensor | None = None
               ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """z_1 .. z_T (T, D, B); with track also the sequence, attention weights and action accumulators."""
     s = Sizes.of(p, heads)
     if torch.is_grad_enabled() and any(t.requires_grad for t in p):
-        out = _TickFunction.apply(eps, heads, track, *p)
+        out = _TickFunction.apply(eps, heads, track, *p, *(() if pairs is None else (pairs,)))
         return (out, None, None, None) if not track else out
     saved = _forward_buffers(s, p.kT) if track else None
-    Z, seq = tick_loop(p, s, eps, saved)
+    Z, seq = tick_loop(p, s, eps, saved, pairs)
     return (Z[1:], None, None, None) if not track else (Z[1:], seq, saved["w"], saved["alpha"])
 
 
@@ -414,9 +488,12 @@ def readout(model: ContinuousThoughtMachine, Zs: Tensor, rate_out: Tensor) -> tu
     inv_sqrt_beta = powers.cumsum(0)[1:].t().rsqrt()  # (P, T)
     lag = ticks[:T].unsqueeze(1) - ticks[:T].unsqueeze(0)  # t - s
     decay = torch.exp(-lag.clamp(min=0) * rate_out.view(-1, 1, 1)) * (lag >= 0)  # (P, T, T)
-    z = Zs[:, synch.first:synch.first + synch.n].permute(1, 0, 2)  # (n, T, B)
-    upper, _ = _pair_positions(synch)
-    products = (z.unsqueeze(1) * z.unsqueeze(0)).reshape(-1, T, B).index_select(0, upper)  # (P, T, B)
+    if synch.first is not None:  # first-last: all n x n products of the block, then the pairs i <= j
+        z = Zs[:, synch.first:synch.first + synch.n].permute(1, 0, 2)  # (n, T, B)
+        upper, _ = _pair_positions(synch)
+        products = (z.unsqueeze(1) * z.unsqueeze(0)).reshape(-1, T, B).index_select(0, upper)  # (P, T, B)
+    else:
+        products = (Zs.index_select(1, synch.left) * Zs.index_select(1, synch.right)).transpose(0, 1)  # (P, T, B)
     z0 = model.start_activated_state
     start = z0[synch.left] * z0[synch.right]  # (P,)
     alpha = torch.baddbmm((powers[1:].t() * start.unsqueeze(1)).unsqueeze(2), decay, products)
@@ -427,6 +504,16 @@ def readout(model: ContinuousThoughtMachine, Zs: Tensor, rate_out: Tensor) -> tu
 
 
 # --------------------------------------------------------------------------------------------- backbone
+
+
+def input_tokens(model: ContinuousThoughtMachine, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """The key/value tokens (B, N, d_input) and their grid: the fast tutorial backbone (`features`) for the
+    tutorial's encoder, else the model's own input encoder with plain autograd (`compute_features`)."""
+    c = model.config
+    if c.backbone == "tutorial" and c.positional_embedding == "none":
+        return features(model, x)
+    return model.compute_features(x)
+
 
 
 def features(model: ContinuousThoughtMachine, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -478,22 +565,28 @@ def forward(model: ContinuousThoughtMachine, x: Tensor, track: bool):
 
     c = model.config
     B, T, M = x.shape[0], c.iterations, c.memory_length
-    tokens, grid = features(model, x)  # (B, N, d_input)
+    tokens, grid = input_tokens(model, x)  # (B, N, d_input)
+    pairs = action_pairs(model)
     with model.full_precision(x):  # under autocast only the backbone runs in low precision
         rate_action, rate_out = model.decay_rates()
         p, inv_sqrt_beta = fold(model, tokens.to(model.start_trace.dtype), rate_action, T)
-        Zs, seq, attn, alpha = run_ticks(p, c.heads, model.synapses[2].eps, track)  # (T, D, B)
+        Zs, seq, attn, alpha = run_ticks(p, c.heads, model.synapses[2].eps, track, pairs)  # (T, D, B)
         logits, S_out = readout(model, Zs, rate_out)  # (B, C, T), (P_out, T, B)
-        certainties = certainty(logits, dim=1)  # (B, 2, T)
+        if c.out_positions == 1:
+            certainties = certainty(logits, dim=1)  # (B, 2, T)
+        else:
+            certainties = model.certainty(logits.transpose(1, 2)).transpose(1, 2)
     tracking = None
     if track:
-        upper, _ = _pair_positions(model.synch_action)
+        if pairs is None:
+            upper, _ = _pair_positions(model.synch_action)
+            alpha, inv_sqrt_beta = alpha[:, :, upper], inv_sqrt_beta[:, upper]
         tracking = Tracking(
             pre_activations=seq.detach()[:, M:].permute(1, 2, 0).contiguous(),
             post_activations=Zs.detach().transpose(1, 2).contiguous(),
             attention=attn.detach().reshape(T, B, c.heads, -1),
             synchronisation_out=S_out.detach().permute(1, 2, 0).contiguous(),
-            synchronisation_action=alpha.detach()[:, :, upper] * inv_sqrt_beta.detach()[:, upper].unsqueeze(1),
+            synchronisation_action=alpha.detach() * inv_sqrt_beta.detach().unsqueeze(1),
             token_grid=grid,
         )
     return CTMOutput(logits, certainties, S_out[:, -1].t().contiguous(), tracking)
@@ -506,7 +599,8 @@ class Stepper:
     def __init__(self, model: ContinuousThoughtMachine, x: Tensor, T: int) -> None:
         c = model.config
         self.model, self.T, self.t = model, T, 0
-        tokens, _ = features(model, x)
+        self.pairs = action_pairs(model)
+        tokens, _ = input_tokens(model, x)
         with model.full_precision(x):
             rate_action, rate_out = model.decay_rates()
             self.r_out = torch.exp(-rate_out)
@@ -517,7 +611,7 @@ class Stepper:
             self.seq[:, :M] = self.p.trace0.unsqueeze(-1)
             self.off = 0
             self.z = self.p.z0.unsqueeze(-1).expand(D, B)  # (D, b)
-            self.alpha = self.p.kT.new_zeros(B, c.n_synch_action ** 2)
+            self.alpha = self.p.kT.new_zeros(B, self.p.A.shape[-1])
             self.synch_out = model.synch_out(self.z.t(), None, self.r_out)[1]
 
     def step(self) -> Tensor:
@@ -525,7 +619,7 @@ class Stepper:
         col = M + t - self.off
         z_next = self.z.new_empty(D, 1, self.z.shape[1])
         self.alpha = tick(self.p, t, self.kT, self.v, self.z, self.alpha, self.seq[:, col - M + 1:col + 1],
-                          self.seq[:, col].t(), z_next, self.eps)
+                          self.seq[:, col].t(), z_next, self.eps, pairs=self.pairs)
         self.z = z_next.view(D, -1)
         S, self.synch_out = self.model.synch_out(self.z.t(), self.synch_out, self.r_out)
         self.t += 1

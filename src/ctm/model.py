@@ -13,9 +13,10 @@ Per tick t (`ContinuousThoughtMachine.tick`) the model
   7. reports certainty = 1 - normalised entropy of those logits.
 
 This file is the code that runs for plain autograd (`fast_backward = False`), torch.compile, double
-backward and forward-mode AD, and for every option of the official implementation beyond the tutorial's.
-Training and inference at full speed run the same function on the fast engine (`ctm.engine`, the tutorial's
-options only), entered through one dispatch at the top of `forward`.
+backward and forward-mode AD, and for the official options the engine does not compute (`engine.covers`:
+U-Net synapses, shallow or LayerNorm-ed neuron-level models, dropout in training). Training and inference at
+full speed run the same function on the fast engine (`ctm.engine`), entered through one dispatch at the top
+of `forward`.
 """
 
 from __future__ import annotations

@@ -95,6 +95,20 @@ def config_from_official(state_dict: Mapping[str, Tensor], **kwargs: Any) -> CTM
         raise ValueError(f"official CTM arguments not supported by ctm: {e}") from None
 
 
+def official_arguments(config: CTMConfig) -> dict[str, Any]:
+    """The official constructor's arguments for `config` (the reverse of `config_from_official`). The official
+    model always has NLM temperatures, has no tutorial backbone, and takes its input channels from its first
+    batch; ValueError for a config it cannot build."""
+    if config.backbone == "tutorial":
+        raise ValueError("the official implementation has no 'tutorial' backbone; choose a ResNet, shallow-wide, "
+                         "parity or none")
+    a = {name: getattr(config, field) for name, field in OFFICIAL_ARGUMENTS.items()}
+    a.update(backbone_type="parity_backbone" if config.backbone == "parity" else config.backbone,
+             prediction_reshaper=[-1] if config.out_positions == 1 else
+             [config.out_positions, config.out_dims // config.out_positions])
+    return a
+
+
 def _in_channels(state_dict: Mapping[str, Tensor], backbone: str) -> int:
     """The input channels the official model's first layer was built for (lazily, from its first batch)."""
     first = {"shallow-wide": "backbone.layers.0.weight", "none": "kv_proj.0.weight"}.get(

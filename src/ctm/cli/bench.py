@@ -1,14 +1,17 @@
-"""`ctm bench`: speed of ctm against the seed tutorial's reference model, same weights, in one process.
+"""`ctm bench`: speed of ctm against the seed tutorial's and the official reference models, same weights.
 
 Train step = forward + certainty loss + backward + AdamW step; eval = forward under inference_mode.
 The implementations run alternately, one call each per round, so that load from other processes hits
 them alike; the table reports the median and the best round as samples per second, and the ratio to
 the seed's. Peak memory is measured in a fresh child process per row (see `peak_memory_mb`).
 
-The seed reference is a file outside this package: `--seed-reference PATH` or $CTM_SEED_REFERENCE;
-without either, ctm is benchmarked alone. This module is the command-line layer: it loads the seed (with
-its plotting imports stubbed), checks every ctm variant against it, and runs the measuring code of
-`ctm.bench`. `run_benchmark(BenchOptions(...))` returns a JSON-able dict; `main(argv)` is the command
+The model is any `CTMConfig` (the same flags as `ctm train`; default the tutorial's). The seed reference is
+a file outside this package: `--seed-reference PATH` or $CTM_SEED_REFERENCE, used when the config is the
+tutorial's. The official implementation is a folder outside it too (`--official [PATH]`, default
+$CTM_OFFICIAL_REFERENCE): its model, built for the config, gives ctm its weights (`ctm.official`). Without
+either, ctm is benchmarked alone. This module is the command-line layer: it loads the references (the
+seed with its plotting imports stubbed), checks every ctm variant against them, and runs the measuring
+code of `ctm.bench`. `run_benchmark(BenchOptions(...))` returns a JSON-able dict; `main(argv)` is the command
 (`ctm bench`, benchmarks/speed.py).
 """
 
@@ -34,6 +37,7 @@ from typing import Any
 
 import torch
 
+from .. import engine
 from ..bench import (
     format_table,
     make_step,
@@ -46,9 +50,12 @@ from ..bench import (
 )
 from ..config import CTMConfig
 from . import OneLineParser
+from .config_flags import add_config_flags, given, shown, with_flag_names
 
 SEED_ENV = "CTM_SEED_REFERENCE"
-IMPLS = ("seed", "ctm", "ctm+compile", "ctm+amp")
+OFFICIAL_ENV = "CTM_OFFICIAL_REFERENCE"
+IMPLS = ("seed", "official", "ctm", "ctm+compile", "ctm+amp")
+REFERENCES = ("seed", "official")
 MODES = ("train", "eval")
 
 
@@ -66,7 +73,12 @@ class BenchOptions:
     memory: str = "subprocess"  # "subprocess" (honest, slower), "inprocess" (approximate) or "none"
     image_size: tuple[int, int] = (28, 28)
     device: str = "cpu"  # "cpu" or "cuda" (peak memory is then CUDA's allocator peak, in process)
-    check: bool = True  # compare every ctm variant's outputs and gradients with the seed's before timing
+    check: bool = True  # compare every ctm variant's outputs and gradients with the reference's before timing
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)  # CTMConfig fields (iterations: ticks)
+    official_path: str | None = None  # the official implementation's folder; "" for $CTM_OFFICIAL_REFERENCE
+
+    def model_config(self) -> CTMConfig:
+        return CTMConfig(**{**self.config, "iterations": self.ticks})
 
     @classmethod
     def quick(cls, **changes: Any) -> BenchOptions:
@@ -125,6 +137,42 @@ def build_seed_model(seed: types.ModuleType, cfg: CTMConfig, image_size: tuple[i
     return model
 
 
+def find_official_reference(path: str | None) -> Path | None:
+    """The official implementation's folder (holding models/ctm.py): `path`, or $CTM_OFFICIAL_REFERENCE for
+    "", or None (no official row) for None."""
+    if path is None:
+        return None
+    if path == "":
+        path = os.environ.get(OFFICIAL_ENV) or None
+        if path is None:
+            raise FileNotFoundError(f"--official without a PATH needs ${OFFICIAL_ENV} (the folder of the official "
+                                    f"implementation, holding models/ctm.py)")
+    p = Path(path)
+    if not (p / "models" / "ctm.py").is_file():
+        raise FileNotFoundError(f"official implementation not found at {p} (expected {p / 'models' / 'ctm.py'})")
+    return p
+
+
+def build_official_model(path: Path, cfg: CTMConfig, image_size: tuple[int, int]) -> torch.nn.Module:
+    """The official model for `cfg` (its `models` package imported from `path`), lazy layers initialised,
+    weights from the current torch RNG."""
+    from ..official import official_arguments
+
+    kwargs = official_arguments(cfg)
+    sys.path.insert(0, str(path))
+    try:
+        ctm_module = importlib.import_module("models.ctm")
+    finally:
+        sys.path.remove(str(path))
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its neuron selection
+        model = ctm_module.ContinuousThoughtMachine(**kwargs)
+        with torch.no_grad():
+            model.eval()
+            model(torch.zeros(2, cfg.in_channels, *image_size))
+    model.official_arguments = kwargs
+    return model
+
+
 def bench_device(name: str) -> torch.device:
     """The device to benchmark on; a clear error when it is not there."""
     if name == "cpu":
@@ -139,15 +187,22 @@ def bench_device(name: str) -> torch.device:
 
 def build_models(opts: BenchOptions, seed_path: Path | None
                  ) -> tuple[dict[str, torch.nn.Module], types.ModuleType | None]:
-    """({"seed": the reference (when found), "ctm": ctm with the same weights}, the seed module), on the
-    benchmark's device."""
+    """({"seed" or "official": the reference (when asked for), "ctm": ctm with the same weights}, the seed
+    module), on the benchmark's device. The seed only for the tutorial's options; the official model's
+    weights carry NLM temperatures, so ctm's config gets them too."""
     from ..model import ContinuousThoughtMachine
+    from ..official import from_official_state_dict
     from ..seed import from_seed_state_dict
 
     device = bench_device(opts.device)
-    cfg = CTMConfig(iterations=opts.ticks)
+    cfg = opts.model_config()
     torch.manual_seed(0)
-    if seed_path is None:
+    official = find_official_reference(opts.official_path)
+    if official is not None:
+        theirs = build_official_model(official, cfg, opts.image_size)
+        ours = from_official_state_dict(theirs.state_dict(), **theirs.official_arguments)
+        return {"official": theirs.to(device), "ctm": ours.to(device)}, None
+    if seed_path is None or not cfg.tutorial_options:
         return {"ctm": ContinuousThoughtMachine(cfg).to(device)}, None
     module = load_seed_module(seed_path)
     seed = build_seed_model(module, cfg, opts.image_size)
@@ -159,6 +214,7 @@ def build_models(opts: BenchOptions, seed_path: Path | None
 
 
 def _loss_fn(impl: str, seed_module: types.ModuleType | None) -> Callable:
+    """The seed's own loss for the seed; ctm's certainty loss (the same function) for the others."""
     if impl == "seed":
         return seed_module.get_loss
     from ..losses import certainty_loss
@@ -166,9 +222,15 @@ def _loss_fn(impl: str, seed_module: types.ModuleType | None) -> Callable:
     return certainty_loss
 
 
+def _inputs(opts: BenchOptions) -> dict[str, Any]:
+    """The shape of the random batches and labels (`make_step`'s keywords)."""
+    cfg = opts.model_config()
+    return dict(image_size=opts.image_size, in_channels=cfg.in_channels, out_dims=cfg.out_dims)
+
+
 def _impl_model(impl: str, models: dict[str, torch.nn.Module]) -> torch.nn.Module:
-    if impl == "seed":
-        return models["seed"]
+    if impl in REFERENCES:
+        return models[impl]
     import copy
 
     model = copy.deepcopy(models["ctm"])  # every variant trains its own copy from the same weights
@@ -212,7 +274,7 @@ def _memory_child(payload: str) -> None:
     impl = spec["impl"]
     models, seed_module = build_models(opts, seed_path if impl == "seed" else None)
     step = make_step(_impl_model(impl, models), spec["mode"], spec["batch"], _loss_fn(impl, seed_module),
-                     amp=impl == "ctm+amp", image_size=opts.image_size)
+                     amp=impl == "ctm+amp", **_inputs(opts))
     print(json.dumps({"peak_mb": peak_rss_growth(step, calls=3)}))
 
 
@@ -238,9 +300,10 @@ def _full_precision(device: torch.device):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def check_against_seed(models: dict[str, torch.nn.Module], seed_module: types.ModuleType, impls: Sequence[str],
-                       opts: BenchOptions, batch: int = 8) -> dict[str, dict[str, Any]]:
-    """Each ctm variant against the seed on one batch, in train mode: predictions, certainties, loss and
+def check_against_seed(models: dict[str, torch.nn.Module], seed_module: types.ModuleType | None,
+                       impls: Sequence[str], opts: BenchOptions, batch: int = 8) -> dict[str, dict[str, Any]]:
+    """Each ctm variant against the reference (the seed, or the official model where `models` holds it) on
+    one batch, in train mode: predictions, certainties, loss and
     the gradient of the loss with respect to the input images (it flows back through every tick and the
     backbone). Returns {impl: {"max_abs_diff": {...}, "grad_rel_err": float, "ok": bool}}. For the float32
     variants `ok` means predictions, certainties and loss allclose at rtol 1e-4, atol 1e-5, and the input
@@ -248,10 +311,12 @@ def check_against_seed(models: dict[str, torch.nn.Module], seed_module: types.Mo
     None for bfloat16 autocast (not the seed's numerics). A variant that raises gets "error" and ok None."""
     import copy
 
-    device = next(models["seed"].parameters()).device
+    reference = "seed" if "seed" in models else "official"
+    device = next(models[reference].parameters()).device
+    shape = _inputs(opts)
     g = torch.Generator().manual_seed(1)
-    x = torch.rand(batch, 1, *opts.image_size, generator=g).to(device)
-    y = torch.randint(0, 10, (batch,), generator=g).to(device)
+    x = torch.rand(batch, shape["in_channels"], *opts.image_size, generator=g).to(device)
+    y = torch.randint(0, shape["out_dims"], (batch,), generator=g).to(device)
 
     def run(impl: str, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         xi = x.clone().requires_grad_(True)
@@ -265,9 +330,9 @@ def check_against_seed(models: dict[str, torch.nn.Module], seed_module: types.Mo
 
     out = {}
     with _full_precision(device):
-        ref = run("seed", copy.deepcopy(models["seed"]))
+        ref = run(reference, copy.deepcopy(models[reference]))
         for impl in impls:
-            if impl == "seed":
+            if impl in REFERENCES:
                 continue
             try:
                 got = run(impl, _impl_model(impl, models))
@@ -292,13 +357,26 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
     device = bench_device(opts.device)  # before anything else, so a missing CUDA is the one error reported
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    cfg = opts.model_config()
+    if cfg.backbone == "parity":
+        raise ValueError("ctm bench feeds random images; the parity backbone takes +-1 sequences")
     seed_path = find_seed_reference(opts.seed_path)
     notes = []
-    if seed_path is None:
+    if opts.official_path is not None:
+        seed_path = None  # the official model gives the weights (it has no tutorial backbone, so no seed config)
+    elif seed_path is None:
         notes.append(f"seed reference not found (pass --seed-reference PATH or set ${SEED_ENV}): benchmarking ctm "
                      "alone")
         log(notes[-1])
+    elif not cfg.tutorial_options:
+        notes.append("no seed row: the seed implements the tutorial's options only")
+        log(notes[-1])
+        seed_path = None
     models, seed_module = build_models(opts, seed_path)
+    if "official" in models:
+        notes.append("ctm has the official model's weights, NLM temperatures included; ctm runs on the "
+                     + ("fast engine" if engine.applies(models["ctm"]) else "readable path (options the engine "
+                                                                           "does not cover)"))
     if opts.compile:
         notes.append("compile s: wall time of the first compiled call (compiling forward and backward); torch's "
                      "on-disk inductor cache makes later runs faster. ctm+compile traces the autograd "
@@ -312,8 +390,9 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
     if device.type == "cuda" and opts.memory != "none":
         memory_method = "peak CUDA memory allocated over 2 calls, beyond what was allocated before them"
     check = None
-    if opts.check and "seed" in models:
-        log("checking every ctm variant against the seed (outputs, loss, input gradient)")
+    reference = next((r for r in REFERENCES if r in models), None)
+    if opts.check and reference:
+        log(f"checking every ctm variant against the {reference} (outputs, loss, input gradient)")
         check = check_against_seed(models, seed_module, impls, opts)
         for impl, r in check.items():
             log(f"  {impl}: " + (f"could not run: {r['error']}" if "error" in r
@@ -327,7 +406,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
                 try:
                     model = _impl_model(impl, models)
                     step = make_step(model, mode, batch, _loss_fn(impl, seed_module), amp=impl == "ctm+amp",
-                                     image_size=opts.image_size)
+                                     **_inputs(opts))
                     if impl == "ctm+compile":  # the first call compiles; time it apart
                         synchronize(device)
                         t0 = time.perf_counter()
@@ -367,7 +446,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
                     memory[impl] = measure_peak_inprocess(steps[impl])
                 else:
                     memory[impl] = None
-            base = times.get("seed")
+            base = times.get(reference) if reference else None
             for impl in impls:
                 row: dict[str, Any] = {"mode": mode, "batch": batch, "impl": impl}
                 if impl in errors:
@@ -385,7 +464,8 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
                 rows.append(row)
                 log(f"  {impl}: {row['samples_per_s']:.0f} samples/s")
     return {
-        "config": CTMConfig(iterations=opts.ticks).to_dict(),
+        "config": models["ctm"].config.to_dict(),
+        "reference": reference,
         "options": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(opts).items()},
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -393,6 +473,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "seed_reference": str(seed_path) if seed_path else None,
+        "official_reference": str(find_official_reference(opts.official_path)) if "official" in models else None,
         "memory_method": memory_method,
         "check": check,
         "results": rows,
@@ -406,7 +487,6 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's flags, for `ctm bench` and benchmarks/speed.py alike."""
     p.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes (default 64,256)")
-    p.add_argument("--ticks", type=int, default=None, help="internal ticks (default 30, the seed's)")
     p.add_argument("--repeats", type=int, default=None, help="timed alternating rounds per row (default 7)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per implementation first (default 2)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -421,7 +501,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", choices=["subprocess", "inprocess", "none"], default=None,
                    help="how to measure peak memory (default subprocess; inprocess with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny batches, 4 ticks, one round: a smoke test")
+    p.add_argument("--official", dest="official_path", nargs="?", const="", default=None, metavar="PATH",
+                   help=f"add the official implementation (its folder, holding models/ctm.py; without PATH "
+                        f"${OFFICIAL_ENV}): built for the config, it gives ctm its weights, is checked against ctm "
+                        f"and timed beside it")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    g = p.add_argument_group("model (CTMConfig; default the tutorial's, --ticks 30 the seed's, 4 with --quick)")
+    add_config_flags(g, CTMConfig, {name: shown(v) for name, v in CTMConfig().to_dict().items()})
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -434,9 +520,17 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
     """The options the parsed flags ask for; ValueError naming the flag for a bad value."""
     changes: dict[str, Any] = {}
+    config = given(args, CTMConfig)
+    if "iterations" in config:
+        changes["ticks"] = config.pop("iterations")
+    try:
+        CTMConfig(**config)
+    except ValueError as e:
+        raise ValueError(with_flag_names(str(e))) from None
+    changes["config"] = config
     if args.batch_sizes is not None:
         changes["batch_sizes"] = _batch_sizes(args.batch_sizes)
-    for name, least in (("ticks", 1), ("repeats", 1), ("warmup", 0), ("threads", 1)):
+    for name, least in (("repeats", 1), ("warmup", 0), ("threads", 1)):
         value = getattr(args, name)
         if value is not None and value < least:
             raise ValueError(f"--{name} must be at least {least}, got {value}")
@@ -448,7 +542,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         if bad:
             raise ValueError(f"unknown mode(s) {bad}; choose from {list(MODES)}")
         changes["modes"] = modes
-    for name in ("ticks", "repeats", "warmup", "threads", "seed_path", "memory", "device"):
+    for name in ("repeats", "warmup", "threads", "seed_path", "official_path", "memory", "device"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     changes.update(compile=args.compile, amp=args.amp, check=args.check)

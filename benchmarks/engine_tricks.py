@@ -102,6 +102,7 @@ def main() -> None:
         "train: readable path (autograd)": (train_step, lambda: patched(model, "fast_backward", False)),
         "eval: engine as shipped": (eval_step, contextlib.nullcontext),
         "eval: engine as shipped, again": (eval_step, contextlib.nullcontext),
+        "eval: backbone not chunked": (eval_step, lambda: patched(engine, "INFERENCE_CHUNK", 10**9)),
         "eval: max_pool2d in the backbone": (eval_step, lambda: patched(engine, "_max_pool_2x2", maxpool_2x2)),
         "eval: public glu + copy": (eval_step, lambda: patched(engine, "_glu_into", public_glu_into)),
         "eval: action pairs by index": (eval_step, lambda: patched(engine, "action_pairs", pairs_by_index)),

@@ -266,14 +266,14 @@ def test_layer_norm_backward_formula():
 
 
 def test_engine_backbone_matches_the_plain_backbone():
-    """The engine's inference backbone (BatchNorm folded, pooling by maxima) against model.backbone."""
+    """The engine's inference backbone (BatchNorm folded, chunked, pooling by maxima) against model.backbone."""
     cfg = ctm.CTMConfig(iterations=2, d_input=8)
     model = ctm.CTM(cfg).eval()
     with torch.no_grad():
         for bn in (model.backbone[1], model.backbone[5]):
             bn.running_mean.uniform_(-0.5, 0.5)
             bn.running_var.uniform_(0.5, 2.0)
-    x = torch.rand(7, 1, 15, 17)  # odd sizes
+    x = torch.rand(engine.INFERENCE_CHUNK + 5, 1, 15, 17)  # more than one chunk, odd sizes
     with torch.no_grad():
         fast, grid = engine.features(model, x)
         plain, grid_plain = model.compute_features(x)

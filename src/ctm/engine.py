@@ -606,7 +606,7 @@ class Stepper:
 
     def __init__(self, model: ContinuousThoughtMachine, x: Tensor, T: int) -> None:
         c = model.config
-        self.model, self.T, self.t = model, T, 0
+        self.model, self.t = model, 0
         self.pairs = action_pairs(model)
         tokens, _ = input_tokens(model, x)
         with model.full_precision(x):

@@ -23,7 +23,6 @@ from ._io import atomic_write
 from .model import ContinuousThoughtMachine
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-DEFAULT_SAMPLES = 100
 DEFAULT_THRESHOLD = 0.9
 DEFAULT_NEURONS = 8
 

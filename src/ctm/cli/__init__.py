@@ -131,8 +131,7 @@ def _add_eval_parser(sub) -> None:
                                  "and accuracy per tick.")
     _add_model_source(p)
     p.add_argument("--dataset", help="evaluate on another dataset of the same shape (default: the run's)")
-    p.add_argument("--data-dir", metavar="DIR", help="folder holding the IDX files (default: the run's, else the "
-                                                     "standard places)")
+    _add_run_data_dir(p)
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
     p.add_argument("--batch-size", type=_positive_int, default=500, help="images per forward (default 500)")
     _add_runtime_flags(p)
@@ -159,8 +158,7 @@ def _add_viz_parser(sub) -> None:
                        f"{THOUGHTFUL_POOL} test images, the one whose probabilities change most over the ticks)")
     which.add_argument("--label", type=int, help="the first image with this label")
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
-    p.add_argument("--data-dir", metavar="DIR", help="folder holding the IDX files (default: the run's, else the "
-                                                     "standard places)")
+    _add_run_data_dir(p)
     p.add_argument("--out", metavar="FILE.gif", help="where to write (default RUN_DIR/thinking-<split>-<index>.gif)")
     p.add_argument("--fps", type=float, default=5, help="frames per second, 0.1 to 100 (default 5)")
     _add_runtime_flags(p)
@@ -179,6 +177,12 @@ def _add_predict_parser(sub) -> None:
     _add_runtime_flags(p)
 
 
+def _add_run_data_dir(p: argparse.ArgumentParser, more: str = "") -> None:
+    """--data-dir of the commands that read a trained run's data."""
+    p.add_argument("--data-dir", metavar="DIR",
+                   help=f"folder holding the IDX files (default: the run's, else the standard places{more})")
+
+
 def _add_model_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a run directory written by ctm train (or use "
                                                                   "--pretrained)")
@@ -195,8 +199,7 @@ def _add_view_parser(sub) -> None:
                    "for --pretrained")
     p.add_argument("--samples", type=_positive_int, default=100, help="test samples in the picker (default 100)")
     p.add_argument("--threshold", type=float, default=0.9, help="the halting threshold shown first (default 0.9)")
-    p.add_argument("--data-dir", metavar="DIR", help="folder holding the IDX files (default: the run's, else the "
-                                                     "standard places; with --pretrained: the shipped test images)")
+    _add_run_data_dir(p, "; with --pretrained: the shipped test images")
     p.add_argument("--serve", action="store_true", help="also serve the page on 127.0.0.1 until Ctrl-C")
     p.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000; 0: any free port)")
     _add_runtime_flags(p)

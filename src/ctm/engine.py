@@ -511,16 +511,16 @@ def readout(model: ContinuousThoughtMachine, Zs: Tensor, rate_out: Tensor) -> tu
 
 def input_tokens(model: ContinuousThoughtMachine, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
     """The key/value tokens (B, N, d_input) and their grid: the fast tutorial backbone (`features`) for the
-    tutorial's encoder, else the model's own input encoder with plain autograd (`compute_features`)."""
-    c = model.config
-    if c.backbone == "tutorial" and c.positional_embedding == "none":
+    tutorial's backbone, else the model's own input encoder with plain autograd (`compute_features`)."""
+    if model.config.backbone == "tutorial":
         return features(model, x)
     return model.compute_features(x)
 
 
 
 def features(model: ContinuousThoughtMachine, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-    """`model.compute_features`, fast: (B, C, H, W) images -> (B, N, d_input) tokens and the grid (H', W')."""
+    """`model.compute_features` for the tutorial's backbone, fast: (B, C, H, W) images -> (B, N, d_input)
+    tokens and the grid (H', W')."""
     bb = model.backbone
     h = x.to(memory_format=torch.channels_last)
     independent = not any(bn.training or bn.running_mean is None for bn in (bb[1], bb[5]))
@@ -531,6 +531,8 @@ def features(model: ContinuousThoughtMachine, x: Tensor) -> tuple[Tensor, tuple[
         # runs in chunks whose activations stay in cache, pooling by elementwise maxima of strided views
         # (max_pool2d also computes the indices only its backward needs).
         feats = torch.cat([_backbone(bb, c, _max_pool_2x2) for c in h.split(INFERENCE_CHUNK)])
+    if model.positional_embedding is not None:
+        feats = feats + model.positional_embedding(feats)
     grid = (feats.shape[-2], feats.shape[-1])
     return model.kv_proj(feats.flatten(2).transpose(1, 2)), grid
 

@@ -199,3 +199,24 @@ def test_a_tiny_lstm_learns_length_4_parity():
         predicted = model(x).predictions[..., -1].unflatten(1, (L, 2)).argmax(-1)
     per_bit = (predicted == parity_targets(x)).float().mean().item()
     assert per_bit >= 0.98, per_bit
+
+
+def test_evaluation_and_the_thinking_gif_take_it_like_a_ctm(tmp_path):
+    pytest.importorskip("matplotlib")
+    from ctm.data import ImageDataset
+    from ctm.evaluate import evaluate
+    from ctm.viz import thinking_gif
+
+    torch.manual_seed(6)
+    model = LSTMBaseline(TINY.replace(iterations=3), 12)
+    images = torch.randint(0, 256, (20, 1, 12, 12), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (20,))
+    result = evaluate(model, ImageDataset(images, labels, 10, name="random"), batch_size=8)
+    assert len(result.per_tick_accuracy) == 3 and sum(result.most_certain_tick_histogram) == 20
+    model.eval()
+    with torch.no_grad():
+        hits = model(images.float() / 255).predictions.argmax(1) == labels.unsqueeze(-1)  # (B, T)
+    assert result.per_tick_accuracy == pytest.approx(hits.float().mean(0).tolist())
+    frames = thinking_gif(model, images[0].float() / 255, target=int(labels[0]), path=tmp_path / "lstm.gif",
+                          fig_scale=0.4)
+    assert len(frames) == 3 and (tmp_path / "lstm.gif").stat().st_size > 0

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from . import engine
-from .model import SynchState, TickState
 
 if TYPE_CHECKING:
     from .model import ContinuousThoughtMachine
@@ -45,10 +44,15 @@ class ReadableStepper:
         return out.logits
 
     def keep(self, rows: Tensor) -> None:
-        s = self.state
-        self.state = TickState(s.z[rows], s.trace[rows], SynchState(*(a[rows] for a in s.synch_action)),
-                               SynchState(*(a[rows] for a in s.synch_out)))
+        self.state = _rows(self.state, rows)  # the CTM's TickState, or another model's (the LSTM's)
         self.inputs = self.inputs._replace(k=self.inputs.k[rows], v=self.inputs.v[rows])
+
+
+def _rows(state, rows: Tensor):
+    """`state` (a tensor, or NamedTuples of them) with only the batch rows `rows`."""
+    if isinstance(state, Tensor):
+        return state[rows]
+    return type(state)(*(_rows(s, rows) for s in state))
 
 
 @torch.no_grad()
@@ -75,8 +79,9 @@ def think(model: ContinuousThoughtMachine, x: Tensor, halt_certainty: float,
     positions = c.out_positions
     prediction = torch.empty(B, *(() if positions == 1 else (positions,)), dtype=torch.long, device=device)
     used = torch.empty(B, dtype=torch.long, device=device)
-    certainty = torch.empty(B, dtype=model.start_trace.dtype, device=device)
-    logits_at = torch.empty(B, c.out_dims, dtype=model.start_trace.dtype, device=device)
+    dtype = next(model.parameters()).dtype
+    certainty = torch.empty(B, dtype=dtype, device=device)
+    logits_at = torch.empty(B, c.out_dims, dtype=dtype, device=device)
     rows = torch.arange(B, device=device)  # original index of each row of the stepper's state
     thinking = torch.ones(B, dtype=torch.bool, device=device)  # rows still without an answer
     n_thinking = B

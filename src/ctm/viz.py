@@ -256,13 +256,7 @@ class _ThinkingFigure:
         ax_att.set_axis_off()
         ax_att.set_anchor("N")
         # Colour bar under the map: the weights its darkest and brightest colours stand for.
-        ax_cb = ax_att.inset_axes([0.12, -0.085, 0.76, 0.045])
-        ax_cb.imshow(np.linspace(0, 1, 256)[None, :], cmap="inferno", aspect="auto", extent=(0, 1, 0, 1))
-        ax_cb.set_axis_off()
-        self.cb_lo = anim(ax_cb.text(-0.02, 0.5, "", transform=ax_cb.transAxes, ha="right", va="center",
-                                     fontsize=8.5, color="#333333"))
-        self.cb_hi = anim(ax_cb.text(1.02, 0.5, "", transform=ax_cb.transAxes, ha="left", va="center",
-                                     fontsize=8.5, color="#333333"))
+        self.cb_lo, self.cb_hi = (anim(t) for t in _colour_bar(ax_att, [0.12, -0.085, 0.76, 0.045], 0.02, 8.5))
         note = "colour range: this tick's" if self.attention_scale == "tick" else "colour range: the whole sample's"
         if outline:
             note += "\ncyan line: the input's outline"
@@ -347,17 +341,9 @@ class _ThinkingFigure:
             ax.plot(ticks, post[:, i], color=colour, linewidth=1.8, marker="." if T == 1 else None)
             ax.set_zorder(ax_pre.get_zorder() + 1)  # post trace above the dashed pre trace
             ax.patch.set_visible(False)
-            for a, vals in ((ax, post[:, i]), (ax_pre, pre[:, i])):
-                a.set_xlim(0.5, T + 0.5)
-                a.set_ylim(*_padded_limits(vals))
-                a.set_xticks([])
-                a.set_yticks([])
-                for spine in a.spines.values():
-                    spine.set_color("#d9d9d9")
-            ax.text(-0.015, 0.5, f"#{i}", transform=ax.transAxes, fontsize=7.5, ha="right", va="center",
-                    color="#444444")
-            self.trace_cursors.append(anim(ax.axvline(1, color=CURSOR_COLOUR, linewidth=1, alpha=0.5)))
-            (dot,) = ax.plot([1], [post[0, i]], "o", markersize=4, color=colour)
+            _bare_trace_axes(ax_pre, pre[:, i])
+            cursor, dot = _trace_panel(ax, post[:, i], i, colour)
+            self.trace_cursors.append(anim(cursor))
             self.trace_dots.append(anim(dot))
         title_y = outer[2].get_position(fig).y1 + 0.008
         fig.text(0.035, title_y, "Neuron traces", fontsize=12, va="bottom")
@@ -434,6 +420,37 @@ class _ThinkingFigure:
             for artist in self._animated:
                 self.figure.draw_artist(artist)
         return np.asarray(self.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _colour_bar(ax, box: list[float], gap: float, fontsize: float):
+    """An inferno colour bar in `box` (axes coordinates of `ax`) with two empty texts, left and right of it,
+    for the values its ends stand for; returns the texts."""
+    ax_cb = ax.inset_axes(box)
+    ax_cb.imshow(np.linspace(0, 1, 256)[None, :], cmap="inferno", aspect="auto", extent=(0, 1, 0, 1))
+    ax_cb.set_axis_off()
+    return tuple(ax_cb.text(x, 0.5, "", transform=ax_cb.transAxes, ha=ha, va="center", fontsize=fontsize,
+                            color="#333333") for x, ha in ((-gap, "right"), (1 + gap, "left")))
+
+
+def _bare_trace_axes(ax, values: np.ndarray) -> None:
+    """Limits for a trace over ticks 1..T, no ticks, light spines."""
+    ax.set_xlim(0.5, values.size + 0.5)
+    ax.set_ylim(*_padded_limits(values))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_color("#d9d9d9")
+
+
+def _trace_panel(ax, values: np.ndarray, index: int, colour: str):
+    """A neuron's trace panel (its trace already plotted): bare axes, its index on the left, and a cursor and
+    a dot at tick 1 for the frames to move; returns (cursor, dot)."""
+    _bare_trace_axes(ax, values)
+    ax.text(-0.015, 0.5, f"#{index}", transform=ax.transAxes, fontsize=7.5, ha="right", va="center",
+            color="#444444")
+    cursor = ax.axvline(1, color=CURSOR_COLOUR, linewidth=1, alpha=0.5)
+    (dot,) = ax.plot([1], [values[0]], "o", markersize=4, color=colour)
+    return cursor, dot
 
 
 def _tick_positions(T: int) -> list[int]:

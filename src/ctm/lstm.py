@@ -1,0 +1,207 @@
+"""The paper's LSTM baseline: the CTM's input encoder and tick loop with an LSTM cell as the core.
+
+The CTM paper compares CTMs against LSTMs that run the same T internal ticks over the same tokens, with a
+width chosen so both have about the same number of parameters. Per tick t (`LSTMBaseline.tick`):
+  1. a query from the LSTM's hidden state h_t attends over the key/value tokens (the CTM's `CrossAttention`),
+  2. the attention output is the LSTM cell's input: (h_t, c_t) -> (h_{t+1}, c_{t+1}),
+  3. a linear head reads h_{t+1} -> logits (out_dims: positions x classes),
+  4. certainty = 1 - normalised entropy, per output position and averaged, as the CTM computes it.
+The tokens are the CTM's: the same backbone, positional embedding and key/value projection (`ctm.backbones`,
+`ctm.positional`), built from the same `CTMConfig`; the start states h_0 and c_0 are learned.
+
+What cannot apply: there is no synchronisation (no neuron pairs, no decays). The tick reports, in the CTM's
+`TickOutput` fields, the vectors that play its roles: `synchronisation_action` is h_t (what the query is
+read from), `synchronisation_out` is h_{t+1} (what the output head reads), `pre_activations` the cell state
+c_{t+1} and `post_activations` h_{t+1}; so `CTMOutput.synchronisation_out` is the last hidden state h_T and
+`Tracking` has the CTM's layout with D = H. `attach_decay_clamp` and `clamp_decay_` do nothing. The fast
+engine does not apply (`fast_backward` is False): every forward is plain autograd.
+
+`lstm_width_for(config)` finds the width H whose parameter count is closest to the CTM's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import build_backbone
+from .config import CTMConfig, check_fields, option
+from .model import ContinuousThoughtMachine, CrossAttention, TickOutput
+from .positional import build_positional_embedding
+
+
+@dataclass(frozen=True)
+class LSTMConfig:
+    """The LSTM baseline's own size, recorded next to the `CTMConfig` it shares its encoder and ticks with."""
+
+    hidden: int = option(0, "LSTM width H (hidden and cell state); 0 picks the width whose parameter count "
+                         "matches the CTM's (`lstm_width_for`)", min=0)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def resolved(self, config: CTMConfig) -> LSTMConfig:
+        """This config with hidden 0 replaced by the width that matches the CTM of `config`."""
+        return self if self.hidden else LSTMConfig(lstm_width_for(config))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LSTMConfig:
+        """Rebuild from `to_dict()` output; unknown keys are an error."""
+        if not isinstance(d, dict):
+            raise ValueError(f"LSTMConfig.from_dict expects a dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown LSTMConfig field(s) {unknown}; known fields are {sorted(known)}")
+        return cls(**d)
+
+
+class LSTMState(NamedTuple):
+    """What one tick hands to the next."""
+
+    h: Tensor  # (B, H) hidden state
+    c: Tensor  # (B, H) cell state
+
+
+class LSTMInputs(NamedTuple):
+    """What every tick reads and no tick changes."""
+
+    k: Tensor  # (B, heads, N, d_input / heads) keys
+    v: Tensor  # (B, heads, N, d_input / heads) values
+
+
+class LSTMBaseline(nn.Module):
+    """An LSTM that thinks for `config.iterations` ticks over the CTM's tokens (module docstring).
+
+    `forward(x, track=False)` returns a `CTMOutput` like `ContinuousThoughtMachine.forward`: predictions
+    (B, C, T), certainties (B, 2, T); `think(x, halt_certainty)` halts adaptively (`ctm.halting.think`).
+    """
+
+    #: The fast engine is the CTM's; the LSTM always runs this module's plain autograd path.
+    fast_backward: bool = False
+
+    # The CTM's own forward, tick loop, input encoder and helpers, reused as they are: besides `tick` and
+    # `start` they read only `config`, `backbone`, `positional_embedding` and `kv_proj`, built the same way
+    # here, and `fast_backward` (False: the engine's dispatch never applies).
+    forward = ContinuousThoughtMachine.forward
+    forward_tokens = ContinuousThoughtMachine.forward_tokens
+    think = ContinuousThoughtMachine.think
+    compute_features = ContinuousThoughtMachine.compute_features
+    certainty = ContinuousThoughtMachine.certainty
+    full_precision = ContinuousThoughtMachine.full_precision
+    check_input = ContinuousThoughtMachine.check_input
+    _check_sequence = staticmethod(ContinuousThoughtMachine._check_sequence)
+    num_parameters = ContinuousThoughtMachine.num_parameters
+
+    def __init__(self, config: CTMConfig | None = None, hidden: int | None = None) -> None:
+        super().__init__()
+        config = CTMConfig() if config is None else config
+        if not isinstance(config, CTMConfig):
+            raise TypeError(f"config must be a CTMConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.lstm_config = LSTMConfig(0 if hidden is None else hidden).resolved(c)
+        H = self.hidden = self.lstm_config.hidden
+        # The input encoder, as the CTM builds it: backbone -> positional embedding -> tokens (B, N, d_input).
+        self.backbone = build_backbone(c)
+        self.positional_embedding = build_positional_embedding(c.positional_embedding, c.d_backbone)
+        self.kv_proj = nn.Sequential(nn.Linear(c.d_backbone, c.d_input), nn.LayerNorm(c.d_input))
+        # The core.
+        self.q_proj = nn.Linear(H, c.d_input)
+        self.attention = CrossAttention(c.d_input, c.heads, c.dropout)
+        self.cell = nn.LSTMCell(c.d_input, H)
+        self.output_projector = nn.Linear(H, c.out_dims)
+        bound = math.sqrt(1 / H)
+        self.start_hidden = nn.Parameter(torch.empty(H).uniform_(-bound, bound))  # h_0
+        self.start_cell = nn.Parameter(torch.empty(H).uniform_(-bound, bound))  # c_0
+
+    # ------------------------------------------------------------------------------------------ the tick
+
+    def tick(self, state: LSTMState, inputs: LSTMInputs) -> tuple[LSTMState, TickOutput]:
+        """One internal tick: the four steps of the module docstring."""
+        o, attention = self.attention(self.q_proj(state.h), inputs.k, inputs.v)  # (B, d_input), (B, heads, N)
+        h, c = self.cell(o, (state.h, state.c))  # (B, H) each
+        logits = self.output_projector(h)  # (B, C)
+        return LSTMState(h, c), TickOutput(logits, self.certainty(logits), c, h, attention, state.h, h)
+
+    def start(self, tokens: Tensor) -> tuple[LSTMState, LSTMInputs]:
+        """Before the first tick: keys/values of the tokens (B, N, d_input) and the learned start state."""
+        k, v = self.attention.project_kv(tokens.to(self.start_hidden.dtype))
+        B = tokens.shape[0]
+        return LSTMState(self.start_hidden.expand(B, -1), self.start_cell.expand(B, -1)), LSTMInputs(k, v)
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision of the parameters (what inputs must match)."""
+        return self.start_hidden.dtype
+
+    def _check_dtype(self, x: Tensor) -> None:
+        if x.dtype != self.dtype:
+            raise ValueError(f"expected {self.dtype} inputs (the model's parameters are {self.dtype}), got "
+                             f"{x.dtype}; use x.to({self.dtype}), or model.to({x.dtype})")
+
+    def clamp_decay_(self) -> None:
+        """Nothing to clamp: the LSTM has no synchronisation decays (kept so training treats both alike)."""
+
+    def attach_decay_clamp(self, optimizer: torch.optim.Optimizer) -> None:
+        """Nothing to attach: no decays (see `clamp_decay_`); returns None where the CTM returns a handle."""
+        return None
+
+    def extra_repr(self) -> str:
+        return f"hidden={self.hidden}, parameters={self.num_parameters():,}"
+
+
+# -------------------------------------------------------------------------------------- parameter matching
+
+
+def _count(build) -> int:
+    """Parameters of the module `build()` makes, built on the meta device (no memory, no initialisation)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build().parameters())
+
+
+def ctm_parameters(config: CTMConfig) -> int:
+    """`ContinuousThoughtMachine(config).num_parameters()`, without allocating the model."""
+    return _count(lambda: ContinuousThoughtMachine(config))
+
+
+def lstm_parameters(config: CTMConfig, hidden: int) -> int:
+    """`LSTMBaseline(config, hidden).num_parameters()`, without allocating the model."""
+    return _count(lambda: LSTMBaseline(config, hidden))
+
+
+def lstm_width_for(config: CTMConfig, target: int | None = None) -> int:
+    """The width H whose LSTMBaseline has the parameter count closest to `target` (default: the CTM's).
+
+    The count grows with H, so a bisection finds the first H at or above the target; the answer is it or the
+    width below it, whichever is closer (the smaller one on a tie).
+    """
+    target = ctm_parameters(config) if target is None else target
+    lo, hi = 1, 2
+    while lstm_parameters(config, hi) < target:
+        lo, hi = hi, 2 * hi
+    while lo < hi:  # the first H in [lo, hi] with count >= target
+        mid = (lo + hi) // 2
+        if lstm_parameters(config, mid) < target:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo > 1 and target - lstm_parameters(config, lo - 1) <= lstm_parameters(config, lo) - target:
+        return lo - 1
+    return lo
+
+
+def matching_summary(config: CTMConfig, hidden: int) -> str:
+    """One line: the LSTM's width and parameters against the CTM's, e.g. for a training run's start."""
+    n_lstm, n_ctm = lstm_parameters(config, hidden), ctm_parameters(config)
+    return (f"LSTM baseline: {n_lstm:,} parameters (hidden {hidden}), the CTM of this config {n_ctm:,} "
+            f"({100 * (n_lstm - n_ctm) / n_ctm:+.2f}%); {config.iterations} ticks")

@@ -157,6 +157,9 @@ def _check_config(payload: Any, path: Path) -> None:
                               f"got {type(dataset[name]).__name__}")
     if "shape" in dataset and not all(_is_int(d) and d > 0 for d in dataset["shape"]):
         raise RunDirError(f"{path}: 'dataset.shape' must be a list of positive integers")
+    names = dataset.get("class_names", [])
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise RunDirError(f"{path}: 'dataset.class_names' must be a list of strings")
     if "world_size" in payload and not (_is_int(payload["world_size"]) and payload["world_size"] >= 1):
         raise RunDirError(f"{path}: 'world_size' must be a positive integer, got {payload['world_size']!r}")
 

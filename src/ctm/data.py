@@ -1,12 +1,14 @@
 """Image data in memory: the labelled dataset, epoch sampling across ranks, and augmentation.
 
 `load_dataset` finds a dataset's IDX files (see `ctm.datasets` for where it looks and the verified
-download) and holds one split as two tensors. The module is quiet: it never prints; every problem with
-data files is a `DataError` (a `ValueError`) whose message names the file or folder and what is wrong.
+download), or the images of a folder (``folder:PATH``, see `ctm.folders`), and holds one split as two
+tensors. The module is quiet: it never prints; every problem with data files is a `DataError` (a
+`ValueError`) whose message names the file or folder and what is wrong.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -15,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from .datasets import DOWNLOAD_TIMEOUT_S, dataset_spec, locate_dataset, verify_dataset
+from .folders import FolderSpec, folder_path, load_folder, resolve_folder, scan_folder
 from .idx import DataError, read_idx
 
-__all__ = ["DataError", "EpochSampler", "ImageDataset", "load_dataset", "random_affine"]
+__all__ = ["DataError", "EpochSampler", "ImageDataset", "load_dataset", "load_splits", "random_affine"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -30,6 +33,8 @@ class ImageDataset:
 
     `batch(idx)` converts only the selected rows to float in [0, 1] (images / 255, nothing else).
     Indexing one sample (``ds[i]``) gives the same for a single image, like a TensorDataset.
+    `class_names` names the labels (empty: unnamed); `record` is what a run keeps of where the images came
+    from beyond the dataset's name (a folder's `FolderSpec.to_record()`; empty for the IDX datasets).
     """
 
     def __init__(
@@ -40,6 +45,8 @@ class ImageDataset:
         name: str = "",
         split: str = "",
         source: str = "",
+        class_names: Sequence[str] = (),
+        record: dict | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise DataError(
@@ -60,6 +67,10 @@ class ImageDataset:
         self.name = name
         self.split = split
         self.source = source
+        self.class_names = tuple(class_names)
+        self.record = dict(record or {})
+        if self.class_names and len(self.class_names) != num_classes:
+            raise DataError(f"{source or name}: {len(self.class_names)} class names for {num_classes} classes")
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -87,7 +98,8 @@ class ImageDataset:
     def to(self, device: torch.device | str) -> ImageDataset:
         """The same dataset with both tensors on `device` (e.g. keep all of MNIST on the GPU)."""
         return ImageDataset(
-            self.images.to(device), self.labels.to(device), self.num_classes, self.name, self.split, self.source
+            self.images.to(device), self.labels.to(device), self.num_classes, self.name, self.split, self.source,
+            self.class_names, self.record,
         )
 
 
@@ -100,13 +112,24 @@ def load_dataset(
     mirrors: Sequence[str] | None = None,
     verify: bool = False,
     timeout: float = DOWNLOAD_TIMEOUT_S,
+    recorded: dict | None = None,
+    image_size: tuple[int, int] | None = None,
+    holdout: float = 0.1,
+    progress: bool = False,
 ) -> ImageDataset:
-    """Load split ``'train'`` or ``'test'`` of dataset `name` ('mnist', 'fashion-mnist') into memory.
+    """Load split ``'train'`` or ``'test'`` of dataset `name` ('mnist', 'fashion-mnist', 'folder:PATH') into memory.
 
-    Files are looked up as described in the module docstring and downloaded when absent (unless
+    IDX files are looked up as described in the module docstring and downloaded when absent (unless
     `download` is False or `data_dir` is given). Downloads are always MD5-checked; files found locally
     are checked only with `verify=True`.
+
+    A folder is read as `recorded` describes it (a run's config.json 'dataset' section: its size, mode, class
+    names and held-out files), else with `image_size` (default: the most common) and `holdout`
+    (see `ctm.folders`); `progress` shows a bar on large folders.
     """
+    if folder_path(name) is not None:
+        return load_splits(name, (split,), data_dir, recorded=recorded, image_size=image_size, holdout=holdout,
+                           progress=progress)[0]
     spec = dataset_spec(name)
     if split not in spec.splits:
         raise DataError(f"unknown split {split!r} for dataset {name!r}; expected one of {', '.join(spec.splits)}")
@@ -137,7 +160,33 @@ def load_dataset(
         name=name,
         split=split,
         source=str(img_path.parent),
+        class_names=spec.class_names,
     )
+
+
+def load_splits(name: str, splits: Sequence[str] = ("train", "test"), data_dir: str | os.PathLike[str] | None = None,
+                *, recorded: dict | None = None, image_size: tuple[int, int] | None = None, holdout: float = 0.1,
+                check_files: bool = False, progress: bool = False) -> list[ImageDataset]:
+    """The `splits` of dataset `name`, each file read once; for a folder, one scan serves every split and
+    `check_files` refuses a file list other than the recorded one (resume). See `load_dataset`."""
+    root = folder_path(name)
+    if root is None:
+        return [load_dataset(name, s, data_dir=data_dir) for s in splits]
+    if data_dir is not None:
+        raise DataError(f"--data-dir is for the IDX datasets; a folder dataset is read from its own path ({root})")
+    if recorded and recorded.get("kind") == "folder":
+        spec = FolderSpec.from_record(recorded)
+        scan = scan_folder(root)
+        spec = FolderSpec(str(scan.root), *dataclasses.astuple(spec)[1:])
+    else:
+        spec, scan = resolve_folder(root, image_size, holdout, progress=progress)
+    out = []
+    for split in splits:
+        images, labels = load_folder(spec, split, scan, check_files=check_files, progress=progress)
+        out.append(ImageDataset(images, labels, len(spec.class_names), name=f"folder:{spec.path}", split=split,
+                                source=spec.path,
+                                class_names=spec.class_names, record=spec.to_record()))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -27,6 +27,8 @@ class EvalResult:
     per_tick_certainty: list[float]  # mean certainty (1 - normalised entropy) per tick
     most_certain_tick_histogram: list[int]  # samples whose most-certain tick is t
     n: int
+    per_class_accuracy: list[float] = field(default_factory=list)  # at the most-certain tick; NaN without samples
+    per_class_n: list[int] = field(default_factory=list)  # samples of each class
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,9 +49,12 @@ def evaluate(model: ContinuousThoughtMachine, dataset: ImageDataset, batch_size:
     was_training = model.training
     model.eval()
     T = model.config.iterations
+    K = dataset.num_classes
     # One float64 vector of sums: [loss, correct at most-certain tick, correct per tick (T),
-    # certainty per tick (T), most-certain tick histogram (T)], so ranks need a single all-reduce.
-    sums = torch.zeros(2 + 3 * T, dtype=torch.float64, device=device)
+    # certainty per tick (T), most-certain tick histogram (T), correct per class (K), samples per class (K)],
+    # so ranks need a single all-reduce.
+    sums = torch.zeros(2 + 3 * T + 2 * K, dtype=torch.float64, device=device)
+    end = 2 + 3 * T
     shard = torch.tensor_split(torch.arange(len(dataset)), dist_info.world_size)[dist_info.rank]
     try:
         for idx in shard.split(batch_size):
@@ -59,10 +64,13 @@ def evaluate(model: ContinuousThoughtMachine, dataset: ImageDataset, batch_size:
             loss, tick = certainty_loss(out.predictions, out.certainties, y)
             hits = out.predictions.argmax(dim=1) == y.unsqueeze(-1)  # (b, T)
             sums[0] += loss.double() * len(idx)
-            sums[1] += hits.gather(1, tick.unsqueeze(1)).sum()
+            certain_hits = hits.gather(1, tick.unsqueeze(1)).squeeze(1)  # (b,)
+            sums[1] += certain_hits.sum()
+            sums[end:end + K] += torch.bincount(y, weights=certain_hits.double(), minlength=K)
+            sums[end + K:] += torch.bincount(y, minlength=K)
             sums[2:2 + T] += hits.sum(0)
             sums[2 + T:2 + 2 * T] += out.certainties[:, 1].sum(0).double()
-            sums[2 + 2 * T:] += torch.bincount(tick, minlength=T)
+            sums[2 + 2 * T:end] += torch.bincount(tick, minlength=T)
     finally:
         model.train(was_training)
     sums = all_reduce_sum(sums, dist_info).cpu()
@@ -74,8 +82,10 @@ def evaluate(model: ContinuousThoughtMachine, dataset: ImageDataset, batch_size:
         accuracy_last_tick=per_tick[-1],
         per_tick_accuracy=per_tick,
         per_tick_certainty=(sums[2 + T:2 + 2 * T] / n).tolist(),
-        most_certain_tick_histogram=[int(v) for v in sums[2 + 2 * T:].tolist()],
+        most_certain_tick_histogram=[int(v) for v in sums[2 + 2 * T:end].tolist()],
         n=n,
+        per_class_accuracy=(sums[end:end + K] / sums[end + K:]).tolist(),
+        per_class_n=[int(v) for v in sums[end + K:].tolist()],
     )
 
 

@@ -22,8 +22,9 @@ from . import checkpoint as ckpt
 from . import distributed as dist
 from ._signals import StopFlag
 from .config import CTMConfig, check_fields, option
-from .data import EpochSampler, ImageDataset, _mix_seed, load_dataset, random_affine
+from .data import EpochSampler, ImageDataset, _mix_seed, load_splits, random_affine
 from .evaluate import EvalResult, evaluate
+from .folders import folder_path, parse_image_size
 from .losses import accuracy, certainty_loss, per_tick_cross_entropy
 
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 class TrainConfig:
     """How to train. `steps` counts optimiser steps; each step sees `batch_size` samples."""
 
-    dataset: str = option("mnist", "dataset to train on: mnist or fashion-mnist")
+    dataset: str = option("mnist", "dataset to train on: mnist, fashion-mnist, or folder:PATH (your own images, one "
+                                   "subfolder per class)")
     steps: int = option(2000, "optimiser steps in total", min=1)
     batch_size: int = option(64, "global batch per step; under torchrun it is split evenly across the ranks", min=1)
     lr: float = option(1e-4, "peak learning rate (AdamW)", min=0)
@@ -54,6 +56,10 @@ class TrainConfig:
     augment: bool = option(False, "small random affine transforms of the training images")
     grad_accum: int = option(1, "micro-batches per step (the batch size must divide by it)", min=1)
     seed: int = option(0, "seed of the initialisation, the sampling order and the augmentation", min=0)
+    image_size: str = option("", "folder datasets: resize every image to HxW or N pixels (default: the most common "
+                                 "size among the files)")
+    holdout: float = option(0.1, "folder datasets without train/ and test/ folders: the fraction of each class held "
+                                 "out as the test split (chosen with a fixed seed)", min=0)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -66,6 +72,13 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.seed must be below 2**63, got {self.seed}")
         if self.min_lr_ratio > 1:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        parse_image_size(self.image_size)
+        if self.image_size and folder_path(self.dataset) is None:
+            raise ValueError(f"TrainConfig.image_size applies to folder datasets (folder:PATH); {self.dataset} keeps "
+                             f"its own size")
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"TrainConfig.holdout is the fraction of each class held out for testing, between 0 "
+                             f"and 1 (e.g. 0.1), got {self.holdout}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"TrainConfig.batch_size ({self.batch_size}) must be divisible by grad_accum "
                              f"({self.grad_accum})")
@@ -250,8 +263,11 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
         problem = dist.broadcast_object(problem, info)
         if problem:
             raise ckpt.RunDirError(problem)
-    train_set = load_dataset(train_config.dataset, "train", data_dir=data_dir)
-    test_set = load_dataset(train_config.dataset, "test", data_dir=data_dir)
+    # On resume a folder dataset is read as the run recorded it, and must hold the same files (the same order).
+    train_set, test_set = load_splits(train_config.dataset, data_dir=data_dir,
+                                      recorded=ckpt.read_config(run_dir).get("dataset") if resume else None,
+                                      image_size=parse_image_size(train_config.image_size),
+                                      holdout=train_config.holdout, check_files=resume, progress=progress)
     if train_set.shape != test_set.shape:
         raise ValueError(f"train images {train_set.shape} and test images {test_set.shape} differ in shape")
     model_config = build_model_config(model_config, train_set)
@@ -313,9 +329,10 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
             if problem is None:
                 ckpt.write_config(run_dir, model_config, {
                     "train": train_config.to_dict(),
-                    "dataset": {"name": train_config.dataset, "source": train_set.source,
+                    "dataset": {"name": train_set.name, "source": train_set.source,
                                 "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
-                                "shape": list(train_set.shape), "num_classes": train_set.num_classes},
+                                "shape": list(train_set.shape), "num_classes": train_set.num_classes,
+                                **train_set.record},
                     "world_size": info.world_size,
                 })
         problem = dist.broadcast_object(problem, info)
@@ -488,10 +505,20 @@ def _startup_lines(run_dir: Path, resume: bool, step: int, model: ContinuousThou
     c = model.config
     shape = "x".join(str(n) for n in train_set.shape)
     ranks = f", {info.world_size} ranks" if info.enabled else ""
+    data = (f"data: {cfg.dataset}, {len(train_set)} train / {len(test_set)} test images of {shape}, "
+            f"{train_set.num_classes} classes (from {train_set.source})")
+    rec = train_set.record
+    if rec.get("kind") == "folder":
+        split = ("its train/ and test/ folders" if rec["layout"] == "split" else
+                 f"{rec['holdout']:g} of each class held out for testing (seed {rec['holdout_seed']})")
+        data = (f"data: {train_set.source}: {len(train_set)} train / {len(test_set)} test images, "
+                f"{'greyscale' if rec['mode'] == 'L' else 'RGB'}, resized to {shape}; {train_set.num_classes} "
+                f"classes: {', '.join(train_set.class_names)}; test split: {split}"
+                + (f"; skipped {rec['skipped']} file{'s' if rec['skipped'] > 1 else ''} that are not PNG/JPEG/BMP"
+                   if rec["skipped"] else ""))
     return [
         f"run directory: {run_dir}" + (f" (resuming at step {step})" if resume else ""),
-        f"data: {cfg.dataset}, {len(train_set)} train / {len(test_set)} test images of {shape}, "
-        f"{train_set.num_classes} classes (from {train_set.source})",
+        data,
         f"model: {model.num_parameters():,} parameters; {c.iterations} ticks, {c.d_model} neurons, memory "
         f"{c.memory_length}",
         f"device: {dev}, {torch.get_num_threads()} threads{ranks}",

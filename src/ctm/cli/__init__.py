@@ -283,12 +283,23 @@ def _data_dir_for(run_dir: str | Path, payload: dict, data_dir: str | None, data
     return recorded
 
 
-def _steps_from_epochs(epochs: float, dataset: str, data_dir: str | None, batch_size: int) -> int:
+def _check_run_folder(run_dir: str | Path, payload: dict, dataset: str | None = None) -> None:
+    """A run trained on an image folder that is no longer there: say how to point it at the folder's new place."""
+    recorded = payload.get("dataset") or {}
+    if dataset is None and recorded.get("kind") == "folder" and not Path(str(recorded.get("path"))).is_dir():
+        raise CLIError(f"{run_dir} was trained on the image folder {recorded.get('path')}, which is gone; if it "
+                       f"moved, pass ctm eval {run_dir} --dataset folder:NEWPATH")
+
+
+def _steps_from_epochs(epochs: float, dataset: str, data_dir: str | None, batch_size: int,
+                       holdout: float = 0.1) -> int:
     from ..data import load_dataset
+    from ..folders import folder_path, split_size
 
     if not math.isfinite(epochs) or epochs <= 0:
         raise CLIError(f"--epochs must be a positive number, got {epochs}")
-    n = len(load_dataset(dataset, "train", data_dir=data_dir))
+    folder = folder_path(dataset)
+    n = split_size(folder, "train", holdout) if folder else len(load_dataset(dataset, "train", data_dir=data_dir))
     return max(1, math.ceil(epochs * (n // batch_size)))
 
 
@@ -306,6 +317,7 @@ def _check_path_text(flag: str, text: str | None) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .. import train as tr
     from ..config import CTMConfig
+    from ..folders import FOLDER_PREFIX, folder_path
 
     _set_threads(args.threads)
     if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
@@ -315,6 +327,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None and not args.out.strip():
         raise CLIError("--out is empty; give a folder for the run (or leave --out out for runs/<dataset>-<time>)")
     model_changes, train_changes = given(args, CTMConfig), given(args, tr.TrainConfig)
+    folder = folder_path(train_changes.get("dataset", ""))
+    if folder is not None:  # recorded absolute, so eval and --resume find it from anywhere
+        _check_path_text("--dataset", str(folder))
+        train_changes["dataset"] = FOLDER_PREFIX + str(folder.resolve())
     if args.resume:
         run_dir = Path(args.resume)
         if args.out and Path(args.out) != run_dir:
@@ -325,14 +341,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.data_dir = _data_dir_for(run_dir, payload, args.data_dir)
         if args.epochs is not None:
             train_changes["steps"] = _steps_from_epochs(args.epochs, train_config.dataset, args.data_dir,
-                                                        train_config.batch_size)
+                                                        train_config.batch_size, train_config.holdout)
         # train() checks the new length and records it once the checkpoint has loaded.
         train_config = tr.resumed_train_config(model_config, train_config, model_changes, train_changes)
     else:
         train_config = tr.make_train_config(args.preset or "default", **train_changes)
         if args.epochs is not None:
             train_config = tr.TrainConfig.from_dict({**train_config.to_dict(), "steps": _steps_from_epochs(
-                args.epochs, train_config.dataset, args.data_dir, train_config.batch_size)})
+                args.epochs, train_config.dataset, args.data_dir, train_config.batch_size, train_config.holdout)})
         if set(model_changes) & set(tr.DATA_FIELDS):
             from ..data import load_dataset
 
@@ -341,7 +357,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if model_config.backbone == "parity" or model_config.out_positions != 1:
             raise CLIError("ctm train trains image classifiers: --backbone parity and --out-positions above 1 are "
                            "for sequence tasks (use them from Python: ctm.CTM(config).forward_tokens)")
-        run_dir = Path(args.out or f"runs/{train_config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder = folder_path(train_config.dataset)
+        run_name = train_config.dataset if folder is None else folder.name
+        run_dir = Path(args.out or f"runs/{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     started = time.perf_counter()
     result = tr.train(run_dir, model_config, train_config, data_dir=args.data_dir, device=args.device,
                       resume=bool(args.resume), progress=not args.no_progress,
@@ -388,7 +406,9 @@ def _samples_for(args: argparse.Namespace, payload: dict, split: str = "test"):
     if args.pretrained is not None:
         return load_dataset(payload["dataset"]["name"], split, data_dir=args.data_dir)
     data_dir = _data_dir_for(args.run_dir, payload, args.data_dir)
-    return load_dataset(_run_dataset(args.run_dir, payload), split, data_dir=data_dir)
+    _check_run_folder(args.run_dir, payload)
+    return load_dataset(_run_dataset(args.run_dir, payload), split, data_dir=data_dir, recorded=payload.get("dataset"),
+                        progress=True)
 
 
 def _write_run_pictures(run_dir: Path, data_dir: str | None) -> None:
@@ -405,10 +425,11 @@ def _write_run_pictures(run_dir: Path, data_dir: str | None) -> None:
               "curves.png", file=sys.stderr)
         return
     model, payload = load_model(run_dir)
-    data = load_dataset(_run_dataset(run_dir, payload), "test", data_dir=data_dir)
+    data = load_dataset(_run_dataset(run_dir, payload), "test", data_dir=data_dir, recorded=payload.get("dataset"))
     pick = viz.pick_thinking_example(model, data, THOUGHTFUL_POOL)
     _, image, target = viz.select_example(data, pick.index)
-    viz.thinking_gif(model, image, target, path=run_dir / "thinking.gif", caption=pick.reason)
+    viz.thinking_gif(model, image, target, path=run_dir / "thinking.gif", caption=pick.reason,
+                     class_names=data.class_names or None)
     viz.save_curves(read_metrics(run_dir), run_dir / "curves.png")
     print(f"Wrote {run_dir / 'thinking.gif'} (test image {pick.index}: {pick.reason}) and {run_dir / 'curves.png'}")
 
@@ -461,8 +482,11 @@ def cmd_viz(args: argparse.Namespace) -> int:
     else:
         out = Path(args.out or f"thinking-{args.pretrained}-{index}.gif")
     started = time.perf_counter()
-    frames = viz.thinking_gif(model, image, target, path=out, fps=args.fps, caption=caption)
-    print(f"Wrote {out}: {len(frames)} frames ({where} {index}, label {target}) "
+    names = getattr(data, "class_names", ())
+    frames = viz.thinking_gif(model, image, target, path=out, fps=args.fps, caption=caption,
+                              class_names=names or None)
+    label = f"{target} ({names[target]})" if _named_classes(data) else f"{target}"
+    print(f"Wrote {out}: {len(frames)} frames ({where} {index}, label {label}) "
           f"in {time.perf_counter() - started:.1f} s" + (f"; why this image: {caption}" if caption else ""))
     return 0
 
@@ -487,7 +511,8 @@ def cmd_view(args: argparse.Namespace) -> int:
               else f"{data.name} {data.split}")
     title = f"ctm view: {args.pretrained or Path(args.run_dir).name}"
     started = time.perf_counter()
-    page = view.viewer_data(model, images, labels.tolist(), title=title, source=source, threshold=args.threshold)
+    page = view.viewer_data(model, images, labels.tolist(), title=title, source=source, threshold=args.threshold,
+                            class_names=getattr(data, "class_names", ()) or None)
     out = Path(args.out) if args.out else (Path(args.run_dir) / "viewer.html" if args.pretrained is None
                                            else Path(f"ctm-view-{args.pretrained}.html"))
     view.write_viewer(page, out)
@@ -561,7 +586,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         data_dir = (args.data_dir if args.pretrained is not None
                     else _data_dir_for(args.run_dir, payload, args.data_dir, args.dataset))
-        data = load_dataset(dataset_name, args.split, data_dir=data_dir)
+        if args.pretrained is None:
+            _check_run_folder(args.run_dir, payload, args.dataset)
+        data = load_dataset(dataset_name, args.split, data_dir=data_dir, recorded=payload.get("dataset"),
+                            progress=not args.json)
     c = model.config
     if data.shape[0] != c.in_channels or data.num_classes != c.out_dims:
         raise CLIError(f"{dataset_name} has {data.shape[0]} channel(s) and {data.num_classes} classes, but the "
@@ -577,6 +605,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(_json_line({"dataset": dataset_name, "split": data.split, **result.to_dict()}))
         return 0
+    named = _named_classes(data)
+    if args.json:
+        extra = {"class_names": list(named)} if named else {}
+        print(_json_line({"dataset": dataset_name, "split": data.split, **result.to_dict(), **extra}))
+        return 0
     print(f"{dataset_name} {data.split}: n={result.n}")
     print(f"  loss                      {result.loss:.4f}")
     print(f"  accuracy (most certain)   {result.accuracy:.4f}")
@@ -585,7 +618,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for t, (a, cert, h) in enumerate(zip(result.per_tick_accuracy, result.per_tick_certainty,
                                          result.most_certain_tick_histogram, strict=True)):
         print(f"  {t + 1:4d}  {a:8.4f}  {cert:9.4f}  {h:12d}")
+    if named:
+        width = max(5, *(len(n) for n in named))
+        print(f"  {'class':<{width}}  accuracy  images")
+        for name, a, n in zip(named, result.per_class_accuracy, result.per_class_n, strict=True):
+            print(f"  {name:<{width}}  {'-' if n == 0 else f'{a:8.4f}':>8}  {n:6d}")
     return 0
+
+
+def _named_classes(data) -> tuple[str, ...]:
+    """The class names `ctm eval` lists accuracy by: those of a dataset whose classes are not just numbered."""
+    names = data.class_names
+    return names if names and names != tuple(str(i) for i in range(len(names))) else ()
 
 
 def _json_line(payload: dict) -> str:

@@ -603,13 +603,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         save_ticks_plot(result, Path(args.run_dir or ".") / "ticks.png")
     if args.json:
-        print(_json_line({"dataset": dataset_name, "split": data.split, **result.to_dict()}))
+        names = list(data.class_names) or [str(i) for i in range(data.num_classes)]
+        print(_json_line({"dataset": dataset_name, "split": data.split, **result.to_dict(), "class_names": names}))
         return 0
     named = _named_classes(data)
-    if args.json:
-        extra = {"class_names": list(named)} if named else {}
-        print(_json_line({"dataset": dataset_name, "split": data.split, **result.to_dict(), **extra}))
-        return 0
     print(f"{dataset_name} {data.split}: n={result.n}")
     print(f"  loss                      {result.loss:.4f}")
     print(f"  accuracy (most certain)   {result.accuracy:.4f}")

@@ -1,4 +1,4 @@
-"""Shared test helpers: a tiny CTM configuration and a synthetic MNIST-shaped dataset."""
+"""Shared test helpers: a tiny CTM configuration, a synthetic MNIST-shaped dataset, a folder of drawn shapes."""
 
 from __future__ import annotations
 
@@ -28,3 +28,45 @@ def make_synthetic(folder: Path, n_train: int = 1200, n_test: int = 300, seed: i
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return folder
+
+
+SHAPES = ("circle", "square", "triangle")
+KINDS = (".png", ".jpg", ".bmp")
+
+
+def draw(shape: str, size: tuple[int, int], rng: np.random.Generator):
+    """One shape (bright, random size and place) on a dark background, greyscale, `size` (H, W)."""
+    from PIL import Image, ImageDraw
+
+    h, w = size
+    im = Image.new("L", (w, h), int(rng.integers(0, 40)))
+    d = ImageDraw.Draw(im)
+    r = min(h, w) * rng.uniform(0.22, 0.38)
+    cx, cy = w / 2 + rng.uniform(-0.12, 0.12) * w, h / 2 + rng.uniform(-0.12, 0.12) * h
+    fill = int(rng.integers(170, 256))
+    if shape == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    return im
+
+
+def make_shapes(root: Path, n: int = 60, colour: bool = True, seed: int = 0, shapes=SHAPES) -> Path:
+    """`root`/<shape>/NNNN.{png,jpg,bmp}: mostly 16x16 (every 4th 20x24), PNG/JPEG/BMP in turn; with `colour`
+    every 5th is RGB (a tinted shape) and every 7th PNG a palette image, else all greyscale."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for shape in shapes:
+        (root / shape).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            im = draw(shape, (16, 16) if i % 4 else (20, 24), rng)
+            ext = KINDS[i % 3]
+            if colour and i % 5 == 0:
+                im = Image.merge("RGB", (im, im.point(lambda v: v * 0.8), im.point(lambda v: v * 0.5)))
+            elif i % 7 == 0 and ext == ".png":
+                im = im.convert("P") if colour else im.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+            im.save(root / shape / f"{i:04d}{ext}")
+    return root

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, TINY_FLAGS
-from PIL import Image, ImageDraw
+from helpers import KINDS, SHAPES, TINY, TINY_FLAGS, draw, make_shapes
+from PIL import Image
 from safetensors.torch import load_file
 
 from ctm import checkpoint as ckpt
@@ -19,43 +19,6 @@ from ctm import train as tr
 from ctm.cli import main
 from ctm.data import load_dataset, load_splits
 from ctm.idx import DataError
-
-SHAPES = ("circle", "square", "triangle")
-KINDS = (".png", ".jpg", ".bmp")
-
-
-def draw(shape: str, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
-    """One shape (bright, random size and place) on a dark background, greyscale, `size` (H, W)."""
-    h, w = size
-    im = Image.new("L", (w, h), int(rng.integers(0, 40)))
-    d = ImageDraw.Draw(im)
-    r = min(h, w) * rng.uniform(0.22, 0.38)
-    cx, cy = w / 2 + rng.uniform(-0.12, 0.12) * w, h / 2 + rng.uniform(-0.12, 0.12) * h
-    fill = int(rng.integers(170, 256))
-    if shape == "circle":
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif shape == "square":
-        d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    else:
-        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    return im
-
-
-def make_shapes(root: Path, n: int = 60, colour: bool = True, seed: int = 0, shapes=SHAPES) -> Path:
-    """`root`/<shape>/NNNN.{png,jpg,bmp}: mostly 16x16 (every 4th 20x24), PNG/JPEG/BMP in turn; with `colour`
-    every 5th is RGB (a tinted shape) and every 7th PNG a palette image, else all greyscale."""
-    rng = np.random.default_rng(seed)
-    for shape in shapes:
-        (root / shape).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            im = draw(shape, (16, 16) if i % 4 else (20, 24), rng)
-            ext = KINDS[i % 3]
-            if colour and i % 5 == 0:
-                im = Image.merge("RGB", (im, im.point(lambda v: v * 0.8), im.point(lambda v: v * 0.5)))
-            elif i % 7 == 0 and ext == ".png":
-                im = im.convert("P") if colour else im.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
-            im.save(root / shape / f"{i:04d}{ext}")
-    return root
 
 
 def run_cli(*args) -> int:
@@ -87,8 +50,8 @@ def test_a_folder_of_drawn_shapes_trains_through_the_cli_and_eval_names_the_clas
     assert run_cli("train", "--dataset", f"folder:{data}", "--out", out, *LEARN) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == (f"data: {data}: 216 train / 24 test images, RGB, resized to 3x16x16; 3 classes: circle, "
-                        f"square, triangle; test split: 0.1 of each class held out for testing (seed 0); skipped 2 "
-                        f"files that are not PNG/JPEG/BMP")
+                        f"square, triangle; test split: 0.1 of each class held out for testing (seed 0); 2 other "
+                        f"files skipped (not PNG/JPEG/BMP)")
     rows = ckpt.read_metrics(out)
     assert rows[-1]["test_accuracy"] >= 0.8, rows  # chance is 1/3
     section = json.loads((out / "config.json").read_text())["dataset"]

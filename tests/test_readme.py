@@ -1,8 +1,8 @@
 """Every command and snippet of README.md runs, as written, in a sandbox.
 
 The sandbox is a temporary folder holding what the README names: `runs/mnist-20261129-101500` (and `RUN_DIR`)
-as a small trained run, `seven.png` and `two.jpg`, `official_ctm.pt` with its `args.json`, and
-`$CTM_DATA_DIR` with small MNIST-shaped datasets. Code blocks run in README order, so a run a command
+as a small trained run, `seven.png` and `two.jpg`, a `shapes/` image folder, `official_ctm.pt` with its
+`args.json`, and `$CTM_DATA_DIR` with small MNIST-shaped datasets. Code blocks run in README order, so a run a command
 trains is there for the commands after it. "With small sizes where needed": `ctm train` gets a tiny model
 and a few steps appended (later flags win), and a resume's `--steps` is shrunk; nothing else is changed.
 Set-up lines (`pip`, `make`, `sudo`) are what CI itself runs; `torchrun` lines are parsed, not launched.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, TINY_FLAGS, make_synthetic
+from helpers import TINY, TINY_FLAGS, make_shapes, make_synthetic
 
 import ctm
 from ctm import train as tr
@@ -77,6 +77,7 @@ def sandbox(tmp_path_factory, official_args, seed_module):
     tr.train(run, TINY.replace(iterations=12), tr.TrainConfig(steps=20, batch_size=16, lr=3e-3, eval_every=20),
              data_dir=str(data / "mnist"))
     (root / "RUN_DIR").symlink_to(run)
+    make_shapes(root / "shapes", n=12)  # "Your own images"
     digit = (torch.rand(12, 12) * 60).to(torch.uint8)
     digit[4:8, 4:8] = 255
     Image.fromarray(digit.numpy()).resize((48, 48)).save(root / "seven.png")

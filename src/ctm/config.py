@@ -11,7 +11,8 @@ from typing import Any
 
 
 def option(default: Any, help: str, **rules: Any) -> Any:
-    """A config field whose metadata holds its help and value rules: `min` (a lower bound) and `choices`.
+    """A config field whose metadata holds its help and value rules: `min` (a lower bound) and `choices`
+    (and, for the command line only, a `metavar`).
 
     The rules are checked by the config (`check_field`) and the command line builds its flags from them.
     """

@@ -95,8 +95,10 @@ def _as_array(image: Any) -> np.ndarray:
         except (OSError, UnidentifiedImageError) as e:
             raise ValueError(f"{image}: not a readable image file ({e})") from None
     if type(image).__module__.startswith("PIL."):
-        if image.mode not in ("L", "RGB"):  # palette, alpha, CMYK, 16-bit, ...: to RGB, or L if grey
-            image = image.convert("L" if image.mode in ("1", "LA", "I", "I;16", "F") else "RGB")
+        if image.mode not in ("L", "RGB"):  # palette, alpha, CMYK, 16-bit, ...: as a folder dataset reads them
+            from .folders import flatten_image
+
+            image = flatten_image(image)
         return np.asarray(image, dtype=np.float32) / 255.0
     if isinstance(image, Tensor):
         image = image.detach().cpu().numpy()

@@ -36,7 +36,7 @@ class TrainConfig:
     """How to train. `steps` counts optimiser steps; each step sees `batch_size` samples."""
 
     dataset: str = option("mnist", "dataset to train on: mnist, fashion-mnist, or folder:PATH (your own images, one "
-                                   "subfolder per class)")
+                                   "subfolder per class)", metavar="NAME")
     steps: int = option(2000, "optimiser steps in total", min=1)
     batch_size: int = option(64, "global batch per step; under torchrun it is split evenly across the ranks", min=1)
     lr: float = option(1e-4, "peak learning rate (AdamW)", min=0)
@@ -57,7 +57,7 @@ class TrainConfig:
     grad_accum: int = option(1, "micro-batches per step (the batch size must divide by it)", min=1)
     seed: int = option(0, "seed of the initialisation, the sampling order and the augmentation", min=0)
     image_size: str = option("", "folder datasets: resize every image to HxW or N pixels (default: the most common "
-                                 "size among the files)")
+                                 "size among the files)", metavar="HxW")
     holdout: float = option(0.1, "folder datasets without train/ and test/ folders: the fraction of each class held "
                                  "out as the test split (chosen with a fixed seed)", min=0)
 
@@ -514,7 +514,7 @@ def _startup_lines(run_dir: Path, resume: bool, step: int, model: ContinuousThou
         data = (f"data: {train_set.source}: {len(train_set)} train / {len(test_set)} test images, "
                 f"{'greyscale' if rec['mode'] == 'L' else 'RGB'}, resized to {shape}; {train_set.num_classes} "
                 f"classes: {', '.join(train_set.class_names)}; test split: {split}"
-                + (f"; skipped {rec['skipped']} file{'s' if rec['skipped'] > 1 else ''} that are not PNG/JPEG/BMP"
+                + (f"; {rec['skipped']} other file{'s' if rec['skipped'] > 1 else ''} skipped (not PNG/JPEG/BMP)"
                    if rec["skipped"] else ""))
     return [
         f"run directory: {run_dir}" + (f" (resuming at step {step})" if resume else ""),

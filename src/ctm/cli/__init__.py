@@ -51,6 +51,7 @@ EXAMPLES = {
   ctm train                                  # MNIST with the default recipe, into runs/mnist-<time>
   ctm train --dataset fashion-mnist --steps 8000 --out runs/fashion
   ctm train --preset seed                    # the tutorial's recipe exactly
+  ctm train --dataset folder:~/pictures/shapes --image-size 32   # your images: one subfolder per class
   ctm train --resume runs/fashion --steps 10000
   torchrun --nproc-per-node 2 -m ctm train --batch-size 256""",
     "eval": """examples:

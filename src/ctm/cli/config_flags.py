@@ -82,7 +82,7 @@ def add_config_flags(group: Any, cls: type, defaults: Mapping[str, str],
             if f.metadata.get("choices") is not None:
                 kwargs["choices"] = f.metadata["choices"]
             else:
-                kwargs["metavar"] = {int: "N", float: "X", str: "NAME"}[kind]
+                kwargs["metavar"] = f.metadata.get("metavar") or {int: "N", float: "X", str: "NAME"}[kind]
         (groups or {}).get(f.name, group).add_argument(flag_for(f.name), **kwargs)
 
 

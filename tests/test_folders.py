@@ -82,6 +82,13 @@ def test_a_folder_of_drawn_shapes_trains_through_the_cli_and_eval_names_the_clas
     assert run_cli("predict", out, data / "square" / "0001.jpg", "--json", "--threads", "1") == 0
     assert json.loads(capsys.readouterr().out)["class_name"] in SHAPES
 
+    # Files added since training: the held-out split is no longer the one trained around, and eval says so.
+    draw("circle", (16, 16), np.random.default_rng(9)).save(data / "circle" / "new.png")
+    assert run_cli("eval", out, "--threads", "1") == 0
+    assert capsys.readouterr().err == (f"note: the files of {data} changed since the run was trained: its held-out "
+                                       f"test images may now include training images\n")
+    (data / "circle" / "new.png").unlink()
+
     # The folder moved: eval says how to point at it, and --dataset folder:NEW works with the same classes.
     moved = data.rename(tmp_path / "moved")
     line = cli_error(capsys, "eval", out)

@@ -177,15 +177,16 @@ def load_splits(name: str, splits: Sequence[str] = ("train", "test"), data_dir: 
     if recorded and recorded.get("kind") == "folder":
         spec = FolderSpec.from_record(recorded)
         scan = scan_folder(root)
-        spec = FolderSpec(str(scan.root), *dataclasses.astuple(spec)[1:])
+        spec = dataclasses.replace(spec, path=str(scan.root))
     else:
         spec, scan = resolve_folder(root, image_size, holdout, progress=progress)
     out = []
     for split in splits:
         images, labels = load_folder(spec, split, scan, check_files=check_files, progress=progress)
+        # The record names the files read (this scan's files_sha1), to compare with a run's.
+        record = {**spec.to_record(), "files_sha1": scan.fingerprint()}
         out.append(ImageDataset(images, labels, len(spec.class_names), name=f"folder:{spec.path}", split=split,
-                                source=spec.path,
-                                class_names=spec.class_names, record=spec.to_record()))
+                                source=spec.path, class_names=spec.class_names, record=record))
     return out
 
 

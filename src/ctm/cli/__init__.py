@@ -483,7 +483,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
     else:
         out = Path(args.out or f"thinking-{args.pretrained}-{index}.gif")
     started = time.perf_counter()
-    names = getattr(data, "class_names", ())
+    names = data.class_names
     frames = viz.thinking_gif(model, image, target, path=out, fps=args.fps, caption=caption,
                               class_names=names or None)
     label = f"{target} ({names[target]})" if _named_classes(data) else f"{target}"
@@ -513,7 +513,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     title = f"ctm view: {args.pretrained or Path(args.run_dir).name}"
     started = time.perf_counter()
     page = view.viewer_data(model, images, labels.tolist(), title=title, source=source, threshold=args.threshold,
-                            class_names=getattr(data, "class_names", ()) or None)
+                            class_names=data.class_names or None)
     out = Path(args.out) if args.out else (Path(args.run_dir) / "viewer.html" if args.pretrained is None
                                            else Path(f"ctm-view-{args.pretrained}.html"))
     view.write_viewer(page, out)
@@ -591,6 +591,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             _check_run_folder(args.run_dir, payload, args.dataset)
         data = load_dataset(dataset_name, args.split, data_dir=data_dir, recorded=payload.get("dataset"),
                             progress=not args.json)
+    recorded = payload.get("dataset") or {}
+    if (not args.json and data.record.get("layout") == "holdout" and recorded.get("files_sha1")
+            and data.record["files_sha1"] != recorded["files_sha1"]):
+        print(f"note: the files of {data.source} changed since the run was trained: its held-out test images may "
+              f"now include training images", file=sys.stderr)
     c = model.config
     if data.shape[0] != c.in_channels or data.num_classes != c.out_dims:
         raise CLIError(f"{dataset_name} has {data.shape[0]} channel(s) and {data.num_classes} classes, but the "

@@ -4,6 +4,7 @@ CLI, their mode and size decisions, the held-out split, resume, and one clear li
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,9 @@ def test_a_folder_of_drawn_shapes_trains_through_the_cli_and_eval_names_the_clas
     # The GIF's probability bars and the viewer are labelled with the names; predict answers with them.
     assert run_cli("viz", out, "--index", "0", "--threads", "1") == 0
     assert "label 0 (circle)" in capsys.readouterr().out
+    assert run_cli("viz", out, "--threads", "1") == 0  # the image it picks is explained in names too
+    assert re.search(r"label \d \((circle|square|triangle)\).*\(prediction (circle|square|triangle)",
+                     capsys.readouterr().out)
     assert run_cli("view", out, "--samples", "6", "--threads", "1") == 0
     assert '"classes":["circle","square","triangle"]' in (out / "viewer.html").read_text()
     capsys.readouterr()

@@ -621,7 +621,8 @@ def pick_thinking_example(model: ContinuousThoughtMachine, dataset: ImageDataset
     i = int(pool[np.argmax(score[pool])])
     path = [int(k) for k in p[i].argmax(axis=0)]
     steps = [path[0]] + [k for a, k in zip(path, path[1:], strict=False) if k != a]
-    shown = "\u2192".join(map(str, steps[:8])) + ("\u2026" if len(steps) > 8 else "")
+    names = getattr(dataset, "class_names", ()) or tuple(map(str, range(p.shape[1])))
+    shown = "\u2192".join(names[k] for k in steps[:8]) + ("\u2026" if len(steps) > 8 else "")
     name = f"{getattr(dataset, 'split', '') or 'dataset'} image"
     reason = (f"of the first {n} {name}s, its probabilities change most over the ticks (prediction {shown}; "
               f"certainty {c[i, 0]:.2f} at tick 1, {c[i].max():.2f} at tick {int(most_certain[i]) + 1})")

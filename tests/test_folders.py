@@ -100,6 +100,12 @@ def test_a_folder_of_drawn_shapes_trains_through_the_cli_and_eval_names_the_clas
                     f"pass ctm eval {out} --dataset folder:NEWPATH")
     assert run_cli("eval", out, "--dataset", f"folder:{moved}", "--json", "--threads", "1") == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == result["accuracy"]
+    split = tmp_path / "split"
+    make_shapes(split / "train", n=3)
+    make_shapes(split / "test", n=3)
+    assert cli_error(capsys, "eval", out, "--dataset", f"folder:{split}") == (
+        f"ctm eval: error: folder dataset {split} has train/ and test/ folders, but the run was trained on class "
+        f"folders at the top (a held-out test split); give a folder laid out the same way")
     (moved / "square").rename(moved / "box")
     assert cli_error(capsys, "eval", out, "--dataset", f"folder:{moved}") == (
         f"ctm eval: error: folder dataset {moved} has classes box, circle, triangle, but the run was trained on "

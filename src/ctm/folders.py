@@ -282,6 +282,8 @@ def resolve_folder(path: str | os.PathLike[str], image_size: tuple[int, int] | N
 
     The most common size wins ties by the larger area, then the larger height.
     """
+    if not 0 < holdout < 1:
+        raise DataError(f"holdout is the fraction of each class held out for testing, between 0 and 1, got {holdout}")
     scan = scan_folder(path)
     every = [p for group in scan.files.values() for p, _ in group]
     headers = [_read_header(p) for p in _bar(every, progress, "reading image headers")]
@@ -353,6 +355,10 @@ def load_folder(spec: FolderSpec, split: str, scan: FolderScan | None = None, *,
     Files are decoded on a few threads (Pillow releases the GIL while decoding).
     """
     scan = scan or scan_folder(spec.path)
+    if scan.layout != spec.layout:
+        how = {"split": "train/ and test/ folders", "holdout": "class folders at the top (a held-out test split)"}
+        raise DataError(f"folder dataset {scan.root} has {how[scan.layout]}, but the run was trained on "
+                        f"{how[spec.layout]}; give a folder laid out the same way")
     if scan.class_names != spec.class_names:
         raise DataError(f"folder dataset {scan.root} has classes {', '.join(scan.class_names)}, but the run was "
                         f"trained on {', '.join(spec.class_names)}; give a folder with the same class folders")

@@ -131,7 +131,8 @@ def _add_eval_parser(sub) -> None:
     p = _add_parser(sub, "eval", "Test loss and accuracy of a run at the most-certain tick and the last tick, "
                                  "and accuracy per tick.")
     _add_model_source(p)
-    p.add_argument("--dataset", help="evaluate on another dataset of the same shape (default: the run's)")
+    p.add_argument("--dataset", help="evaluate on another dataset of the same shape (default: the run's), or on the "
+                                     "run's image folder where it moved: folder:NEWPATH")
     _add_run_data_dir(p)
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
     p.add_argument("--batch-size", type=_positive_int, default=500, help="images per forward (default 500)")

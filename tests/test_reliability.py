@@ -229,7 +229,7 @@ def test_a_signal_during_start_up_or_eval_exits_at_once_with_one_line(data, tmp_
         raise AssertionError("the signal did not stop ctm")
 
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    monkeypatch.setattr(ctm.train, "load_dataset", signalled)
+    monkeypatch.setattr(ctm.train, "load_splits", signalled)
     assert run_cli("train", "--data-dir", data, "--out", tmp_path / "run", *RECIPE) == 143
     assert capsys.readouterr().err == "ctm train: interrupted (SIGTERM)\n"
     assert not (tmp_path / "run").exists()

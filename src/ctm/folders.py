@@ -367,7 +367,12 @@ def load_folder(spec: FolderSpec, split: str, scan: FolderScan | None = None, *,
                         f"{scan.fingerprint()[:12]}, recorded {spec.fingerprint[:12]}); restore them to resume")
     files = spec.split_files(scan, split)
     h, w = spec.image_size
-    pixels = np.empty((len(files), h, w, spec.channels), dtype=np.uint8)  # (N, H, W, C)
+    try:
+        pixels = np.empty((len(files), h, w, spec.channels), dtype=np.uint8)  # (N, H, W, C)
+    except MemoryError:
+        raise DataError(f"{len(files)} {split} images of {spec.channels}x{h}x{w} need "
+                        f"{len(files) * h * w * spec.channels / 2**30:.1f} GiB of memory, more than this machine "
+                        f"gives; choose a smaller image size (--image-size)") from None
     workers = max(1, min(4, os.cpu_count() or 1, len(files) // 64))
     with ThreadPoolExecutor(workers) as pool:
         jobs = pool.map(lambda i: _decode(files[i][0], spec, pixels[i]), range(len(files)))

@@ -65,7 +65,7 @@ def test_two_gloo_ranks_equal_grad_accum_and_resume(tmp_path):
 
 _NAN_ON_RANK_1 = """
 import math, os, sys
-import ctm.train as tr
+import ctm.tasks.base as tr  # the task's loss (the image task's is certainty_loss)
 from ctm.cli import main
 
 real, calls = tr.certainty_loss, [0]

@@ -21,6 +21,7 @@ from helpers import TINY_FLAGS, make_synthetic
 from safetensors.torch import load_file
 
 from ctm import checkpoint as ckpt
+from ctm import models
 from ctm.cli import main
 
 # 12 steps, a checkpoint every 4 (saves 1, 2, 3 at steps 4, 8, 12); 8 steps per epoch, so resume crosses one.
@@ -229,7 +230,7 @@ def test_a_signal_during_start_up_or_eval_exits_at_once_with_one_line(data, tmp_
         raise AssertionError("the signal did not stop ctm")
 
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    monkeypatch.setattr(ctm.train, "load_splits", signalled)
+    monkeypatch.setattr(ctm.data, "load_splits", signalled)  # what the image task reads with
     assert run_cli("train", "--data-dir", data, "--out", tmp_path / "run", *RECIPE) == 143
     assert capsys.readouterr().err == "ctm train: interrupted (SIGTERM)\n"
     assert not (tmp_path / "run").exists()
@@ -550,14 +551,14 @@ def test_a_path_that_is_not_utf8_is_refused_before_anything_is_written(data, tmp
 
 
 def test_a_model_too_large_to_build_names_its_config_not_the_batch(good_run, data, monkeypatch, capsys):
-    real = ckpt.ContinuousThoughtMachine
+    real = models.MODEL_KINDS["ctm"]
 
     def too_large(config):  # the shapes check builds on the meta device, which allocates nothing
         if torch.empty(0).device.type != "meta":
             raise MemoryError
         return real(config)
 
-    monkeypatch.setattr(ckpt, "ContinuousThoughtMachine", too_large)
+    monkeypatch.setitem(models.MODEL_KINDS, "ctm", too_large)
     assert run_cli("eval", good_run, "--data-dir", data) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"the model {good_run / ckpt.CONFIG_FILE} describes does not fit in memory" in err[0]

@@ -15,9 +15,11 @@ from helpers import TINY, TINY_FLAGS, make_synthetic
 from safetensors.torch import load_file
 
 import ctm
+import ctm.tasks
 from ctm import checkpoint as ckpt
 from ctm import train as tr
 from ctm.cli import main
+from ctm.tasks import base as task_base
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +136,7 @@ def test_resume_with_more_steps_extends_constant_schedule(synthetic, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_checkpoint(synthetic, tmp_path, monkeypatch, capsys):
-    real = tr.certainty_loss
+    real = task_base.certainty_loss
     calls = {"n": 0}
 
     def exploding(*args, **kwargs):
@@ -142,7 +144,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(synthetic, tmp_path, monkeyp
         calls["n"] += 1
         return (loss * math.nan if calls["n"] == 7 else loss), tick
 
-    monkeypatch.setattr(tr, "certainty_loss", exploding)
+    monkeypatch.setattr(task_base, "certainty_loss", exploding)
     out = tmp_path / "run"
     rc = run_cli("train", "--data-dir", synthetic, "--out", out, "--steps", "20", "--batch-size", "32",
                  "--eval-every", "5", "--no-progress", *TINY_FLAGS)
@@ -202,7 +204,8 @@ def test_tick_loss_weight_adds_the_mean_cross_entropy_over_ticks(synthetic):
         torch.manual_seed(0)
         model = ctm.CTM(TINY)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        losses[w], ticks[w], _ = tr._train_step(model, opt, data, idx, 0, tr.TrainConfig(tick_loss_weight=w))
+        losses[w], ticks[w], _ = tr._train_step(model, opt, ctm.tasks.make_task("image"), data, idx, 0,
+                                                           tr.TrainConfig(tick_loss_weight=w))
         grads[w] = model.output_projector.weight.grad.clone()
     torch.manual_seed(0)
     model = ctm.CTM(TINY)
@@ -297,12 +300,12 @@ def test_cli_errors_leave_what_is_written_as_it_was(synthetic, tmp_path, capsys)
 def test_cli_reuses_a_folder_left_by_a_start_that_failed_before_its_first_checkpoint(synthetic, tmp_path,
                                                                                       monkeypatch, capsys):
     out = tmp_path / "run"
-    real = tr.certainty_loss
-    monkeypatch.setattr(tr, "certainty_loss", lambda *a, **k: (real(*a, **k)[0] * math.nan, real(*a, **k)[1]))
+    real = task_base.certainty_loss
+    monkeypatch.setattr(task_base, "certainty_loss", lambda *a, **k: (real(*a, **k)[0] * math.nan, real(*a, **k)[1]))
     assert run_cli("train", "--data-dir", synthetic, "--out", out, "--steps", "4", "--batch-size", "32",
                    "--eval-every", "4", "--no-progress", *TINY_FLAGS) == 1
     assert {p.name for p in out.iterdir()} == {ckpt.CONFIG_FILE, ckpt.LOCK_FILE}
-    monkeypatch.setattr(tr, "certainty_loss", real)
+    monkeypatch.setattr(task_base, "certainty_loss", real)
     assert run_cli("train", "--data-dir", synthetic, "--out", out, "--steps", "4", "--batch-size", "32",
                    "--eval-every", "4", "--no-progress", *TINY_FLAGS) == 0
     assert ckpt.weights_step(out) == 4

@@ -82,11 +82,13 @@ def is_out_of_memory(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
 
 
-def build_model(config: CTMConfig, where: str) -> ContinuousThoughtMachine:
-    """The model of `config`; a model too large for this machine is a ValueError naming `where` its sizes
-    came from, not an out-of-memory error blamed on the batch."""
+def build_model(config: CTMConfig, where: str, kind: str = "ctm") -> ContinuousThoughtMachine:
+    """The model of `config` (of `kind`, see `ctm.models`); a model too large for this machine is a ValueError
+    naming `where` its sizes came from, not an out-of-memory error blamed on the batch."""
+    from .models import build_model as build
+
     try:
-        return ContinuousThoughtMachine(config)
+        return build(kind, config)
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
@@ -160,6 +162,21 @@ def _check_config(payload: Any, path: Path) -> None:
     names = dataset.get("class_names", [])
     if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise RunDirError(f"{path}: 'dataset.class_names' must be a list of strings")
+    if "model_kind" in payload:
+        from .models import MODEL_KINDS
+
+        if not isinstance(payload["model_kind"], str):
+            raise RunDirError(f"{path}: 'model_kind' must be a string, got {type(payload['model_kind']).__name__}")
+        if payload["model_kind"] not in MODEL_KINDS:
+            raise RunDirError(f"{path}: unknown 'model_kind' {payload['model_kind']!r}; this ctm builds "
+                              f"{', '.join(sorted(MODEL_KINDS))}")
+    if "task" in payload:
+        from .tasks import task_from_record
+
+        try:
+            task_from_record(payload)
+        except ValueError as e:
+            raise RunDirError(f"{path}: invalid task record: {e}") from None
     if "world_size" in payload and not (_is_int(payload["world_size"]) and payload["world_size"] >= 1):
         raise RunDirError(f"{path}: 'world_size' must be a positive integer, got {payload['world_size']!r}")
 
@@ -259,13 +276,15 @@ def _safetensors_bytes(model: ContinuousThoughtMachine, step: int) -> bytes:
     return save(tensors, metadata={"step": str(step), "ctm_version": __version__})
 
 
-def _check_weights_header(path: Path, config: CTMConfig) -> int:
-    """Names, shapes and dtypes in the safetensors header against the model `config` describes, before
-    anything is allocated (the expected model is built on the meta device). Returns the recorded step."""
+def _check_weights_header(path: Path, config: CTMConfig, kind: str = "ctm") -> int:
+    """Names, shapes and dtypes in the safetensors header against the model (of `kind`) `config` describes,
+    before anything is allocated (the expected model is built on the meta device). Returns the recorded step."""
     from safetensors import SafetensorError, safe_open
 
+    from .models import build_model as build
+
     with torch.device("meta"):
-        expected = ContinuousThoughtMachine(config).state_dict()
+        expected = build(kind, config).state_dict()
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -299,13 +318,15 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Conti
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from .models import run_model_kind
+
     run_dir = Path(run_dir)
     payload = read_config(run_dir)
-    config = CTMConfig.from_dict(payload["model"])
+    config, kind = CTMConfig.from_dict(payload["model"]), run_model_kind(payload)
 
     def read(found: Checkpoint) -> dict[str, torch.Tensor]:
         path = found.path / MODEL_FILE
-        _check_weights_header(path, config)
+        _check_weights_header(path, config, kind)
         try:
             return load_file(str(path))
         except FileNotFoundError:
@@ -314,16 +335,19 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Conti
             raise RunDirError(f"{path} could not be read: {e}") from None
 
     state = _reading(run_dir, read)
-    model = build_model(config, str(run_dir / CONFIG_FILE))
+    model = build_model(config, str(run_dir / CONFIG_FILE), kind)
     model.load_state_dict(state)
     return model.to(device), payload
 
 
 def weights_step(run_dir: Path) -> int:
     """The step recorded in the current checkpoint's model.safetensors metadata."""
+    from .models import run_model_kind
+
     payload = read_config(run_dir)
     config = CTMConfig.from_dict(payload["model"])
-    return _reading(Path(run_dir), lambda found: _check_weights_header(found.path / MODEL_FILE, config))
+    return _reading(Path(run_dir), lambda found: _check_weights_header(found.path / MODEL_FILE, config,
+                                                                        run_model_kind(payload)))
 
 
 # ----------------------------------------------------------------------------------------------------------

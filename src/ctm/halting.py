@@ -1,8 +1,10 @@
 """Adaptive computation: each sample thinks until it is certain enough, then answers.
 
 `think(model, x, halt_certainty)` runs the model's ticks one at a time. A sample stops at its first tick t
-with certainty >= halt_certainty (or at `max_ticks`) and answers with its prediction there. Halted samples
-leave the batch, so later ticks cost less. The ticks are the model's own: the fast engine's tick step
+with certainty >= halt_certainty (or at `max_ticks`) and answers with its prediction there. With several output
+positions (e.g. the parity task's bits) a sample halts as a whole, when the model's certainty, the mean over
+its positions (`model.certainty`, the certainty the loss's most-certain tick uses), reaches the threshold.
+Halted samples leave the batch, so later ticks cost less. The ticks are the model's own: the fast engine's tick step
 (`ctm.engine.Stepper`) where the engine applies, else the readable `model.tick` (`ReadableStepper`).
 """
 

@@ -1,8 +1,9 @@
 """Training a CTM: `TrainConfig`, presets, the LR schedule, and the loop with checkpoints and resume.
 
 Config flows one way: preset -> overrides -> `TrainConfig` (validated) -> objects. The run directory
-(see `ctm.checkpoint`) records both configs, so a resumed run rebuilds itself from the run, not from
-flags.
+(see `ctm.checkpoint`) records both configs and the task (see `ctm.tasks`), so a resumed run rebuilds itself
+from the run, not from flags. The loop knows no task: the task gives the data, their order, the CTMConfig
+fields it fixes and the loss.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from . import checkpoint as ckpt
 from . import distributed as dist
 from ._signals import StopFlag
 from .config import CTMConfig, check_fields, option
-from .data import EpochSampler, ImageDataset, _mix_seed, load_splits, random_affine
+from .data import _mix_seed, random_affine
 from .evaluate import EvalResult, evaluate
 from .folders import folder_path, parse_image_size
-from .losses import accuracy, certainty_loss, per_tick_cross_entropy
+from .losses import accuracy, per_tick_cross_entropy
+from .tasks import Dataset, Task, make_task, task_from_record
 
 if TYPE_CHECKING:
     from .model import ContinuousThoughtMachine
@@ -103,6 +105,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": dict(steps=5000, batch_size=128, lr=4e-3, adam_eps=1e-8, weight_decay=0.01, warmup_steps=300,
                     schedule="cosine", min_lr_ratio=0.0, grad_clip=1.0, eval_every=1000, augment=False,
                     tick_loss_weight=1.0),
+    # `ctm train --task parity` (its model: ParityTask.model_defaults). A starting point the lead tunes to
+    # the 20-minute budget of a 2-core CPU; the official tutorial trains 10k steps at batch 64, lr 1e-4.
+    "parity": dict(dataset="parity", steps=4000, batch_size=64, lr=1e-3, adam_eps=1e-8, weight_decay=0.0,
+                   warmup_steps=200, schedule="cosine", min_lr_ratio=0.0, grad_clip=1.0, eval_every=500,
+                   eval_batch_size=500, augment=False, tick_loss_weight=0.0),
 }
 
 
@@ -162,27 +169,24 @@ class TrainResult:
     stop_signal: int | None = None  # the signal that stopped training (SIGINT, SIGTERM or SIGHUP), if one did
 
 
-# CTMConfig fields that training takes from the data.
+# CTMConfig fields that the image task takes from the data.
 DATA_FIELDS = ("in_channels", "out_dims")
 
 
-def data_fields(dataset: ImageDataset) -> dict[str, int]:
-    """The values of DATA_FIELDS for `dataset`: its image channels and its number of classes."""
-    return {"in_channels": dataset.shape[0], "out_dims": dataset.num_classes}
+def build_model_config(model_config: CTMConfig, dataset: Dataset, task: Task | None = None) -> CTMConfig:
+    """The model config with the fields the task fixes (for images: in_channels and out_dims from the data)."""
+    return model_config.replace(**(task or make_task("image")).model_fields(dataset))
 
 
-def build_model_config(model_config: CTMConfig, dataset: ImageDataset) -> CTMConfig:
-    """The model config with in_channels and out_dims taken from the data."""
-    return model_config.replace(**data_fields(dataset))
-
-
-def check_data_fields(requested: Mapping[str, Any], dataset: ImageDataset) -> None:
-    """ValueError naming the CTMConfig field when a requested in_channels or out_dims contradicts the data."""
-    for name, value in data_fields(dataset).items():
+def check_data_fields(requested: Mapping[str, Any], dataset: Dataset, task: Task | None = None) -> None:
+    """ValueError naming the CTMConfig field when a requested value contradicts what the task fixes."""
+    task = task or make_task("image")
+    for name, value in task.model_fields(dataset).items():
         if name in requested and requested[name] != value:
-            raise ValueError(f"CTMConfig.{name}={requested[name]} contradicts the data: "
+            source = "the data" if task.name == "image" else f"the {task.name} task"
+            raise ValueError(f"CTMConfig.{name}={requested[name]} contradicts {source}: "
                              f"{dataset.name or 'the dataset'} gives {name}={value} (leave it out: training "
-                             f"takes it from the data)")
+                             f"takes it from {source})")
 
 
 # TrainConfig fields a resumed run may change: they do not alter what the run has computed so far.
@@ -211,14 +215,17 @@ def resumed_train_config(model_config: CTMConfig, train_config: TrainConfig, mod
 
 
 def train(run_dir: str | Path, model_config: CTMConfig, train_config: TrainConfig, *,
-          data_dir: str | None = None, device: str = "auto", resume: bool = False,
-          progress: bool = False, stop: Callable[[int], bool] | None = None,
+          task: Task | None = None, model_kind: str = "ctm", data_dir: str | None = None, device: str = "auto",
+          resume: bool = False, progress: bool = False, stop: Callable[[int], bool] | None = None,
           log: Callable[[str], None] | None = None, backend: str = "auto", sync_bn: bool | None = None,
           dist_timeout_s: float = 600.0) -> TrainResult:
     """Train (or, with resume=True, continue training) the run in `run_dir`.
 
+    `task` (default: image classification of TrainConfig.dataset) gives the data, the CTMConfig fields it
+    fixes and the loss; `model_kind` names the model (`ctm.models`). Both are recorded in the run.
     For a new run, `run_dir` must not already hold a run. For a resumed run, `model_config` and
-    `train_config` must be the ones stored in the run (see `resume_configs`). `stop(step)` is asked
+    `train_config` must be the ones stored in the run (see `resume_configs`), and the task and model kind
+    come from the run (a `task` given must equal it). `stop(step)` is asked
     after every step; returning True checkpoints and stops (SIGINT, SIGTERM and SIGHUP do the same; a
     further signal stops at once, or after the save in progress). One process at a time trains a run: the
     run's lock (see `ctm.checkpoint.RunLock`) refuses a second writer.
@@ -236,8 +243,8 @@ def train(run_dir: str | Path, model_config: CTMConfig, train_config: TrainConfi
             dev = torch.device("cuda", info.local_rank)
             torch.cuda.set_device(dev)
         with contextlib.ExitStack() as held:  # the run's lock, released however training ends
-            result = _train(run_dir, model_config, train_config, data_dir, dev, resume, progress and info.is_main,
-                            stop, log if info.is_main else None, info,
+            result = _train(run_dir, model_config, train_config, task, model_kind, data_dir, dev, resume,
+                            progress and info.is_main, stop, log if info.is_main else None, info,
                             dev.type == "cuda" if sync_bn is None else sync_bn, held)
         # Rank 0 may still be writing the checkpoint: leave the process group together (a gloo rank that
         # tears down while its peer is busy can abort the process).
@@ -247,12 +254,18 @@ def train(run_dir: str | Path, model_config: CTMConfig, train_config: TrainConfi
         dist.teardown()
 
 
-def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, data_dir: str | None,
-           dev: torch.device, resume: bool, progress: bool, stop: Callable[[int], bool] | None,
+def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, task: Task | None, model_kind: str,
+           data_dir: str | None, dev: torch.device, resume: bool, progress: bool, stop: Callable[[int], bool] | None,
            log: Callable[[str], None] | None, info: dist.DistInfo, sync_bn: bool,
            held: contextlib.ExitStack) -> TrainResult:
     if resume:
-        ckpt.read_config(run_dir)
+        payload = ckpt.read_config(run_dir)
+        stored_task = task_from_record(payload)
+        if task is not None and task.record() != stored_task.record():
+            raise ValueError(f"cannot resume {run_dir} as task {task.record()}: the run is {stored_task.record()} "
+                             f"(the task comes from the run)")
+        task = stored_task
+        model_kind = payload.get("model_kind", "ctm")
         problem = None
         if info.is_main:  # before anything else: a second writer is refused at once
             try:
@@ -263,26 +276,27 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
         problem = dist.broadcast_object(problem, info)
         if problem:
             raise ckpt.RunDirError(problem)
+    task = task or make_task("image")
+    if not resume and train_config.dataset != task.dataset_name(train_config):
+        train_config = TrainConfig.from_dict({**train_config.to_dict(), "dataset": task.dataset_name(train_config)})
     # On resume a folder dataset is read as the run recorded it, and must hold the same files (the same order).
-    train_set, test_set = load_splits(train_config.dataset, data_dir=data_dir,
-                                      recorded=ckpt.read_config(run_dir).get("dataset") if resume else None,
-                                      image_size=parse_image_size(train_config.image_size),
-                                      holdout=train_config.holdout, check_files=resume, progress=progress)
-    if train_set.shape != test_set.shape:
-        raise ValueError(f"train images {train_set.shape} and test images {test_set.shape} differ in shape")
-    model_config = build_model_config(model_config, train_set)
+    train_set, test_set = task.load_splits(train_config, data_dir, resume=resume, progress=progress,
+                                           recorded=ckpt.read_config(run_dir).get("dataset") if resume else None)
+    check_data_fields(model_config.to_dict() if resume else {}, train_set, task)
+    model_config = build_model_config(model_config, train_set, task)
+    task.check_config(model_config, train_config)
     train_set, test_set = train_set.to(dev), test_set.to(dev)
     if train_config.batch_size % (info.world_size * train_config.grad_accum):
         raise ValueError(f"TrainConfig.batch_size {train_config.batch_size} (the global batch) must be divisible by "
                          f"{info.world_size} ranks x {train_config.grad_accum} accumulation steps")
-    sampler = EpochSampler(len(train_set), train_config.batch_size, seed=train_config.seed, drop_last=True,
-                           rank=info.rank, world_size=info.world_size)
+    sampler = task.sampler(train_set, train_config, info.rank, info.world_size)
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {train_config.batch_size} exceeds the {len(train_set)} training samples")
 
     torch.manual_seed(train_config.seed)  # parameter initialisation (the same on every rank)
-    model = ckpt.build_model(model_config, f"{run_dir / ckpt.CONFIG_FILE}" if resume else "the flags").to(dev)
+    model = ckpt.build_model(model_config, f"{run_dir / ckpt.CONFIG_FILE}" if resume else "the flags",
+                             model_kind).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, eps=train_config.adam_eps,
                                   weight_decay=train_config.weight_decay)
     model.attach_decay_clamp(optimizer)
@@ -327,14 +341,13 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
                 else:  # again, now that no other process can be writing it
                     problem = _fresh_run_dir_problem(run_dir)
             if problem is None:
-                ckpt.write_config(run_dir, model_config, {
-                    "train": train_config.to_dict(),
-                    "dataset": {"name": train_set.name, "source": train_set.source,
-                                "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
-                                "shape": list(train_set.shape), "num_classes": train_set.num_classes,
-                                **train_set.record},
-                    "world_size": info.world_size,
-                })
+                extra = {"train": train_config.to_dict(), "dataset": task.dataset_record(train_set, data_dir),
+                         "world_size": info.world_size}
+                if task.name != "image":  # a run without a task record is an image run, as before tasks
+                    extra["task"] = task.record()
+                if model_kind != "ctm":
+                    extra["model_kind"] = model_kind
+                ckpt.write_config(run_dir, model_config, extra)
         problem = dist.broadcast_object(problem, info)
         if problem:
             raise ckpt.RunDirError(problem)
@@ -359,7 +372,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
                 metrics)
 
     if log is not None and info.is_main:
-        for line in _startup_lines(run_dir, resume, step, model, train_set, test_set, train_config, dev, info,
+        for line in _startup_lines(run_dir, resume, step, model, task, train_set, test_set, train_config, dev, info,
                                    steps_per_epoch):
             log(line)
     last_eval: EvalResult | None = None
@@ -386,7 +399,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
                 idx = next(batches)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, train_config)
-            loss_value, tick_value, acc_value = _train_step(net, optimizer, train_set, idx, step, train_config)
+            loss_value, tick_value, acc_value = _train_step(net, optimizer, task, train_set, idx, step, train_config)
             finite = math.isfinite(loss_value + tick_value)
             # One collective per step for both: every rank stops together (a lone rank that raised would
             # leave the others waiting in their next all-reduce).
@@ -415,7 +428,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
             stop_now = stop_flag > 0
             if step % train_config.eval_every == 0 or is_last:
                 if bar is not None:
-                    bar.set_postfix_str(f"evaluating on {len(test_set)} test images")
+                    bar.set_postfix_str(f"evaluating on {len(test_set)} test {task.sample_noun}")
                 dist.broadcast_buffers(model, info)  # evaluate (and save) rank 0's BatchNorm statistics
                 last_eval = evaluate(model, test_set, train_config.eval_batch_size, dist_info=info)
                 loss_sum, tick_sum, acc_sum, n = dist.all_reduce_sum(running, info).tolist()
@@ -425,6 +438,8 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
                     "train_loss": loss_sum / n, "train_tick_loss": tick_sum / n, "train_accuracy": acc_sum / n,
                     "test_loss": last_eval.loss, "test_accuracy": last_eval.accuracy,
                     "test_accuracy_last_tick": last_eval.accuracy_last_tick,
+                    **({} if last_eval.sequence_accuracy is None
+                       else {"test_sequence_accuracy": last_eval.sequence_accuracy}),
                     "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(elapsed, 3),
                 })
                 running.zero_()
@@ -446,12 +461,13 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, da
     return TrainResult(run_dir, step, interrupted, last_eval if not interrupted else None, metrics, flag.signum)
 
 
-def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: ImageDataset,
+def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: Dataset,
                 idx: torch.Tensor, step: int, cfg: TrainConfig) -> tuple[float, float, float]:
     """One optimiser step over this rank's batch `idx`, in cfg.grad_accum equal micro-batches.
 
-    Returns the certainty loss (the quantity evaluation reports as test loss), the mean cross-entropy
-    over ticks (added to the objective with weight cfg.tick_loss_weight) and the accuracy.
+    Returns the task's loss (the certainty loss: the quantity evaluation reports as test loss), the mean
+    cross-entropy over ticks (and over output positions; added to the objective with weight
+    cfg.tick_loss_weight) and the accuracy (per position with several output positions).
 
     Each micro-batch's loss is divided by grad_accum, so the summed gradient is the mean over the batch:
     K micro-batches in one process give the gradient K ranks with one micro-batch each would average.
@@ -471,7 +487,7 @@ def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Im
             else net.no_sync()
         with sync:
             out = net(x)
-            loss, tick = certainty_loss(out.predictions, out.certainties, y)
+            loss, tick = task.loss(out.predictions, out.certainties, y)
             if cfg.tick_loss_weight > 0:
                 tick_loss = per_tick_cross_entropy(out.predictions, y).mean()
                 objective = loss + cfg.tick_loss_weight * tick_loss
@@ -498,33 +514,23 @@ def _describe(loss: float, acc: float, ev: EvalResult | None, step: int | None =
     return text if step is None else f"step {step}: {text}"
 
 
-def _startup_lines(run_dir: Path, resume: bool, step: int, model: ContinuousThoughtMachine, train_set: ImageDataset,
-                   test_set: ImageDataset, cfg: TrainConfig, dev: torch.device, info: dist.DistInfo,
+def _startup_lines(run_dir: Path, resume: bool, step: int, model: ContinuousThoughtMachine, task: Task,
+                   train_set: Dataset, test_set: Dataset, cfg: TrainConfig, dev: torch.device, info: dist.DistInfo,
                    steps_per_epoch: int) -> list[str]:
     """What a training run is about to do, printed before its first step."""
     c = model.config
-    shape = "x".join(str(n) for n in train_set.shape)
     ranks = f", {info.world_size} ranks" if info.enabled else ""
-    data = (f"data: {cfg.dataset}, {len(train_set)} train / {len(test_set)} test images of {shape}, "
-            f"{train_set.num_classes} classes (from {train_set.source})")
-    rec = train_set.record
-    if rec.get("kind") == "folder":
-        split = ("its train/ and test/ folders" if rec["layout"] == "split" else
-                 f"{rec['holdout']:g} of each class held out for testing (seed {rec['holdout_seed']})")
-        data = (f"data: {train_set.source}: {len(train_set)} train / {len(test_set)} test images, "
-                f"{'greyscale' if rec['mode'] == 'L' else 'RGB'}, resized to {shape}; {train_set.num_classes} "
-                f"classes: {', '.join(train_set.class_names)}; test split: {split}"
-                + (f"; {rec['skipped']} other file{'s' if rec['skipped'] > 1 else ''} skipped (not PNG/JPEG/BMP)"
-                   if rec["skipped"] else ""))
+    # the epochs of an endless stream (the parity task's) are nominal: not worth a figure
+    epochs = f" ({cfg.steps / steps_per_epoch:.2f} epochs)" if steps_per_epoch < 2**30 else ""
     return [
         f"run directory: {run_dir}" + (f" (resuming at step {step})" if resume else ""),
-        data,
+        task.describe_data(train_set, test_set),
         f"model: {model.num_parameters():,} parameters; {c.iterations} ticks, {c.d_model} neurons, memory "
         f"{c.memory_length}",
         f"device: {dev}, {torch.get_num_threads()} threads{ranks}",
-        f"training: {cfg.steps} steps ({cfg.steps / steps_per_epoch:.2f} epochs) at batch {cfg.batch_size}, "
+        f"training: {cfg.steps} steps{epochs} at batch {cfg.batch_size}, "
         f"lr {cfg.lr:g} ({cfg.schedule}, {cfg.warmup_steps} warm-up steps); evaluation every {cfg.eval_every} "
-        f"steps on the {len(test_set)} test images",
+        f"steps on the {len(test_set)} test {task.sample_noun}",
     ]
 
 

@@ -9,6 +9,7 @@ exit at once with one line and the same code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -53,6 +54,8 @@ EXAMPLES = {
   ctm train --preset seed                    # the tutorial's recipe exactly
   ctm train --dataset folder:~/pictures/shapes --image-size 32   # your images: one subfolder per class
   ctm train --resume runs/fashion --steps 10000
+  ctm train --task parity                    # cumulative parity of +-1 sequences of length 16
+  ctm train --task parity --length 8 --ticks 20 --steps 2000
   torchrun --nproc-per-node 2 -m ctm train --batch-size 256""",
     "eval": """examples:
   ctm eval runs/mnist-20261129-101500
@@ -95,12 +98,20 @@ def _add_runtime_flags(p) -> None:
 
 def _add_train_parser(sub) -> None:
     from ..config import CTMConfig
+    from ..models import MODEL_KINDS
+    from ..tasks import TASKS
     from ..train import DATA_FIELDS, PRESETS, TrainConfig
 
-    p = _add_parser(sub, "train", "Train a CTM on an image dataset. Flags not given come from the preset; the "
-                    "run directory records everything, so --resume needs no other flags.")
+    p = _add_parser(sub, "train", "Train a CTM on a task (image classification by default). Flags not given come "
+                    "from the preset; the run directory records everything, so --resume needs no other flags.")
+    p.add_argument("--task", choices=sorted(TASKS), default=None,
+                   help="what to learn: image (classify --dataset; default) or parity (cumulative parity of +-1 "
+                        "sequences, see --length); the run records it")
+    p.add_argument("--model", choices=sorted(MODEL_KINDS), default=None, dest="model_kind",
+                   help="the model: ctm (default)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="default: the fast recipe (see README); seed: the tutorial's recipe exactly")
+                   help="default: the fast image recipe (see README); seed: the tutorial's recipe exactly; parity: "
+                        "the parity recipe (the default of --task parity)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (a larger --steps extends it)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<timestamp>)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the four IDX files (used alone, no fallback)")
@@ -111,6 +122,10 @@ def _add_train_parser(sub) -> None:
     defaults = {name: shown(v) if seed[name] == v else f"{shown(v)}; --preset seed: {shown(seed[name])}"
                 for name, v in base.items()}
     add_config_flags(g, TrainConfig, defaults, groups={"steps": length})
+    for task in sorted(TASKS.values(), key=lambda t: t.name):
+        if dataclasses.fields(task.Options):
+            add_config_flags(p.add_argument_group(f"task {task.name}"), task.Options,
+                             {f.name: shown(f.default) for f in dataclasses.fields(task.Options)})
     g = p.add_argument_group("model (CTMConfig)")
     add_config_flags(g, CTMConfig, {name: "the dataset's" if name in DATA_FIELDS else shown(v)
                                     for name, v in CTMConfig().to_dict().items()})
@@ -293,16 +308,28 @@ def _check_run_folder(run_dir: str | Path, payload: dict, dataset: str | None = 
                        f"moved, pass ctm eval {run_dir} --dataset folder:NEWPATH")
 
 
-def _steps_from_epochs(epochs: float, dataset: str, data_dir: str | None, batch_size: int,
-                       holdout: float = 0.1) -> int:
-    from ..data import load_dataset
+def _steps_from_epochs(epochs: float, task, train_config, data_dir: str | None) -> int:
     from ..folders import folder_path, split_size
 
     if not math.isfinite(epochs) or epochs <= 0:
         raise CLIError(f"--epochs must be a positive number, got {epochs}")
-    folder = folder_path(dataset)
-    n = split_size(folder, "train", holdout) if folder else len(load_dataset(dataset, "train", data_dir=data_dir))
-    return max(1, math.ceil(epochs * (n // batch_size)))
+    if task.endless_data:
+        raise CLIError(f"--epochs counts passes over a training set; the {task.name} task's training data are an "
+                       f"endless stream: use --steps")
+    folder = folder_path(train_config.dataset)  # a folder is counted, not read
+    n = split_size(folder, "train", train_config.holdout) if folder else len(task.load("train", train_config, data_dir))
+    return max(1, math.ceil(epochs * (n // train_config.batch_size)))
+
+
+def _check_task_flags(args: argparse.Namespace, task, task_options: dict[str, dict]) -> None:
+    """A task's option flags (e.g. --length) apply to that task only; --task on resume must be the run's."""
+    if args.resume and args.task is not None and args.task != task.name:
+        raise CLIError(f"cannot resume with --task {args.task}: {args.resume} is a {task.name} run (the task comes "
+                       f"from the run)")
+    for name, options in task_options.items():
+        if name != task.name and options:
+            flags = ", ".join(f"--{o.replace('_', '-')}" for o in options)
+            raise CLIError(f"{flags} applies to --task {name}, not to the {task.name} task")
 
 
 def _check_path_text(flag: str, text: str | None) -> None:
@@ -328,11 +355,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_path_text(flag, value)
     if args.out is not None and not args.out.strip():
         raise CLIError("--out is empty; give a folder for the run (or leave --out out for runs/<dataset>-<time>)")
+    from ..tasks import TASKS, make_task, task_from_record
+
     model_changes, train_changes = given(args, CTMConfig), given(args, tr.TrainConfig)
     folder = folder_path(train_changes.get("dataset", ""))
     if folder is not None:  # recorded absolute, so eval and --resume find it from anywhere
         _check_path_text("--dataset", str(folder))
         train_changes["dataset"] = FOLDER_PREFIX + str(folder.resolve())
+    task_options = {cls.name: given(args, cls.Options) for cls in TASKS.values()}
     if args.resume:
         run_dir = Path(args.resume)
         if args.out and Path(args.out) != run_dir:
@@ -340,30 +370,36 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.preset:
             raise CLIError("--preset cannot be combined with --resume (the run keeps its recipe)")
         model_config, train_config, payload = tr.resume_configs(run_dir)
+        task = task_from_record(payload)
+        _check_task_flags(args, task, task_options)
+        for name, value in task_options[task.name].items():
+            if getattr(task.options, name) != value:
+                raise CLIError(f"cannot resume with --{name.replace('_', '-')} {value}: the run's {task.name} task "
+                               f"has {name} {getattr(task.options, name)} (the task comes from the run)")
+        if args.model_kind is not None and args.model_kind != payload.get("model_kind", "ctm"):
+            raise CLIError(f"cannot resume with --model {args.model_kind}: the run's model is "
+                           f"{payload.get('model_kind', 'ctm')} (the model comes from the run)")
         args.data_dir = _data_dir_for(run_dir, payload, args.data_dir)
         if args.epochs is not None:
-            train_changes["steps"] = _steps_from_epochs(args.epochs, train_config.dataset, args.data_dir,
-                                                        train_config.batch_size, train_config.holdout)
+            train_changes["steps"] = _steps_from_epochs(args.epochs, task, train_config, args.data_dir)
         # train() checks the new length and records it once the checkpoint has loaded.
         train_config = tr.resumed_train_config(model_config, train_config, model_changes, train_changes)
     else:
-        train_config = tr.make_train_config(args.preset or "default", **train_changes)
+        task = make_task(args.task or "image", **task_options[args.task or "image"])
+        _check_task_flags(args, task, task_options)
+        train_config = tr.make_train_config(args.preset or task.default_preset, **train_changes)
         if args.epochs is not None:
             train_config = tr.TrainConfig.from_dict({**train_config.to_dict(), "steps": _steps_from_epochs(
-                args.epochs, train_config.dataset, args.data_dir, train_config.batch_size, train_config.holdout)})
-        if set(model_changes) & set(tr.DATA_FIELDS):
-            from ..data import load_dataset
-
-            tr.check_data_fields(model_changes, load_dataset(train_config.dataset, "train", data_dir=args.data_dir))
-        model_config = CTMConfig(**model_changes)
-        if model_config.backbone == "parity" or model_config.out_positions != 1:
-            raise CLIError("ctm train trains image classifiers: --backbone parity and --out-positions above 1 are "
-                           "for sequence tasks (use them from Python: ctm.CTM(config).forward_tokens)")
+                args.epochs, task, train_config, args.data_dir)})
+        if set(model_changes) & set(task.fixed_fields):
+            tr.check_data_fields(model_changes, task.load("train", train_config, args.data_dir), task)
+        model_config = CTMConfig(**{**task.model_defaults, **model_changes})
         folder = folder_path(train_config.dataset)
-        run_name = train_config.dataset if folder is None else folder.name
+        run_name = task.dataset_name(train_config) if folder is None else folder.name
         run_dir = Path(args.out or f"runs/{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     started = time.perf_counter()
-    result = tr.train(run_dir, model_config, train_config, data_dir=args.data_dir, device=args.device,
+    result = tr.train(run_dir, model_config, train_config, task=task, model_kind=args.model_kind or "ctm",
+                      data_dir=args.data_dir, device=args.device,
                       resume=bool(args.resume), progress=not args.no_progress,
                       log=lambda line: print(line, flush=True), backend=args.backend, sync_bn=args.sync_bn,
                       dist_timeout_s=args.dist_timeout)
@@ -377,8 +413,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return code
     ev = result.final_eval
     _write_run_pictures(run_dir, args.data_dir)
-    print(f"Finished {result.step} steps in {time.perf_counter() - started:.0f} s. Test accuracy "
-          f"{ev.accuracy:.4f} at the most-certain tick, {ev.accuracy_last_tick:.4f} at the last tick "
+    per = " per position" if ev.sequence_accuracy is not None else ""
+    sequences = "" if ev.sequence_accuracy is None else \
+        f"; whole sequences {ev.sequence_accuracy:.4f} at the most-certain tick"
+    print(f"Finished {result.step} steps in {time.perf_counter() - started:.0f} s. Test accuracy{per} "
+          f"{ev.accuracy:.4f} at the most-certain tick, {ev.accuracy_last_tick:.4f} at the last tick{sequences} "
           f"(loss {ev.loss:.4f}, n={ev.n}). Run: {run_dir}")
     return 0
 
@@ -401,6 +440,7 @@ def _samples_for(args: argparse.Namespace, payload: dict, split: str = "test"):
     else the run's dataset split."""
     from ..data import load_dataset
 
+    _require_image_run(args, payload)
     if args.pretrained is not None and args.data_dir is None and split == "test":
         from ..pretrained import pretrained_test_slice
 
@@ -419,21 +459,22 @@ def _write_run_pictures(run_dir: Path, data_dir: str | None) -> None:
     try:
         from .. import viz
         from ..checkpoint import load_model, read_metrics
-        from ..data import load_dataset
 
         viz._require_matplotlib()
     except ImportError:
         print("note: install matplotlib and pillow (pip install 'torch-ctm[viz]') for thinking.gif and "
               "curves.png", file=sys.stderr)
         return
+    from ..tasks import task_from_record
+    from ..train import resume_configs
+
     model, payload = load_model(run_dir)
-    data = load_dataset(_run_dataset(run_dir, payload), "test", data_dir=data_dir, recorded=payload.get("dataset"))
-    pick = viz.pick_thinking_example(model, data, THOUGHTFUL_POOL)
-    _, image, target = viz.select_example(data, pick.index)
-    viz.thinking_gif(model, image, target, path=run_dir / "thinking.gif", caption=pick.reason,
-                     class_names=data.class_names or None)
+    task = task_from_record(payload)
+    data = task.load("test", resume_configs(run_dir)[1], data_dir, recorded=payload.get("dataset"))
     viz.save_curves(read_metrics(run_dir), run_dir / "curves.png")
-    print(f"Wrote {run_dir / 'thinking.gif'} (test image {pick.index}: {pick.reason}) and {run_dir / 'curves.png'}")
+    what = task.thinking_gif(model, data, run_dir / "thinking.gif")
+    gif = f"{run_dir / 'thinking.gif'} ({what}) and " if what is not None else ""
+    print(f"Wrote {gif}{run_dir / 'curves.png'}")
 
 
 def _run_dataset(run_dir: str | Path, payload: dict) -> str:
@@ -460,6 +501,33 @@ def _check_out_file(out: str | None, suffixes: tuple[str, ...]) -> None:
     _check_path_text("--out", out)
 
 
+def _require_image_run(args: argparse.Namespace, payload: dict) -> None:
+    """CLIError for a run of a task other than image classification, in a command that reads images."""
+    from ..tasks import ImageTask, task_from_record
+
+    task = task_from_record(payload)
+    if not isinstance(task, ImageTask):
+        raise CLIError(f"ctm {args.command} reads images; {args.run_dir} is a {task.name} run (ctm eval and "
+                       f"ctm viz read it)")
+
+
+def _viz_task(args: argparse.Namespace, model, payload: dict, task) -> int:
+    """`ctm viz` on a run of a task other than image classification: the task draws its GIF."""
+    from ..train import TrainConfig
+
+    if args.label is not None or args.data_dir is not None:
+        raise CLIError(f"--label and --data-dir are for image runs; {args.run_dir} is a {task.name} run")
+    data = task.eval_data(args.split, TrainConfig.from_dict(payload["train"]), None)
+    name = f"thinking-{args.split}-{args.index}.gif" if args.index is not None else f"thinking-{args.split}.gif"
+    out = Path(args.out or Path(args.run_dir) / name)
+    started = time.perf_counter()
+    what = task.thinking_gif(model, data, out, args.index, args.fps)
+    if what is None:
+        raise CLIError(f"the {task.name} task draws no thinking GIF yet")
+    print(f"Wrote {out} ({what}) in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def cmd_viz(args: argparse.Namespace) -> int:
     from .. import viz
 
@@ -470,6 +538,11 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     model, payload = _load_source(args, resolve_device(args.device))
+    from ..tasks import ImageTask, task_from_record
+
+    task = task_from_record(payload)
+    if not isinstance(task, ImageTask):
+        return _viz_task(args, model, payload, task)
     data = _samples_for(args, payload, args.split)
     where = f"{data.split} image" if data.split == "test-slice" else f"{args.split} image"
     caption = None
@@ -553,8 +626,6 @@ def cmd_pretrained(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..data import load_dataset
-    from ..datasets import dataset_spec, find_dataset
     from ..evaluate import evaluate
     from ..train import resolve_device
 
@@ -570,6 +641,65 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.max_ticks is not None and args.max_ticks > model.config.iterations:
         raise CLIError(f"--max-ticks {args.max_ticks} exceeds the model's {model.config.iterations} ticks")
     from ..checkpoint import run_dataset_name
+    from ..tasks import ImageTask, task_from_record
+
+    task = task_from_record(payload)
+    if not isinstance(task, ImageTask):
+        data, dataset_name = _task_eval_data(args, payload, task), run_dataset_name(payload) or task.name
+    else:
+        data, dataset_name = _image_eval_data(args, model, payload)
+    data = data.to(device)
+    if args.halt_certainty is not None or args.halt_sweep is not None:
+        return _eval_halting(args, model, data, dataset_name)
+    result = evaluate(model, data, args.batch_size)
+    if args.plot:
+        task.plot_eval(result, Path(args.run_dir or ".") / "ticks.png")
+    classes = {}
+    if result.per_class_n is not None:  # one output position: the classes, named or numbered
+        classes["class_names"] = list(getattr(data, "class_names", ())) or [str(i) for i in range(len(
+            result.per_class_n))]
+    if args.json:
+        print(_json_line({"dataset": dataset_name, "split": data.split, **result.to_dict(), **classes}))
+        return 0
+    print(f"{dataset_name} {data.split}: n={result.n}")
+    print(f"  loss                      {result.loss:.4f}")
+    per = result.sequence_accuracy is not None
+    print(f"  accuracy (most certain)   {result.accuracy:.4f}" + ("  (per position)" if per else ""))
+    print(f"  accuracy (last tick)      {result.accuracy_last_tick:.4f}")
+    if per:
+        print(f"  sequence accuracy         {result.sequence_accuracy:.4f}  (every position right, most certain "
+              f"tick)")
+        print(f"  sequence acc. (last tick) {result.per_tick_sequence_accuracy[-1]:.4f}")
+    print("  tick  accuracy  certainty  most-certain" + ("  sequences" if per else ""))
+    for t, (a, cert, h) in enumerate(zip(result.per_tick_accuracy, result.per_tick_certainty,
+                                         result.most_certain_tick_histogram, strict=True)):
+        print(f"  {t + 1:4d}  {a:8.4f}  {cert:9.4f}  {h:12d}" +
+              (f"  {result.per_tick_sequence_accuracy[t]:9.4f}" if per else ""))
+    named = _named_classes(data) if classes else ()
+    if named:
+        width = max(5, *(len(n) for n in named))
+        print(f"  {'class':<{width}}  accuracy  images")
+        for name, a, n in zip(named, result.per_class_accuracy, result.per_class_n, strict=True):
+            print(f"  {name:<{width}}  {'-' if n == 0 else f'{a:8.4f}':>8}  {n:6d}")
+    return 0
+
+
+def _task_eval_data(args: argparse.Namespace, payload: dict, task):
+    """What `ctm eval` reads for a run of a task other than image classification."""
+    from ..train import TrainConfig
+
+    for flag, value in (("--dataset", args.dataset), ("--slice", args.slice or None), ("--data-dir", args.data_dir)):
+        if value is not None:
+            raise CLIError(f"{flag} is for image runs; {args.run_dir} is a {task.name} run (its data come from "
+                           f"the task)")
+    return task.eval_data(args.split, TrainConfig.from_dict(payload["train"]), None)
+
+
+def _image_eval_data(args: argparse.Namespace, model, payload: dict):
+    """(data, dataset name) `ctm eval` reads for an image run or a bundled model."""
+    from ..checkpoint import run_dataset_name
+    from ..data import load_dataset
+    from ..datasets import dataset_spec, find_dataset
 
     dataset_name = args.dataset or run_dataset_name(payload)
     if dataset_name is None:
@@ -601,33 +731,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if data.shape[0] != c.in_channels or data.num_classes != c.out_dims:
         raise CLIError(f"{dataset_name} has {data.shape[0]} channel(s) and {data.num_classes} classes, but the "
                        f"model expects {c.in_channels} and {c.out_dims}")
-    data = data.to(device)
-    if args.halt_certainty is not None or args.halt_sweep is not None:
-        return _eval_halting(args, model, data, dataset_name)
-    result = evaluate(model, data, args.batch_size)
-    if args.plot:
-        from ..viz import save_ticks_plot
-
-        save_ticks_plot(result, Path(args.run_dir or ".") / "ticks.png")
-    if args.json:
-        names = list(data.class_names) or [str(i) for i in range(data.num_classes)]
-        print(_json_line({"dataset": dataset_name, "split": data.split, **result.to_dict(), "class_names": names}))
-        return 0
-    named = _named_classes(data)
-    print(f"{dataset_name} {data.split}: n={result.n}")
-    print(f"  loss                      {result.loss:.4f}")
-    print(f"  accuracy (most certain)   {result.accuracy:.4f}")
-    print(f"  accuracy (last tick)      {result.accuracy_last_tick:.4f}")
-    print("  tick  accuracy  certainty  most-certain")
-    for t, (a, cert, h) in enumerate(zip(result.per_tick_accuracy, result.per_tick_certainty,
-                                         result.most_certain_tick_histogram, strict=True)):
-        print(f"  {t + 1:4d}  {a:8.4f}  {cert:9.4f}  {h:12d}")
-    if named:
-        width = max(5, *(len(n) for n in named))
-        print(f"  {'class':<{width}}  accuracy  images")
-        for name, a, n in zip(named, result.per_class_accuracy, result.per_class_n, strict=True):
-            print(f"  {name:<{width}}  {'-' if n == 0 else f'{a:8.4f}':>8}  {n:6d}")
-    return 0
+    return data, dataset_name
 
 
 def _named_classes(data) -> tuple[str, ...]:
@@ -685,17 +789,22 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
             r = results[0]
             payload = {"dataset": dataset_name, "split": args.split, **full.to_dict(),
                        "accuracy_full": full.accuracy, **r.to_dict(), "wall_s_full": wall_full}
+            if full.sequence_accuracy is not None:
+                payload["sequence_accuracy_full"] = full.sequence_accuracy
         else:
             payload = {"dataset": dataset_name, "split": args.split, "full": {**full.to_dict(), "wall_s": wall_full},
                        "sweep": [r.to_dict() for r in results]}
         print(_json_line(payload))
         return 0
+    per = full.sequence_accuracy is not None
     print(f"{dataset_name} {args.split}: n={full.n}, full run: {T} ticks, accuracy (most certain) "
-          f"{full.accuracy:.4f}, {wall_full:.2f} s")
-    print("  threshold  accuracy  vs full (pp)  mean ticks  wall s  wall / full")
+          f"{full.accuracy:.4f}" + (f" per position, {full.sequence_accuracy:.4f} whole sequences" if per else "")
+          + f", {wall_full:.2f} s")
+    print("  threshold  accuracy  vs full (pp)  mean ticks  wall s  wall / full" + ("  sequences" if per else ""))
     for r in results:
         print(f"  {r.halt_certainty:9.4g}  {r.accuracy:8.4f}  {100 * (r.accuracy - full.accuracy):+12.2f}  "
-              f"{r.mean_ticks:10.2f}  {r.wall_s:6.2f}  {r.wall_s / wall_full:11.2f}")
+              f"{r.mean_ticks:10.2f}  {r.wall_s:6.2f}  {r.wall_s / wall_full:11.2f}" +
+              (f"  {r.sequence_accuracy:9.4f}" if per else ""))
     if args.halt_certainty is not None:
         hist = results[0].ticks_histogram
         print("  ticks used: " + ", ".join(f"{t + 1}: {h}" for t, h in enumerate(hist) if h))
@@ -719,6 +828,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for image in args.images:
         if not Path(image).is_file():
             raise CLIError(f"{image}: no such file")
+    from ..checkpoint import read_config
+
+    _require_image_run(args, read_config(args.run_dir))
     _set_threads(args.threads)
     run = load_run(args.run_dir, resolve_device(args.device))
     if run.data.shape is None:

@@ -1,0 +1,200 @@
+"""The task interface and registry: what a task brings to the one CTM core.
+
+A task supplies its data (a train stream and a test set), the `CTMConfig` fields its input encoder and output
+shape fix (backbone, positional embedding, out_dims, out_positions, in_channels), its loss and metrics, and
+what its pictures draw. Training, evaluation, halting and the CLI ask the task; they never name one. A run
+records its task in config.json (`"task": {"name": ..., **options}`); a run without that record is an image
+classification run (every run written before tasks existed, and the bundled model).
+
+A new task is a subclass registered with `register_task`; nothing else changes::
+
+    @register_task
+    class Copy(Task):
+        name = "copy"
+        ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+from torch import Tensor
+
+from ..config import CTMConfig, check_fields
+from ..losses import certainty_loss
+
+if TYPE_CHECKING:
+    from ..evaluate import EvalResult
+    from ..model import ContinuousThoughtMachine
+    from ..train import TrainConfig
+
+
+class Dataset(Protocol):
+    """What training and evaluation read: `len()`, and `batch(idx)` -> (inputs, targets) for index tensor idx
+    (targets (b,) of class indices, or (b, P) with P output positions); `to(device)` moves it."""
+
+    name: str
+    split: str
+    source: str
+
+    def __len__(self) -> int: ...
+
+    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def to(self, device: torch.device | str) -> Dataset: ...
+
+
+class Sampler(Protocol):
+    """Index batches: `len()` is the steps per epoch; `batches(epoch, start)` this rank's index tensors of
+    epoch `epoch` from global batch `start` on, the same whenever asked (so resume equals a straight run)."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Tensor]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """A task without options."""
+
+
+class Task:
+    """One kind of problem for the CTM. Subclasses set `name` (and `Options`, a frozen dataclass of
+    `ctm.config.option` fields, which become `ctm train` flags and the run's task record) and implement
+    `load`, `model_fields` and `describe_data`; the rest have defaults that fit classification."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+    #: what the startup and evaluation lines call one sample
+    sample_noun: ClassVar[str] = "samples"
+    #: the `ctm.train.PRESETS` recipe `ctm train --task NAME` uses without --preset
+    default_preset: ClassVar[str] = "default"
+    #: whether the training data are an endless stream (no epochs)
+    endless_data: ClassVar[bool] = False
+    #: the CTMConfig fields `model_fields` sets (a flag giving one must agree with it)
+    fixed_fields: ClassVar[tuple[str, ...]] = ()
+    #: CTMConfig values of the task's recipe, below the flags (`ctm train --task NAME` without model flags)
+    model_defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, **options: Any) -> None:
+        self.options = self.Options(**options)
+        check_fields(self.options)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.record().items() if k != 'name')})"
+
+    def record(self) -> dict[str, Any]:
+        """What config.json stores under "task"; `task_from_record` rebuilds the task from it."""
+        return {"name": self.name, **dataclasses.asdict(self.options)}
+
+    # ---------------------------------------------------------------------------------------------- data
+
+    def load(self, split: str, train_config: TrainConfig, data_dir: str | None = None,
+             recorded: Mapping[str, Any] | None = None) -> Dataset:
+        """Split "train" (what training samples from) or "test" (what evaluation reads). `recorded` is the run's
+        config.json "dataset" section, when there is a run."""
+        raise NotImplementedError
+
+    def load_splits(self, train_config: TrainConfig, data_dir: str | None = None, *,
+                    recorded: Mapping[str, Any] | None = None, resume: bool = False,
+                    progress: bool = False) -> tuple[Dataset, Dataset]:
+        """(train, test), what training reads (`resume`: a resumed run's, read as `recorded` says)."""
+        return (self.load("train", train_config, data_dir, recorded),
+                self.load("test", train_config, data_dir, recorded))
+
+    def eval_data(self, split: str, train_config: TrainConfig, data_dir: str | None = None) -> Dataset:
+        """What `ctm eval --split SPLIT` reads (default: `load`; a stream task gives a finite part)."""
+        return self.load(split, train_config, data_dir)
+
+    def sampler(self, train_set: Dataset, train_config: TrainConfig, rank: int = 0, world_size: int = 1) -> Sampler:
+        """The order of training samples (default: a fresh permutation of the train set each epoch)."""
+        from ..data import EpochSampler
+
+        return EpochSampler(len(train_set), train_config.batch_size, seed=train_config.seed, drop_last=True,
+                            rank=rank, world_size=world_size)
+
+    def dataset_name(self, train_config: TrainConfig) -> str:
+        """The name the run records as its dataset (TrainConfig.dataset, and the default run directory)."""
+        return train_config.dataset
+
+    def dataset_record(self, train_set: Dataset, data_dir: str | None) -> dict[str, Any]:
+        """config.json's "dataset" section."""
+        return {"name": train_set.name, "source": train_set.source}
+
+    def describe_data(self, train_set: Dataset, test_set: Dataset) -> str:
+        """The "data: ..." line printed before training."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------------------------------- model
+
+    def model_fields(self, train_set: Dataset) -> dict[str, Any]:
+        """The CTMConfig fields the task (and its data) fix, e.g. out_dims; the rest come from the flags."""
+        raise NotImplementedError
+
+    def check_config(self, model_config: CTMConfig, train_config: TrainConfig) -> None:
+        """ValueError naming the field when a config does not fit the task (default: nothing to check)."""
+
+    # ------------------------------------------------------------------------------------ loss, metrics
+
+    def loss(self, predictions: Tensor, certainties: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The training loss and the tick it reads each sample at, (B,): the certainty loss (one tick per
+        sample; with several output positions its cross-entropy is the mean over the positions)."""
+        return certainty_loss(predictions, certainties, targets)
+
+    # ---------------------------------------------------------------------------------------- pictures
+
+    def thinking_gif(self, model: ContinuousThoughtMachine, data: Dataset, path: Path,
+                     index: int | None = None, fps: float = 5) -> str | None:
+        """Write the thinking GIF of one test sample to `path` and return why that sample (None: the task
+        draws no GIF)."""
+        return None
+
+    def plot_eval(self, result: EvalResult, path: Path) -> None:
+        """`ctm eval --plot`: accuracy and certainty per tick."""
+        from ..viz import save_ticks_plot
+
+        save_ticks_plot(result, path)
+
+
+#: task name -> Task subclass
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Make `cls` available by its name (`ctm train --task NAME`, run records); usable as a decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, Task)) or not isinstance(getattr(cls, "name", None), str):
+        raise TypeError(f"register_task takes a Task subclass with a name, got {cls!r}")
+    if TASKS.get(cls.name, cls) is not cls:
+        raise ValueError(f"a task named {cls.name!r} is already registered ({TASKS[cls.name].__name__})")
+    TASKS[cls.name] = cls
+    return cls
+
+
+def make_task(name: str, **options: Any) -> Task:
+    """The registered task `name` with its options (ValueError naming the task or the option)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}")
+    cls = TASKS[name]
+    known = {f.name for f in dataclasses.fields(cls.Options)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"task {name!r} has no option(s) {unknown}" + (
+            f"; its options are {sorted(known)}" if known else ""))
+    try:
+        return cls(**options)
+    except TypeError as e:
+        raise ValueError(f"task {name!r}: {e}") from None
+
+
+def task_from_record(payload: Mapping[str, Any]) -> Task:
+    """The task of a run's config.json payload: its "task" record, or the image task when it has none."""
+    record = payload.get("task")
+    if record is None:
+        return make_task("image")
+    if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+        raise ValueError(f"config.json: 'task' must be an object with a 'name', got {record!r}")
+    return make_task(record["name"], **{k: v for k, v in record.items() if k != "name"})

@@ -1,0 +1,213 @@
+"""Cumulative parity (the paper's algorithmic task): read a sequence of +-1 values and say, at every
+position i, whether the number of -1s among positions 0..i is even (0) or odd (1).
+
+The data are generated on the fly. Sample k of a stream is drawn from its own generator, seeded from
+(stream, k), so a batch depends only on its indices: a resumed run sees what an uninterrupted one would, and
+any rank can draw any sample. Training sample k is seeded from (TrainConfig.seed, k) with the lowest seed bit
+0; the test set is the first `TEST_SIZE` sequences of a fixed stream whose seeds have that bit 1, so no test
+seed is a training seed and every run is evaluated on the same sequences. (With short sequences the same
+sequence can still come up in both: length 16 has only 65,536.)
+
+The model is the official parity setup: the `parity` backbone (an embedding of each +-1) plus the
+`custom-rotational-1d` positional embedding make the L key/value tokens, and the output is L positions of 2
+classes (out_dims = 2L). The loss is the certainty loss with the cross-entropy of a tick averaged over the
+positions (one lowest-loss and one most-certain tick per sequence, as the official `parity_loss`), and the
+model's certainty is the mean over the positions, so halting stops a whole sequence when that mean reaches
+the threshold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ..config import CTMConfig, option
+from ..data import _mix_seed
+from .base import Task, register_task
+
+if TYPE_CHECKING:
+    from ..evaluate import EvalResult
+    from ..model import ContinuousThoughtMachine
+    from ..train import TrainConfig
+
+#: sequences in the test set (and in `ctm eval --split train`, the first of the training stream)
+TEST_SIZE = 10_000
+#: the stream of the test set (its seeds have the lowest bit 1; training seeds have it 0)
+TEST_STREAM = 0x7E57
+#: nominal samples per "epoch" of the training stream (it never repeats within a run)
+STREAM_EPOCH = 2**40
+#: the thinking GIF picks among this many first test sequences
+GIF_POOL = 200
+
+
+def sample_seed(stream: int, index: int, test: bool) -> int:
+    """The generator seed of sample `index` of a stream: training seeds are even, test seeds odd."""
+    return (_mix_seed(stream, index) & ~1) | int(test)
+
+
+def parity_targets(x: Tensor) -> Tensor:
+    """Cumulative parity: x (B, L) of +-1 -> (B, L) int64, 1 where the -1s in positions 0..i are odd."""
+    return torch.cumsum(x == -1, dim=1).remainder(2)
+
+
+def parity_sequences(stream: int, indices: Tensor, length: int, test: bool = False) -> Tensor:
+    """The sequences (b, L) float of +-1 at `indices` (b,) of a stream."""
+    out = torch.empty(len(indices), length)
+    g = torch.Generator()
+    for row, k in enumerate(indices.tolist()):
+        g.manual_seed(sample_seed(stream, k, test))
+        out[row] = torch.randint(0, 2, (length,), generator=g).mul_(2).sub_(1)
+    return out
+
+
+class ParitySequences:
+    """A stream of parity sequences: `batch(idx)` -> (x (b, L) float +-1, targets (b, L) int64), generated
+    from (stream, index). The test set keeps its `n` sequences in memory once drawn."""
+
+    num_classes = 2
+
+    def __init__(self, length: int, n: int, stream: int, split: str, device: torch.device | str = "cpu") -> None:
+        self.length, self.n, self.stream, self.split = length, n, stream, split
+        self.device = torch.device(device)
+        self.name, self.source = "parity", "generated"
+        self._held: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __repr__(self) -> str:
+        return f"ParitySequences(length={self.length}, n={self.n}, split={self.split!r})"
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.length,)
+
+    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        idx = idx.cpu()
+        if self.split == "test":
+            if self._held is None:  # draw the whole test set once
+                self._held = parity_sequences(self.stream, torch.arange(self.n), self.length, test=True)
+            x = self._held[idx]
+        else:
+            x = parity_sequences(self.stream, idx, self.length)
+        x = x.to(self.device)
+        return x, parity_targets(x)
+
+    def to(self, device: torch.device | str) -> ParitySequences:
+        moved = ParitySequences(self.length, self.n, self.stream, self.split, device)
+        moved._held = self._held
+        return moved
+
+
+class StreamSampler:
+    """Consecutive indices of an endless stream: global batch s is indices s*B .. (s+1)*B - 1, rank r taking
+    its contiguous share. Epochs are nominal (`STREAM_EPOCH` samples)."""
+
+    def __init__(self, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"global batch_size {batch_size} must be divisible by world_size {world_size}")
+        self.batch_size, self.rank, self.local = batch_size, rank, batch_size // world_size
+
+    def __len__(self) -> int:
+        return STREAM_EPOCH // self.batch_size
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Tensor]:
+        first = epoch * len(self) + start
+        for step in range(first, (epoch + 1) * len(self)):
+            begin = step * self.batch_size + self.rank * self.local
+            yield torch.arange(begin, begin + self.local)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityOptions:
+    length: int = option(16, "parity: sequence length L (the model answers at every position)", min=2)
+
+
+@register_task
+class ParityTask(Task):
+    """Cumulative parity of +-1 sequences of length `length` (see the module docstring)."""
+
+    name = "parity"
+    Options = ParityOptions
+    sample_noun = "sequences"
+    endless_data = True
+    fixed_fields = ("backbone", "positional_embedding", "in_channels", "out_positions", "out_dims")
+    default_preset = "parity"
+    # The recipe's model (the official tutorial's is 50 ticks, d_model 1024, memory 25, 8 heads; this is
+    # cut to fit a 2-core CPU).
+    model_defaults = dict(iterations=30, d_model=256, d_input=64, heads=4, memory_length=15, memory_hidden_dims=8,
+                          n_synch_out=32, n_synch_action=32, neuron_selection="random-pairing")
+
+    @property
+    def length(self) -> int:
+        return self.options.length
+
+    def load(self, split: str, train_config: TrainConfig, data_dir: str | None = None,
+             recorded: Mapping[str, Any] | None = None) -> ParitySequences:
+        if split == "train":
+            return ParitySequences(self.length, STREAM_EPOCH, train_config.seed, "train")
+        if split == "test":
+            return ParitySequences(self.length, TEST_SIZE, TEST_STREAM, "test")
+        raise ValueError(f"unknown split {split!r} for the parity task; expected train or test")
+
+    def eval_data(self, split: str, train_config: TrainConfig, data_dir: str | None = None) -> ParitySequences:
+        data = self.load(split, train_config, data_dir)
+        data.n = min(data.n, TEST_SIZE)
+        return data
+
+    def sampler(self, train_set: ParitySequences, train_config: TrainConfig, rank: int = 0,
+                world_size: int = 1) -> StreamSampler:
+        return StreamSampler(train_config.batch_size, rank, world_size)
+
+    def dataset_name(self, train_config: TrainConfig) -> str:
+        return "parity"
+
+    def dataset_record(self, train_set: ParitySequences, data_dir: str | None) -> dict[str, Any]:
+        return {"name": "parity", "source": "generated", "shape": [self.length], "num_classes": 2}
+
+    def describe_data(self, train_set: ParitySequences, test_set: ParitySequences) -> str:
+        return (f"data: parity of length {self.length}, training sequences generated on the fly / "
+                f"{len(test_set)} test sequences, 2 classes at each of {self.length} positions")
+
+    def model_fields(self, train_set: ParitySequences) -> dict[str, Any]:
+        return {"backbone": "parity", "positional_embedding": "custom-rotational-1d", "in_channels": 1,
+                "out_positions": self.length, "out_dims": 2 * self.length}
+
+    def check_config(self, model_config: CTMConfig, train_config: TrainConfig) -> None:
+        if train_config.augment:
+            raise ValueError("TrainConfig.augment distorts images; the parity task has none (leave it off)")
+
+    def plot_eval(self, result: EvalResult, path: Path) -> None:
+        from ..viz_parity import save_accuracy_plot
+
+        save_accuracy_plot(result.per_position_tick_accuracy, path, result.per_tick_sequence_accuracy)
+
+    def thinking_gif(self, model: ContinuousThoughtMachine, data: ParitySequences, path: Path,
+                     index: int | None = None, fps: float = 5) -> str:
+        """The parity GIF (`ctm.viz_parity`) of test sequence `index`; by default, of the first GIF_POOL, one
+        the model ends right on that it got most wrong at its first tick (it had to count)."""
+        from ..losses import tick_hits
+        from ..viz_parity import parity_arrays, parity_gif
+
+        if index is not None and not 0 <= index < len(data):
+            raise ValueError(f"index {index} out of range for parity {data.split} ({len(data)} sequences)")
+        rows = torch.arange(min(GIF_POOL, len(data))) if index is None else torch.tensor([index])
+        x, y = data.batch(rows)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                out = model(x, track=True)
+        finally:
+            model.train(was_training)
+        hits = tick_hits(out.predictions, y).sum(1)  # (b, T): right positions per tick
+        score = hits[:, -1] * (self.length + 1) - hits[:, 0]  # right at the end first, then wrong at the start
+        pick = int(score.argmax()) if index is None else 0
+        parity_gif(path, *parity_arrays(out, x[pick].cpu().numpy(), y[pick].cpu().numpy(), sample=pick), fps=fps)
+        return (f"test sequence {int(rows[pick])}: right at {int(hits[pick, 0])} of {self.length} positions at "
+                f"tick 1, {int(hits[pick, -1])} at tick {hits.shape[1]}")

@@ -877,4 +877,3 @@ def save_halting_plot(sweep: Sequence[Mapping[str, Any] | Any], full: Mapping[st
                       wall_s_full: float | None, path: str | os.PathLike[str]) -> Path:
     """Write `halting_figure(...)` as a PNG, atomically; returns the path."""
     return save_figure(halting_figure(sweep, full, wall_s_full), path)
-

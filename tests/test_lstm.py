@@ -220,3 +220,68 @@ def test_evaluation_and_the_thinking_gif_take_it_like_a_ctm(tmp_path):
     frames = thinking_gif(model, images[0].float() / 255, target=int(labels[0]), path=tmp_path / "lstm.gif",
                           fig_scale=0.4)
     assert len(frames) == 3 and (tmp_path / "lstm.gif").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------------- through ctm train
+
+
+def _cli(*args) -> int:
+    from ctm.cli import main
+
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+
+
+LSTM_RUN = ["train", "--task", "parity", "--model", "lstm", "--length", "4", "--ticks", "4", "--d-model", "24",
+            "--d-input", "16", "--heads", "2", "--batch-size", "32", "--lr", "3e-3", "--warmup-steps", "0",
+            "--schedule", "constant", "--eval-every", "4", "--threads", "1", "--no-progress"]
+
+
+def test_ctm_train_model_lstm_records_its_width_and_resumes_as_a_straight_run(tmp_path, capsys):
+    import json
+
+    from safetensors.torch import load_file
+
+    from ctm import checkpoint as ckpt
+
+    assert _cli(*LSTM_RUN, "--steps", "8", "--out", tmp_path / "straight") == 0
+    out = capsys.readouterr().out
+    payload = json.loads((tmp_path / "straight" / "config.json").read_text())
+    config = CTMConfig.from_dict(payload["model"])
+    width = lstm_width_for(config)
+    assert payload["model_kind"] == "lstm" and payload["model_options"] == {"hidden": width}
+    assert f"LSTM baseline, {lstm_parameters(config, width):,} parameters (width {width}; the CTM of these " \
+           f"flags has {ctm_parameters(config):,})" in out
+    model, _ = ckpt.load_model(tmp_path / "straight")
+    assert isinstance(model, LSTMBaseline) and model.hidden == width
+
+    # Stopped at step 4 (a shorter run), then extended to 8 with --resume: the straight run's weights.
+    assert _cli(*LSTM_RUN, "--steps", "4", "--out", tmp_path / "resumed") == 0
+    assert _cli("train", "--resume", tmp_path / "resumed", "--steps", "8", "--threads", "1", "--no-progress") == 0
+    a = load_file(str(ckpt.current_checkpoint(tmp_path / "straight").path / ckpt.MODEL_FILE))
+    b = load_file(str(ckpt.current_checkpoint(tmp_path / "resumed").path / ckpt.MODEL_FILE))
+    assert a.keys() == b.keys() and "cell.weight_ih" in a
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+
+    capsys.readouterr()
+    assert _cli("eval", tmp_path / "straight", "--json", "--threads", "1") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0 <= result["accuracy"] <= 1 and 0 <= result["sequence_accuracy"] <= result["accuracy"]
+
+
+@pytest.mark.parametrize("options", [{"hidden": "8"}, {"width": 8}, [8], {"hidden": -1}])
+def test_a_bad_model_options_record_is_one_line(tmp_path, capsys, options):
+    import json
+
+    assert _cli(*LSTM_RUN, "--steps", "4", "--out", tmp_path / "run") == 0
+    path = tmp_path / "run" / "config.json"
+    payload = json.loads(path.read_text())
+    payload["model_options"] = options
+    path.write_text(json.dumps(payload))
+    capsys.readouterr()
+    assert _cli("eval", tmp_path / "run", "--threads", "1") == 2
+    err = capsys.readouterr().err
+    assert "'model_options' must be the LSTM's {\"hidden\": width}" in err and "Traceback" not in err

@@ -82,13 +82,14 @@ def is_out_of_memory(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
 
 
-def build_model(config: CTMConfig, where: str, kind: str = "ctm") -> ContinuousThoughtMachine:
-    """The model of `config` (of `kind`, see `ctm.models`); a model too large for this machine is a ValueError
-    naming `where` its sizes came from, not an out-of-memory error blamed on the batch."""
+def build_model(config: CTMConfig, where: str, kind: str = "ctm",
+                options: dict[str, Any] | None = None) -> ContinuousThoughtMachine:
+    """The model of `config` (of `kind` with builder `options`, see `ctm.models`); a model too large for this
+    machine is a ValueError naming `where` its sizes came from, not an out-of-memory error blamed on the batch."""
     from .models import build_model as build
 
     try:
-        return build(kind, config)
+        return build(kind, config, **(options or {}))
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
@@ -170,6 +171,12 @@ def _check_config(payload: Any, path: Path) -> None:
         if payload["model_kind"] not in MODEL_KINDS:
             raise RunDirError(f"{path}: unknown 'model_kind' {payload['model_kind']!r}; this ctm builds "
                               f"{', '.join(sorted(MODEL_KINDS))}")
+    if "model_options" in payload:
+        options = payload["model_options"]
+        if not (isinstance(options, dict) and payload.get("model_kind") == "lstm"
+                and set(options) <= {"hidden"} and all(_is_int(v) and v >= 0 for v in options.values())):
+            raise RunDirError(f"{path}: 'model_options' must be the LSTM's {{\"hidden\": width}} (a run of "
+                              f"model_kind lstm), got {options!r}")
     if "task" in payload:
         from .tasks import task_from_record
 
@@ -276,7 +283,8 @@ def _safetensors_bytes(model: ContinuousThoughtMachine, step: int) -> bytes:
     return save(tensors, metadata={"step": str(step), "ctm_version": __version__})
 
 
-def _check_weights_header(path: Path, config: CTMConfig, kind: str = "ctm") -> int:
+def _check_weights_header(path: Path, config: CTMConfig, kind: str = "ctm",
+                          options: dict[str, Any] | None = None) -> int:
     """Names, shapes and dtypes in the safetensors header against the model (of `kind`) `config` describes,
     before anything is allocated (the expected model is built on the meta device). Returns the recorded step."""
     from safetensors import SafetensorError, safe_open
@@ -284,7 +292,7 @@ def _check_weights_header(path: Path, config: CTMConfig, kind: str = "ctm") -> i
     from .models import build_model as build
 
     with torch.device("meta"):
-        expected = build(kind, config).state_dict()
+        expected = build(kind, config, **(options or {})).state_dict()
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -318,15 +326,16 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Conti
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .models import run_model_kind
+    from .models import run_model_kind, run_model_options
 
     run_dir = Path(run_dir)
     payload = read_config(run_dir)
     config, kind = CTMConfig.from_dict(payload["model"]), run_model_kind(payload)
+    options = run_model_options(payload)
 
     def read(found: Checkpoint) -> dict[str, torch.Tensor]:
         path = found.path / MODEL_FILE
-        _check_weights_header(path, config, kind)
+        _check_weights_header(path, config, kind, options)
         try:
             return load_file(str(path))
         except FileNotFoundError:
@@ -335,19 +344,19 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Conti
             raise RunDirError(f"{path} could not be read: {e}") from None
 
     state = _reading(run_dir, read)
-    model = build_model(config, str(run_dir / CONFIG_FILE), kind)
+    model = build_model(config, str(run_dir / CONFIG_FILE), kind, options)
     model.load_state_dict(state)
     return model.to(device), payload
 
 
 def weights_step(run_dir: Path) -> int:
     """The step recorded in the current checkpoint's model.safetensors metadata."""
-    from .models import run_model_kind
+    from .models import run_model_kind, run_model_options
 
     payload = read_config(run_dir)
     config = CTMConfig.from_dict(payload["model"])
-    return _reading(Path(run_dir), lambda found: _check_weights_header(found.path / MODEL_FILE, config,
-                                                                        run_model_kind(payload)))
+    return _reading(Path(run_dir), lambda found: _check_weights_header(
+        found.path / MODEL_FILE, config, run_model_kind(payload), run_model_options(payload)))
 
 
 # ----------------------------------------------------------------------------------------------------------

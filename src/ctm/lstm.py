@@ -156,6 +156,10 @@ class LSTMBaseline(nn.Module):
         """Nothing to attach: no decays (see `clamp_decay_`); returns None where the CTM returns a handle."""
         return None
 
+    def model_options(self) -> dict[str, Any]:
+        """What a run directory records to rebuild this model (`ctm.models`): the width."""
+        return self.lstm_config.to_dict()
+
     def extra_repr(self) -> str:
         return f"hidden={self.hidden}, parameters={self.num_parameters():,}"
 

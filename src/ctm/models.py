@@ -1,8 +1,13 @@
 """Model construction by kind: the one place a run's recorded model kind becomes a module.
 
-A run's config.json records `"model_kind"` (absent in runs written before it: "ctm"). `build_model(kind,
-config, **extra)` builds it; a new kind (e.g. an LSTM baseline taking the same CTMConfig and returning the same
-`CTMOutput`) registers a builder in `MODEL_KINDS`.
+A run's config.json records `"model_kind"` (absent in runs written before it: "ctm") and, for kinds with
+sizes of their own, `"model_options"` (the LSTM's width). `build_model(kind, config, **options)` builds it; a
+new kind taking the same CTMConfig and returning the same `CTMOutput` registers a builder in `MODEL_KINDS`,
+and its module says what to record with a `model_options()` method.
+
+* `ctm`: the Continuous Thought Machine (`ctm.model`);
+* `lstm`: the paper's LSTM baseline (`ctm.lstm`): the same tokens and ticks, its width matched to the CTM's
+  parameter count unless `hidden` is given.
 """
 
 from __future__ import annotations
@@ -23,8 +28,14 @@ def _ctm(config: CTMConfig) -> nn.Module:
     return ContinuousThoughtMachine(config)
 
 
-#: model kind -> builder(config, **extra)
-MODEL_KINDS: dict[str, Callable[..., nn.Module]] = {"ctm": _ctm}
+def _lstm(config: CTMConfig, hidden: int = 0) -> nn.Module:
+    from .lstm import LSTMBaseline
+
+    return LSTMBaseline(config, hidden or None)
+
+
+#: model kind -> builder(config, **options)
+MODEL_KINDS: dict[str, Callable[..., nn.Module]] = {"ctm": _ctm, "lstm": _lstm}
 
 
 def build_model(kind: str, config: CTMConfig, **extra: Any) -> nn.Module:
@@ -37,3 +48,14 @@ def build_model(kind: str, config: CTMConfig, **extra: Any) -> nn.Module:
 def run_model_kind(payload: dict[str, Any]) -> str:
     """The model kind a run's config.json payload records ("ctm" when it records none)."""
     return payload.get("model_kind", DEFAULT_KIND)
+
+
+def run_model_options(payload: dict[str, Any]) -> dict[str, Any]:
+    """The builder options a run's config.json payload records (none for the CTM)."""
+    return dict(payload.get("model_options", {}))
+
+
+def model_options(model: nn.Module) -> dict[str, Any]:
+    """What a run records to rebuild `model` exactly besides its CTMConfig (its `model_options()`, if any)."""
+    record = getattr(model, "model_options", None)
+    return dict(record()) if callable(record) else {}

@@ -27,6 +27,7 @@ from .data import _mix_seed, random_affine
 from .evaluate import EvalResult, evaluate
 from .folders import folder_path, parse_image_size
 from .losses import accuracy, per_tick_cross_entropy
+from .models import model_options, run_model_kind, run_model_options
 from .tasks import Dataset, Task, make_task, task_from_record
 
 if TYPE_CHECKING:
@@ -258,6 +259,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
            data_dir: str | None, dev: torch.device, resume: bool, progress: bool, stop: Callable[[int], bool] | None,
            log: Callable[[str], None] | None, info: dist.DistInfo, sync_bn: bool,
            held: contextlib.ExitStack) -> TrainResult:
+    model_opts: dict[str, Any] = {}  # a resumed run's recorded builder options (the LSTM's width)
     if resume:
         payload = ckpt.read_config(run_dir)
         stored_task = task_from_record(payload)
@@ -265,7 +267,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
             raise ValueError(f"cannot resume {run_dir} as task {task.record()}: the run is {stored_task.record()} "
                              f"(the task comes from the run)")
         task = stored_task
-        model_kind = payload.get("model_kind", "ctm")
+        model_kind, model_opts = run_model_kind(payload), run_model_options(payload)
         problem = None
         if info.is_main:  # before anything else: a second writer is refused at once
             try:
@@ -296,7 +298,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
 
     torch.manual_seed(train_config.seed)  # parameter initialisation (the same on every rank)
     model = ckpt.build_model(model_config, f"{run_dir / ckpt.CONFIG_FILE}" if resume else "the flags",
-                             model_kind).to(dev)
+                             model_kind, model_opts).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, eps=train_config.adam_eps,
                                   weight_decay=train_config.weight_decay)
     model.attach_decay_clamp(optimizer)
@@ -347,6 +349,8 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
                     extra["task"] = task.record()
                 if model_kind != "ctm":
                     extra["model_kind"] = model_kind
+                if model_options(model):  # e.g. the LSTM's matched width: the run rebuilds it as it was
+                    extra["model_options"] = model_options(model)
                 ckpt.write_config(run_dir, model_config, extra)
         problem = dist.broadcast_object(problem, info)
         if problem:
@@ -514,19 +518,30 @@ def _describe(loss: float, acc: float, ev: EvalResult | None, step: int | None =
     return text if step is None else f"step {step}: {text}"
 
 
+def _describe_model(model: torch.nn.Module) -> str:
+    """The "model: ..." start-up line; the LSTM baseline's names its width and the CTM it is matched to."""
+    c = model.config
+    hidden = getattr(model, "hidden", None)
+    if hidden is None:
+        return (f"model: {model.num_parameters():,} parameters; {c.iterations} ticks, {c.d_model} neurons, memory "
+                f"{c.memory_length}")
+    from .lstm import ctm_parameters
+
+    return (f"model: LSTM baseline, {model.num_parameters():,} parameters (width {hidden}; the CTM of these "
+            f"flags has {ctm_parameters(c):,}); {c.iterations} ticks")
+
+
 def _startup_lines(run_dir: Path, resume: bool, step: int, model: ContinuousThoughtMachine, task: Task,
                    train_set: Dataset, test_set: Dataset, cfg: TrainConfig, dev: torch.device, info: dist.DistInfo,
                    steps_per_epoch: int) -> list[str]:
     """What a training run is about to do, printed before its first step."""
-    c = model.config
     ranks = f", {info.world_size} ranks" if info.enabled else ""
     # the epochs of an endless stream (the parity task's) are nominal: not worth a figure
     epochs = f" ({cfg.steps / steps_per_epoch:.2f} epochs)" if steps_per_epoch < 2**30 else ""
     return [
         f"run directory: {run_dir}" + (f" (resuming at step {step})" if resume else ""),
         task.describe_data(train_set, test_set),
-        f"model: {model.num_parameters():,} parameters; {c.iterations} ticks, {c.d_model} neurons, memory "
-        f"{c.memory_length}",
+        _describe_model(model),
         f"device: {dev}, {torch.get_num_threads()} threads{ranks}",
         f"training: {cfg.steps} steps{epochs} at batch {cfg.batch_size}, "
         f"lr {cfg.lr:g} ({cfg.schedule}, {cfg.warmup_steps} warm-up steps); evaluation every {cfg.eval_every} "

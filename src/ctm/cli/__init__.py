@@ -108,7 +108,8 @@ def _add_train_parser(sub) -> None:
                    help="what to learn: image (classify --dataset; default) or parity (cumulative parity of +-1 "
                         "sequences, see --length); the run records it")
     p.add_argument("--model", choices=sorted(MODEL_KINDS), default=None, dest="model_kind",
-                   help="the model: ctm (default)")
+                   help="the model: ctm (default) or lstm (the paper's LSTM baseline: the same tokens, ticks and "
+                        "loss, its width matched to the CTM's parameter count); the run records it")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="default: the fast image recipe (see README); seed: the tutorial's recipe exactly; parity: "
                         "the parity recipe (the default of --task parity)")

@@ -18,7 +18,7 @@ from ctm.cli import main
 from ctm.tasks import make_task
 from ctm.tasks.parity import TEST_SIZE, TEST_STREAM, parity_targets, sample_seed
 
-# A parity CTM small enough to learn length 4 in seconds on one thread (every ParityTask.model_defaults key is
+# A parity CTM small enough to learn length 4 in seconds on one thread (every PRESETS["parity"].model key is
 # given, so the CLI and PARITY_CONFIG build the same model).
 PARITY_MODEL = dict(iterations=6, d_model=32, d_input=16, heads=2, memory_length=4, memory_hidden_dims=4,
                     n_synch_out=16, n_synch_action=16, neuron_selection="random-pairing")

@@ -380,3 +380,27 @@ def test_progress_bar_names_its_figures_and_says_when_it_evaluates(synthetic, tm
     err = capsys.readouterr().err
     assert "evaluating on 300 test images" in err
     assert "train loss" in err and "(mean since last eval)" in err and "| test loss" in err
+
+
+def test_presets_carry_their_model_and_task(synthetic, tmp_path, capsys):
+    # The tutorial presets are the tutorial's architecture; the default is the wider model with positions.
+    assert tr.make_model_config("seed") == tr.make_model_config("tutorial") == ctm.CTMConfig()
+    default = tr.make_model_config("default")
+    assert (default.positional_embedding, default.d_input, default.heads, default.iterations) == \
+        ("learnable-fourier", 64, 4, 10)
+    assert tr.make_model_config("default", iterations=7, heads=None).iterations == 7
+    assert tr.make_train_config("default").augment and not tr.make_train_config("tutorial").augment
+    with pytest.raises(ValueError, match="unknown preset 'best'; choose one of"):
+        tr.make_model_config("best")
+    # Through the CLI: flags over the preset's model, recorded in the run.
+    out = tmp_path / "run"
+    assert run_cli("train", "--data-dir", synthetic, "--out", out, "--steps", "2", "--batch-size", "16",
+                   "--eval-every", "2", "--d-model", "24", "--no-progress", "--threads", "1") == 0
+    recorded = json.loads((out / "config.json").read_text())["model"]
+    assert recorded["positional_embedding"] == "learnable-fourier" and recorded["d_model"] == 24
+    assert recorded["iterations"] == 10
+    # A preset is for one task.
+    capsys.readouterr()
+    assert main(["train", "--task", "parity", "--preset", "default", "--out", str(tmp_path / "p")]) == 2
+    assert "--preset default is a recipe for the image task, not for parity; leave --preset out for parity's " \
+           "own (parity)" in capsys.readouterr().err

@@ -96,6 +96,28 @@ def _add_runtime_flags(p) -> None:
     p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
 
 
+def _preset_defaults(cls: type, part: str) -> dict[str, str]:
+    """Each field of `cls` (TrainConfig or CTMConfig) as the help shows its default: the default preset's value,
+    then the other image presets' where they differ ("10; --preset tutorial, seed: 30")."""
+    from ..train import PRESETS
+
+    def value(preset: str, name: str):
+        return getattr(cls(**getattr(PRESETS[preset], part)) if part == "model" else
+                       cls.from_dict({**getattr(PRESETS[preset], part)}), name)
+
+    others = [n for n, p in PRESETS.items() if n != "default" and p.task == PRESETS["default"].task]
+    texts = {}
+    for f in dataclasses.fields(cls):
+        base, differ = value("default", f.name), {}
+        for name in others:
+            v = value(name, f.name)
+            if v != base:
+                differ.setdefault(shown(v), []).append(name)
+        if shown(base) or differ:  # an empty default (e.g. --image-size's) is explained by its help
+            texts[f.name] = shown(base) + "".join(f"; --preset {', '.join(names)}: {v}" for v, names in differ.items())
+    return texts
+
+
 def _add_train_parser(sub) -> None:
     from ..config import CTMConfig
     from ..models import MODEL_KINDS
@@ -110,26 +132,24 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--model", choices=sorted(MODEL_KINDS), default=None, dest="model_kind",
                    help="the model: ctm (default) or lstm (the paper's LSTM baseline: the same tokens, ticks and "
                         "loss, its width matched to the CTM's parameter count); the run records it")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="default: the fast image recipe (see README); seed: the tutorial's recipe exactly; parity: "
-                        "the parity recipe (the default of --task parity)")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="; ".join(f"{name}: {preset.summary}" for name, preset in PRESETS.items()).replace("%", "%%")
+                   + " (default: default, or the task's own, e.g. parity)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (a larger --steps extends it)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<timestamp>)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the four IDX files (used alone, no fallback)")
     g = p.add_argument_group("training (TrainConfig)")
     length = g.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=float, help="passes over the training set (converted to --steps)")
-    base, seed = TrainConfig(**PRESETS["default"]).to_dict(), TrainConfig(**PRESETS["seed"]).to_dict()
-    defaults = {name: shown(v) if seed[name] == v else f"{shown(v)}; --preset seed: {shown(seed[name])}"
-                for name, v in base.items()}
-    add_config_flags(g, TrainConfig, defaults, groups={"steps": length})
+    add_config_flags(g, TrainConfig, _preset_defaults(TrainConfig, "train"), groups={"steps": length})
     for task in sorted(TASKS.values(), key=lambda t: t.name):
         if dataclasses.fields(task.Options):
             add_config_flags(p.add_argument_group(f"task {task.name}"), task.Options,
                              {f.name: shown(f.default) for f in dataclasses.fields(task.Options)})
     g = p.add_argument_group("model (CTMConfig)")
-    add_config_flags(g, CTMConfig, {name: "the dataset's" if name in DATA_FIELDS else shown(v)
-                                    for name, v in CTMConfig().to_dict().items()})
+    model_defaults = _preset_defaults(CTMConfig, "model")
+    add_config_flags(g, CTMConfig, {name: "the data's" if name in DATA_FIELDS else text
+                                    for name, text in model_defaults.items()})
     g = p.add_argument_group("runtime")
     _add_runtime_flags(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bar; print a line per evaluation")
@@ -388,13 +408,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         task = make_task(args.task or "image", **task_options[args.task or "image"])
         _check_task_flags(args, task, task_options)
-        train_config = tr.make_train_config(args.preset or task.default_preset, **train_changes)
+        preset = args.preset or task.default_preset
+        if tr.PRESETS[preset].task != task.name:
+            raise CLIError(f"--preset {preset} is a recipe for the {tr.PRESETS[preset].task} task, not for "
+                           f"{task.name}; leave --preset out for {task.name}'s own ({task.default_preset})")
+        train_config = tr.make_train_config(preset, **train_changes)
         if args.epochs is not None:
             train_config = tr.TrainConfig.from_dict({**train_config.to_dict(), "steps": _steps_from_epochs(
                 args.epochs, task, train_config, args.data_dir)})
         if set(model_changes) & set(task.fixed_fields):
             tr.check_data_fields(model_changes, task.load("train", train_config, args.data_dir), task)
-        model_config = CTMConfig(**{**task.model_defaults, **model_changes})
+        model_config = tr.make_model_config(preset, **model_changes)
         folder = folder_path(train_config.dataset)
         run_name = task.dataset_name(train_config) if folder is None else folder.name
         run_dir = Path(args.out or f"runs/{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")

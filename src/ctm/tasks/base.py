@@ -77,8 +77,6 @@ class Task:
     endless_data: ClassVar[bool] = False
     #: the CTMConfig fields `model_fields` sets (a flag giving one must agree with it)
     fixed_fields: ClassVar[tuple[str, ...]] = ()
-    #: CTMConfig values of the task's recipe, below the flags (`ctm train --task NAME` without model flags)
-    model_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
         self.options = self.Options(**options)

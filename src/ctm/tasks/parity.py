@@ -138,10 +138,6 @@ class ParityTask(Task):
     endless_data = True
     fixed_fields = ("backbone", "positional_embedding", "in_channels", "out_positions", "out_dims")
     default_preset = "parity"
-    # The recipe's model (the official tutorial's is 50 ticks, d_model 1024, memory 25, 8 heads; this is
-    # cut to fit a 2-core CPU).
-    model_defaults = dict(iterations=30, d_model=256, d_input=64, heads=4, memory_length=15, memory_hidden_dims=8,
-                          n_synch_out=32, n_synch_action=32, neuron_selection="random-pairing")
 
     @property
     def length(self) -> int:

@@ -2,6 +2,7 @@
 
     python benchmarks/parity.py                          # length 16, ticks 1 5 10 25, 240 s of training each
     python benchmarks/parity.py --budget-s 60 --ticks 1 10
+    python benchmarks/parity.py --jobs 2                 # two runs at a time (one thread each on two cores)
     python benchmarks/parity.py --dry-run                # print the commands, run nothing
     python benchmarks/parity.py --length 64 --ticks 1 10 25 50 75 100 --device cuda   # the paper's setting
 
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 CTM = [sys.executable, "-m", "ctm"]
@@ -184,10 +186,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run (0: torch's default)")
     parser.add_argument("--device", default=None, help="passed to ctm train and ctm eval (e.g. cuda)")
     parser.add_argument("--out", type=Path, default=Path("runs/parity-benchmark"))
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time (e.g. 2 on two cores with --threads 1: the CTM and the LSTM of a tick "
+                             "count side by side)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     args = parser.parse_args(argv)
     args.extra = extra
-    for name in ("length", "budget_s", "calibration_steps"):
+    for name in ("length", "budget_s", "calibration_steps", "jobs"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.length < 2:
@@ -222,15 +227,24 @@ def main(argv: list[str] | None = None) -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for model in args.models:
-        for ticks in args.ticks:
-            row = benchmark_one(model, ticks, args)
-            row["budget_s"] = None if args.steps else args.budget_s
+    # The models side by side at each tick count: with --jobs 2 (two cores, one thread each) the CTM and the
+    # LSTM of one T train at the same time, so both see the same machine.
+    pairs = [(model, ticks) for ticks in args.ticks for model in args.models]
+
+    def one(pair: tuple[str, int]) -> dict:
+        row = benchmark_one(*pair, args)
+        row["budget_s"] = None if args.steps else args.budget_s
+        print(f"{row['model']} T={row['ticks']}: {row['steps']} steps, {row['wall_s']} s, per bit "
+              f"{_percent(row['accuracy'])}%, sequence {_percent(row['sequence_accuracy'])}%", flush=True)
+        return row
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is a `ctm` subprocess
+        for row in pool.map(one, pairs):
             rows.append(row)
-            print(f"{model} T={ticks}: {row['steps']} steps, {row['wall_s']} s, per bit "
-                  f"{_percent(row['accuracy'])}%, sequence {_percent(row['sequence_accuracy'])}%", flush=True)
             (args.out / "results.json").write_text(json.dumps(
-                {"machine": platform.platform(), "processor": platform.processor(), "rows": rows}, indent=2))
+                {"machine": platform.platform(), "processor": platform.processor(), "jobs": args.jobs,
+                 "rows": rows}, indent=2))
+    rows.sort(key=lambda r: (MODELS.index(r["model"]), r["ticks"]))
     text = table(rows)
     (args.out / "results.md").write_text(text + "\n")
     print(text)

@@ -7,9 +7,9 @@
 
 Each run is a fresh `ctm train` process writing a run directory under --out-root; wall time covers the
 whole process (start-up, data loading, training, every evaluation, checkpoints). Figures are read back
-from the run's metrics.jsonl. Machines differ, so first the seed tutorial's own training step (its
-model, batch 64, through `ctm bench`) is timed on this machine and printed beside the runs; a wall time
-compares across machines as a multiple of it. Run it with nothing else running.
+from the run's metrics (its current checkpoint's metrics.jsonl). Machines differ, so first the seed
+tutorial's own training step (its model, batch 64, through `ctm bench`) is timed on this machine and printed
+beside the runs; a wall time compares across machines as a multiple of it. Run it with nothing else running.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ def run(preset: str, dataset: str, out_root: Path, extra: list[str]) -> dict:
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from ctm.checkpoint import read_metrics
+
+    rows = read_metrics(run_dir)  # the current checkpoint's metrics.jsonl
     final = rows[-1]
     return {"preset": preset, "dataset": dataset, "command": " ".join(cmd[1:]), "wall_s": round(wall, 1),
             "train_s": final["elapsed_s"], "steps": final["step"], "epochs": final["epoch"],

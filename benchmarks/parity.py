@@ -241,10 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is a `ctm` subprocess
         for row in pool.map(one, pairs):
             rows.append(row)
+            rows.sort(key=lambda r: (MODELS.index(r["model"]), r["ticks"]))
             (args.out / "results.json").write_text(json.dumps(
                 {"machine": platform.platform(), "processor": platform.processor(), "jobs": args.jobs,
                  "rows": rows}, indent=2))
-    rows.sort(key=lambda r: (MODELS.index(r["model"]), r["ticks"]))
     text = table(rows)
     (args.out / "results.md").write_text(text + "\n")
     print(text)

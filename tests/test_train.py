@@ -387,7 +387,7 @@ def test_presets_carry_their_model_and_task(synthetic, tmp_path, capsys):
     assert tr.make_model_config("seed") == tr.make_model_config("tutorial") == ctm.CTMConfig()
     default = tr.make_model_config("default")
     assert (default.positional_embedding, default.d_input, default.heads, default.iterations) == \
-        ("learnable-fourier", 64, 4, 10)
+        ("learnable-fourier", 64, 4, 5)
     assert tr.make_model_config("default", iterations=7, heads=None).iterations == 7
     assert tr.make_train_config("default").augment and not tr.make_train_config("tutorial").augment
     with pytest.raises(ValueError, match="unknown preset 'best'; choose one of"):
@@ -398,9 +398,30 @@ def test_presets_carry_their_model_and_task(synthetic, tmp_path, capsys):
                    "--eval-every", "2", "--d-model", "24", "--no-progress", "--threads", "1") == 0
     recorded = json.loads((out / "config.json").read_text())["model"]
     assert recorded["positional_embedding"] == "learnable-fourier" and recorded["d_model"] == 24
-    assert recorded["iterations"] == 10
+    assert recorded["iterations"] == 5
     # A preset is for one task.
     capsys.readouterr()
     assert main(["train", "--task", "parity", "--preset", "default", "--out", str(tmp_path / "p")]) == 2
     assert "--preset default is a recipe for the image task, not for parity; leave --preset out for parity's " \
            "own (parity)" in capsys.readouterr().err
+
+
+def test_bf16_training_runs_the_backbone_in_bfloat16_and_records_it(synthetic, tmp_path, monkeypatch):
+    # The backbone's first convolution sees bfloat16 under --bf16 (autocast), float32 without; the run records it.
+    seen = []
+    original = torch.nn.Conv2d._conv_forward
+
+    def spy(self, x, weight, bias):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype)
+        return original(self, x, weight, bias)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "_conv_forward", spy)
+    for flag, name in (("--bf16", "bf16"), ("--no-bf16", "fp32")):
+        seen.clear()
+        out = tmp_path / name
+        assert run_cli("train", "--data-dir", synthetic, "--out", out, "--steps", "3", "--batch-size", "16",
+                       "--eval-every", "3", "--no-progress", "--threads", "1", flag, *TINY_FLAGS) == 0
+        assert json.loads((out / "config.json").read_text())["train"]["bf16"] is (flag == "--bf16")
+        trained = [d for d in seen[:2]]  # the first training step's two convolutions
+        assert trained == [torch.bfloat16 if flag == "--bf16" else torch.float32] * 2
+        assert all(torch.isfinite(t).all() for t in weights(out).values())

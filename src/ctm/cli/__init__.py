@@ -51,11 +51,13 @@ EXAMPLES = {
     "train": """examples:
   ctm train                                  # MNIST with the default recipe, into runs/mnist-<time>
   ctm train --dataset fashion-mnist --steps 8000 --out runs/fashion
-  ctm train --preset seed                    # the tutorial's recipe exactly
+  ctm train --preset seed                    # the tutorial's model and recipe exactly
+  ctm train --preset tutorial                # the tutorial's model, the best recipe we found for it
   ctm train --dataset folder:~/pictures/shapes --image-size 32   # your images: one subfolder per class
   ctm train --resume runs/fashion --steps 10000
   ctm train --task parity                    # cumulative parity of +-1 sequences of length 16
   ctm train --task parity --length 8 --ticks 20 --steps 2000
+  ctm train --task parity --model lstm       # the paper's LSTM baseline, as many parameters as the CTM
   torchrun --nproc-per-node 2 -m ctm train --batch-size 256""",
     "eval": """examples:
   ctm eval runs/mnist-20261129-101500

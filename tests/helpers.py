@@ -73,3 +73,15 @@ def make_shapes(root: Path, n: int = 60, colour: bool = True, seed: int = 0, sha
                 im = im.convert("P") if colour else im.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
             im.save(root / shape / f"{i:04d}{ext}")
     return root
+
+
+def cli_error(capsys, *args) -> str:
+    """The one line `ctm ARGS` prints when it refuses them with exit code 2 (and no traceback)."""
+    from ctm.cli import main
+
+    rc = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert rc == 2, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    return lines[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import KINDS, SHAPES, TINY, TINY_FLAGS, draw, make_shapes
+from helpers import KINDS, SHAPES, TINY, TINY_FLAGS, cli_error, draw, make_shapes
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -24,15 +24,6 @@ from ctm.idx import DataError
 
 def run_cli(*args) -> int:
     return main([str(a) for a in args])
-
-
-def cli_error(capsys, *args) -> str:
-    rc = run_cli(*args)
-    captured = capsys.readouterr()
-    assert rc == 2, captured
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    return lines[0]
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, TINY_FLAGS, make_synthetic
+from helpers import TINY, TINY_FLAGS, cli_error, make_synthetic
 from safetensors.torch import load_file
 
 import ctm
@@ -96,7 +96,7 @@ def test_tiny_ctm_learns_synthetic_task_through_cli(synthetic, tmp_path, capsys)
     with Image.open(tmp_path / "t.gif") as gif:
         assert gif.n_frames == 4
     capsys.readouterr()
-    assert "index 5000 out of range" in _cli_error(capsys, "viz", out, "--data-dir", synthetic, "--index", "5000")
+    assert "index 5000 out of range" in cli_error(capsys, "viz", out, "--data-dir", synthetic, "--index", "5000")
 
 
 @pytest.mark.parametrize("augment", [False, True])
@@ -219,43 +219,34 @@ def test_tick_loss_weight_adds_the_mean_cross_entropy_over_ticks(synthetic):
                                rtol=1e-4, atol=1e-6)
 
 
-def _cli_error(capsys, *args) -> str:
-    rc = run_cli(*args)
-    captured = capsys.readouterr()
-    assert rc == 2, captured
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    return lines[0]
-
-
 def test_cli_errors(synthetic, tmp_path, capsys):
-    assert "unknown dataset 'cifar'" in _cli_error(capsys, "train", "--dataset", "cifar", "--out", tmp_path / "x")
-    assert "--n-synch-out (500) must not exceed d_model (128)" in _cli_error(
+    assert "unknown dataset 'cifar'" in cli_error(capsys, "train", "--dataset", "cifar", "--out", tmp_path / "x")
+    assert "--n-synch-out (500) must not exceed d_model (128)" in cli_error(
         capsys, "train", "--data-dir", synthetic, "--n-synch-out", "500", "--out", tmp_path / "x")
-    assert "does not exist" in _cli_error(capsys, "train", "--resume", tmp_path / "nope")
+    assert "does not exist" in cli_error(capsys, "train", "--resume", tmp_path / "nope")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("hi")
-    assert "not a ctm run directory" in _cli_error(capsys, "train", "--resume", tmp_path / "foreign")
-    assert "not a ctm run directory" in _cli_error(capsys, "eval", tmp_path / "foreign")
+    assert "not a ctm run directory" in cli_error(capsys, "train", "--resume", tmp_path / "foreign")
+    assert "not a ctm run directory" in cli_error(capsys, "eval", tmp_path / "foreign")
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert str(empty) in _cli_error(capsys, "train", "--data-dir", empty, "--out", tmp_path / "x")
+    assert str(empty) in cli_error(capsys, "train", "--data-dir", empty, "--out", tmp_path / "x")
 
     run = tmp_path / "run"
     assert run_cli("train", "--data-dir", synthetic, "--out", run, "--steps", "4", "--batch-size", "32",
                    "--eval-every", "4", "--no-progress", *TINY_FLAGS) == 0
     capsys.readouterr()
-    assert "cannot resume with --d-model=64: the run was trained with d_model=24" in _cli_error(
+    assert "cannot resume with --d-model=64: the run was trained with d_model=24" in cli_error(
         capsys, "train", "--resume", run, "--d-model", "64", "--steps", "8")
-    assert "cannot resume with --lr=1.0: the run uses lr=0.004; only --steps and --eval-every may change" in _cli_error(
+    assert "cannot resume with --lr=1.0: the run uses lr=0.004; only --steps and --eval-every may change" in cli_error(
         capsys, "train", "--resume", run, "--lr", "1", "--steps", "8")
-    assert "already ran 4 of 4 steps" in _cli_error(capsys, "train", "--resume", run, "--data-dir", synthetic)
-    assert "already holds a run" in _cli_error(capsys, "train", "--data-dir", synthetic, "--out", run,
+    assert "already ran 4 of 4 steps" in cli_error(capsys, "train", "--resume", run, "--data-dir", synthetic)
+    assert "already holds a run" in cli_error(capsys, "train", "--data-dir", synthetic, "--out", run,
                                                *TINY_FLAGS)
     in_checkpoint(run, ckpt.MODEL_FILE).unlink()
-    assert "model.safetensors" in _cli_error(capsys, "eval", run, "--data-dir", synthetic)
+    assert "model.safetensors" in cli_error(capsys, "eval", run, "--data-dir", synthetic)
     (run / ckpt.POINTER_FILE).unlink()
-    assert "has no checkpoint yet" in _cli_error(capsys, "eval", run, "--data-dir", synthetic)
+    assert "has no checkpoint yet" in cli_error(capsys, "eval", run, "--data-dir", synthetic)
 
 
 def test_cli_errors_leave_what_is_written_as_it_was(synthetic, tmp_path, capsys):
@@ -270,31 +261,31 @@ def test_cli_errors_leave_what_is_written_as_it_was(synthetic, tmp_path, capsys)
     # A resume that fails does not rewrite config.json (its steps stay 4).
     state = in_checkpoint(run, ckpt.STATE_FILE).read_bytes()
     in_checkpoint(run, ckpt.STATE_FILE).write_bytes(b"garbage")
-    line = _cli_error(capsys, "train", "--resume", run, "--steps", "8", "--data-dir", synthetic)
+    line = cli_error(capsys, "train", "--resume", run, "--steps", "8", "--data-dir", synthetic)
     assert "trainer_state.pt is corrupt or not a ctm trainer state" in line and "weights_only" not in line
     in_checkpoint(run, ckpt.STATE_FILE).write_bytes(state)
-    assert "already ran 4 of 2 steps" in _cli_error(capsys, "train", "--resume", run, "--steps", "2",
+    assert "already ran 4 of 2 steps" in cli_error(capsys, "train", "--resume", run, "--steps", "2",
                                                     "--data-dir", synthetic)
     # viz never writes over the run's files; a file given as the run is named as such.
-    assert "must end in .gif" in _cli_error(capsys, "viz", run, "--out", run / ckpt.MODEL_FILE,
+    assert "must end in .gif" in cli_error(capsys, "viz", run, "--out", run / ckpt.MODEL_FILE,
                                             "--data-dir", synthetic)
-    assert "is a file" in _cli_error(capsys, "eval", run / ckpt.CONFIG_FILE)
+    assert "is a file" in cli_error(capsys, "eval", run / ckpt.CONFIG_FILE)
     # New runs never write into a folder holding other files, or over a file.
-    assert "already holds a run" in _cli_error(capsys, "train", "--data-dir", synthetic, "--out", run)
+    assert "already holds a run" in cli_error(capsys, "train", "--data-dir", synthetic, "--out", run)
     assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
 
     other = tmp_path / "other"
     other.mkdir()
     (other / "metrics.jsonl").write_text("mine\n")
-    assert "is not empty" in _cli_error(capsys, "train", "--data-dir", synthetic, "--out", other, *TINY_FLAGS)
+    assert "is not empty" in cli_error(capsys, "train", "--data-dir", synthetic, "--out", other, *TINY_FLAGS)
     assert (other / "metrics.jsonl").read_text() == "mine\n"
-    assert "is a file" in _cli_error(capsys, "train", "--data-dir", synthetic, "--out", other / "metrics.jsonl")
+    assert "is a file" in cli_error(capsys, "train", "--data-dir", synthetic, "--out", other / "metrics.jsonl")
 
     # A config.json edited to other sizes is named, not a size-mismatch traceback.
     payload = json.loads((run / ckpt.CONFIG_FILE).read_text())
     payload["model"]["d_model"] += 8
     (run / ckpt.CONFIG_FILE).write_text(json.dumps(payload))
-    assert "does not match the sizes in config.json" in _cli_error(capsys, "eval", run, "--data-dir", synthetic)
+    assert "does not match the sizes in config.json" in cli_error(capsys, "eval", run, "--data-dir", synthetic)
 
 
 def test_cli_reuses_a_folder_left_by_a_start_that_failed_before_its_first_checkpoint(synthetic, tmp_path,
@@ -324,7 +315,7 @@ def test_resume_eval_and_viz_use_the_data_dir_the_run_was_trained_on(tmp_path, c
     capsys.readouterr()
     data.rename(tmp_path / "moved")
     for argv in (["eval", run], ["viz", run], ["train", "--resume", run, "--steps", "4"]):
-        assert "which is gone; pass --data-dir" in _cli_error(capsys, *argv)
+        assert "which is gone; pass --data-dir" in cli_error(capsys, *argv)
     assert run_cli("eval", run, "--json", "--data-dir", tmp_path / "moved") == 0
 
 
@@ -335,9 +326,9 @@ def test_cli_flag_errors_are_one_line(capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"ctm {argv[0]}: error:") and "--help" in err[0], err
-    assert "--threads 100000 is far more" in _cli_error(capsys, "train", "--threads", "100000")
-    assert "--dist-timeout must be a positive" in _cli_error(capsys, "train", "--dist-timeout", "0")
-    assert "--fps must be between" in _cli_error(capsys, "viz", "nowhere", "--fps", "0.001")
+    assert "--threads 100000 is far more" in cli_error(capsys, "train", "--threads", "100000")
+    assert "--dist-timeout must be a positive" in cli_error(capsys, "train", "--dist-timeout", "0")
+    assert "--fps must be between" in cli_error(capsys, "viz", "nowhere", "--fps", "0.001")
 
 
 def test_ctm_bench_takes_the_benchmark_flags(capsys):
@@ -345,8 +336,8 @@ def test_ctm_bench_takes_the_benchmark_flags(capsys):
                    "--no-check", "--json") == 0
     result = json.loads(capsys.readouterr().out)
     assert [r["batch"] for r in result["results"]] and {r["batch"] for r in result["results"]} == {2}
-    assert "positive integers" in _cli_error(capsys, "bench", "--batch-sizes", "-4")
-    assert "--repeats must be at least 1" in _cli_error(capsys, "bench", "--repeats", "0")
+    assert "positive integers" in cli_error(capsys, "bench", "--batch-sizes", "-4")
+    assert "--repeats must be at least 1" in cli_error(capsys, "bench", "--repeats", "0")
 
 
 def test_cli_subprocess_exit_code_and_help(tmp_path):

@@ -103,16 +103,13 @@ def _preset_defaults(cls: type, part: str) -> dict[str, str]:
     then the other image presets' where they differ ("10; --preset tutorial, seed: 30")."""
     from ..train import PRESETS
 
-    def value(preset: str, name: str):
-        return getattr(cls(**getattr(PRESETS[preset], part)) if part == "model" else
-                       cls.from_dict({**getattr(PRESETS[preset], part)}), name)
-
-    others = [n for n, p in PRESETS.items() if n != "default" and p.task == PRESETS["default"].task]
+    image = [n for n, p in PRESETS.items() if p.task == PRESETS["default"].task]
+    configs = {n: cls.from_dict(dict(getattr(PRESETS[n], part))) for n in image}
     texts = {}
     for f in dataclasses.fields(cls):
-        base, differ = value("default", f.name), {}
-        for name in others:
-            v = value(name, f.name)
+        base, differ = getattr(configs["default"], f.name), {}
+        for name in (n for n in image if n != "default"):
+            v = getattr(configs[name], f.name)
             if v != base:
                 differ.setdefault(shown(v), []).append(name)
         if shown(base) or differ:  # an empty default (e.g. --image-size's) is explained by its help

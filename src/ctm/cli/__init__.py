@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
+from .._malloc import retain_freed_memory
 from .._signals import Interrupted, raise_on_stop_signals, restore
 from .config_flags import add_config_flags, given, shown, with_flag_names
 
@@ -900,6 +901,7 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "predict": cmd
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    retain_freed_memory()  # steps reuse their pages instead of faulting them in again (ctm._malloc)
     if argv[:1] == ["bench"]:  # the benchmark parses its own flags (the same as benchmarks/speed.py)
         from .bench import main as bench_main
 

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from .. import engine
+from .._malloc import retain_freed_memory, retained_memory
 from ..bench import (
     format_table,
     make_step,
@@ -470,7 +471,8 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs",
+        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs"
+                   + (", freed memory retained (ctm._malloc)" if retained_memory() else ""),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "seed_reference": str(seed_path) if seed_path else None,
         "official_reference": str(find_official_reference(opts.official_path)) if "official" in models else None,
@@ -558,6 +560,7 @@ BENCH_EXAMPLES = """examples:
 def main(argv: Sequence[str] | None = None, prog: str = "ctm bench") -> int:
     """Run the benchmark command; returns the exit code (2 and one line on stderr for a user error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    retain_freed_memory()  # as `ctm` does for every command (ctm._malloc); CTM_MALLOPT=0: without
     if argv[:1] == ["--memory-child"]:
         _memory_child(argv[1])
         return 0

@@ -13,7 +13,7 @@ from ctm.idx import write_idx
 # tutorial's architecture at tiny sizes), and no augmentation (as the tutorial's recipe).
 TINY_FLAGS = ["--ticks", "4", "--d-model", "24", "--d-input", "16", "--memory-length", "4", "--n-synch-out", "8",
               "--n-synch-action", "8", "--memory-hidden-dims", "4", "--heads", "1", "--positional-embedding", "none",
-              "--no-augment"]
+              "--backbone", "tutorial", "--no-augment"]
 TINY = ctm.CTMConfig(iterations=4, d_model=24, d_input=16, memory_length=4, n_synch_out=8, n_synch_action=8,
                      memory_hidden_dims=4)
 

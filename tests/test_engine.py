@@ -35,6 +35,9 @@ CONFIGS = {
         iterations=4, d_model=19, d_input=8, memory_length=3, heads=1, n_synch_out=5, n_synch_action=4,
         memory_hidden_dims=2, out_dims=6, out_positions=2, positional_embedding="custom-rotational",
         nlm_temperature=True), 2, (12, 12)),
+    "s2d-fourier": (ctm.CTMConfig(iterations=3, d_model=20, d_input=8, memory_length=4, heads=2, n_synch_out=5,
+                                  n_synch_action=4, memory_hidden_dims=3, out_dims=5, in_channels=2,
+                                  backbone="tutorial-s2d", positional_embedding="learnable-fourier"), 3, (14, 10)),
 }
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -265,17 +268,24 @@ def test_layer_norm_backward_formula():
     torch.testing.assert_close(engine._layer_norm_backward(dy, g.detach(), mean, rstd, gamma), expected)
 
 
-def test_engine_backbone_matches_the_plain_backbone():
+@pytest.mark.parametrize("backbone, hw, grid", [("tutorial", (15, 17), (3, 4)), ("tutorial-s2d", (16, 22), (4, 5))])
+def test_engine_backbone_matches_the_plain_backbone(backbone, hw, grid):
     """The engine's inference backbone (BatchNorm folded, chunked, pooling by maxima) against model.backbone."""
-    cfg = ctm.CTMConfig(iterations=2, d_input=8)
+    cfg = ctm.CTMConfig(iterations=2, d_input=8, backbone=backbone)
     model = ctm.CTM(cfg).eval()
     with torch.no_grad():
-        for bn in (model.backbone[1], model.backbone[5]):
+        for bn in engine._batch_norms(model.backbone):
             bn.running_mean.uniform_(-0.5, 0.5)
             bn.running_var.uniform_(0.5, 2.0)
-    x = torch.rand(engine.INFERENCE_CHUNK + 5, 1, 15, 17)  # more than one chunk, odd sizes
+    x = torch.rand(engine.INFERENCE_CHUNK + 5, 1, *hw)  # more than one chunk, odd sizes
     with torch.no_grad():
-        fast, grid = engine.features(model, x)
+        fast, grid_fast = engine.features(model, x)
         plain, grid_plain = model.compute_features(x)
-    assert grid == grid_plain == (3, 4)
+    assert grid_fast == grid_plain == grid
     torch.testing.assert_close(fast, plain, **TOL)
+
+
+def test_s2d_backbone_refuses_odd_images():
+    model = ctm.CTM(ctm.CTMConfig(iterations=2, d_input=8, backbone="tutorial-s2d"))
+    with pytest.raises(ValueError, match="even height and width, got 15x16"):
+        model(torch.rand(2, 1, 15, 16))

@@ -60,8 +60,9 @@ def small(argv: list[str]) -> list[str]:
             argv[argv.index("--steps") + 1] = "6"
         return argv
     if "--task" in argv and argv[argv.index("--task") + 1] == "parity":  # its task fixes the token encoder
-        i = SMALL_TRAIN.index("--positional-embedding")
-        return [*argv, *(a for a in SMALL_TRAIN[:i] + SMALL_TRAIN[i + 2:] if a != "--no-augment")]
+        image_flags = {"--positional-embedding", "--backbone"}  # flags with a value the parity task sets
+        drop = {i + k for i, a in enumerate(SMALL_TRAIN) if a in image_flags for k in (0, 1)}
+        return [*argv, *(a for i, a in enumerate(SMALL_TRAIN) if i not in drop and a != "--no-augment")]
     return [*argv, *SMALL_TRAIN]
 
 

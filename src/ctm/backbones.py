@@ -4,6 +4,10 @@ Each takes the input batch and returns features (B, d_backbone, *grid), with d_b
 `CTMConfig.d_backbone`: an image grid (H', W') or a sequence (L,). `build_backbone(config)` picks one:
 
 * `tutorial`: the seed tutorial's two conv-BatchNorm-ReLU-maxpool blocks (the fast engine's backbone);
+* `tutorial-s2d`: each 2x2 patch of pixels stacked into channels (space-to-depth), then the tutorial's two
+  blocks at that half resolution, pooling only after the second: the same (H/4, W/4) grid as `tutorial`, with
+  the first block at a quarter of the positions (a training step of its backbone takes 40 instead of 74 ms at
+  batch 128 and width 64, 2 threads);
 * `resnet<depth>-<stages>`: a ResNet of depth 18, 34, 50, 101 or 152 cut after 1..4 stages, with a 3x3 stem
   (stride 1) and a 1x1 convolution in front that maps the input's channels to 3, as the official CTM has it;
 * `shallow-wide`: one strided and one grouped 3x3 convolution, each with a GLU and BatchNorm, 2048 wide;
@@ -28,6 +32,13 @@ def build_backbone(c: CTMConfig) -> nn.Module:
         return nn.Sequential(
             nn.Conv2d(c.in_channels, c.d_input, kernel_size=3, padding=1), nn.BatchNorm2d(c.d_input), nn.ReLU(),
             nn.MaxPool2d(2, 2),
+            nn.Conv2d(c.d_input, c.d_input, kernel_size=3, padding=1), nn.BatchNorm2d(c.d_input), nn.ReLU(),
+            nn.MaxPool2d(2, 2),
+        )
+    if c.backbone == "tutorial-s2d":
+        return nn.Sequential(
+            nn.PixelUnshuffle(2),  # (B, C, H, W) -> (B, 4C, H/2, W/2)
+            nn.Conv2d(4 * c.in_channels, c.d_input, kernel_size=3, padding=1), nn.BatchNorm2d(c.d_input), nn.ReLU(),
             nn.Conv2d(c.d_input, c.d_input, kernel_size=3, padding=1), nn.BatchNorm2d(c.d_input), nn.ReLU(),
             nn.MaxPool2d(2, 2),
         )

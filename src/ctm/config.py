@@ -59,7 +59,8 @@ def check_fields(config: Any) -> None:
             raise ValueError(f"{type(config).__name__}.{f.name} {problem}")
 
 
-BACKBONES = ("tutorial", *(f"resnet{depth}-{stages}" for depth in (18, 34, 50, 101, 152) for stages in (1, 2, 3, 4)),
+BACKBONES = ("tutorial", "tutorial-s2d",
+             *(f"resnet{depth}-{stages}" for depth in (18, 34, 50, 101, 152) for stages in (1, 2, 3, 4)),
              "shallow-wide", "parity", "none")
 POSITIONAL_EMBEDDINGS = ("none", "learnable-fourier", "multi-learnable-fourier", "custom-rotational",
                          "custom-rotational-1d")
@@ -90,7 +91,8 @@ class CTMConfig:
     in_channels: int = option(1, "channels of the input images; training takes it from the data", min=1)
     # The official implementation's options (README "The official CTM's options and weights"); the defaults
     # are the tutorial's (`tutorial_options`). The fast engine runs most of them (`engine.covers`).
-    backbone: str = option("tutorial", "input backbone: the tutorial's two conv blocks, a truncated ResNet "
+    backbone: str = option("tutorial", "input backbone: the tutorial's two conv blocks, tutorial-s2d (the same "
+                           "at half resolution after a 2x2 space-to-depth), a truncated ResNet "
                            "(resnet<depth>-<stages>), shallow-wide, parity (an embedding of a +-1 sequence) "
                            "or none (the input's channels are the features)", choices=BACKBONES)
     positional_embedding: str = option("none", "positional embedding added to the backbone's features",
@@ -184,7 +186,7 @@ class CTMConfig:
         if self.backbone.startswith("resnet"):
             depth, stages = self.backbone[len("resnet"):].split("-")
             return (64 if depth in ("18", "34") else 256) * 2 ** (int(stages) - 1)
-        return {"tutorial": self.d_input, "parity": self.d_input, "shallow-wide": 2048,
+        return {"tutorial": self.d_input, "tutorial-s2d": self.d_input, "parity": self.d_input, "shallow-wide": 2048,
                 "none": self.in_channels}[self.backbone]
 
     def to_dict(self) -> dict[str, Any]:

@@ -324,6 +324,20 @@ def _backward_buffers(s: Sizes, like: Tensor) -> dict[str, Tensor]:
     }
 
 
+def _native(p: TickParams):
+    """The C++ tick loops (`ctm.native`) when they apply: CPU tensors of float32 or float64."""
+    if p.kT.device.type != "cpu" or p.kT.dtype not in (torch.float32, torch.float64):
+        return None
+    from . import native
+
+    return native.ops()
+
+
+def _pairs_arg(pairs: Tensor | None, like: Tensor) -> Tensor:
+    """The action pairs for the C++ loops: empty for first-last."""
+    return like.new_empty(0, dtype=torch.long) if pairs is None else pairs
+
+
 def _per_tick(*tensors: Tensor) -> list[tuple[Tensor, ...]]:
     """[(a[t], b[t], ...) for each tick t]: the views of one tick, made once up front."""
     return list(zip(*(x.unbind(0) for x in tensors), strict=True))
@@ -340,6 +354,11 @@ def tick_loop(p: TickParams, s: Sizes, eps: float, saved: dict[str, Tensor] | No
     Z[0] = p.z0.unsqueeze(-1)
     pre_out = seq[:, M:].permute(1, 2, 0).unbind(0)  # (B, D) slot of each tick's pre-activation
     z_out = Z[1:].unsqueeze(2).unbind(0)  # (D, 1, B)
+    native = _native(p) if saved is not None else None
+    if native is not None:  # the same loop in C++ (ctm/csrc/ticks.cpp)
+        native.tick_loop_train(list(p[:14]), [saved[k] for k in TickSlots._fields], _pairs_arg(pairs, p.kT), Z, seq,
+                               eps)
+        return Z, seq
     slots = [None] * T if saved is None else [TickSlots(*x) for x in _per_tick(*(saved[k] for k in TickSlots._fields))]
     alpha = p.kT.new_zeros(B, s.K)
     for t in range(T):
@@ -364,15 +383,55 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
     # at the end. Pairs: the products' factors, z_left and z_right of each tick (T, B, P).
     if pairs is None:
         na = math.isqrt(K)
-        A2, half = (2 * p.A).unbind(0), 0.5
+        A2, half = 2 * p.A, 0.5
         factors = Z[:T, D - na:].transpose(1, 2).unsqueeze(3)  # (T, B, na, 1)
     else:
-        A2, half = p.A.unbind(0), 1.0
+        A2, half = p.A, 1.0
         factors = Z[:T].index_select(1, pairs.view(-1)).view(T, 2, -1, B).permute(0, 1, 3, 2)  # (T, 2, B, P)
-    vT, kTT = p.v.transpose(1, 2), p.kT.transpose(1, 2)
     dseq = buf["dseq"].zero_()
     dW1 = p.W1.new_zeros(D, M, 2 * H)
     dh1s, dh2s, dlins, dqs, dss, dos, daccs = (buf[k] for k in ("dh1", "dh2", "dlin", "dq", "ds", "do", "dacc"))
+    native = _native(p)
+    if native is not None:  # the same loop in C++ (ctm/csrc/ticks.cpp)
+        dz = native.tick_loop_backward(
+            [saved[k] for k in ("h2", "h1", "g", "mean", "rstd", "lin", "w")],
+            [p.v, p.kT, A2, p.r, p.Wz, p.Wo, p.gamma, W1t, W2t], [dh2s, dh1s, dlins, dqs, dss, dos, daccs],
+            _pairs_arg(pairs, p.kT), dZ.transpose(1, 2), factors, seq, dseq, dW1)
+    else:
+        dz = _tick_backward_loop(p, s, seq, saved, A2, factors, dZ, dseq, dW1, W1t, W2t,
+                                 (dh2s, dh1s, dlins, dqs, dss, dos, daccs), pairs)
+    dlin_all = dlins.view(T * B, 2 * D)
+    d_Wz = dlin_all.t() @ Z[:T].transpose(1, 2).reshape(T * B, D)
+    d_Wo = dlin_all.t() @ saved["o"].view(T * B, d)
+    d_bs = dlin_all.sum(0)
+    dpre_all = dseq[:, M:].permute(1, 2, 0)  # (T, B, D)
+    xhat = (saved["g"] - saved["mean"]) * saved["rstd"]
+    d_gamma, d_beta = (dpre_all * xhat).sum((0, 1)), dpre_all.sum((0, 1))
+    Bh = B * heads
+    d_kT = torch.bmm(saved["q"].view(T, Bh, dh).permute(1, 2, 0), dss.view(T, Bh, N).transpose(0, 1))
+    d_v = torch.bmm(saved["w"].view(T, Bh, N).permute(1, 2, 0), dos.view(T, Bh, dh).transpose(0, 1))
+    d_A = torch.bmm(dqs.transpose(1, 2), saved["alpha"])
+    d_cq = dqs.sum((0, 1))
+    d_r = (saved["alpha"][:-1] * daccs[1:]).sum((0, 1)) * half
+    d_b1 = dh1s.sum(-1, keepdim=True).sum(0)
+    d_W2 = torch.bmm(dh2s.view(T * D, 2, B), saved["u"].view(T * D, H, B).transpose(1, 2)).view(T, D, 2, H).sum(0)
+    d_b2 = dh2s.sum(-1, keepdim=True).sum(0)
+    d_z0 = dz.sum(0)
+    d_trace0 = dseq[:, :M].sum(-1)
+    return (d_kT, d_v, d_A, d_cq, d_r, d_Wz, d_Wo, d_bs, d_gamma, d_beta, dW1.transpose(1, 2), d_b1, d_W2, d_b2,
+            d_z0, d_trace0)
+
+
+def _tick_backward_loop(p: TickParams, s: Sizes, seq: Tensor, saved: dict[str, Tensor], A2: Tensor, factors: Tensor,
+                        dZ: Tensor, dseq: Tensor, dW1: Tensor, W1t: Tensor, W2t: Tensor, grads: tuple[Tensor, ...],
+                        pairs: Tensor | None) -> Tensor:
+    """The reversed loop of `_tick_backward` (its C++ twin: `tick_loop_backward` in ctm/csrc/ticks.cpp):
+    fills the per-tick gradient buffers, dseq and dW1; returns the gradient of z_0 per row (B, D)."""
+    T, D, M, H, B, heads, dh, N, K = s
+    na = math.isqrt(K)
+    dh2s, dh1s, dlins, dqs, dss, dos, daccs = grads
+    A2 = A2.unbind(0)
+    vT, kTT = p.v.transpose(1, 2), p.kT.transpose(1, 2)
     ticks = _per_tick(saved["h2"], saved["h1"].view(T, D, 2, H, B), saved["g"], saved["mean"], saved["rstd"],
                       saved["lin"], saved["w"], dh2s, dh1s.view(T, D, 2, H, B), dlins.view(T, B, 2, D), dqs, dss,
                       dos, daccs, dZ.transpose(1, 2), factors)
@@ -409,27 +468,7 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
             dz[:, D - na:] += torch.bmm(dacc.view(B, na, na), zf).view(B, na)
         else:
             dz.index_add_(1, pairs[0], dacc * zf[1]).index_add_(1, pairs[1], dacc * zf[0])
-
-    dlin_all = dlins.view(T * B, 2 * D)
-    d_Wz = dlin_all.t() @ Z[:T].transpose(1, 2).reshape(T * B, D)
-    d_Wo = dlin_all.t() @ saved["o"].view(T * B, d)
-    d_bs = dlin_all.sum(0)
-    dpre_all = dseq[:, M:].permute(1, 2, 0)  # (T, B, D)
-    xhat = (saved["g"] - saved["mean"]) * saved["rstd"]
-    d_gamma, d_beta = (dpre_all * xhat).sum((0, 1)), dpre_all.sum((0, 1))
-    Bh = B * heads
-    d_kT = torch.bmm(saved["q"].view(T, Bh, dh).permute(1, 2, 0), dss.view(T, Bh, N).transpose(0, 1))
-    d_v = torch.bmm(saved["w"].view(T, Bh, N).permute(1, 2, 0), dos.view(T, Bh, dh).transpose(0, 1))
-    d_A = torch.bmm(dqs.transpose(1, 2), saved["alpha"])
-    d_cq = dqs.sum((0, 1))
-    d_r = (saved["alpha"][:-1] * daccs[1:]).sum((0, 1)) * half
-    d_b1 = dh1s.sum(-1, keepdim=True).sum(0)
-    d_W2 = torch.bmm(dh2s.view(T * D, 2, B), saved["u"].view(T * D, H, B).transpose(1, 2)).view(T, D, 2, H).sum(0)
-    d_b2 = dh2s.sum(-1, keepdim=True).sum(0)
-    d_z0 = dz.sum(0)
-    d_trace0 = dseq[:, :M].sum(-1)
-    return (d_kT, d_v, d_A, d_cq, d_r, d_Wz, d_Wo, d_bs, d_gamma, d_beta, dW1.transpose(1, 2), d_b1, d_W2, d_b2,
-            d_z0, d_trace0)
+    return dz
 
 
 class _TickFunction(torch.autograd.Function):
@@ -512,36 +551,50 @@ def readout(model: ContinuousThoughtMachine, Zs: Tensor, rate_out: Tensor) -> tu
 def input_tokens(model: ContinuousThoughtMachine, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
     """The key/value tokens (B, N, d_input) and their grid: the fast tutorial backbone (`features`) for the
     tutorial's backbone, else the model's own input encoder with plain autograd (`compute_features`)."""
-    if model.config.backbone == "tutorial":
+    if model.config.backbone in ("tutorial", "tutorial-s2d"):
         return features(model, x)
     return model.compute_features(x)
 
 
 
 def features(model: ContinuousThoughtMachine, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-    """`model.compute_features` for the tutorial's backbone, fast: (B, C, H, W) images -> (B, N, d_input)
+    """`model.compute_features` for the tutorial's backbones, fast: (B, C, H, W) images -> (B, N, d_input)
     tokens and the grid (H', W')."""
     bb = model.backbone
+    s2d = model.config.backbone == "tutorial-s2d"
+    if s2d:
+        x = F.pixel_unshuffle(x, 2)
     h = x.to(memory_format=torch.channels_last)
-    independent = not any(bn.training or bn.running_mean is None for bn in (bb[1], bb[5]))
+    run = _backbone_s2d if s2d else _backbone
+    independent = not any(bn.training or bn.running_mean is None for bn in _batch_norms(bb))
     if torch.is_grad_enabled() or not independent or h.device.type != "cpu":
-        feats = _backbone(bb, h, bb[3])
+        feats = run(bb, h, F.max_pool2d)
     else:
         # CPU inference with BatchNorm on running statistics: every image is independent, so the backbone
         # runs in chunks whose activations stay in cache, pooling by elementwise maxima of strided views
         # (max_pool2d also computes the indices only its backward needs).
-        feats = torch.cat([_backbone(bb, c, _max_pool_2x2) for c in h.split(INFERENCE_CHUNK)])
+        feats = torch.cat([run(bb, c, _max_pool_2x2) for c in h.split(INFERENCE_CHUNK)])
     if model.positional_embedding is not None:
         feats = feats + model.positional_embedding(feats)
     grid = (feats.shape[-2], feats.shape[-1])
     return model.kv_proj(feats.flatten(2).transpose(1, 2)), grid
 
 
+def _batch_norms(bb: nn.Sequential) -> list[nn.BatchNorm2d]:
+    return [m for m in bb if isinstance(m, nn.BatchNorm2d)]
+
+
 def _backbone(bb: nn.Sequential, h: Tensor, pool) -> Tensor:
     """(B, C, H, W) channels-last images -> (B, d_input, H', W') features: conv -> BN -> ReLU -> pool, twice,
     pooled before the ReLU (the two commute, and the ReLU then touches a quarter of the values)."""
-    h = F.relu(pool(_conv_bn(bb[0], bb[1], h)))
-    return F.relu(pool(_conv_bn(bb[4], bb[5], h)))
+    h = F.relu(pool(_conv_bn(bb[0], bb[1], h), 2))
+    return F.relu(pool(_conv_bn(bb[4], bb[5], h), 2))
+
+
+def _backbone_s2d(bb: nn.Sequential, h: Tensor, pool) -> Tensor:
+    """tutorial-s2d after its space-to-depth: (B, 4C, H/2, W/2) channels-last -> (B, d_input, H/4, W/4)."""
+    h = F.relu(_conv_bn(bb[1], bb[2], h))
+    return F.relu(pool(_conv_bn(bb[4], bb[5], h), 2))
 
 
 def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
@@ -559,7 +612,7 @@ def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
     return conv._conv_forward(x, w, shift)
 
 
-def _max_pool_2x2(x: Tensor) -> Tensor:
+def _max_pool_2x2(x: Tensor, _kernel: int = 2) -> Tensor:
     """max_pool2d(x, 2, 2) (odd last rows/columns dropped) as elementwise maxima: forward only."""
     x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
     rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])

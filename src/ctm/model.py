@@ -455,8 +455,11 @@ class ContinuousThoughtMachine(nn.Module):
                 f"expected {c} input channel(s) (CTMConfig.in_channels), got {ch} in shape {tuple(x.shape)}")
         if b < 1:
             raise ValueError("expected a batch of at least one image, got an empty batch")
-        if backbone == "tutorial" and (h < 4 or w < 4):
-            raise ValueError(f"images must be at least 4x4 (two 2x2 poolings), got {h}x{w}")
+        if backbone.startswith("tutorial") and (h < 4 or w < 4):
+            raise ValueError(f"images must be at least 4x4 (the {backbone} backbone halves them twice), got {h}x{w}")
+        if backbone == "tutorial-s2d" and (h % 2 or w % 2):
+            raise ValueError(f"the tutorial-s2d backbone stacks 2x2 pixels into channels: images need an even "
+                             f"height and width, got {h}x{w} (resize them, e.g. --image-size)")
         if not x.is_floating_point():
             raise ValueError(f"expected a floating-point image tensor, got {x.dtype} (use x.float() / 255)")
         return self._check_dtype(x)

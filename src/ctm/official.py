@@ -99,9 +99,9 @@ def official_arguments(config: CTMConfig) -> dict[str, Any]:
     """The official constructor's arguments for `config` (the reverse of `config_from_official`). The official
     model always has NLM temperatures, has no tutorial backbone, and takes its input channels from its first
     batch; ValueError for a config it cannot build."""
-    if config.backbone == "tutorial":
-        raise ValueError("the official implementation has no 'tutorial' backbone; choose a ResNet, shallow-wide, "
-                         "parity or none")
+    if config.backbone.startswith("tutorial"):
+        raise ValueError(f"the official implementation has no {config.backbone!r} backbone; choose a ResNet, "
+                         "shallow-wide, parity or none")
     a = {name: getattr(config, field) for name, field in OFFICIAL_ARGUMENTS.items()}
     a.update(backbone_type="parity_backbone" if config.backbone == "parity" else config.backbone,
              prediction_reshaper=[-1] if config.out_positions == 1 else

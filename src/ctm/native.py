@@ -1,0 +1,80 @@
+"""The fast engine's tick loops in C++ (`ctm/csrc/ticks.cpp`), built on first use.
+
+A training step of the tutorial's model at batch 64 runs ~40 ATen calls per tick; from Python each costs a
+few microseconds of interpreter and argument parsing on top of its kernel, which at the seed's sizes is
+about as long as the kernels of a tick. `ticks.cpp` makes the same calls in the same order from C++
+(tests/test_engine.py holds it to the Python loops), entered once per forward and once per backward.
+
+It is compiled with torch's C++ extension builder (a C++ compiler and ninja are needed) into
+`$CTM_NATIVE_DIR` (default `~/.cache/ctm/native`), one folder per source, torch and Python version, once per
+machine (~1 minute); later processes load the built library in milliseconds. When it cannot be built, the
+engine runs its Python loops (the same results) and `ops()` warns once, naming the reason.
+`CTM_NATIVE=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SOURCE = Path(__file__).parent / "csrc" / "ticks.cpp"
+NAME = "ctm_native"
+
+_state: dict[str, Any] = {"tried": False, "ops": None, "error": None}
+
+
+def build_directory() -> Path:
+    """Where the library is built: one folder per source, torch and Python version."""
+    root = Path(os.environ.get("CTM_NATIVE_DIR") or Path.home() / ".cache" / "ctm" / "native")
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    tag = f"torch{torch.__version__.replace('+', '-')}-py{sys.version_info[0]}{sys.version_info[1]}-{digest}"
+    return root.expanduser() / tag
+
+
+def is_built() -> bool:
+    """Whether the library is built already (so `ops()` only loads it)."""
+    return (build_directory() / f"{NAME}.so").is_file()
+
+
+def enabled() -> bool:
+    return os.environ.get("CTM_NATIVE", "1") != "0"
+
+
+def ops() -> Any | None:
+    """`torch.ops.ctm_native` (tick_loop_train, tick_loop_backward), built or loaded on the first call; None
+    when turned off (CTM_NATIVE=0) or when it cannot be built (a warning names why, once)."""
+    if not enabled():
+        return None
+    if not _state["tried"]:
+        _state["tried"] = True
+        try:
+            from torch.utils.cpp_extension import load
+
+            folder = build_directory()
+            folder.mkdir(parents=True, exist_ok=True)
+            load(name=NAME, sources=[str(SOURCE)], extra_cflags=["-O3"], build_directory=str(folder),
+                 is_python_module=False, verbose=False)
+            _state["ops"] = torch.ops.ctm_native
+        except Exception as e:  # no compiler, no ninja, no headers, an unwritable folder: run the Python loops
+            _state["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            warnings.warn(f"ctm: the C++ tick loop could not be built ({_state['error']}); the Python loops run "
+                          f"instead (same results, slower). CTM_NATIVE=0 turns it off without this warning.",
+                          RuntimeWarning, stacklevel=2)
+    return _state["ops"]
+
+
+def status() -> str:
+    """One line for reports: whether the tick loops run in C++."""
+    if not enabled():
+        return "tick loops: Python (CTM_NATIVE=0)"
+    if _state["ops"] is not None:
+        return "tick loops: C++ (ctm/csrc/ticks.cpp)"
+    if _state["error"]:
+        return f"tick loops: Python (the C++ loop did not build: {_state['error']})"
+    return "tick loops: C++ once built (ctm/csrc/ticks.cpp)"

@@ -1,13 +1,16 @@
-"""The C++ tick loops (`ctm.native`, ctm/csrc/ticks.cpp) against the engine's Python loops: the same ATen calls
-in the same order, so the same outputs and gradients; and the fallback when the library cannot be built."""
+"""The C++ tick loops (`ctm.native`, ctm/csrc/ticks.cpp) against the engine's Python loops (the same computation;
+three steps summed in another order, so equal to rounding), a float64 gradcheck of the C++ backward, and the
+fallback when the library cannot be built."""
 
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
-from test_engine import _run, _twins
+from test_engine import TOL, _run, _twins
 
 import ctm
 from ctm import engine, native
@@ -41,20 +44,20 @@ def test_native_loops_match_the_python_loops(name, monkeypatch):
     with monkeypatch.context() as m:
         _python_loops(m)
         out_p, dx_p = _run(python, x, y)
-    exact = dict(rtol=0, atol=0)
     for a, b in zip(out_c, out_p, strict=True):
-        torch.testing.assert_close(a, b, **exact)
-    torch.testing.assert_close(dx_c, dx_p, **exact)
+        torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(dx_c, dx_p, **TOL)
     theirs = dict(python.named_parameters())
     for n, p in fast.named_parameters():
-        torch.testing.assert_close(p.grad, theirs[n].grad, **exact, msg=lambda msg, n=n: f"grad of {n}: {msg}")
+        torch.testing.assert_close(p.grad, theirs[n].grad, **TOL, msg=lambda msg, n=n: f"grad of {n}: {msg}")
 
 
-def test_native_backward_gradcheck_float64():
-    """gradcheck of the tick loop with both loops in C++ (float64), one accumulator per pair."""
+@pytest.mark.parametrize("selection", ["first-last", "random-pairing"])
+def test_native_backward_gradcheck_float64(selection):
+    """gradcheck of the tick loop with both loops in C++ (float64): the fused steps' derivatives too."""
     cfg = ctm.CTMConfig(iterations=3, d_model=6, d_input=4, memory_length=3, heads=2, n_synch_out=3,
-                        n_synch_action=4, memory_hidden_dims=2, out_dims=3, neuron_selection="random-pairing",
-                        n_self_pairs=1)
+                        n_synch_action=4, memory_hidden_dims=2, out_dims=3, neuron_selection=selection,
+                        n_self_pairs=1 if selection == "random-pairing" else 0)
     assert native.ops() is not None, native.status()
     torch.manual_seed(0)
     model = ctm.CTM(cfg).double()
@@ -64,9 +67,16 @@ def test_native_backward_gradcheck_float64():
     tokens = torch.randn(2, 5, cfg.d_input, dtype=torch.float64)
     p, _ = engine.fold(model, tokens, model.decay_rates()[0], cfg.iterations)
     leaves = [t.detach().clone().requires_grad_(True) for t in p]
+    na = cfg.n_synch_action
 
     def ticks(*tensors):
-        return engine._TickFunction.apply(model.synapses[2].eps, cfg.heads, False, *tensors, pairs)
+        q = engine.TickParams(*tensors)
+        if pairs is None:  # first-last accumulators are symmetric by construction (fold): keep A and r so
+            A = q.A.view(cfg.iterations, -1, na, na)
+            r = q.r.view(na, na)
+            q = q._replace(A=(0.5 * (A + A.transpose(-1, -2))).reshape(q.A.shape), r=(0.5 * (r + r.t())).reshape(-1))
+        return engine._TickFunction.apply(model.synapses[2].eps, cfg.heads, False, *q,
+                                          *(() if pairs is None else (pairs,)))
 
     assert torch.autograd.gradcheck(ticks, leaves, eps=1e-6, atol=1e-5, rtol=1e-4)
 
@@ -96,3 +106,12 @@ def test_build_directory_names_source_torch_and_python(monkeypatch, tmp_path):
     monkeypatch.setenv("CTM_NATIVE_DIR", str(tmp_path))
     folder = native.build_directory()
     assert folder.parent == tmp_path and "torch" in folder.name and "py3" in folder.name
+
+
+def test_a_built_library_loads_without_the_builder():
+    """Once built, a new process loads the library directly (milliseconds), without torch's builder."""
+    assert native.ops() is not None and native.is_built(), native.status()
+    code = ("import sys; from ctm import native; ops = native.ops(); "
+            "print(ops is not None, 'torch.utils.cpp_extension' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["True", "False"], out

@@ -34,8 +34,11 @@ def speed_context(amp: bool, device_type: str = "cpu"):
 
 
 def make_step(model: torch.nn.Module, mode: str, batch: int, loss_fn: Callable, *, amp: bool = False,
-              image_size: tuple[int, int] = (28, 28), in_channels: int = 1, out_dims: int = 10) -> Callable[[], None]:
-    """A closure running one train step or one eval forward on a fixed random batch (on the model's device)."""
+              image_size: tuple[int, int] = (28, 28), in_channels: int = 1, out_dims: int = 10,
+              optimizer: Callable[[Any], torch.optim.Optimizer] | None = None) -> Callable[[], None]:
+    """A closure running one train step or one eval forward on a fixed random batch (on the model's device).
+    `optimizer(params)` builds the training step's optimizer; by default torch's AdamW (lr 1e-4), as the seed
+    tutorial trains (`ctm.train.make_optimizer` is how ctm trains)."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(batch)
     x = torch.rand(batch, in_channels, *image_size, generator=g).to(device)
@@ -49,15 +52,15 @@ def make_step(model: torch.nn.Module, mode: str, batch: int, loss_fn: Callable, 
 
         return eval_step
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-8)
+    opt = (optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-4, eps=1e-8)))(model.parameters())
 
     def train_step() -> None:
         with speed_context(amp, device.type):
             predictions, certainties, _ = model(x)
         loss, _ = loss_fn(predictions.float(), certainties.float(), y)
-        optimizer.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        opt.step()
 
     return train_step
 

@@ -355,6 +355,8 @@ def tick_loop(p: TickParams, s: Sizes, eps: float, saved: dict[str, Tensor] | No
     pre_out = seq[:, M:].permute(1, 2, 0).unbind(0)  # (B, D) slot of each tick's pre-activation
     z_out = Z[1:].unsqueeze(2).unbind(0)  # (D, 1, B)
     native = _native(p) if saved is not None else None
+    if saved is not None:
+        saved["native"] = native  # the backward runs the loop the forward ran
     if native is not None:  # the same loop in C++ (ctm/csrc/ticks.cpp)
         native.tick_loop_train(list(p[:14]), [saved[k] for k in TickSlots._fields], _pairs_arg(pairs, p.kT), Z, seq,
                                eps)
@@ -372,9 +374,11 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
     """Gradients of all `TickParams` fields from dZ (T, D, B), the gradient of z_1 .. z_T."""
     T, D, M, H, B, heads, dh, N, K = s
     d = heads * dh
-    if not saved.get("jacobians"):  # the three GLUs' Jacobians, for all ticks at once, in place of their inputs
+    native = saved.get("native")  # the C++ loops, if the forward ran them
+    if not saved.get("jacobians"):  # the GLUs' Jacobians, for all ticks at once, in place of their inputs
         _glu_jacobians(saved["lin"], saved["g"].unsqueeze(2), 2)
-        _glu_jacobians(saved["h1"].view(T, D, 2, H, B), saved["u"].unsqueeze(2), 2)
+        if native is None:  # (the C++ loop forms the first NLM GLU's a tick at a time, from its input)
+            _glu_jacobians(saved["h1"].view(T, D, 2, H, B), saved["u"].unsqueeze(2), 2)
         _glu_jacobians(saved["h2"].view(T, D, 2, 1, B), Z[1:].view(T, D, 1, 1, B), 2)
         saved["jacobians"] = True  # a second backward through the same forward (retain_graph) reuses them
     W1t = p.W1.transpose(1, 2).contiguous()  # (D, M, 2H)
@@ -391,10 +395,9 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
     dseq = buf["dseq"].zero_()
     dW1 = p.W1.new_zeros(D, M, 2 * H)
     dh1s, dh2s, dlins, dqs, dss, dos, daccs = (buf[k] for k in ("dh1", "dh2", "dlin", "dq", "ds", "do", "dacc"))
-    native = _native(p)
     if native is not None:  # the same loop in C++ (ctm/csrc/ticks.cpp)
         dz = native.tick_loop_backward(
-            [saved[k] for k in ("h2", "h1", "g", "mean", "rstd", "lin", "w")],
+            [saved[k] for k in ("h2", "h1", "g", "mean", "rstd", "lin", "w", "u")],
             [p.v, p.kT, A2, p.r, p.Wz, p.Wo, p.gamma, W1t, W2t], [dh2s, dh1s, dlins, dqs, dss, dos, daccs],
             _pairs_arg(pairs, p.kT), dZ.transpose(1, 2), factors, seq, dseq, dW1)
     else:

@@ -5,7 +5,7 @@ few microseconds of interpreter and argument parsing on top of its kernel, which
 about as long as the kernels of a tick. `ticks.cpp` makes the same calls in the same order from C++
 (tests/test_engine.py holds it to the Python loops), entered once per forward and once per backward.
 
-It is compiled with torch's C++ extension builder (a C++ compiler and ninja are needed) into
+It is compiled with torch's C++ extension builder (a C++ compiler and ninja: `pip install torch-ctm[native]`) into
 `$CTM_NATIVE_DIR` (default `~/.cache/ctm/native`), one folder per source, torch and Python version, once per
 machine (~1 minute); later processes load the built library in milliseconds. When it cannot be built, the
 engine runs its Python loops (the same results) and `ops()` warns once, naming the reason.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -54,12 +55,17 @@ def ops() -> Any | None:
     if not _state["tried"]:
         _state["tried"] = True
         try:
-            from torch.utils.cpp_extension import load
-
             folder = build_directory()
-            folder.mkdir(parents=True, exist_ok=True)
-            load(name=NAME, sources=[str(SOURCE)], extra_cflags=["-O3"], build_directory=str(folder),
-                 is_python_module=False, verbose=False)
+            library = folder / f"{NAME}.so"
+            if library.is_file() and not (folder / "lock").exists():  # built, and no build under way
+                torch.ops.load_library(str(library))
+            else:
+                from torch.utils.cpp_extension import load
+
+                _ninja_on_path()
+                folder.mkdir(parents=True, exist_ok=True)
+                load(name=NAME, sources=[str(SOURCE)], extra_cflags=["-O3"], build_directory=str(folder),
+                     is_python_module=False, verbose=False)
             _state["ops"] = torch.ops.ctm_native
         except Exception as e:  # no compiler, no ninja, no headers, an unwritable folder: run the Python loops
             _state["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
@@ -67,6 +73,18 @@ def ops() -> Any | None:
                           f"instead (same results, slower). CTM_NATIVE=0 turns it off without this warning.",
                           RuntimeWarning, stacklevel=2)
     return _state["ops"]
+
+
+def _ninja_on_path() -> None:
+    """torch's builder runs `ninja` from PATH; the PyPI package (`pip install ninja`, in the `native` and `dev`
+    extras) keeps its binary beside itself, outside PATH when the environment is not activated."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
 def status() -> str:

@@ -298,6 +298,17 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _build_native_announced() -> None:
+    """Build the C++ tick loops (`ctm.native`) before training starts, saying so on a terminal: it happens once
+    per machine and takes ~20 s, which would otherwise look like a hang before the first step."""
+    from .. import native
+
+    if native.enabled() and not native.is_built():
+        if sys.stderr.isatty():
+            print("building ctm's C++ tick loop (once per machine, about 20 s)...", file=sys.stderr, flush=True)
+        native.ops()
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         limit = max(64, 4 * (os.cpu_count() or 1))  # far more threads than cores hangs or crashes OpenMP
@@ -370,6 +381,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..folders import FOLDER_PREFIX, folder_path
 
     _set_threads(args.threads)
+    _build_native_announced()
     if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
         raise CLIError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
     for flag, value in (("--out", args.out), ("--resume", args.resume), ("--data-dir", args.data_dir)):

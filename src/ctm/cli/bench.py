@@ -50,6 +50,7 @@ from ..bench import (
     time_alternating,
 )
 from ..config import CTMConfig
+from ..train import make_optimizer
 from . import OneLineParser
 from .config_flags import add_config_flags, given, shown, with_flag_names
 
@@ -241,6 +242,14 @@ def _impl_model(impl: str, models: dict[str, torch.nn.Module]) -> torch.nn.Modul
     return model
 
 
+def _optimizer(impl: str):
+    """The training step's optimizer: ctm's rows train as `ctm train` does (`make_optimizer`: fused AdamW), the
+    seed and the official model with torch's default AdamW, as their code does."""
+    if impl.startswith("ctm"):
+        return lambda params: make_optimizer(params, lr=1e-4, eps=1e-8)
+    return None
+
+
 # ------------------------------------------------------------------------------------------ memory
 
 
@@ -275,7 +284,7 @@ def _memory_child(payload: str) -> None:
     impl = spec["impl"]
     models, seed_module = build_models(opts, seed_path if impl == "seed" else None)
     step = make_step(_impl_model(impl, models), spec["mode"], spec["batch"], _loss_fn(impl, seed_module),
-                     amp=impl == "ctm+amp", **_inputs(opts))
+                     amp=impl == "ctm+amp", optimizer=_optimizer(impl), **_inputs(opts))
     print(json.dumps({"peak_mb": peak_rss_growth(step, calls=3)}))
 
 
@@ -407,7 +416,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
                 try:
                     model = _impl_model(impl, models)
                     step = make_step(model, mode, batch, _loss_fn(impl, seed_module), amp=impl == "ctm+amp",
-                                     **_inputs(opts))
+                                     optimizer=_optimizer(impl), **_inputs(opts))
                     if impl == "ctm+compile":  # the first call compiles; time it apart
                         synchronize(device)
                         t0 = time.perf_counter()

@@ -1,21 +1,150 @@
 // The fast engine's two tick loops (ctm/engine.py: `tick` with slots, and the reversed loop of
-// `_tick_backward`), the same ATen calls in the same order, written in C++ so that a tick costs its kernels
-// and not also ~40 Python calls. Built on first use by ctm/native.py; engine.py falls back to its Python
-// loops when it cannot be built. tests/test_engine.py holds both loops to the Python ones.
+// `_tick_backward`) in C++, so that a tick costs its kernels and not also ~40 Python calls: the same ATen
+// calls in the same order, except four steps done in one pass per row (the synapses' LayerNorm, its
+// backward with the GLU's, the first neuron-level GLU's backward, the softmax backward; see below). Built on first use by ctm/native.py; engine.py falls back to
+// its Python loops when it cannot be built. tests/test_native.py holds both loops to the Python ones.
 //
 // Layouts (engine.py's): z (D, B) per tick in Z (T + 1, D, B); the pre-activation sequence seq (D, M + T, B)
 // (the start trace, then a_1 .. a_T); per-tick buffers with the tick first. `pairs` is empty for first-last
 // action synchronisation (outer product of the last na neurons), else (2, P) the pairs' neurons.
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 namespace {
 
 using at::Tensor;
+
+// Rows per parallel chunk: about 32K values, so a tick's few thousand run on one thread (waking the pool
+// costs more than they take) and large batches split.
+int64_t row_grain(int64_t row_length) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_length, 1)); }
+
+// Three steps of a tick as one pass over each row instead of several ATen calls (which at these sizes cost
+// more in dispatch than in arithmetic). Same formulas as the ATen calls they replace; the sums run in another
+// order, so results agree to rounding (float32 ~1e-7), not bit for bit.
+
+// The synapses' LayerNorm of g (B, D) written into pre (B, D, any strides: a column of the trace), with the
+// rows' mean and 1/std (B, 1) for the backward.
+void layer_norm_into(const Tensor& g, const Tensor& gamma, const Tensor& beta, double eps, const Tensor& pre,
+                     const Tensor& mean, const Tensor& rstd) {
+  TORCH_CHECK(g.is_contiguous() && mean.is_contiguous() && rstd.is_contiguous());
+  const int64_t B = g.size(0), D = g.size(1), ps0 = pre.stride(0), ps1 = pre.stride(1);
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "layer_norm_into", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t *G = g.data_ptr<scalar_t>(), *ga = gamma.data_ptr<scalar_t>(), *be = beta.data_ptr<scalar_t>();
+    scalar_t* P = pre.data_ptr<scalar_t>();
+    scalar_t *mu_out = mean.data_ptr<scalar_t>(), *rs_out = rstd.data_ptr<scalar_t>();
+    at::parallel_for(0, B, row_grain(D), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const scalar_t* gr = G + b * D;
+        acc_t sum = 0;
+        for (int64_t i = 0; i < D; ++i) sum += gr[i];
+        const acc_t mu = sum / D;
+        acc_t var = 0;
+        for (int64_t i = 0; i < D; ++i) {
+          const acc_t d = gr[i] - mu;
+          var += d * d;
+        }
+        const acc_t rs = acc_t(1) / std::sqrt(var / D + acc_t(eps));
+        scalar_t* pr = P + b * ps0;
+        for (int64_t i = 0; i < D; ++i) pr[i * ps1] = (gr[i] - mu) * rs * ga[i] + be[i];
+        mu_out[b] = mu;
+        rs_out[b] = rs;
+      }
+    });
+  });
+}
+
+// LayerNorm's input gradient (engine._layer_norm_backward) times the synapse GLU's Jacobians jl (B, 2, D):
+// dlin (B, 2, D), the gradient of the GLU's input. dy (B, D, any strides): a column of the trace's gradient.
+void layer_norm_glu_backward(const Tensor& dy, const Tensor& g, const Tensor& mean, const Tensor& rstd,
+                             const Tensor& gamma, const Tensor& jl, const Tensor& dlin) {
+  TORCH_CHECK(g.is_contiguous() && jl.is_contiguous() && dlin.is_contiguous());
+  const int64_t B = g.size(0), D = g.size(1), ys0 = dy.stride(0), ys1 = dy.stride(1);
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "layer_norm_glu_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t *Y = dy.data_ptr<scalar_t>(), *G = g.data_ptr<scalar_t>(), *J = jl.data_ptr<scalar_t>();
+    const scalar_t *mu_in = mean.data_ptr<scalar_t>(), *rs_in = rstd.data_ptr<scalar_t>();
+    const scalar_t* ga = gamma.data_ptr<scalar_t>();
+    scalar_t* out = dlin.data_ptr<scalar_t>();
+    at::parallel_for(0, B, row_grain(D), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const scalar_t *y = Y + b * ys0, *gr = G + b * D, *j = J + b * 2 * D;
+        const acc_t mu = mu_in[b], rs = rs_in[b];
+        acc_t m1 = 0, m2 = 0;
+        for (int64_t i = 0; i < D; ++i) {
+          const acc_t gg = acc_t(y[i * ys1]) * ga[i];
+          m1 += gg;
+          m2 += gg * (gr[i] - mu) * rs;
+        }
+        m1 /= D;
+        m2 /= D;
+        scalar_t* o = out + b * 2 * D;
+        for (int64_t i = 0; i < D; ++i) {
+          const acc_t dg = rs * (acc_t(y[i * ys1]) * ga[i] - m1 - (gr[i] - mu) * rs * m2);
+          o[i] = dg * j[i];
+          o[D + i] = dg * j[D + i];
+        }
+      }
+    });
+  });
+}
+
+// The first neuron-level GLU's input gradient, from its gate's sigmoid s and output u (D, H, B each) and the
+// output's gradient du (D, H, B): dh (D, 2H, B) = [du * s, du * u * (1 - s)]. Formed
+// a tick at a time, while the tick's tensors are in cache (the sigmoid by ATen, vectorised), instead of
+// Jacobians for all ticks first.
+void nlm_glu_backward(const Tensor& du, const Tensor& s, const Tensor& u, const Tensor& dh) {
+  TORCH_CHECK(du.is_contiguous() && s.is_contiguous() && u.is_contiguous() && dh.stride(2) == 1);
+  const int64_t D = u.size(0), H = u.size(1), B = u.size(2), hs0 = dh.stride(0), hs1 = dh.stride(1);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "nlm_glu_backward", [&] {
+    const scalar_t *DU = du.data_ptr<scalar_t>(), *S = s.data_ptr<scalar_t>(), *U = u.data_ptr<scalar_t>();
+    scalar_t* out = dh.data_ptr<scalar_t>();
+    at::parallel_for(0, D, row_grain(H * B), [&](int64_t d0, int64_t d1) {
+      for (int64_t d = d0; d < d1; ++d) {
+        for (int64_t k = 0; k < H; ++k) {
+          const int64_t row = (d * H + k) * B;
+          const scalar_t* __restrict__ g = DU + row;
+          const scalar_t* __restrict__ sg = S + row;
+          const scalar_t* __restrict__ y = U + row;
+          scalar_t* __restrict__ da = out + d * hs0 + k * hs1;
+          scalar_t* __restrict__ dgate = out + d * hs0 + (H + k) * hs1;
+          for (int64_t b = 0; b < B; ++b) {
+            da[b] = g[b] * sg[b];
+            dgate[b] = g[b] * y[b] * (scalar_t(1) - sg[b]);
+          }
+        }
+      }
+    });
+  });
+}
+
+// Softmax's input gradient over the last dim of rows (R, N): ds = w * (dw - <dw, w>).
+void softmax_backward(const Tensor& dw, const Tensor& w, const Tensor& ds) {
+  TORCH_CHECK(dw.is_contiguous() && w.is_contiguous() && ds.is_contiguous());
+  const int64_t N = w.size(-1), R = w.numel() / N;
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "softmax_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t *DW = dw.data_ptr<scalar_t>(), *W = w.data_ptr<scalar_t>();
+    scalar_t* out = ds.data_ptr<scalar_t>();
+    at::parallel_for(0, R, row_grain(N), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t *x = DW + r * N, *p = W + r * N;
+        acc_t dot = 0;
+        for (int64_t n = 0; n < N; ++n) dot += acc_t(x[n]) * p[n];
+        scalar_t* o = out + r * N;
+        for (int64_t n = 0; n < N; ++n) o[n] = p[n] * (x[n] - dot);
+      }
+    });
+  });
+}
 
 // The products the action accumulators add, written into out (B, K): see engine._action_products.
 void action_products(const Tensor& z, const Tensor& pairs, int64_t K, Tensor& out) {
@@ -57,10 +186,7 @@ void tick_loop_train(at::TensorList p, at::TensorList buf, const Tensor& pairs, 
     Tensor lin2 = lin.view({B, 2 * D});
     at::addmm_out(lin2, at::addmm(bs, z.t(), WzT), o, WoT);
     at::glu_out(g, lin2, -1);
-    auto [pre, mu, rs] = at::native_layer_norm(g, {D}, gamma, beta, eps);
-    seq.select(1, M + t).t().copy_(pre);
-    mean.copy_(mu);
-    rstd.copy_(rs);
+    layer_norm_into(g, gamma, beta, eps, seq.select(1, M + t).t(), mean, rstd);
     // 4-5. neuron-level models on the window of the last M pre-activations
     at::baddbmm_out(h1, b1.expand_as(h1), W1, seq.narrow(1, t + 1, M));
     at::glu_out(u, h1, 1);
@@ -71,21 +197,16 @@ void tick_loop_train(at::TensorList p, at::TensorList buf, const Tensor& pairs, 
   }
 }
 
-// dy -> the input gradient of LayerNorm over the last dim, as engine._layer_norm_backward.
-Tensor layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd,
-                           const Tensor& gamma) {
-  Tensor xhat = (x - mean) * rstd;
-  Tensor g = dy * gamma;
-  return rstd * (g - g.mean(-1, true) - xhat * (g * xhat).mean(-1, true));
-}
-
 // The reversed loop of engine._tick_backward: fills dh2s, dh1s, dlins, dqs, dss, dos, daccs, dseq and dW1
-// and returns the gradient of z_0 per row (B, D). s: the forward's buffers, the GLU inputs already replaced
-// by their Jacobians; p: v, kT, A2 (2A for first-last), r, Wz, Wo, gamma, W1t (D, M, 2H), W2t (D, H, 2);
+// and returns the gradient of z_0 per row (B, D). s: the forward's buffers h2, h1, g, mean, rstd, lin, w, u:
+// h2 and lin already replaced by their GLUs' Jacobians (engine._glu_jacobians, all ticks at once), h1 as the
+// forward wrote it (its Jacobians are formed here, a tick at a time: `nlm_glu_backward`);
+// p: v, kT, A2 (2A for first-last), r, Wz, Wo, gamma, W1t (D, M, 2H), W2t (D, H, 2);
 // g: dh2s, dh1s, dlins, dqs, dss, dos, daccs (T, ...); dZt (T, B, D); factors as engine's.
 Tensor tick_loop_backward(at::TensorList s, at::TensorList p, at::TensorList g, const Tensor& pairs, const Tensor& dZt,
                           const Tensor& factors, const Tensor& seq, const Tensor& dseq, const Tensor& dW1) {
   const Tensor &h2s = s[0], &h1s = s[1], &gs = s[2], &means = s[3], &rstds = s[4], &lins = s[5], &ws = s[6];
+  const Tensor& us = s[7];
   const Tensor &v = p[0], &kT = p[1], &A2 = p[2], &r = p[3], &Wz = p[4], &Wo = p[5], &gamma = p[6];
   const Tensor &W1t = p[7], &W2t = p[8];
   const int64_t T = A2.size(0), K = A2.size(2), D = dZt.size(2), B = dZt.size(1), M = seq.size(1) - T;
@@ -96,24 +217,21 @@ Tensor tick_loop_backward(at::TensorList s, at::TensorList p, at::TensorList g, 
   Tensor dacc;
   Tensor dz = dZt[T - 1];
   for (int64_t t = T - 1; t >= 0; --t) {
-    Tensor j2 = h2s[t], j1 = h1s[t].view({D, 2, H, B}), jl = lins[t];
-    Tensor dh2 = g[0][t], dh1 = g[1][t].view({D, 2, H, B}), dlin = g[2][t].view({B, 2, D});
+    Tensor j2 = h2s[t];
+    Tensor dh2 = g[0][t], dh1 = g[1][t], dlin = g[2][t].view({B, 2, D});
     Tensor dq = g[3][t], ds = g[4][t], dout = g[5][t], dacc_t = g[6][t];
-    // neuron-level models (explicit expands, as in engine.py)
+    // neuron-level models (explicit expand, as in engine.py); the first GLU's gradient from its input h1
     at::mul_out(dh2, dz.t().unsqueeze(1).expand_as(j2), j2);
-    at::mul_out(dh1, at::bmm(W2t, dh2).unsqueeze(1).expand_as(j1), j1);
-    Tensor dh1v = dh1.view({D, 2 * H, B});
-    dW1.baddbmm_(seq.narrow(1, t + 1, M), dh1v.transpose(1, 2));
-    dseq.narrow(1, t + 1, M).add_(at::bmm(W1t, dh1v));
+    Tensor sig = at::sigmoid(h1s[t].narrow(1, H, H));  // (D, H, B)
+    nlm_glu_backward(at::bmm(W2t, dh2), sig, us[t], dh1);
+    dW1.baddbmm_(seq.narrow(1, t + 1, M), dh1.transpose(1, 2));
+    dseq.narrow(1, t + 1, M).add_(at::bmm(W1t, dh1));
     // synapses
-    Tensor dg = layer_norm_backward(dseq.select(1, M + t).t(), gs[t], means[t], rstds[t], gamma);
-    at::mul_out(dlin, dg.unsqueeze(1).expand_as(jl), jl);
+    layer_norm_glu_backward(dseq.select(1, M + t).t(), gs[t], means[t], rstds[t], gamma, lins[t], dlin);
     Tensor dlin2 = dlin.view({B, 2 * D});
     // attention: softmax backward ds = w * (dw - <dw, w>)
     at::mm_out(dout, dlin2, Wo);
-    Tensor dw = at::bmm(dout.view({-1, 1, dh}), vT);
-    const Tensor& w = ws[t];
-    at::mul_out(ds, w, dw - (dw * w).sum(-1, true));
+    softmax_backward(at::bmm(dout.view({-1, 1, dh}), vT), ws[t], ds);
     Tensor dq_view = dq.view({-1, 1, dh});
     at::bmm_out(dq_view, ds, kTT);
     // action synchronisation accumulators

@@ -115,3 +115,27 @@ def test_a_built_library_loads_without_the_builder():
             "print(ops is not None, 'torch.utils.cpp_extension' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.split() == ["True", "False"], out
+
+
+@pytest.mark.parametrize("name", ["odd", "heads-colour", "random-pairing", "s2d-fourier"])
+def test_native_inference_loop_matches_the_python_loop(name, monkeypatch):
+    """Inference (no gradient): the C++ loop with one reused slot per buffer against the Python loop."""
+    fast, _, x, _ = _twins(name)
+    fast.eval()
+    ops, calls = native.ops(), []
+    assert ops is not None, native.status()
+
+    class Recorded:
+        def __getattr__(self, op):
+            return lambda *a: calls.append(op) or getattr(ops, op)(*a)
+
+    with torch.no_grad():
+        with monkeypatch.context() as m:
+            m.setitem(native._state, "ops", Recorded())
+            ours = fast(x)
+        assert calls == ["tick_loop_train"]
+        with monkeypatch.context() as m:
+            _python_loops(m)
+            theirs = fast(x)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, **TOL)

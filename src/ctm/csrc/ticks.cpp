@@ -160,9 +160,11 @@ void action_products(const Tensor& z, const Tensor& pairs, int64_t K, Tensor& ou
   }
 }
 
-// The training forward: T ticks, every intermediate the backward needs written into its per-tick buffer.
+// The forward: T ticks, every intermediate the backward needs written into its per-tick buffer.
 // p: kT, v, A, cq, r, Wz, Wo, bs, gamma, beta, W1, b1, W2, b2 (TickParams order, without z0/trace0);
-// buf: alpha, q, w, o, g, lin, mean, rstd, u, h1, h2 (TickSlots order), each (T, ...).
+// buf: alpha, q, w, o, g, lin, mean, rstd, u, h1, h2 (TickSlots order), each (T, ...) in training. Tick t
+// writes slot t % (a buffer's length), so inference passes one slot each (two for alpha, which the next tick
+// reads): the same loop, its buffers staying in cache.
 void tick_loop_train(at::TensorList p, at::TensorList buf, const Tensor& pairs, const Tensor& Z, const Tensor& seq,
                      double eps) {
   const Tensor &kT = p[0], &v = p[1], &A = p[2], &cq = p[3], &r = p[4], &Wz = p[5], &Wo = p[6], &bs = p[7];
@@ -172,8 +174,10 @@ void tick_loop_train(at::TensorList p, at::TensorList buf, const Tensor& pairs, 
   const Tensor WzT = Wz.t(), WoT = Wo.t();
   Tensor alpha_prev = at::zeros({B, K}, Z.options());
   for (int64_t t = 0; t < T; ++t) {
-    Tensor alpha = buf[0][t], q = buf[1][t], w = buf[2][t], o = buf[3][t], g = buf[4][t], lin = buf[5][t];
-    Tensor mean = buf[6][t], rstd = buf[7][t], u = buf[8][t], h1 = buf[9][t], h2 = buf[10][t];
+    auto slot = [t](const Tensor& x) { return x[t % x.size(0)]; };
+    Tensor alpha = slot(buf[0]), q = slot(buf[1]), w = slot(buf[2]), o = slot(buf[3]), g = slot(buf[4]);
+    Tensor lin = slot(buf[5]), mean = slot(buf[6]), rstd = slot(buf[7]), u = slot(buf[8]), h1 = slot(buf[9]);
+    Tensor h2 = slot(buf[10]);
     Tensor z = Z[t];
     // 1-2. action synchronisation -> query -> attention
     action_products(z, pairs, K, alpha);

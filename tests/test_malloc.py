@@ -22,7 +22,7 @@ model = ContinuousThoughtMachine(CTMConfig(iterations=10))
 x = torch.randn(16, 1, 28, 28)
 def step():
     model(x).predictions.sum().backward()
-for _ in range(3):
+for _ in range(5):  # the heap grows to the step's peak
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
@@ -43,8 +43,8 @@ def test_retained_memory_spares_page_faults():
     retained, faults = _faults_per_step("1")
     off, faults_off = _faults_per_step("0")
     assert retained and not off
-    # Measured: ~925 page faults per step with glibc's defaults, 0 with freed memory retained.
-    assert faults < faults_off / 10, (faults, faults_off)
+    # Measured: 1650-2100 page faults per step with glibc's defaults, 20-80 with freed memory retained.
+    assert faults < faults_off / 5, (faults, faults_off)
 
 
 def test_opt_out(monkeypatch):

@@ -1,8 +1,9 @@
 // The fast engine's two tick loops (ctm/engine.py: `tick` with slots, and the reversed loop of
 // `_tick_backward`) in C++, so that a tick costs its kernels and not also ~40 Python calls: the same ATen
 // calls in the same order, except four steps done in one pass per row (the synapses' LayerNorm, its
-// backward with the GLU's, the first neuron-level GLU's backward, the softmax backward; see below). Built on first use by ctm/native.py; engine.py falls back to
-// its Python loops when it cannot be built. tests/test_native.py holds both loops to the Python ones.
+// backward with the GLU's, the first neuron-level GLU's backward, the softmax backward; see below).
+// Built on first use by ctm/native.py; engine.py falls back to its Python loops when it cannot be built.
+// tests/test_native.py holds both loops to the Python ones.
 //
 // Layouts (engine.py's): z (D, B) per tick in Z (T + 1, D, B); the pre-activation sequence seq (D, M + T, B)
 // (the start trace, then a_1 .. a_T); per-tick buffers with the tick first. `pairs` is empty for first-last
@@ -26,15 +27,16 @@ using at::Tensor;
 // costs more than they take) and large batches split.
 int64_t row_grain(int64_t row_length) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_length, 1)); }
 
-// Three steps of a tick as one pass over each row instead of several ATen calls (which at these sizes cost
-// more in dispatch than in arithmetic). Same formulas as the ATen calls they replace; the sums run in another
-// order, so results agree to rounding (float32 ~1e-7), not bit for bit.
+// Steps of a tick as one pass over each row instead of several ATen calls (which at these sizes cost more in
+// dispatch than in arithmetic). Same formulas as the ATen calls they replace; the sums run in another order,
+// so results agree to rounding (float32 ~1e-7), not bit for bit. gamma and beta: contiguous (D,).
 
 // The synapses' LayerNorm of g (B, D) written into pre (B, D, any strides: a column of the trace), with the
 // rows' mean and 1/std (B, 1) for the backward.
 void layer_norm_into(const Tensor& g, const Tensor& gamma, const Tensor& beta, double eps, const Tensor& pre,
                      const Tensor& mean, const Tensor& rstd) {
-  TORCH_CHECK(g.is_contiguous() && mean.is_contiguous() && rstd.is_contiguous());
+  TORCH_CHECK(g.is_contiguous() && mean.is_contiguous() && rstd.is_contiguous() && gamma.is_contiguous() &&
+              beta.is_contiguous());
   const int64_t B = g.size(0), D = g.size(1), ps0 = pre.stride(0), ps1 = pre.stride(1);
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "layer_norm_into", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -66,7 +68,7 @@ void layer_norm_into(const Tensor& g, const Tensor& gamma, const Tensor& beta, d
 // dlin (B, 2, D), the gradient of the GLU's input. dy (B, D, any strides): a column of the trace's gradient.
 void layer_norm_glu_backward(const Tensor& dy, const Tensor& g, const Tensor& mean, const Tensor& rstd,
                              const Tensor& gamma, const Tensor& jl, const Tensor& dlin) {
-  TORCH_CHECK(g.is_contiguous() && jl.is_contiguous() && dlin.is_contiguous());
+  TORCH_CHECK(g.is_contiguous() && jl.is_contiguous() && dlin.is_contiguous() && gamma.is_contiguous());
   const int64_t B = g.size(0), D = g.size(1), ys0 = dy.stride(0), ys1 = dy.stride(1);
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "layer_norm_glu_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -98,9 +100,8 @@ void layer_norm_glu_backward(const Tensor& dy, const Tensor& g, const Tensor& me
 }
 
 // The first neuron-level GLU's input gradient, from its gate's sigmoid s and output u (D, H, B each) and the
-// output's gradient du (D, H, B): dh (D, 2H, B) = [du * s, du * u * (1 - s)]. Formed
-// a tick at a time, while the tick's tensors are in cache (the sigmoid by ATen, vectorised), instead of
-// Jacobians for all ticks first.
+// output's gradient du (D, H, B): dh (D, 2H, B) = [du * s, du * u * (1 - s)]. Formed a tick at a time, while
+// the tick's tensors are in cache (the sigmoid by ATen, vectorised), instead of Jacobians for all ticks first.
 void nlm_glu_backward(const Tensor& du, const Tensor& s, const Tensor& u, const Tensor& dh) {
   TORCH_CHECK(du.is_contiguous() && s.is_contiguous() && u.is_contiguous() && dh.stride(2) == 1);
   const int64_t D = u.size(0), H = u.size(1), B = u.size(2), hs0 = dh.stride(0), hs1 = dh.stride(1);

@@ -35,9 +35,10 @@ same engine differed by up to 3%, which bounds what the figures below can resolv
 * **The loops in C++** (`ctm.native`, ctm/csrc/ticks.cpp, built on first use; the Python loops below run where
   it cannot be built, and tests/test_native.py holds the two together): the training forward's and the
   backward's tick loops make their ATen calls from C++, a few steps fused into one pass per row (LayerNorm,
-  its backward with the GLU's, the softmax backward; the first NLM GLU's Jacobians a tick at a time). Timed
-  in one process, alternating (2 threads, the seed's sizes): a training step 5-11% faster than the Python
-  loops.
+  its backward with the GLU's, the softmax backward; the first NLM GLU's gradient a tick at a time into one
+  reused buffer, its bias gradient summed there; of h1 only the gate half saved). Timed in one process,
+  alternating (2 threads, the seed's sizes, `CTM_NATIVE=0` against the default): a training step
+  13-15% faster than the Python loops.
 * **GLU written in place** (`_glu_into`, the private `aten.glu.out`): 6% of a training step, 4% of an
   evaluation against `F.glu` and a copy. The only private aten op left; tests/test_engine.py fails loudly if
   a torch upgrade changes it.
@@ -369,7 +370,7 @@ def tick_loop(p: TickParams, s: Sizes, eps: float, saved: dict[str, Tensor] | No
         if saved is None:
             slots["alpha"] = p.kT.new_empty(2, B, s.K)
         native.tick_loop_train(list(p[:14]), [slots[k] for k in TickSlots._fields], _pairs_arg(pairs, p.kT), Z, seq,
-                               eps)
+                               eps, saved is not None)
         return Z, seq
     slots = [None] * T if saved is None else [TickSlots(*x) for x in _per_tick(*(saved[k] for k in TickSlots._fields))]
     alpha = p.kT.new_zeros(B, s.K)
@@ -405,14 +406,17 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
     dseq = buf["dseq"].zero_()
     dW1 = p.W1.new_zeros(D, M, 2 * H)
     dh1s, dh2s, dlins, dqs, dss, dos, daccs = (buf[k] for k in ("dh1", "dh2", "dlin", "dq", "ds", "do", "dacc"))
-    if native is not None:  # the same loop in C++ (ctm/csrc/ticks.cpp)
+    if native is not None:  # the same loop in C++ (ctm/csrc/ticks.cpp); dh1 one tick's, d_b1 summed there
+        d_b1 = p.b1.new_zeros(D, 2 * H)
         dz = native.tick_loop_backward(
             [saved[k] for k in ("h2", "h1", "g", "mean", "rstd", "lin", "w", "u")],
-            [p.v, p.kT, A2, p.r, p.Wz, p.Wo, p.gamma, W1t, W2t], [dh2s, dh1s, dlins, dqs, dss, dos, daccs],
-            _pairs_arg(pairs, p.kT), dZ.transpose(1, 2), factors, seq, dseq, dW1)
+            [p.v, p.kT, A2, p.r, p.Wz, p.Wo, p.gamma, W1t, W2t], [dh2s, dh1s[0], dlins, dqs, dss, dos, daccs],
+            _pairs_arg(pairs, p.kT), dZ.transpose(1, 2), factors, seq, dseq, dW1, d_b1)
+        d_b1 = d_b1.unsqueeze(-1)
     else:
         dz = _tick_backward_loop(p, s, seq, saved, A2, factors, dZ, dseq, dW1, W1t, W2t,
                                  (dh2s, dh1s, dlins, dqs, dss, dos, daccs), pairs)
+        d_b1 = dh1s.sum(-1, keepdim=True).sum(0)
     dlin_all = dlins.view(T * B, 2 * D)
     d_Wz = dlin_all.t() @ Z[:T].transpose(1, 2).reshape(T * B, D)
     d_Wo = dlin_all.t() @ saved["o"].view(T * B, d)
@@ -426,7 +430,6 @@ def _tick_backward(dZ: Tensor, p: TickParams, s: Sizes, Z: Tensor, seq: Tensor, 
     d_A = torch.bmm(dqs.transpose(1, 2), saved["alpha"])
     d_cq = dqs.sum((0, 1))
     d_r = (saved["alpha"][:-1] * daccs[1:]).sum((0, 1)) * half
-    d_b1 = dh1s.sum(-1, keepdim=True).sum(0)
     d_W2 = torch.bmm(dh2s.view(T * D, 2, B), saved["u"].view(T * D, H, B).transpose(1, 2)).view(T, D, 2, H).sum(0)
     d_b2 = dh2s.sum(-1, keepdim=True).sum(0)
     d_z0 = dz.sum(0)

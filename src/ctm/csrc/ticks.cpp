@@ -100,14 +100,17 @@ void layer_norm_glu_backward(const Tensor& dy, const Tensor& g, const Tensor& me
 }
 
 // The first neuron-level GLU's input gradient, from its gate's sigmoid s and output u (D, H, B each) and the
-// output's gradient du (D, H, B): dh (D, 2H, B) = [du * s, du * u * (1 - s)]. Formed a tick at a time, while
-// the tick's tensors are in cache (the sigmoid by ATen, vectorised), instead of Jacobians for all ticks first.
-void nlm_glu_backward(const Tensor& du, const Tensor& s, const Tensor& u, const Tensor& dh) {
-  TORCH_CHECK(du.is_contiguous() && s.is_contiguous() && u.is_contiguous() && dh.stride(2) == 1);
+// output's gradient du (D, H, B): dh (D, 2H, B) = [du * s, du * u * (1 - s)], and its sum over the rows added
+// to db (D, 2H), the bias gradient. Formed a tick at a time into one reused buffer, while the tick's tensors
+// are in cache (the sigmoid by ATen, vectorised), instead of Jacobians and gradients for all ticks.
+void nlm_glu_backward(const Tensor& du, const Tensor& s, const Tensor& u, const Tensor& dh, const Tensor& db) {
+  TORCH_CHECK(du.is_contiguous() && s.is_contiguous() && u.is_contiguous() && dh.stride(2) == 1 &&
+              db.is_contiguous());
   const int64_t D = u.size(0), H = u.size(1), B = u.size(2), hs0 = dh.stride(0), hs1 = dh.stride(1);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "nlm_glu_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t *DU = du.data_ptr<scalar_t>(), *S = s.data_ptr<scalar_t>(), *U = u.data_ptr<scalar_t>();
-    scalar_t* out = dh.data_ptr<scalar_t>();
+    scalar_t *out = dh.data_ptr<scalar_t>(), *bias = db.data_ptr<scalar_t>();
     at::parallel_for(0, D, row_grain(H * B), [&](int64_t d0, int64_t d1) {
       for (int64_t d = d0; d < d1; ++d) {
         for (int64_t k = 0; k < H; ++k) {
@@ -117,10 +120,15 @@ void nlm_glu_backward(const Tensor& du, const Tensor& s, const Tensor& u, const 
           const scalar_t* __restrict__ y = U + row;
           scalar_t* __restrict__ da = out + d * hs0 + k * hs1;
           scalar_t* __restrict__ dgate = out + d * hs0 + (H + k) * hs1;
+          acc_t sum_a = 0, sum_gate = 0;
           for (int64_t b = 0; b < B; ++b) {
             da[b] = g[b] * sg[b];
             dgate[b] = g[b] * y[b] * (scalar_t(1) - sg[b]);
+            sum_a += da[b];
+            sum_gate += dgate[b];
           }
+          bias[d * 2 * H + k] += sum_a;
+          bias[d * 2 * H + H + k] += sum_gate;
         }
       }
     });
@@ -165,14 +173,17 @@ void action_products(const Tensor& z, const Tensor& pairs, int64_t K, Tensor& ou
 // p: kT, v, A, cq, r, Wz, Wo, bs, gamma, beta, W1, b1, W2, b2 (TickParams order, without z0/trace0);
 // buf: alpha, q, w, o, g, lin, mean, rstd, u, h1, h2 (TickSlots order), each (T, ...) in training. Tick t
 // writes slot t % (a buffer's length), so inference passes one slot each (two for alpha, which the next tick
-// reads): the same loop, its buffers staying in cache.
+// reads): the same loop, its buffers staying in cache. gates_only: of h1 only the gate half is kept (all the
+// C++ backward reads), the first NLM layer's output computed into one reused buffer.
 void tick_loop_train(at::TensorList p, at::TensorList buf, const Tensor& pairs, const Tensor& Z, const Tensor& seq,
-                     double eps) {
+                     double eps, bool gates_only) {
   const Tensor &kT = p[0], &v = p[1], &A = p[2], &cq = p[3], &r = p[4], &Wz = p[5], &Wo = p[6], &bs = p[7];
   const Tensor &gamma = p[8], &beta = p[9], &W1 = p[10], &b1 = p[11], &W2 = p[12], &b2 = p[13];
   const int64_t T = A.size(0), K = A.size(2), D = Z.size(1), B = Z.size(2), M = seq.size(1) - T;
   const int64_t dh = kT.size(1);
   const Tensor WzT = Wz.t(), WoT = Wo.t();
+  const int64_t H = W1.size(1) / 2;
+  Tensor h1_tmp = gates_only ? at::empty({D, 2 * H, B}, Z.options()) : Tensor();
   Tensor alpha_prev = at::zeros({B, K}, Z.options());
   for (int64_t t = 0; t < T; ++t) {
     auto slot = [t](const Tensor& x) { return x[t % x.size(0)]; };
@@ -193,8 +204,14 @@ void tick_loop_train(at::TensorList p, at::TensorList buf, const Tensor& pairs, 
     at::glu_out(g, lin2, -1);
     layer_norm_into(g, gamma, beta, eps, seq.select(1, M + t).t(), mean, rstd);
     // 4-5. neuron-level models on the window of the last M pre-activations
-    at::baddbmm_out(h1, b1.expand_as(h1), W1, seq.narrow(1, t + 1, M));
-    at::glu_out(u, h1, 1);
+    if (gates_only) {  // the backward reads only the gate half of h1: the rest stays in a reused buffer
+      at::baddbmm_out(h1_tmp, b1.expand_as(h1_tmp), W1, seq.narrow(1, t + 1, M));
+      at::glu_out(u, h1_tmp, 1);
+      h1.narrow(1, H, H).copy_(h1_tmp.narrow(1, H, H));
+    } else {
+      at::baddbmm_out(h1, b1.expand_as(h1), W1, seq.narrow(1, t + 1, M));
+      at::glu_out(u, h1, 1);
+    }
     at::baddbmm_out(h2, b2.expand_as(h2), W2, u);
     Tensor z_out = Z[t + 1].unsqueeze(1);
     at::glu_out(z_out, h2, 1);
@@ -202,14 +219,16 @@ void tick_loop_train(at::TensorList p, at::TensorList buf, const Tensor& pairs, 
   }
 }
 
-// The reversed loop of engine._tick_backward: fills dh2s, dh1s, dlins, dqs, dss, dos, daccs, dseq and dW1
+// The reversed loop of engine._tick_backward: fills dh2s, dlins, dqs, dss, dos, daccs, dseq, dW1 and db1
 // and returns the gradient of z_0 per row (B, D). s: the forward's buffers h2, h1, g, mean, rstd, lin, w, u:
 // h2 and lin already replaced by their GLUs' Jacobians (engine._glu_jacobians, all ticks at once), h1 as the
 // forward wrote it (its Jacobians are formed here, a tick at a time: `nlm_glu_backward`);
 // p: v, kT, A2 (2A for first-last), r, Wz, Wo, gamma, W1t (D, M, 2H), W2t (D, H, 2);
-// g: dh2s, dh1s, dlins, dqs, dss, dos, daccs (T, ...); dZt (T, B, D); factors as engine's.
+// g: dh2s, dh1 (one tick's (D, 2H, B): its gradient is used within the tick), dlins, dqs, dss, dos, daccs
+// (T, ...); dW1 (D, M, 2H), db1 (D, 2H) zeros; dZt (T, B, D); factors as engine's.
 Tensor tick_loop_backward(at::TensorList s, at::TensorList p, at::TensorList g, const Tensor& pairs, const Tensor& dZt,
-                          const Tensor& factors, const Tensor& seq, const Tensor& dseq, const Tensor& dW1) {
+                          const Tensor& factors, const Tensor& seq, const Tensor& dseq, const Tensor& dW1,
+                          const Tensor& db1) {
   const Tensor &h2s = s[0], &h1s = s[1], &gs = s[2], &means = s[3], &rstds = s[4], &lins = s[5], &ws = s[6];
   const Tensor& us = s[7];
   const Tensor &v = p[0], &kT = p[1], &A2 = p[2], &r = p[3], &Wz = p[4], &Wo = p[5], &gamma = p[6];
@@ -219,16 +238,17 @@ Tensor tick_loop_backward(at::TensorList s, at::TensorList p, at::TensorList g, 
   const bool first_last = pairs.numel() == 0;
   const int64_t na = first_last ? static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(K)))) : 0;
   const Tensor vT = v.transpose(1, 2), kTT = kT.transpose(1, 2);
+  const Tensor dh1 = g[1];  // (D, 2H, B), reused by every tick: its consumers are in the tick
   Tensor dacc;
   Tensor dz = dZt[T - 1];
   for (int64_t t = T - 1; t >= 0; --t) {
     Tensor j2 = h2s[t];
-    Tensor dh2 = g[0][t], dh1 = g[1][t], dlin = g[2][t].view({B, 2, D});
+    Tensor dh2 = g[0][t], dlin = g[2][t].view({B, 2, D});
     Tensor dq = g[3][t], ds = g[4][t], dout = g[5][t], dacc_t = g[6][t];
     // neuron-level models (explicit expand, as in engine.py); the first GLU's gradient from its input h1
     at::mul_out(dh2, dz.t().unsqueeze(1).expand_as(j2), j2);
     Tensor sig = at::sigmoid(h1s[t].narrow(1, H, H));  // (D, H, B)
-    nlm_glu_backward(at::bmm(W2t, dh2), sig, us[t], dh1);
+    nlm_glu_backward(at::bmm(W2t, dh2), sig, us[t], dh1, db1);
     dW1.baddbmm_(seq.narrow(1, t + 1, M), dh1.transpose(1, 2));
     dseq.narrow(1, t + 1, M).add_(at::bmm(W1t, dh1));
     // synapses
@@ -260,9 +280,9 @@ Tensor tick_loop_backward(at::TensorList s, at::TensorList p, at::TensorList g, 
 }  // namespace
 
 TORCH_LIBRARY(ctm_native, m) {
-  m.def("tick_loop_train(Tensor[] p, Tensor(a!)[] buf, Tensor pairs, Tensor(b!) Z, Tensor(c!) seq, float eps) -> ()");
+  m.def("tick_loop_train(Tensor[] p, Tensor(a!)[] buf, Tensor pairs, Tensor(b!) Z, Tensor(c!) seq, float eps, bool gates_only) -> ()");
   m.def("tick_loop_backward(Tensor[] s, Tensor[] p, Tensor(a!)[] g, Tensor pairs, Tensor dZt, Tensor factors, "
-        "Tensor seq, Tensor(b!) dseq, Tensor(c!) dW1) -> Tensor");
+        "Tensor seq, Tensor(b!) dseq, Tensor(c!) dW1, Tensor(d!) db1) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ctm_native, CPU, m) {

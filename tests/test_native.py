@@ -16,6 +16,18 @@ import ctm
 from ctm import engine, native
 
 
+def _record_calls(monkeypatch) -> list[str]:
+    """Wrap the library's ops so that each call is recorded (by name) in the returned list."""
+    ops, calls = native.ops(), []
+
+    class Recorded:
+        def __getattr__(self, op):
+            return lambda *a: calls.append(op) or getattr(ops, op)(*a)
+
+    monkeypatch.setitem(native._state, "ops", Recorded())
+    return calls
+
+
 def _python_loops(monkeypatch):
     monkeypatch.setenv("CTM_NATIVE", "0")
     assert native.ops() is None
@@ -26,15 +38,7 @@ def _python_loops(monkeypatch):
 def test_native_loops_match_the_python_loops(name, monkeypatch):
     fast, _, x, y = _twins(name)
     assert native.ops() is not None, native.status()  # it builds here: a failure to build is a failure
-    calls = []
-
-    ops = native.ops()
-
-    class Recorded:  # the library's ops, each call recorded
-        def __getattr__(self, op):
-            return lambda *a: calls.append(op) or getattr(ops, op)(*a)
-
-    monkeypatch.setitem(native._state, "ops", Recorded())
+    calls = _record_calls(monkeypatch)
     python = copy.deepcopy(fast)
     fast.train()
     python.train()
@@ -122,16 +126,10 @@ def test_native_inference_loop_matches_the_python_loop(name, monkeypatch):
     """Inference (no gradient): the C++ loop with one reused slot per buffer against the Python loop."""
     fast, _, x, _ = _twins(name)
     fast.eval()
-    ops, calls = native.ops(), []
-    assert ops is not None, native.status()
-
-    class Recorded:
-        def __getattr__(self, op):
-            return lambda *a: calls.append(op) or getattr(ops, op)(*a)
-
+    assert native.ops() is not None, native.status()
     with torch.no_grad():
         with monkeypatch.context() as m:
-            m.setitem(native._state, "ops", Recorded())
+            calls = _record_calls(m)
             ours = fast(x)
         assert calls == ["tick_loop_train"]
         with monkeypatch.context() as m:

@@ -72,21 +72,25 @@ def _run(model: ctm.CTM, x: torch.Tensor, y: torch.Tensor, track: bool = False):
     return out, x.grad
 
 
+def assert_same_runs(model: ctm.CTM, run, other: ctm.CTM, other_run) -> None:
+    """Two `_run`s agree: every output, the input gradient, every parameter's gradient."""
+    (out, dx), (out_other, dx_other) = run, other_run
+    for a, b in zip(out, out_other, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(dx, dx_other, **TOL)
+    theirs = dict(other.named_parameters())
+    for n, p in model.named_parameters():
+        assert p.grad is not None and theirs[n].grad is not None, n
+        torch.testing.assert_close(p.grad, theirs[n].grad, **TOL, msg=lambda m, n=n: f"grad of {n}: {m}")
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_engine_matches_readable_path(name, mode):
     fast, readable, x, y = _twins(name)
     fast.train(mode == "train")
     readable.train(mode == "train")
-    out_f, dx_f = _run(fast, x, y)
-    out_r, dx_r = _run(readable, x, y)
-    for a, b in zip(out_f, out_r, strict=True):
-        torch.testing.assert_close(a, b, **TOL)
-    torch.testing.assert_close(dx_f, dx_r, **TOL)
-    theirs = dict(readable.named_parameters())
-    for n, p in fast.named_parameters():
-        assert p.grad is not None and theirs[n].grad is not None, n
-        torch.testing.assert_close(p.grad, theirs[n].grad, **TOL, msg=lambda m, n=n: f"grad of {n}: {m}")
+    assert_same_runs(fast, _run(fast, x, y), readable, _run(readable, x, y))
     for (n, a), (_, b) in zip(fast.named_buffers(), readable.named_buffers(), strict=True):
         torch.testing.assert_close(a, b, **TOL, msg=lambda m, n=n: f"buffer {n}: {m}")
 

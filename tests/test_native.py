@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from test_engine import TOL, _run, _twins
+from test_engine import TOL, _run, _twins, assert_same_runs
 
 import ctm
 from ctm import engine, native
@@ -42,18 +42,13 @@ def test_native_loops_match_the_python_loops(name, monkeypatch):
     python = copy.deepcopy(fast)
     fast.train()
     python.train()
-    out_c, dx_c = _run(fast, x, y)
+    run_c = _run(fast, x, y)
     assert calls == ["tick_loop_train", "tick_loop_backward"]
     monkeypatch.undo()
     with monkeypatch.context() as m:
         _python_loops(m)
-        out_p, dx_p = _run(python, x, y)
-    for a, b in zip(out_c, out_p, strict=True):
-        torch.testing.assert_close(a, b, **TOL)
-    torch.testing.assert_close(dx_c, dx_p, **TOL)
-    theirs = dict(python.named_parameters())
-    for n, p in fast.named_parameters():
-        torch.testing.assert_close(p.grad, theirs[n].grad, **TOL, msg=lambda msg, n=n: f"grad of {n}: {msg}")
+        run_p = _run(python, x, y)
+    assert_same_runs(fast, run_c, python, run_p)
 
 
 @pytest.mark.parametrize("selection", ["first-last", "random-pairing"])

@@ -321,12 +321,13 @@ def _forward_buffers(s: Sizes, like: Tensor) -> dict[str, Tensor]:
     }
 
 
-def _backward_buffers(s: Sizes, like: Tensor) -> dict[str, Tensor]:
+def _backward_buffers(s: Sizes, like: Tensor, native: bool) -> dict[str, Tensor]:
+    """The backward's per-tick gradients; the C++ loop uses one tick's dh1 for every tick."""
     T, D, H, B, K, d = s.T, s.D, s.H, s.B, s.K, s.heads * s.dh
     new = like.new_empty
     return {
-        "dh1": new(T, D, 2 * H, B), "dh2": new(T, D, 2, B), "dlin": new(T, B, 2 * D), "dq": new(T, B, d),
-        "ds": new(T, B * s.heads, 1, s.N), "do": new(T, B, d), "dacc": new(T, B, K),
+        "dh1": new(1 if native else T, D, 2 * H, B), "dh2": new(T, D, 2, B), "dlin": new(T, B, 2 * D),
+        "dq": new(T, B, d), "ds": new(T, B * s.heads, 1, s.N), "do": new(T, B, d), "dacc": new(T, B, K),
         "dseq": new(D, s.M + T, B),
     }
 
@@ -359,8 +360,6 @@ def tick_loop(p: TickParams, s: Sizes, eps: float, saved: dict[str, Tensor] | No
     seq[:, :M] = p.trace0.unsqueeze(-1)
     Z = p.kT.new_empty(T + 1, D, B)
     Z[0] = p.z0.unsqueeze(-1)
-    pre_out = seq[:, M:].permute(1, 2, 0).unbind(0)  # (B, D) slot of each tick's pre-activation
-    z_out = Z[1:].unsqueeze(2).unbind(0)  # (D, 1, B)
     native = _native(p)
     if saved is not None:
         saved["native"] = native  # the backward runs the loop the forward ran
@@ -372,6 +371,8 @@ def tick_loop(p: TickParams, s: Sizes, eps: float, saved: dict[str, Tensor] | No
         native.tick_loop_train(list(p[:14]), [slots[k] for k in TickSlots._fields], _pairs_arg(pairs, p.kT), Z, seq,
                                eps, saved is not None)
         return Z, seq
+    pre_out = seq[:, M:].permute(1, 2, 0).unbind(0)  # (B, D) slot of each tick's pre-activation
+    z_out = Z[1:].unsqueeze(2).unbind(0)  # (D, 1, B)
     slots = [None] * T if saved is None else [TickSlots(*x) for x in _per_tick(*(saved[k] for k in TickSlots._fields))]
     alpha = p.kT.new_zeros(B, s.K)
     for t in range(T):
@@ -514,7 +515,7 @@ class _TickFunction(torch.autograd.Function):
         p = TickParams(*ctx.saved_tensors)
         workspace = ctx.workspace
         if "bwd" not in workspace:
-            workspace["bwd"] = _backward_buffers(ctx.sizes, p.kT)
+            workspace["bwd"] = _backward_buffers(ctx.sizes, p.kT, workspace["fwd"]["native"] is not None)
         grads = _tick_backward(dZ.contiguous(), p, ctx.sizes, ctx.Z, ctx.seq, workspace["fwd"], workspace["bwd"],
                                ctx.pairs)
         return (None, None, None, *grads) + ((None,) if ctx.pairs is not None else ())

@@ -40,8 +40,9 @@ def build_directory() -> Path:
 
 
 def is_built() -> bool:
-    """Whether the library is built already (so `ops()` only loads it)."""
-    return (build_directory() / f"{NAME}.so").is_file()
+    """Whether the library is built, and no build is under way (so `ops()` only loads it)."""
+    folder = build_directory()
+    return (folder / f"{NAME}.so").is_file() and not (folder / "lock").exists()
 
 
 def enabled() -> bool:
@@ -57,9 +58,8 @@ def ops() -> Any | None:
         _state["tried"] = True
         try:
             folder = build_directory()
-            library = folder / f"{NAME}.so"
-            if library.is_file() and not (folder / "lock").exists():  # built, and no build under way
-                torch.ops.load_library(str(library))
+            if is_built():
+                torch.ops.load_library(str(folder / f"{NAME}.so"))
             else:
                 from torch.utils.cpp_extension import load
 

@@ -104,9 +104,9 @@ void layer_norm_glu_backward(const Tensor& dy, const Tensor& g, const Tensor& me
 // to db (D, 2H), the bias gradient. Formed a tick at a time into one reused buffer, while the tick's tensors
 // are in cache (the sigmoid by ATen, vectorised), instead of Jacobians and gradients for all ticks.
 void nlm_glu_backward(const Tensor& du, const Tensor& s, const Tensor& u, const Tensor& dh, const Tensor& db) {
-  TORCH_CHECK(du.is_contiguous() && s.is_contiguous() && u.is_contiguous() && dh.stride(2) == 1 &&
+  TORCH_CHECK(du.is_contiguous() && s.is_contiguous() && u.is_contiguous() && dh.is_contiguous() &&
               db.is_contiguous());
-  const int64_t D = u.size(0), H = u.size(1), B = u.size(2), hs0 = dh.stride(0), hs1 = dh.stride(1);
+  const int64_t D = u.size(0), H = u.size(1), B = u.size(2);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "nlm_glu_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t *DU = du.data_ptr<scalar_t>(), *S = s.data_ptr<scalar_t>(), *U = u.data_ptr<scalar_t>();
@@ -118,8 +118,8 @@ void nlm_glu_backward(const Tensor& du, const Tensor& s, const Tensor& u, const 
           const scalar_t* __restrict__ g = DU + row;
           const scalar_t* __restrict__ sg = S + row;
           const scalar_t* __restrict__ y = U + row;
-          scalar_t* __restrict__ da = out + d * hs0 + k * hs1;
-          scalar_t* __restrict__ dgate = out + d * hs0 + (H + k) * hs1;
+          scalar_t* __restrict__ da = out + (d * 2 * H + k) * B;
+          scalar_t* __restrict__ dgate = da + H * B;
           acc_t sum_a = 0, sum_gate = 0;
           for (int64_t b = 0; b < B; ++b) {
             da[b] = g[b] * sg[b];

@@ -142,11 +142,32 @@ def test_a_kill_at_any_point_of_a_save_leaves_a_readable_resumable_run(point, da
 
 def test_a_run_killed_in_its_first_save_starts_again(data, straight, tmp_path):
     run = tmp_path / "run"
+    proc = run_child("tmp-dir-made", 1, "SIGKILL", "train", "--data-dir", data, "--out", run, *RECIPE,
+                     err=tmp_path / "err")
+    assert finish(proc, tmp_path / "err")[0] == -signal.SIGKILL
+    assert ckpt.current_checkpoint(run) is None and (run / ckpt.CHECKPOINTS_DIR / ".step-000000004.tmp").is_dir()
+    assert run_cli("train", "--data-dir", data, "--out", run, *RECIPE) == 0
+    assert_same_weights(run, straight)
+    assert_clean(run)
+
+
+def test_a_run_killed_after_its_first_checkpoint_folder_was_complete_resumes_from_it(data, straight, tmp_path,
+                                                                                       capsys):
+    """Killed between the rename of its first checkpoint folder and the pointer: the folder is complete, so the
+    run is not started over (that would delete it); --resume publishes it and goes on."""
+    run = tmp_path / "run"
     proc = run_child("dir-renamed", 1, "SIGKILL", "train", "--data-dir", data, "--out", run, *RECIPE,
                      err=tmp_path / "err")
     assert finish(proc, tmp_path / "err")[0] == -signal.SIGKILL
-    assert ckpt.current_checkpoint(run) is None and (run / ckpt.CHECKPOINTS_DIR / "step-000000004").is_dir()
-    assert run_cli("train", "--data-dir", data, "--out", run, *RECIPE) == 0
+    folder = run / ckpt.CHECKPOINTS_DIR / "step-000000004"
+    assert not (run / ckpt.POINTER_FILE).exists() and folder.is_dir()
+    capsys.readouterr()
+    assert run_cli("train", "--data-dir", data, "--out", run, *RECIPE) == 2
+    assert "already holds a run; resume it" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == sorted([ckpt.MODEL_FILE, ckpt.STATE_FILE, ckpt.METRICS_FILE])
+    assert run_cli("train", "--resume", run, "--no-progress") == 0
+    assert "published again the newest complete checkpoint, checkpoints/step-000000004 (step 4)" in \
+        capsys.readouterr().out
     assert_same_weights(run, straight)
     assert_clean(run)
 

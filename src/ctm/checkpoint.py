@@ -26,7 +26,7 @@ import json
 import math
 import os
 import re
-import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import __version__
-from ._io import _UMASK, atomic_write
+from ._io import _UMASK, JSON_LIMIT, POINTER_LIMIT, atomic_write, no_links_below, read_bounded, read_json
 from .config import CTMConfig
 from .model import ContinuousThoughtMachine
 
@@ -52,6 +52,7 @@ SAVE_POINTS = ("tmp-dir-made", "model-written", "state-written", "metrics-writte
 _fault_hook: Callable[[str], None] | None = None
 
 _CHECKPOINT_NAME = re.compile(r"step-(\d{9,})")
+_TMP_NAME = re.compile(r"\.step-(\d{9,})\.tmp")
 # safetensors' dtype names of the tensors a model's state_dict may hold.
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
                        torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8"}
@@ -67,6 +68,14 @@ class CheckpointWriteError(RunDirError):
 
 class RunLockedError(RunDirError):
     """Another process is training the run."""
+
+
+class RunFinishedError(RunDirError):
+    """`train(resume=True)` of a run that already ran all its steps; `step` is the step it saved."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 class Checkpoint(NamedTuple):
@@ -119,17 +128,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 def write_config(run_dir: Path, model_config: CTMConfig, extra: dict[str, Any]) -> None:
     payload = {"ctm_version": __version__, "model": model_config.to_dict(), **extra}
     atomic_write_text(Path(run_dir) / CONFIG_FILE, json.dumps(payload, indent=2) + "\n")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"{path} is not valid JSON ({e})") from None
-    except UnicodeDecodeError:
-        raise RunDirError(f"{path} is not UTF-8 text") from None
-    except RecursionError:
-        raise RunDirError(f"{path} nests too deeply to be a ctm file") from None
 
 
 def _is_int(v: Any) -> bool:
@@ -196,9 +194,9 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist")
     path = run_dir / CONFIG_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise RunDirError(f"{run_dir} is not a ctm run directory: it has no {CONFIG_FILE}")
-    payload = _read_json(path)
+    payload = read_json(path, JSON_LIMIT, RunDirError, in_run=True)
     _check_config(payload, path)
     return payload
 
@@ -213,27 +211,112 @@ def run_dataset_name(payload: dict[str, Any]) -> str | None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def current_checkpoint(run_dir: str | os.PathLike[str]) -> Checkpoint | None:
-    """The complete checkpoint readers should use, or None when the run has saved none yet."""
-    run_dir = Path(run_dir)
+def _checkpoints_dir(run_dir: Path) -> Path:
+    """RUN/checkpoints, refused when it is a symbolic link (it would lead reads, writes and clean-up out of
+    the run)."""
+    return no_links_below(run_dir, run_dir / CHECKPOINTS_DIR, RunDirError)
+
+
+def _read_pointer(run_dir: Path) -> tuple[int, str]:
+    """(step, folder name) from checkpoint.json, a regular file of at most POINTER_LIMIT bytes."""
     pointer = run_dir / POINTER_FILE
-    if pointer.is_file():
-        payload = _read_json(pointer)
-        if not isinstance(payload, dict):
-            raise RunDirError(f"{pointer} must hold a JSON object, got {type(payload).__name__}")
-        step, where = payload.get("step"), payload.get("dir")
-        if not (_is_int(step) and step >= 0):
-            raise RunDirError(f"{pointer}: 'step' must be a non-negative integer, got {step!r}")
-        parts = where.split("/") if isinstance(where, str) else []
-        if len(parts) != 2 or parts[0] != CHECKPOINTS_DIR or not _CHECKPOINT_NAME.fullmatch(parts[1]):
-            raise RunDirError(f"{pointer}: 'dir' must name a folder {CHECKPOINTS_DIR}/step-N, got {where!r}")
-        path = run_dir / CHECKPOINTS_DIR / parts[1]
-        if not path.is_dir():
-            raise RunDirError(f"{pointer} names {where}, which is missing; the run's checkpoint was deleted")
-        return Checkpoint(path, step)
-    if (run_dir / MODEL_FILE).is_file():  # the old layout: files at the top level
+    try:
+        payload = read_json(pointer, POINTER_LIMIT, RunDirError, in_run=True)
+    except RunDirError as e:
+        raise RunDirError(f"{e}. Nothing was changed; once {pointer} is removed, `ctm train --resume {run_dir}` "
+                          f"recovers the newest complete checkpoint") from None
+    if not isinstance(payload, dict):
+        raise RunDirError(f"{pointer} must hold a JSON object, got {type(payload).__name__}")
+    step, where = payload.get("step"), payload.get("dir")
+    if not (_is_int(step) and step >= 0):
+        raise RunDirError(f"{pointer}: 'step' must be a non-negative integer, got {step!r}")
+    parts = where.split("/") if isinstance(where, str) else []
+    if len(parts) != 2 or parts[0] != CHECKPOINTS_DIR or not _CHECKPOINT_NAME.fullmatch(parts[1]):
+        raise RunDirError(f"{pointer}: 'dir' must name a folder {CHECKPOINTS_DIR}/step-N, got {where!r}")
+    return step, parts[1]
+
+
+def current_checkpoint(run_dir: str | os.PathLike[str]) -> Checkpoint | None:
+    """The complete checkpoint readers should use, or None when the run has saved none yet.
+
+    A run whose checkpoint.json is missing while complete checkpoint folders remain (a partial copy, a
+    deleted pointer) is a RunDirError naming the newest; `recover_pointer` (what `ctm train --resume` does)
+    publishes it again. Nothing here follows a symbolic link inside the run.
+    """
+    run_dir = Path(run_dir)
+    checkpoints = _checkpoints_dir(run_dir)
+    if os.path.lexists(run_dir / POINTER_FILE):
+        seen = None
+        for _ in range(5):  # a writer may publish a newer checkpoint and remove this one meanwhile
+            step, name = _read_pointer(run_dir)
+            path = checkpoints / name
+            if path.is_symlink():
+                raise RunDirError(f"{path} is a symbolic link; ctm does not follow links inside a run directory "
+                                  f"(replace it by the folder itself)")
+            if path.is_dir():
+                return Checkpoint(path, step)
+            if (step, name) == seen:
+                break
+            seen = (step, name)
+        raise RunDirError(f"{run_dir / POINTER_FILE} names {CHECKPOINTS_DIR}/{seen[1]}, which is missing; the run's "
+                          f"checkpoint was deleted")
+    if os.path.lexists(run_dir / MODEL_FILE):  # the old layout: files at the top level
         return Checkpoint(run_dir, None)
+    folders = _step_folders(checkpoints)
+    if folders:
+        step, path = folders[-1]
+        raise RunDirError(f"{run_dir} has no {POINTER_FILE}, but holds {len(folders)} checkpoint folder"
+                          f"{'s' if len(folders) > 1 else ''} (the newest {CHECKPOINTS_DIR}/{path.name}); nothing "
+                          f"was changed: `ctm train --resume {run_dir}` recovers the newest complete one")
     return None
+
+
+def _step_folders(checkpoints: Path) -> list[tuple[int, Path]]:
+    """The folders checkpoints/step-N (real folders, not links), oldest first."""
+    if not checkpoints.is_dir() or checkpoints.is_symlink():
+        return []
+    found = []
+    for entry in checkpoints.iterdir():
+        match = _CHECKPOINT_NAME.fullmatch(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def recover_pointer(run_dir: str | os.PathLike[str]) -> Checkpoint | None:
+    """When checkpoint.json is missing but checkpoint folders remain: publish the newest complete one again
+    (its three files present, its weights matching config.json and recording its step) and return it; None
+    when there is nothing to recover. Deletes nothing. Only the run's writer (holding its lock) may call this.
+    """
+    run_dir = Path(run_dir)
+    if os.path.lexists(run_dir / POINTER_FILE) or os.path.lexists(run_dir / MODEL_FILE):
+        return None
+    folders = _step_folders(_checkpoints_dir(run_dir))
+    if not folders:
+        return None
+    from .models import run_model_kind, run_model_options
+
+    payload = read_config(run_dir)
+    config, kind, options = CTMConfig.from_dict(payload["model"]), run_model_kind(payload), run_model_options(payload)
+    problems = []
+    for step, path in reversed(folders):
+        files = [path / name for name in (MODEL_FILE, STATE_FILE, METRICS_FILE)]
+        missing = [f.name for f in files if f.is_symlink() or not f.is_file()]
+        if missing:
+            problems.append(f"{path.name} lacks {', '.join(missing)}")
+            continue
+        try:
+            recorded = _check_weights_header(path / MODEL_FILE, config, kind, options)
+        except RunDirError as e:
+            problems.append(f"{path.name}: {e}")
+            continue
+        if recorded != step:
+            problems.append(f"{path.name} holds the weights of step {recorded}")
+            continue
+        _publish(run_dir, step, path.name)
+        return Checkpoint(path, step)
+    raise RunDirError(f"{run_dir} has no {POINTER_FILE} and none of its checkpoint folders is complete "
+                      f"({'; '.join(problems[:3])}); nothing was changed or deleted")
 
 
 def _require_checkpoint(run_dir: Path) -> Checkpoint:
@@ -245,13 +328,19 @@ def _require_checkpoint(run_dir: Path) -> Checkpoint:
 
 
 def _reading(run_dir: Path, read: Callable[[Checkpoint], Any]) -> Any:
-    """read(current checkpoint), again if a writer replaced and removed that checkpoint meanwhile."""
+    """read(current checkpoint), again if a writer replaced and removed that checkpoint meanwhile (whatever
+    the failure said: safetensors reports a vanished file as a RuntimeError). Never reads a half checkpoint:
+    a folder is complete before the pointer names it."""
     for _ in range(5):
         found = _require_checkpoint(run_dir)
         try:
             return read(found)
-        except FileNotFoundError:
-            if current_checkpoint(run_dir) == found:
+        except (OSError, RuntimeError, RunDirError):
+            try:
+                moved = current_checkpoint(run_dir) != found
+            except RunDirError:
+                moved = True
+            if not moved:
                 raise
     return read(_require_checkpoint(run_dir))
 
@@ -293,6 +382,7 @@ def _check_weights_header(path: Path, config: CTMConfig, kind: str = "ctm",
 
     with torch.device("meta"):
         expected = build(kind, config, **(options or {})).state_dict()
+    _check_size(path, _state_bytes(expected) + _HEADER_SLACK)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -319,6 +409,29 @@ def _check_weights_header(path: Path, config: CTMConfig, kind: str = "ctm",
     if not re.fullmatch(r"-?\d{1,18}", step):
         raise RunDirError(f"{path}: metadata field 'step' must be an integer, got {step!r}")
     return int(step)
+
+
+# Room for a file's header beside its tensors (safetensors' header, torch.save's pickle and zip records).
+_HEADER_SLACK = 16 * 2**20
+# metrics.jsonl: one row per evaluation, each well under a few KB
+METRICS_LIMIT = 256 * 2**20
+
+
+def _state_bytes(state: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def _check_size(path: Path, limit: int) -> None:
+    """A file of a checkpoint: a regular file (not a link) of at most `limit` bytes, before a reader maps it."""
+    info = os.lstat(path)  # FileNotFoundError stays one: a writer may have removed it (see `_reading`)
+    if stat.S_ISLNK(info.st_mode):
+        raise RunDirError(f"{path} is a symbolic link; ctm does not follow links inside a run directory "
+                          f"(replace it by the file itself)")
+    if not stat.S_ISREG(info.st_mode):
+        raise RunDirError(f"{path} is not a regular file; a checkpoint holds plain files")
+    if info.st_size > limit:
+        raise RunDirError(f"{path} holds {info.st_size:,} bytes, more than the model of config.json can need "
+                          f"({limit:,}); it is not this run's file")
 
 
 def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[ContinuousThoughtMachine, dict[str, Any]]:
@@ -411,12 +524,22 @@ def check_optimizer_state(saved: dict[str, Any], optimizer: torch.optim.Optimize
 
 def load_trainer_state(run_dir: Path) -> dict[str, Any]:
     """The current checkpoint's trainer state, checked field by field (torch.load with weights_only)."""
+    from .models import build_model as build
+    from .models import run_model_kind, run_model_options
+
+    payload = read_config(run_dir)
+    with torch.device("meta"):
+        weight_bytes = _state_bytes(build(run_model_kind(payload), CTMConfig.from_dict(payload["model"]),
+                                          **run_model_options(payload)).state_dict())
+
     def read(found: Checkpoint) -> dict[str, Any]:
         path = found.path / STATE_FILE
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise RunDirError(f"{found.path} has no {STATE_FILE}: it cannot be resumed")
+        # The optimiser holds two tensors per parameter (AdamW's moments), the RNG states a few KB.
+        data = read_bounded(path, 3 * weight_bytes + _HEADER_SLACK, RunDirError, in_run=True)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise
         except Exception as e:  # a corrupt or foreign file: torch raises many kinds, some with long advice
@@ -461,10 +584,10 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
     def read(found: Checkpoint) -> list[dict[str, Any]]:
         path = found.path / METRICS_FILE
-        if found.step is None and not path.is_file():  # old layout: written after the weights
+        if found.step is None and not os.path.lexists(path):  # old layout: written after the weights
             return []
         try:
-            return _parse_metrics(path.read_text(encoding="utf-8"), path)
+            return _parse_metrics(read_bounded(path, METRICS_LIMIT, RunDirError, in_run=True).decode("utf-8"), path)
         except UnicodeDecodeError:
             raise RunDirError(f"{path} is not UTF-8 text") from None
 
@@ -503,9 +626,13 @@ def save_checkpoint(run_dir: str | os.PathLike[str], model: ContinuousThoughtMac
     name = f"step-{step:09d}"
     checkpoints = run_dir / CHECKPOINTS_DIR
     tmp, final = checkpoints / f".{name}.tmp", checkpoints / name
-    previous = current_checkpoint(run_dir)
+    previous = current_checkpoint(run_dir)  # refuses a linked checkpoints/ folder, a pointer not a file
     if previous is not None and previous.path == final:
         raise CheckpointWriteError(f"{final} is the current checkpoint already; step {step} was saved before")
+    for stale in (tmp, final):  # left by a kill before the pointer moved: never published
+        if os.path.lexists(stale) and not _remove_checkpoint_folder(stale):
+            raise CheckpointWriteError(f"{stale} is in the way of step {step}'s checkpoint and holds what ctm did "
+                                       f"not write there (or is a link); move it out of the run and resume")
     try:
         # Everything is serialised first, so a failure to write is an OSError of our own writes.
         weights = _safetensors_bytes(model, step)
@@ -513,9 +640,6 @@ def save_checkpoint(run_dir: str | os.PathLike[str], model: ContinuousThoughtMac
         torch.save(trainer_state, buffer)
         rows = "".join(json.dumps(r) + "\n" for r in metrics).encode("utf-8")
         checkpoints.mkdir(parents=True, exist_ok=True)
-        for stale in (tmp, final):  # left by a kill before the pointer moved: never published
-            if stale.exists():
-                shutil.rmtree(stale)
         tmp.mkdir()
         _fault("tmp-dir-made")
         _write_synced(tmp / MODEL_FILE, weights)
@@ -531,15 +655,12 @@ def save_checkpoint(run_dir: str | os.PathLike[str], model: ContinuousThoughtMac
         os.replace(tmp, final)
         _fsync_dir(checkpoints)
         _fault("dir-renamed")
-        pointer = json.dumps({"step": step, "dir": f"{CHECKPOINTS_DIR}/{name}"}) + "\n"
-        atomic_write(run_dir / POINTER_FILE, lambda t: Path(t).write_text(pointer, encoding="utf-8"),
-                     before_replace=lambda: _fault("pointer-written"))
-        _fsync_dir(run_dir)
+        _publish(run_dir, step, name, before_replace=lambda: _fault("pointer-written"))
         _fault("pointer-replaced")
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if final.exists() and current_checkpoint(run_dir) != Checkpoint(final, step):
-            shutil.rmtree(final, ignore_errors=True)
+        _remove_checkpoint_folder(tmp)
+        if _read_pointer_or_none(run_dir) != (step, name):
+            _remove_checkpoint_folder(final)
         kept = (f"the previous checkpoint (step {checkpoint_step(run_dir)}) is intact and resumable"
                 if previous is not None else "no checkpoint was saved before")
         reason = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
@@ -551,31 +672,79 @@ def save_checkpoint(run_dir: str | os.PathLike[str], model: ContinuousThoughtMac
     return final
 
 
+def _publish(run_dir: Path, step: int, name: str, before_replace: Callable[[], None] | None = None) -> None:
+    """Make checkpoint.json name checkpoints/`name` (atomic replace, then the folder synced)."""
+    pointer = json.dumps({"step": step, "dir": f"{CHECKPOINTS_DIR}/{name}"}) + "\n"
+    atomic_write(run_dir / POINTER_FILE, lambda t: Path(t).write_text(pointer, encoding="utf-8"),
+                 before_replace=before_replace)
+    _fsync_dir(run_dir)
+
+
+def _read_pointer_or_none(run_dir: Path) -> tuple[int, str] | None:
+    try:
+        return _read_pointer(run_dir)
+    except (OSError, RunDirError):
+        return None
+
+
+def _unlink_regular(path: Path) -> bool:
+    """Remove `path` if it is a regular file (never a link, a folder or anything else); whether it is gone."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    return True
+
+
+def _remove_checkpoint_folder(path: Path) -> bool:
+    """Remove a checkpoint folder ctm wrote: the files ctm writes there, then the folder if that emptied it.
+    A link, a file or a folder holding anything else keeps what ctm did not write. Whether it is gone."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+        for entry in path.iterdir():
+            if entry.name in (MODEL_FILE, STATE_FILE, METRICS_FILE):
+                _unlink_regular(entry)
+        path.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def remove_leftovers(run_dir: str | os.PathLike[str]) -> None:
-    """Remove what saves killed part-way left: temp folders and files, checkpoints no pointer names, and
-    the old layout's files once a checkpoint folder replaced them. Only the run's writer may call this."""
+    """Remove what saves killed part-way left: temp folders and files, checkpoint folders the pointer no
+    longer (or never) named, and the old layout's files once a checkpoint folder replaced them. Only what ctm
+    writes, by name, and never through a link; a run whose pointer is missing or not a plain file loses
+    nothing (`current_checkpoint` refuses it first). Only the run's writer may call this."""
     run_dir = Path(run_dir)
     current = current_checkpoint(run_dir)
     checkpoints = run_dir / CHECKPOINTS_DIR
-    if checkpoints.is_dir():
+    if checkpoints.is_dir() and not checkpoints.is_symlink():
         for entry in checkpoints.iterdir():
-            if current is None or entry != current.path:
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+            if current is not None and entry == current.path:
+                continue
+            if _TMP_NAME.fullmatch(entry.name) or (current is not None and _CHECKPOINT_NAME.fullmatch(entry.name)):
+                _remove_checkpoint_folder(entry)
     for name in (CONFIG_FILE, POINTER_FILE):  # only ours: `ctm viz` may be writing a picture here meanwhile
         for entry in run_dir.glob(f".{name}.*.tmp"):
-            entry.unlink(missing_ok=True)
+            _unlink_regular(entry)
     if current is not None and current.path != run_dir:
         for name in (MODEL_FILE, STATE_FILE, METRICS_FILE):
-            (run_dir / name).unlink(missing_ok=True)
+            _unlink_regular(run_dir / name)
 
 
 def has_run_files(run_dir: Path) -> bool:
-    """Whether `run_dir` holds a published checkpoint of either layout (a save killed before the first
-    checkpoint was published leaves none: the run can start again)."""
-    return any((run_dir / name).exists() for name in (POINTER_FILE, MODEL_FILE, STATE_FILE))
+    """Whether `run_dir` holds a checkpoint of either layout, or anything that may be one (a checkpoint folder
+    without its pointer, a linked checkpoints/ folder). A save killed before the first checkpoint was
+    published leaves only a temp folder: the run can start again."""
+    if any(os.path.lexists(run_dir / name) for name in (POINTER_FILE, MODEL_FILE, STATE_FILE)):
+        return True
+    checkpoints = run_dir / CHECKPOINTS_DIR
+    return checkpoints.is_symlink() or bool(_step_folders(checkpoints))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -592,7 +761,24 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:  # never through a link: a .lock received in a tarball must not truncate a file elsewhere
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         0o666 & ~_UMASK)
+        except OSError as e:
+            if e.errno == errno.EISDIR:
+                raise RunDirError(f"{self.path} is a folder; ctm keeps its lock file there. Move it out of the run "
+                                  f"and try again") from None
+            if e.errno != errno.ELOOP:
+                raise
+            raise RunDirError(f"{self.path} is a symbolic link; ctm does not follow links inside a run directory. "
+                              f"Remove it (ctm makes its own lock file) and try again") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            what = "not a regular file" if not stat.S_ISREG(info.st_mode) else \
+                f"a hard link shared with {info.st_nlink - 1} other name(s)"
+            raise RunDirError(f"{self.path} is {what}; ctm writes its PID there. Remove it (ctm makes its own "
+                              f"lock file) and try again")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -323,6 +323,10 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
         if info.is_main:  # before anything else: a second writer is refused at once
             try:
                 held.enter_context(ckpt.RunLock(run_dir))
+                recovered = ckpt.recover_pointer(run_dir)
+                if recovered is not None and log is not None:
+                    log(f"note: {run_dir / ckpt.POINTER_FILE} was missing; published again the newest complete "
+                        f"checkpoint, {ckpt.CHECKPOINTS_DIR}/{recovered.path.name} (step {recovered.step})")
                 ckpt.remove_leftovers(run_dir)
             except ckpt.RunDirError as e:
                 problem = str(e)
@@ -375,8 +379,8 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
         elapsed = float(state.get("elapsed_s", 0.0))
         metrics = [m for m in ckpt.read_metrics(run_dir) if m["step"] <= step]
         if step >= train_config.steps:
-            raise ckpt.RunDirError(f"{run_dir} already ran {step} of {train_config.steps} steps; "
-                                   f"pass a larger TrainConfig.steps to extend it")
+            raise ckpt.RunFinishedError(f"{run_dir} already ran {step} of {train_config.steps} steps; "
+                                        f"pass a larger TrainConfig.steps to extend it", step)
         # Only now that everything loaded: record a changed length (e.g. a larger --steps) in config.json.
         if info.is_main and ckpt.read_config(run_dir).get("train") != train_config.to_dict():
             update_stored_train_config(run_dir, train_config)

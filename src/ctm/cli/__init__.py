@@ -45,6 +45,8 @@ def _positive_int(text: str) -> int:
     return v
 
 
+# What `ctm train` draws in the run directory once training ends.
+RUN_PICTURES = ("thinking.gif", "curves.png")
 # `ctm viz` without --index and thinking.gif pick among this many first test images.
 THOUGHTFUL_POOL = 500
 
@@ -377,6 +379,7 @@ def _check_path_text(flag: str, text: str | None) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .. import train as tr
+    from ..checkpoint import RunFinishedError
     from ..config import CTMConfig
     from ..folders import FOLDER_PREFIX, folder_path
 
@@ -435,11 +438,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_name = task.dataset_name(train_config) if folder is None else folder.name
         run_dir = Path(args.out or f"runs/{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     started = time.perf_counter()
-    result = tr.train(run_dir, model_config, train_config, task=task, model_kind=args.model_kind or "ctm",
-                      data_dir=args.data_dir, device=args.device,
-                      resume=bool(args.resume), progress=not args.no_progress,
-                      log=lambda line: print(line, flush=True), backend=args.backend, sync_bn=args.sync_bn,
-                      dist_timeout_s=args.dist_timeout)
+    try:
+        result = tr.train(run_dir, model_config, train_config, task=task, model_kind=args.model_kind or "ctm",
+                          data_dir=args.data_dir, device=args.device,
+                          resume=bool(args.resume), progress=not args.no_progress,
+                          log=lambda line: print(line, flush=True), backend=args.backend, sync_bn=args.sync_bn,
+                          dist_timeout_s=args.dist_timeout)
+    except RunFinishedError as e:  # stopped after its last checkpoint, before its pictures: finish those
+        missing = [name for name in RUN_PICTURES if not os.path.lexists(run_dir / name)]
+        if not missing or not _is_main_process():
+            raise
+        print(f"{run_dir} already ran all {e.step} steps; drawing what it stopped before: {', '.join(missing)}",
+              flush=True)
+        _write_run_pictures(run_dir, args.data_dir)
+        return 0
     code = 128 + (result.stop_signal or signal.SIGINT)
     if not _is_main_process():
         return code if result.interrupted else 0

@@ -365,3 +365,32 @@ def test_reading_a_run_is_bounded(finished, tmp_path, capsys):
     os.mkfifo(run / ckpt.CONFIG_FILE)  # would block a plain open for ever
     with pytest.raises(ckpt.RunDirError, match="is not a regular file"):
         ckpt.read_config(run)
+
+
+def test_a_stop_signal_while_drawing_the_pictures_finishes_that_picture_and_says_so(finished, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """Raised at any instant, the signal used to land inside numpy or a GC callback: a traceback, exit 1."""
+    import signal
+
+    from ctm import viz
+
+    run, _ = copy_run(finished, tmp_path)
+    (run / "thinking.gif").unlink()
+    (run / "curves.png").unlink()
+    real = viz.save_curves
+
+    def save_curves(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the curves are being drawn
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(viz, "save_curves", save_curves)
+    capsys.readouterr()
+    assert cli("train", "--resume", run, "--no-progress", "--threads", "1") == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ctm train: stopped by SIGTERM while drawing the run's pictures; the checkpoint of step {STEPS} "
+                   f"is saved; `ctm train --resume {run}` draws thinking.gif"]
+    assert (run / "curves.png").stat().st_size > 0 and not (run / "thinking.gif").exists()
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(viz, "save_curves", real)
+    assert cli("train", "--resume", run, "--no-progress", "--threads", "1") == 0
+    assert (run / "thinking.gif").stat().st_size > 0

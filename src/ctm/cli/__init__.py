@@ -450,8 +450,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise
         print(f"{run_dir} already ran all {e.step} steps; drawing what it stopped before: {', '.join(missing)}",
               flush=True)
-        _write_run_pictures(run_dir, args.data_dir)
-        return 0
+        return _write_run_pictures(run_dir, args.data_dir, e.step)
     code = 128 + (result.stop_signal or signal.SIGINT)
     if not _is_main_process():
         return code if result.interrupted else 0
@@ -461,7 +460,9 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return code
     ev = result.final_eval
-    _write_run_pictures(run_dir, args.data_dir)
+    stopped = _write_run_pictures(run_dir, args.data_dir, result.step)
+    if stopped:
+        return stopped
     per = " per position" if ev.sequence_accuracy is not None else ""
     sequences = "" if ev.sequence_accuracy is None else \
         f"; whole sequences {ev.sequence_accuracy:.4f} at the most-certain tick"
@@ -502,9 +503,10 @@ def _samples_for(args: argparse.Namespace, payload: dict, split: str = "test"):
                         progress=True)
 
 
-def _write_run_pictures(run_dir: Path, data_dir: str | None) -> None:
+def _write_run_pictures(run_dir: Path, data_dir: str | None, step: int) -> int:
     """thinking.gif (a test image the model thinks about) and curves.png in the run directory; skipped
-    without matplotlib."""
+    without matplotlib. A stop signal now lets the picture being written finish (each is written whole or not
+    at all), then stops with one line: 0, or 128 + the signal's number."""
     try:
         from .. import viz
         from ..checkpoint import load_model, read_metrics
@@ -513,17 +515,30 @@ def _write_run_pictures(run_dir: Path, data_dir: str | None) -> None:
     except ImportError:
         print("note: install matplotlib and pillow (pip install 'torch-ctm[viz]') for thinking.gif and "
               "curves.png", file=sys.stderr)
-        return
+        return 0
+    from .._signals import StopFlag
     from ..tasks import task_from_record
     from ..train import resume_configs
 
-    model, payload = load_model(run_dir)
-    task = task_from_record(payload)
-    data = task.load("test", resume_configs(run_dir)[1], data_dir, recorded=payload.get("dataset"))
-    viz.save_curves(read_metrics(run_dir), run_dir / "curves.png")
-    what = task.thinking_gif(model, data, run_dir / "thinking.gif")
+    # Raised at any instant, a signal would land inside numpy or a garbage-collector callback (which swallows
+    # it): here the first one only sets a flag, checked between the pictures; a second stops at once.
+    with StopFlag() as flag:
+        model, payload = load_model(run_dir)
+        task = task_from_record(payload)
+        data = task.load("test", resume_configs(run_dir)[1], data_dir, recorded=payload.get("dataset"))
+        if not flag.set:
+            viz.save_curves(read_metrics(run_dir), run_dir / "curves.png")
+        what = None if flag.set else task.thinking_gif(model, data, run_dir / "thinking.gif")
+    if flag.set:
+        missing = [name for name in RUN_PICTURES if not os.path.lexists(run_dir / name)]
+        todo = f"`ctm train --resume {run_dir}` draws {' and '.join(missing)}" if missing else \
+            "so are its pictures"
+        print(f"ctm train: stopped by {signal.Signals(flag.signum).name} while drawing the run's pictures; the "
+              f"checkpoint of step {step} is saved; {todo}", file=sys.stderr)
+        return 128 + flag.signum
     gif = f"{run_dir / 'thinking.gif'} ({what}) and " if what is not None else ""
     print(f"Wrote {gif}{run_dir / 'curves.png'}")
+    return 0
 
 
 def _run_dataset(run_dir: str | Path, payload: dict) -> str:

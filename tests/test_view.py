@@ -96,6 +96,23 @@ def test_page_is_self_contained_and_its_data_survives_script_breakers(tmp_path):
     assert "<title>a &lt;/script>&lt;b></title>" in html
 
 
+def test_page_source_holds_the_run_s_strings_only_as_text():
+    """Class names, title and source (a folder's names, a run's path) never end, open or fill the page's blocks."""
+    names = ["<!--<script>", "</script><script>x=1</script>", "<img src=x onerror=y>", "/*{{SCRIPT}}*/",
+             "{{TITLE}}", "/*{{DATA}}*/", "a & b", "\u2028\u2029", "]]>", "plain"]
+    title, source = "/*{{DATA}}*/ </title><script>x=2</script>", "<!-- /*{{SCRIPT}}*/"
+    data = view.viewer_data(tiny_model(), torch.rand(3, 1, 28, 28), [0, 1, 2], title=title, source=source,
+                            class_names=names)
+    html = view.viewer_html(data)
+    block = re.search(r'<script id="ctm-data" type="application/json">(.*?)</script>', html, re.S).group(1)
+    assert not set(block) & set("<>&\u2028\u2029")  # nothing in the data block an HTML parser reads as markup
+    assert json.loads(block) == json.loads(json.dumps(data))
+    assert html.count("<script") == 2 and html.count("</script>") == 2
+    shown = re.search("<title>(.*?)</title>", html, re.S).group(1)
+    assert shown == "/*{{DATA}}*/ &lt;/title>&lt;script>x=2&lt;/script>"
+    assert html.count("use strict") == 1  # the script is inlined once, never into a string that looks like its slot
+
+
 def test_serve_answers_with_the_page(tmp_path):
     path = view.write_viewer(view.viewer_data(tiny_model(), torch.rand(2, 1, 28, 28), [0, 1]), tmp_path / "v.html")
     server = view.serve(path, port=0)

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_FLAGS, make_synthetic
+from helpers import TINY_FLAGS, cli_error, make_synthetic
 
 import ctm
 from ctm import view, viz
@@ -166,6 +167,17 @@ def test_view_of_a_run_writes_into_the_run(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["view", str(run), "--out", str(run / "model.safetensors")]) == 2  # never over the run's files
     assert "must end in .html" in capsys.readouterr().err
+
+
+def test_view_serve_on_a_busy_port_says_so(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = cli_error(capsys, "view", "--pretrained", "mnist", "--samples", "2", "--out", tmp_path / "v.html",
+                         "--serve", "--port", port, "--threads", "1")
+    assert line == (f"ctm view: error: port {port} on 127.0.0.1 is in use ({tmp_path / 'v.html'} is written); serve "
+                    f"on another with --port N, or --port 0 for any free one")
 
 
 def test_view_serve_until_ctrl_c(tmp_path):

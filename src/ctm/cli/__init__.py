@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -634,7 +635,7 @@ def cmd_view(args: argparse.Namespace) -> int:
                     f"{time.perf_counter() - started:.1f} s. Open it in a browser: {out.resolve().as_uri()}"))
     if not args.serve:
         return 0
-    server = view.serve(out, args.port)
+    server = _serve(view, out, args.port)
     print(f"Serving on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
@@ -643,6 +644,21 @@ def cmd_view(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _serve(view, out: Path, port: int):
+    """view.serve, with a port that is taken or needs privileges said as such (not as a path problem)."""
+    try:
+        return view.serve(out, port)
+    except OSError as e:
+        if e.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", None)):
+            why = "is in use"
+        elif e.errno == errno.EACCES:
+            why = "needs privileges here"
+        else:
+            raise
+        raise CLIError(f"port {port} on 127.0.0.1 {why} ({printable(out)} is written); serve on another with "
+                       f"--port N, or --port 0 for any free one") from None
 
 
 def cmd_pretrained(args: argparse.Namespace) -> int:

@@ -6,12 +6,14 @@ executable when it is not `chromium` on PATH. Playwright's own browser download 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import threading
 
 import pytest
 import torch
+from helpers import TINY
 
 import ctm
 from ctm import view
@@ -181,4 +183,44 @@ def test_served_page_works_too(browser, viewer):
         page.close()
         server.shutdown()
         server.server_close()
+    assert errors == []
+
+
+# Strings a run can carry (folder names become class names; paths become titles and sources) that would run
+# script or break the page if any of them reached it as HTML.
+HOSTILE_CLASSES = ['<img src=x onerror="window.__pwned=1">', "</script><script>window.__pwned=2</script>",
+                   '<svg onload="window.__pwned=3"></svg>', "<!--<script>", "/*{{SCRIPT}}*/", "&lt;b&gt; \u2028"]
+HOSTILE_TITLE = '<img src=x onerror="window.__pwned=4"> {{TITLE}} /*{{DATA}}*/'
+HOSTILE_SOURCE = "</title><script>window.__pwned=5</script>"
+
+
+def test_strings_from_the_run_are_shown_as_text_and_never_run(browser, tmp_path):
+    torch.manual_seed(0)
+    model = ctm.CTM(dataclasses.replace(TINY, out_dims=len(HOSTILE_CLASSES)))
+    targets = list(range(len(HOSTILE_CLASSES)))
+    payload = view.viewer_data(model, torch.rand(len(targets), 1, 12, 12), targets, title=HOSTILE_TITLE,
+                               source=HOSTILE_SOURCE, class_names=HOSTILE_CLASSES)
+    path = view.write_viewer(payload, tmp_path / "hostile.html")
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(path.as_uri())
+        page.wait_for_selector("#samples li")
+        page.wait_for_timeout(300)  # an injected <img> would have failed to load and run its onerror by now
+        assert page.evaluate("window.__pwned") is None
+        assert page.locator("#samples img, #samples svg, #sample-title img, #title img, #meta script").count() == 0
+        assert page.title() == HOSTILE_TITLE
+        assert page.text_content("#title") == HOSTILE_TITLE
+        assert HOSTILE_SOURCE in page.text_content("#meta")
+        labels = page.eval_on_selector_all("#probs text[text-anchor='end']", "els => els.map(e => e.textContent)")
+        assert [label.removeprefix("\u25B6 ") for label in labels] == HOSTILE_CLASSES
+        for pos, name in enumerate(HOSTILE_CLASSES):
+            pick(page, pos)
+            assert f"target {name} \u00b7 tick 1:" in page.text_content("#sample-title")
+            assert page.text_content(f"#samples li[data-pos='{pos}']").startswith(f"#{pos}: {name} \u2192 ")
+        page.wait_for_timeout(300)
+        assert page.evaluate("window.__pwned") is None
+    finally:
+        page.close()
     assert errors == []

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_FLAGS, make_synthetic
+from helpers import TINY_FLAGS, cli_error, make_synthetic
 
 import ctm
 from ctm import view, viz
@@ -96,6 +97,23 @@ def test_page_is_self_contained_and_its_data_survives_script_breakers(tmp_path):
     assert "<title>a &lt;/script>&lt;b></title>" in html
 
 
+def test_page_source_holds_the_run_s_strings_only_as_text():
+    """Class names, title and source (a folder's names, a run's path) never end, open or fill the page's blocks."""
+    names = ["<!--<script>", "</script><script>x=1</script>", "<img src=x onerror=y>", "/*{{SCRIPT}}*/",
+             "{{TITLE}}", "/*{{DATA}}*/", "a & b", "\u2028\u2029", "]]>", "plain"]
+    title, source = "/*{{DATA}}*/ </title><script>x=2</script>", "<!-- /*{{SCRIPT}}*/"
+    data = view.viewer_data(tiny_model(), torch.rand(3, 1, 28, 28), [0, 1, 2], title=title, source=source,
+                            class_names=names)
+    html = view.viewer_html(data)
+    block = re.search(r'<script id="ctm-data" type="application/json">(.*?)</script>', html, re.S).group(1)
+    assert not set(block) & set("<>&\u2028\u2029")  # nothing in the data block an HTML parser reads as markup
+    assert json.loads(block) == json.loads(json.dumps(data))
+    assert html.count("<script") == 2 and html.count("</script>") == 2
+    shown = re.search("<title>(.*?)</title>", html, re.S).group(1)
+    assert shown == "/*{{DATA}}*/ &lt;/title>&lt;script>x=2&lt;/script>"
+    assert html.count("use strict") == 1  # the script is inlined once, never into a string that looks like its slot
+
+
 def test_serve_answers_with_the_page(tmp_path):
     path = view.write_viewer(view.viewer_data(tiny_model(), torch.rand(2, 1, 28, 28), [0, 1]), tmp_path / "v.html")
     server = view.serve(path, port=0)
@@ -149,6 +167,17 @@ def test_view_of_a_run_writes_into_the_run(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["view", str(run), "--out", str(run / "model.safetensors")]) == 2  # never over the run's files
     assert "must end in .html" in capsys.readouterr().err
+
+
+def test_view_serve_on_a_busy_port_says_so(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = cli_error(capsys, "view", "--pretrained", "mnist", "--samples", "2", "--out", tmp_path / "v.html",
+                         "--serve", "--port", port, "--threads", "1")
+    assert line == (f"ctm view: error: port {port} on 127.0.0.1 is in use ({tmp_path / 'v.html'} is written); serve "
+                    f"on another with --port N, or --port 0 for any free one")
 
 
 def test_view_serve_until_ctrl_c(tmp_path):

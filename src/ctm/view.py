@@ -12,6 +12,7 @@ import base64
 import http.server
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -124,15 +125,33 @@ def viewer_data(model: ContinuousThoughtMachine, images: torch.Tensor, targets: 
     }
 
 
+# Characters that never appear raw in the inlined JSON: "<" and ">" (no "</script>" or "<!--" can end or
+# confuse the script block), "&", and the line separators that older JavaScript parsers treat as line ends.
+_JSON_ESCAPES = {c: f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"}
+_SLOTS = re.compile(r"\{\{TITLE\}\}|/\*\{\{DATA\}\}\*/|/\*\{\{SCRIPT\}\}\*/")
+
+
+def _inline_json(data: dict[str, Any]) -> str:
+    """`data` as JSON that is only text inside a <script> block, whatever its strings hold."""
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return text.translate(str.maketrans(_JSON_ESCAPES))
+
+
 def viewer_html(data: dict[str, Any]) -> str:
-    """The viewer page with `data` (from `viewer_data`), its script and styles inline."""
+    """The viewer page with `data` (from `viewer_data`), its script and styles inline.
+
+    Every string of `data` (title, source, class names) reaches the page as text: the JSON block escapes
+    "<", ">" and "&", the title is escaped for <title>, and the script only ever sets them as text.
+    """
     page = (ASSETS / "viewer.html").read_text(encoding="utf-8")
     script = (ASSETS / "viewer.js").read_text(encoding="utf-8")
-    # "</" inside a <script> would end it early; in JSON it can always be written "<\/".
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
-    title = str(data.get("title", "CTM")).replace("&", "&amp;").replace("<", "&lt;")
-    return (page.replace("{{TITLE}}", title).replace("/*{{DATA}}*/", payload)
-            .replace("/*{{SCRIPT}}*/", script.replace("</", "<\\/")))
+    slots = {
+        "{{TITLE}}": str(data.get("title", "CTM")).replace("&", "&amp;").replace("<", "&lt;"),
+        "/*{{DATA}}*/": _inline_json(data),
+        "/*{{SCRIPT}}*/": script.replace("</", "<\\/"),
+    }
+    # One pass over the template: a value that looks like a slot (a class name "/*{{SCRIPT}}*/") stays text.
+    return _SLOTS.sub(lambda m: slots[m.group(0)], page)
 
 
 def write_viewer(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:

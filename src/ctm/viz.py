@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from ._text import printable
+
 if TYPE_CHECKING:
     import torch
     from matplotlib.figure import Figure
@@ -173,7 +175,8 @@ class _ThinkingFigure:
             raise ValueError(f"token_grid {gh}x{gw} does not match the {n_tokens} attention tokens")
         if class_names is None:
             class_names = [str(i) for i in range(n_classes)]
-        class_names = [str(c) if len(str(c)) <= 18 else str(c)[:17] + "\u2026" for c in class_names]
+        class_names = [printable(c) for c in class_names]  # a folder's name may hold control characters
+        class_names = [c if len(c) <= 18 else c[:17] + "\u2026" for c in class_names]
         if len(class_names) != n_classes:
             raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
         if target is not None:
@@ -221,7 +224,7 @@ class _ThinkingFigure:
         if caption:  # why this sample was chosen, under the header
             import textwrap
 
-            fig.text(0.035, 0.948, textwrap.fill("Why this image: " + caption, 140), fontsize=8.5, va="top",
+            fig.text(0.035, 0.948, textwrap.fill("Why this image: " + printable(caption), 140), fontsize=8.5, va="top",
                      color="#555555")
 
         outer = fig.add_gridspec(3, 1, height_ratios=[3.3, 1.55, 4.2], left=0.035, right=0.965,

@@ -29,6 +29,14 @@
     return node;
   }
 
+  // Strings from the run (class names, title, source) only ever reach the page as text: no innerHTML.
+  function span(className, text) {
+    const node = document.createElement("span");
+    if (className) node.className = className;
+    node.textContent = text;
+    return node;
+  }
+
   // ------------------------------------------------------------------ input image (+ attention)
   function drawImage(canvas, s, tick, withAttention) {
     const [C, H, W] = SHAPE, ctx = canvas.getContext("2d");
@@ -85,9 +93,9 @@
       const right = s.prediction === s.target;
       const text = document.createElement("span");
       const ticks = haltTick(s, state.threshold) + 1;
-      text.innerHTML = `#${s.index}: ${CLASSES[s.target]} &rarr; ` +
-        `<span class="${right ? "" : "wrong"}">${CLASSES[s.prediction]} ${right ? "&#10003;" : "&#10007;"}</span>` +
-        ` &middot; ${ticks} tick${ticks === 1 ? "" : "s"}`;
+      text.append(`#${s.index}: ${CLASSES[s.target]} \u2192 `,
+                  span(right ? "" : "wrong", `${CLASSES[s.prediction]} ${right ? "\u2713" : "\u2717"}`),
+                  ` \u00b7 ${ticks} tick${ticks === 1 ? "" : "s"}`);
       li.title = `sample ${s.index}: target ${CLASSES[s.target]}, answer ${CLASSES[s.prediction]} at its most ` +
         `certain tick; halts after ${ticks} tick${ticks === 1 ? "" : "s"} at threshold ${state.threshold}`;
       li.append(c, text);
@@ -158,9 +166,9 @@
     const p = s.probs[t], pred = argmax(p), right = pred === s.target;
     $("tick-slider").value = t + 1;
     $("tick-label").textContent = `tick ${t + 1} / ${T}`;
-    $("sample-title").innerHTML = `sample #${s.index} &middot; target ${CLASSES[s.target]} &middot; ` +
-      `tick ${t + 1}: <span class="${right ? "ok" : "bad"}">${CLASSES[pred]} (p = ${(p[pred] / 1000).toFixed(2)}) ` +
-      `${right ? "&#10003;" : "&#10007;"}</span>`;
+    const answer = `${CLASSES[pred]} (p = ${(p[pred] / 1000).toFixed(2)}) ${right ? "\u2713" : "\u2717"}`;
+    $("sample-title").replaceChildren(`sample #${s.index} \u00b7 target ${CLASSES[s.target]} \u00b7 tick ${t + 1}: `,
+                                      span(right ? "ok" : "bad", answer));
     drawImage($("image"), s, t, true);
     const top = s.attention_max[t], [gh, gw] = GRID;
     const info = $("attn-info");
@@ -190,11 +198,11 @@
   function stop() {
     if (state.playing !== null) clearInterval(state.playing);
     state.playing = null;
-    $("play").innerHTML = "&#9654; play";
+    $("play").textContent = "\u25B6 play";
   }
   function play() {
     if (state.tick >= T - 1) setTick(0);
-    $("play").innerHTML = "&#10074;&#10074; pause";
+    $("play").textContent = "\u275A\u275A pause";
     state.playing = setInterval(() => { if (state.tick >= T - 1) stop(); else setTick(state.tick + 1); }, 200);
   }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from .. import __version__
 from .._malloc import retain_freed_memory
 from .._signals import Interrupted, raise_on_stop_signals, restore
+from .._text import printable, printable_lines
 from .config_flags import add_config_flags, given, shown, with_flag_names
 
 
@@ -32,7 +34,7 @@ class OneLineParser(argparse.ArgumentParser):
     """Flag errors as one line, like the command's own checks (argparse prints its whole usage block)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -442,21 +444,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = tr.train(run_dir, model_config, train_config, task=task, model_kind=args.model_kind or "ctm",
                           data_dir=args.data_dir, device=args.device,
                           resume=bool(args.resume), progress=not args.no_progress,
-                          log=lambda line: print(line, flush=True), backend=args.backend, sync_bn=args.sync_bn,
-                          dist_timeout_s=args.dist_timeout)
+                          log=lambda line: print(printable(line), flush=True), backend=args.backend,
+                          sync_bn=args.sync_bn, dist_timeout_s=args.dist_timeout)
     except RunFinishedError as e:  # stopped after its last checkpoint, before its pictures: finish those
         missing = [name for name in RUN_PICTURES if not os.path.lexists(run_dir / name)]
         if not missing or not _is_main_process():
             raise
-        print(f"{run_dir} already ran all {e.step} steps; drawing what it stopped before: {', '.join(missing)}",
-              flush=True)
+        print(printable(f"{run_dir} already ran all {e.step} steps; drawing what it stopped before: "
+                        f"{', '.join(missing)}"), flush=True)
         return _write_run_pictures(run_dir, args.data_dir, e.step)
     code = 128 + (result.stop_signal or signal.SIGINT)
     if not _is_main_process():
         return code if result.interrupted else 0
     if result.interrupted:
         by = f" by {signal.Signals(result.stop_signal).name}" if result.stop_signal else ""
-        print(f"Stopped at step {result.step}{by}; checkpoint saved. Resume with: ctm train --resume {run_dir}",
+        print(f"Stopped at step {result.step}{by}; checkpoint saved. Resume with: ctm train --resume "
+              f"{printable(run_dir)}",
               file=sys.stderr)
         return code
     ev = result.final_eval
@@ -468,7 +471,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"; whole sequences {ev.sequence_accuracy:.4f} at the most-certain tick"
     print(f"Finished {result.step} steps in {time.perf_counter() - started:.0f} s. Test accuracy{per} "
           f"{ev.accuracy:.4f} at the most-certain tick, {ev.accuracy_last_tick:.4f} at the last tick{sequences} "
-          f"(loss {ev.loss:.4f}, n={ev.n}). Run: {run_dir}")
+          f"(loss {ev.loss:.4f}, n={ev.n}). Run: {printable(run_dir)}")
     return 0
 
 
@@ -533,11 +536,11 @@ def _write_run_pictures(run_dir: Path, data_dir: str | None, step: int) -> int:
         missing = [name for name in RUN_PICTURES if not os.path.lexists(run_dir / name)]
         todo = f"`ctm train --resume {run_dir}` draws {' and '.join(missing)}" if missing else \
             "so are its pictures"
-        print(f"ctm train: stopped by {signal.Signals(flag.signum).name} while drawing the run's pictures; the "
-              f"checkpoint of step {step} is saved; {todo}", file=sys.stderr)
+        print(printable(f"ctm train: stopped by {signal.Signals(flag.signum).name} while drawing the run's pictures; "
+                        f"the checkpoint of step {step} is saved; {todo}"), file=sys.stderr)
         return 128 + flag.signum
     gif = f"{run_dir / 'thinking.gif'} ({what}) and " if what is not None else ""
-    print(f"Wrote {gif}{run_dir / 'curves.png'}")
+    print(printable(f"Wrote {gif}{run_dir / 'curves.png'}"))
     return 0
 
 
@@ -588,7 +591,7 @@ def _viz_task(args: argparse.Namespace, model, payload: dict, task) -> int:
     what = task.thinking_gif(model, data, out, args.index, args.fps)
     if what is None:
         raise CLIError(f"the {task.name} task draws no thinking GIF yet")
-    print(f"Wrote {out} ({what}) in {time.perf_counter() - started:.1f} s")
+    print(printable(f"Wrote {out} ({what}) in {time.perf_counter() - started:.1f} s"))
     return 0
 
 
@@ -625,8 +628,8 @@ def cmd_viz(args: argparse.Namespace) -> int:
     frames = viz.thinking_gif(model, image, target, path=out, fps=args.fps, caption=caption,
                               class_names=names or None)
     label = f"{target} ({names[target]})" if _named_classes(data) else f"{target}"
-    print(f"Wrote {out}: {len(frames)} frames ({where} {index}, label {label}) "
-          f"in {time.perf_counter() - started:.1f} s" + (f"; why this image: {caption}" if caption else ""))
+    print(printable(f"Wrote {out}: {len(frames)} frames ({where} {index}, label {label}) "
+                    f"in {time.perf_counter() - started:.1f} s" + (f"; why this image: {caption}" if caption else "")))
     return 0
 
 
@@ -655,11 +658,11 @@ def cmd_view(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (Path(args.run_dir) / "viewer.html" if args.pretrained is None
                                            else Path(f"ctm-view-{args.pretrained}.html"))
     view.write_viewer(page, out)
-    print(f"Wrote {out} ({out.stat().st_size / 1024:.0f} KB, {n} samples of {source}) in "
-          f"{time.perf_counter() - started:.1f} s. Open it in a browser: {out.resolve().as_uri()}")
+    print(printable(f"Wrote {out} ({out.stat().st_size / 1024:.0f} KB, {n} samples of {source}) in "
+                    f"{time.perf_counter() - started:.1f} s. Open it in a browser: {out.resolve().as_uri()}"))
     if not args.serve:
         return 0
-    server = view.serve(out, args.port)
+    server = _serve(view, out, args.port)
     print(f"Serving on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
@@ -668,6 +671,21 @@ def cmd_view(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _serve(view, out: Path, port: int):
+    """view.serve, with a port that is taken or needs privileges said as such (not as a path problem)."""
+    try:
+        return view.serve(out, port)
+    except OSError as e:
+        if e.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", None)):
+            why = "is in use"
+        elif e.errno == errno.EACCES:
+            why = "needs privileges here"
+        else:
+            raise
+        raise CLIError(f"port {port} on 127.0.0.1 {why} ({printable(out)} is written); serve on another with "
+                       f"--port N, or --port 0 for any free one") from None
 
 
 def cmd_pretrained(args: argparse.Namespace) -> int:
@@ -725,7 +743,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(_json_line({"dataset": dataset_name, "split": data.split, **result.to_dict(), **classes}))
         return 0
-    print(f"{dataset_name} {data.split}: n={result.n}")
+    print(printable(f"{dataset_name} {data.split}: n={result.n}"))
     print(f"  loss                      {result.loss:.4f}")
     per = result.sequence_accuracy is not None
     print(f"  accuracy (most certain)   {result.accuracy:.4f}" + ("  (per position)" if per else ""))
@@ -739,7 +757,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                          result.most_certain_tick_histogram, strict=True)):
         print(f"  {t + 1:4d}  {a:8.4f}  {cert:9.4f}  {h:12d}" +
               (f"  {result.per_tick_sequence_accuracy[t]:9.4f}" if per else ""))
-    named = _named_classes(data) if classes else ()
+    named = [printable(n) for n in _named_classes(data)] if classes else ()
     if named:
         width = max(5, *(len(n) for n in named))
         print(f"  {'class':<{width}}  accuracy  images")
@@ -775,8 +793,8 @@ def _image_eval_data(args: argparse.Namespace, model, payload: dict):
 
         data = pretrained_test_slice(args.pretrained)
         if not args.slice:
-            print(f"note: no {dataset_name} files found here; evaluating on the {len(data)} test images shipped "
-                  f"with --pretrained {args.pretrained}", file=sys.stderr)
+            print(printable(f"note: no {dataset_name} files found here; evaluating on the {len(data)} test images "
+                            f"shipped with --pretrained {args.pretrained}"), file=sys.stderr)
     elif args.slice:
         raise CLIError("--slice needs --pretrained (and the test split)")
     else:
@@ -789,8 +807,8 @@ def _image_eval_data(args: argparse.Namespace, model, payload: dict):
     recorded = payload.get("dataset") or {}
     if (not args.json and data.record.get("layout") == "holdout" and recorded.get("files_sha1")
             and data.record["files_sha1"] != recorded["files_sha1"]):
-        print(f"note: the files of {data.source} changed since the run was trained: its held-out test images may "
-              f"now include training images", file=sys.stderr)
+        print(f"note: the files of {printable(data.source)} changed since the run was trained: its held-out test "
+              f"images may now include training images", file=sys.stderr)
     c = model.config
     if data.shape[0] != c.in_channels or data.num_classes != c.out_dims:
         raise CLIError(f"{dataset_name} has {data.shape[0]} channel(s) and {data.num_classes} classes, but the "
@@ -861,7 +879,7 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
         print(_json_line(payload))
         return 0
     per = full.sequence_accuracy is not None
-    print(f"{dataset_name} {args.split}: n={full.n}, full run: {T} ticks, accuracy (most certain) "
+    print(f"{printable(dataset_name)} {args.split}: n={full.n}, full run: {T} ticks, accuracy (most certain) "
           f"{full.accuracy:.4f}" + (f" per position, {full.sequence_accuracy:.4f} whole sequences" if per else "")
           + f", {wall_full:.2f} s")
     print("  threshold  accuracy  vs full (pp)  mean ticks  wall s  wall / full" + ("  sequences" if per else ""))
@@ -873,7 +891,7 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
         hist = results[0].ticks_histogram
         print("  ticks used: " + ", ".join(f"{t + 1}: {h}" for t, h in enumerate(hist) if h))
     else:
-        print(f"Wrote {plot_path}{replaced}")
+        print(f"Wrote {printable(plot_path)}{replaced}")
     return 0
 
 
@@ -904,8 +922,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"file": path, **p._asdict()}))
         else:
-            print(f"{path}: {p.class_name} (probability {p.probability:.3f}, tick {p.tick} of {T}, "
-                  f"certainty {p.certainty:.3f})")
+            print(printable(f"{path}: {p.class_name}") + f" (probability {p.probability:.3f}, tick {p.tick} of {T}, "
+                                                          f"certainty {p.certainty:.3f})")
     return 0
 
 
@@ -929,8 +947,8 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
         extra["dataset"] = {"name": args.dataset}
     write_config(out, model.config, extra)
     save_weights(out, model, step=0)
-    print(f"Wrote {out}: {model.num_parameters():,} parameters, {model.config.iterations} ticks "
-          f"(backbone {model.config.backbone}, {model.config.neuron_selection} synchronisation)")
+    print(printable(f"Wrote {out}: {model.num_parameters():,} parameters, {model.config.iterations} ticks "
+                    f"(backbone {model.config.backbone}, {model.config.neuron_selection} synchronisation)"))
     return 0
 
 
@@ -984,7 +1002,7 @@ def _run(args: argparse.Namespace) -> int:
     except (CLIError, RunDirError, DataError, ValueError) as e:
         if os.environ.get("CTM_DEBUG"):
             raise
-        print(f"ctm {args.command}: error: {_in_flags(args.command, e)}", file=sys.stderr)
+        print(f"ctm {args.command}: error: {printable_lines(_in_flags(args.command, e))}", file=sys.stderr)
         return 2
     except ImportError as e:  # an optional dependency: ctm.viz says which extra brings it
         if os.environ.get("CTM_DEBUG") or "pip install" not in str(e):
@@ -992,12 +1010,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ctm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
-        print(f"ctm {args.command}: {_in_flags(args.command, e)}", file=sys.stderr)
+        print(f"ctm {args.command}: {printable_lines(_in_flags(args.command, e))}", file=sys.stderr)
         return 1
     except OSError as e:  # a path that cannot be written or read: unwritable, read-only, a file for a folder
         if os.environ.get("CTM_DEBUG"):
             raise
-        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        where = f" ({printable(e.filename)})" if getattr(e, "filename", None) else ""
         print(f"ctm {args.command}: error: {e.strerror or e}{where}; check the path and its permissions",
               file=sys.stderr)
         return 2

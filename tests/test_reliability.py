@@ -293,6 +293,31 @@ def test_runs_in_the_old_layout_load_and_resume(data, straight, tmp_path, capsys
     assert [r["step"] for r in ckpt.read_metrics(run)] == [4, 8, 12]
 
 
+def test_a_run_with_dropout_resumes_to_the_straight_runs_weights_bit_exact(data, tmp_path):
+    """Dropout draws its masks from torch's global RNG: the checkpoint keeps that RNG's state, so the resumed run
+    draws the masks the straight run drew. A checkpoint without it (an older ctm's) still resumes."""
+    from helpers import TINY
+
+    from ctm import train as tr
+
+    model = TINY.replace(dropout=0.3, nlm_dropout=0.3)
+    cfg = tr.make_train_config("default", steps=STEPS, batch_size=32, eval_every=4, lr=3e-3, warmup_steps=2,
+                               augment=False, seed=1)
+    tr.train(tmp_path / "straight", model, cfg, data_dir=str(data))
+    tr.train(tmp_path / "run", model, cfg, data_dir=str(data), stop=lambda step: step == 6)
+    assert ckpt.checkpoint_step(tmp_path / "run") == 6
+    shutil.copytree(tmp_path / "run", tmp_path / "old")
+    edit_state(lambda s: {k: v for k, v in s.items() if k != "rng_state"})(tmp_path / "old")
+    for run in (tmp_path / "run", tmp_path / "old"):
+        assert run_cli("train", "--resume", run, "--no-progress") == 0
+        assert ckpt.checkpoint_step(run) == STEPS
+    expected = weights(tmp_path / "straight")
+    got, old = weights(tmp_path / "run"), weights(tmp_path / "old")
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert not all(torch.equal(old[k], expected[k]) for k in expected)  # other masks: the test tells them apart
+
+
 @pytest.mark.slow
 def test_twenty_kills_at_random_times(data, tmp_path, capsys):
     recipe = ["--steps", "60", "--batch-size", "32", "--eval-every", "1", "--lr", "3e-3", "--seed", "2",
@@ -425,6 +450,10 @@ MALFORMED = {
                               "field 'optimizer' is not an optimiser state"),
     "another model's optimizer": (RESUME, edit_state(other_models_optimizer), "belongs to another model"),
     "state step is a string": (RESUME, edit_state(lambda s: {**s, "step": "4"}), "field 'step' must be"),
+    "rng state a float tensor": (RESUME, edit_state(lambda s: {**s, "rng_state": {"cpu": torch.zeros(5056)}}),
+                                 "field 'rng_state' must map 'cpu'"),
+    "rng state too short": (RESUME, edit_state(lambda s: {**s, "rng_state": {"cpu": s["rng_state"]["cpu"][:8]}}),
+                            "field 'rng_state' is not a random generator's state"),
     "metrics line 1": (RESUME, write_metrics_line("1"), "line 2 is a int, not a JSON object"),
     "metrics line [1,2]": (RESUME, write_metrics_line("[1, 2]"), "line 2 is a list, not a JSON object"),
     "metrics line without step": (RESUME, write_metrics_line('{"foo": 1}'), "line 2: field 'step' must be"),

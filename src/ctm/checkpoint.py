@@ -375,6 +375,12 @@ def _check_trainer_state(state: Any, path: Path) -> dict[str, Any]:
     elapsed = state.get("elapsed_s", 0.0)
     if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not math.isfinite(elapsed):
         raise bad(f"field 'elapsed_s' must be a finite number, got {elapsed!r}")
+    rng = state.get("rng_state", {"cpu": torch.empty(0, dtype=torch.uint8)})
+    if not (isinstance(rng, dict) and "cpu" in rng and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.dim() == 1
+            for k, v in rng.items())):
+        raise bad("field 'rng_state' must map 'cpu' (and a device) to a random generator's state (a 1-d uint8 "
+                  "tensor)")
     if "optimizer" not in state:
         raise bad("it has no field 'optimizer'")
     opt = state["optimizer"]

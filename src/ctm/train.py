@@ -372,6 +372,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
             optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise ckpt.RunDirError(f"{state_path}: field 'optimizer' does not fit this model ({e})") from None
+        _set_rng_state(state.get("rng_state"), dev, state_path)
         elapsed = float(state.get("elapsed_s", 0.0))
         metrics = [m for m in ckpt.read_metrics(run_dir) if m["step"] <= step]
         if step >= train_config.steps:
@@ -423,7 +424,8 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
         with flag.saving():  # a signal now waits for the checkpoint to be complete
             ckpt.save_checkpoint(run_dir, model, {
                 "step": step, "epoch": step // steps_per_epoch, "optimizer": optimizer.state_dict(),
-                "elapsed_s": elapsed, "world_size": info.world_size, "torch_version": str(torch.__version__)},
+                "elapsed_s": elapsed, "world_size": info.world_size, "torch_version": str(torch.__version__),
+                "rng_state": _rng_state(dev)},
                 metrics)
 
     if log is not None and info.is_main:
@@ -559,6 +561,35 @@ def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Ta
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     optimizer.step()
     return loss_total, tick_total, acc_total
+
+
+def _rng_state(dev: torch.device) -> dict[str, torch.Tensor]:
+    """The state of the random generators a training step draws from (dropout's: torch's global generator on
+    the CPU and on `dev`); the data order, augmentation and parity samples come from seeded generators of
+    their own. Every rank draws the same numbers (each seeds alike and draws for batches of one size), so
+    rank 0's state is every rank's."""
+    state = {"cpu": torch.get_rng_state()}
+    if dev.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(dev)
+    elif dev.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor] | None, dev: torch.device, path: Path) -> None:
+    """Restore `_rng_state`'s generators (a checkpoint of an older ctm has none: those keep their seeding)."""
+    if state is None:
+        return
+    try:
+        torch.set_rng_state(state["cpu"])
+        if dev.type == "cuda" and "cuda" in state:  # one saved on another kind of device keeps its seeding
+            torch.cuda.set_rng_state(state["cuda"], dev)
+        elif dev.type == "mps" and "mps" in state:
+            torch.mps.set_rng_state(state["mps"])
+    except (RuntimeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ckpt.RunDirError(f"{path}: field 'rng_state' is not a random generator's state ({first}); the run "
+                               f"cannot be resumed") from None
 
 
 def _describe(loss: float, acc: float, ev: EvalResult | None, step: int | None = None) -> str:

@@ -419,14 +419,26 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
     flag = StopFlag()
 
     def save() -> None:
-        if not info.is_main:
-            return
-        with flag.saving():  # a signal now waits for the checkpoint to be complete
-            ckpt.save_checkpoint(run_dir, model, {
-                "step": step, "epoch": step // steps_per_epoch, "optimizer": optimizer.state_dict(),
-                "elapsed_s": elapsed, "world_size": info.world_size, "torch_version": str(torch.__version__),
-                "rng_state": _rng_state(dev)},
-                metrics)
+        # Rank 0 writes; every rank learns the outcome, so a failed save stops them all with its one line
+        # (not the others in their next collective, with a peer's connection error or at the timeout).
+        problem = None
+        if info.is_main:
+            try:
+                with flag.saving():  # a signal now waits for the checkpoint to be complete
+                    ckpt.save_checkpoint(run_dir, model, {
+                        "step": step, "epoch": step // steps_per_epoch, "optimizer": optimizer.state_dict(),
+                        "elapsed_s": elapsed, "world_size": info.world_size,
+                        "torch_version": str(torch.__version__), "rng_state": _rng_state(dev)},
+                        metrics)
+            except BaseException as e:
+                problem = str(e) if isinstance(e, ValueError) else \
+                    f"rank 0 could not save the checkpoint of step {step} in {run_dir} ({type(e).__name__})"
+                with contextlib.suppress(Exception):  # the others may be gone already: rank 0's own error stands
+                    dist.broadcast_object(problem, info)
+                raise
+        problem = dist.broadcast_object(problem, info)
+        if problem:
+            raise ckpt.CheckpointWriteError(problem)
 
     if log is not None and info.is_main:
         for line in _startup_lines(run_dir, resume, step, model, task, train_set, test_set, train_config, dev, info,

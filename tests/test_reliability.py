@@ -271,6 +271,46 @@ def test_one_writer_per_run_and_a_killed_writers_lock_never_blocks(data, straigh
     assert_same_weights(run, straight)
 
 
+_LOCK_AND_LEAVE = """
+import subprocess, sys
+from ctm import checkpoint as ckpt
+
+lock = ckpt.RunLock(sys.argv[1]).acquire()
+child = subprocess.Popen(["sleep", "300"], pass_fds=[lock._fd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)  # inherits the locked descriptor
+print(child.pid, flush=True)
+"""
+
+
+def test_a_lock_held_after_its_recorded_process_ended_does_not_name_that_process(tmp_path):
+    """A writer that started a process inheriting the lock's descriptor, then ended: the lock is still held,
+    by a process other than the PID in .lock, and the message says so."""
+    run = tmp_path / "run"
+    run.mkdir()
+    writer = subprocess.run([sys.executable, "-c", _LOCK_AND_LEAVE, str(run)], capture_output=True, text=True,
+                            timeout=120)
+    assert writer.returncode == 0, writer.stderr
+    holder = int(writer.stdout)
+    try:
+        with pytest.raises(ckpt.RunLockedError) as e:
+            ckpt.RunLock(run).acquire()
+        message = str(e.value)
+        assert "\n" not in message
+        recorded = (run / ckpt.LOCK_FILE).read_text().strip()
+        assert f"the PID recorded in {run / ckpt.LOCK_FILE} ({recorded}) is no longer running" in message, message
+        assert message.startswith(f"{run} is locked by another process") and "being trained by" not in message
+    finally:
+        os.kill(holder, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:  # the kernel releases the lock with its last holder
+        try:
+            ckpt.RunLock(run).acquire().release()
+            break
+        except ckpt.RunLockedError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
 def test_runs_in_the_old_layout_load_and_resume(data, straight, tmp_path, capsys):
     run = tmp_path / "run"
     from ctm import train as tr

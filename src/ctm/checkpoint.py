@@ -589,6 +589,19 @@ def has_run_files(run_dir: Path) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (True when that cannot be told)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # none, or a number no process can have
+        return False
+    except OSError:  # another user's process (EPERM)
+        return True
+    return True
+
+
 class RunLock:
     """An exclusive `fcntl.flock` on RUN/.lock, holding the owner's PID. The kernel releases it when the
     process ends, however it ends, so a lock left by a killed process never blocks."""
@@ -604,6 +617,11 @@ class RunLock:
         except BlockingIOError:
             holder = os.read(fd, 32).decode("ascii", "replace").strip()
             os.close(fd)
+            if holder.isdigit() and not _running(int(holder)):
+                raise RunLockedError(f"{self.path.parent} is locked by another process: the PID recorded in "
+                                     f"{self.path} ({holder}) is no longer running, but a process it started may "
+                                     f"still hold the lock (fuser {self.path} names it); stop that one, then "
+                                     f"resume") from None
             who = f"PID {holder}" if holder.isdigit() else "another process"
             raise RunLockedError(f"{self.path.parent} is being trained by another ctm process ({who}); wait for "
                                  f"it to finish or stop it, then resume") from None

@@ -634,6 +634,19 @@ def test_a_model_too_large_to_build_names_its_config_not_the_batch(good_run, dat
     assert "--batch-size" not in err[0]
 
 
+def test_a_model_too_large_to_build_names_the_flag_its_size_comes_from(data, tmp_path, capsys):
+    """Neuron-level models of 10**12 hidden units (768 TB of weights, beyond any address space: no allocator
+    hands it out, whatever the overcommit setting): the one line names that flag, not sizes that are small."""
+    capsys.readouterr()
+    assert run_cli("train", "--data-dir", data, "--out", tmp_path / "run", "--steps", "1", "--no-progress",
+                   *TINY_FLAGS, "--memory-hidden-dims", 10**12) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ctm train: error: the model the flags describe does not fit in "
+                                               "memory"), err
+    assert "most of them from --memory-hidden-dims=1000000000000" in err[0], err[0]
+    assert not any(flag in err[0] for flag in ("--d-model", "--d-input", "--memory-length", "d_model")), err[0]
+
+
 def test_the_command_line_starts_without_torch_so_an_early_ctrl_c_is_one_line():
     code = "import sys, ctm.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -93,9 +93,20 @@ def build_model(config: CTMConfig, where: str, kind: str = "ctm",
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
-        raise ValueError(f"the model {where} describes does not fit in memory (d_model={config.d_model}, "
-                         f"d_input={config.d_input}, memory_length={config.memory_length}); choose smaller "
-                         f"sizes") from None
+        raise ValueError(f"the model {where} {'describe' if where == 'the flags' else 'describes'} does not fit in "
+                         f"memory ({_too_large(config, kind, options or {})}); choose smaller sizes") from None
+
+
+def _too_large(config: CTMConfig, kind: str, options: dict[str, Any]) -> str:
+    """What makes the model of `config` large: its parameter count and the size field most of them come from."""
+    from .models import SIZE_FIELDS, largest_size_field, parameter_count
+
+    name = largest_size_field(kind, config, **options)
+    if name is None:
+        return ", ".join(f"CTMConfig.{n}={getattr(config, n)}" for n in SIZE_FIELDS)
+    count = parameter_count(kind, config, **options)
+    return f"{count:,} parameters, {count * 4 / 2**30:,.1f} GiB; most of them from CTMConfig.{name}=" \
+           f"{getattr(config, name)}"
 
 
 def _fault(point: str) -> None:

@@ -534,6 +534,32 @@ def test_a_malformed_run_file_is_one_line_naming_it(case, good_run, data, tmp_pa
     assert str(run) in lines[0]
 
 
+_KILLED_WHILE_DRAWING = """
+import os, signal, sys
+from ctm._io import atomic_write
+
+atomic_write(sys.argv[1], lambda tmp: os.kill(os.getpid(), signal.SIGKILL))  # as SIGKILL in savefig would
+"""
+
+
+def test_the_temp_file_of_a_picture_killed_mid_write_goes_with_the_next_write(good_run, data, tmp_path, capsys):
+    """Nothing runs after SIGKILL, so `ctm eval --plot` killed while drawing leaves its temp file; the next
+    writer of ticks.png removes it (by its name: the dead writer's PID), not a live writer's, nor a link."""
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    killed = subprocess.Popen([sys.executable, "-c", _KILLED_WHILE_DRAWING, str(run / "ticks.png")])
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    assert len(list(run.glob(".ticks.png.*.tmp"))) == 1
+    live = run / f".ticks.png.{os.getpid()}.abcdefgh.tmp"  # a writer still at work: this process
+    live.write_bytes(b"")
+    link = run / f".ticks.png.{killed.pid}.zzzzzzzz.tmp"
+    link.symlink_to(live)
+    capsys.readouterr()
+    assert run_cli("eval", run, "--data-dir", data, "--plot") == 0
+    assert (run / "ticks.png").stat().st_size > 0
+    assert sorted(p.name for p in run.glob(".ticks.png.*.tmp")) == sorted([live.name, link.name])
+
+
 # The child's own peak resident memory in KiB. Not ru_maxrss: Linux carries that across exec, so a child of
 # a large pytest process would report the parent's size.
 PEAK_RSS_KIB = "int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))"

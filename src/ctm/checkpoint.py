@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import __version__
-from ._io import _UMASK, atomic_write
+from ._io import _UMASK, atomic_write, pid_running
 from .config import CTMConfig
 from .model import ContinuousThoughtMachine
 
@@ -600,19 +600,6 @@ def has_run_files(run_dir: Path) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _running(pid: int) -> bool:
-    """Whether process `pid` exists on this machine (True when that cannot be told)."""
-    if pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # none, or a number no process can have
-        return False
-    except OSError:  # another user's process (EPERM)
-        return True
-    return True
-
-
 class RunLock:
     """An exclusive `fcntl.flock` on RUN/.lock, holding the owner's PID. The kernel releases it when the
     process ends, however it ends, so a lock left by a killed process never blocks."""
@@ -628,7 +615,7 @@ class RunLock:
         except BlockingIOError:
             holder = os.read(fd, 32).decode("ascii", "replace").strip()
             os.close(fd)
-            if holder.isdigit() and not _running(int(holder)):
+            if holder.isdigit() and not pid_running(int(holder)):
                 raise RunLockedError(f"{self.path.parent} is locked by another process: the PID recorded in "
                                      f"{self.path} ({holder}) is no longer running, but a process it started may "
                                      f"still hold the lock (fuser {self.path} names it); stop that one, then "

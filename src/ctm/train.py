@@ -633,13 +633,16 @@ def _startup_lines(run_dir: Path, resume: bool, step: int, model: ContinuousThou
     ranks = f", {info.world_size} ranks" if info.enabled else ""
     # the epochs of an endless stream (the parity task's) are nominal: not worth a figure
     epochs = f" ({cfg.steps / steps_per_epoch:.2f} epochs)" if steps_per_epoch < 2**30 else ""
+    # A run shortened by its steps alone keeps its recipe's warm-up: say what that does to the learning rate.
+    short = (f": more than the steps, so the learning rate reaches only {cfg.steps}/{cfg.warmup_steps} of it"
+             if cfg.warmup_steps > cfg.steps else "")
     return [
         f"run directory: {run_dir}" + (f" (resuming at step {step})" if resume else ""),
         task.describe_data(train_set, test_set),
         _describe_model(model),
         f"device: {dev}, {torch.get_num_threads()} threads{ranks}",
         f"training: {cfg.steps} steps{epochs} at batch {cfg.batch_size}, "
-        f"lr {cfg.lr:g} ({cfg.schedule}, {cfg.warmup_steps} warm-up steps); evaluation every {cfg.eval_every} "
+        f"lr {cfg.lr:g} ({cfg.schedule}, {cfg.warmup_steps} warm-up steps{short}); evaluation every {cfg.eval_every} "
         f"steps on the {len(test_set)} test {task.sample_noun}",
     ]
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import make_synthetic
+from helpers import TINY_FLAGS, make_synthetic
 
 from ctm import train as tr
 from ctm.cli import SUBCOMMANDS, OneLineParser, build_parser, main
@@ -85,6 +85,20 @@ def test_data_fields_that_contradict_the_dataset_are_refused(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--in-channels=3 contradicts the data" in err[0] and "in_channels=1" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_more_warm_up_steps_than_steps_is_refused_when_given_and_said_when_the_preset_has_them(capsys, tmp_path):
+    data = make_synthetic(tmp_path / "data", n_train=64, n_test=16)
+    small = ["--data-dir", str(data), "--batch-size", "16", "--eval-every", "2", "--no-progress", "--threads", "1",
+             *TINY_FLAGS]
+    assert main(["train", "--out", str(tmp_path / "run"), "--steps", "2", "--warmup-steps", "5", *small]) == 2
+    assert capsys.readouterr().err == ("ctm train: error: --warmup-steps 5 exceeds the 2 steps of the run: the "
+                                       "learning rate would never reach --lr; give at most 2 warm-up steps\n")
+    assert not (tmp_path / "run").exists()
+    # The default preset's 300 warm-up steps, in a run shortened by --steps alone: trained as before, and said.
+    assert main(["train", "--out", str(tmp_path / "run"), "--steps", "2", *small]) == 0
+    assert ("(cosine, 300 warm-up steps: more than the steps, so the learning rate reaches only 2/300 of it)"
+            in capsys.readouterr().out)
 
 
 def test_what_a_resumed_run_may_change():

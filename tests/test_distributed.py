@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import torch
 from helpers import TINY_FLAGS, make_synthetic
@@ -98,3 +99,39 @@ def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     assert "last good checkpoint (step 3)" in text
     assert ckpt.weights_step(out) == 3
     assert torch.load(_in_checkpoint(out, ckpt.STATE_FILE), weights_only=True)["step"] == 3
+
+
+def _limit_file_size() -> None:
+    """Run in the child before exec: files it writes may not exceed 16 KiB (ulimit -f), which binds root too.
+    config.json fits; the first checkpoint's weights do not, so that write fails (EFBIG: Python ignores
+    SIGXFSZ)."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+
+
+def test_a_failed_save_on_rank_0_stops_every_rank_at_once_with_its_one_line(tmp_path):
+    """Rank 0 writes the checkpoint; the others wait for its outcome and raise its one-line error with it,
+    instead of a peer's connection error (or the --dist-timeout) in their next collective."""
+    data = make_synthetic(tmp_path / "data", n_train=320, n_test=60)
+    out = tmp_path / "run"
+    port = _free_port()
+    ranks = []
+    started = time.monotonic()
+    for rank in range(2):  # launched by hand, as torchrun would (torchrun kills the rest when one rank ends)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        ranks.append(subprocess.Popen(
+            [sys.executable, "-m", "ctm", "train", "--data-dir", str(data), "--out", str(out), "--steps", "10",
+             "--batch-size", "16", "--eval-every", "3", "--no-progress", "--threads", "1", "--dist-timeout", "300",
+             *TINY_FLAGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            preexec_fn=_limit_file_size))
+    results = [proc.communicate(timeout=200) for proc in ranks]
+    assert time.monotonic() - started < 100  # a fraction of the 300 s --dist-timeout
+    expected = (f"ctm train: error: could not save the checkpoint of step 3 in {out}: File too large; no checkpoint "
+                f"was saved before")
+    for proc, (_, err) in zip(ranks, results, strict=True):
+        assert proc.returncode == 2, err
+        assert err.strip().splitlines()[-1] == expected, err
+        assert "Traceback" not in err, err
+    assert ckpt.current_checkpoint(out) is None

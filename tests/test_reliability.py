@@ -292,6 +292,46 @@ def test_one_writer_per_run_and_a_killed_writers_lock_never_blocks(data, straigh
     assert_same_weights(run, straight)
 
 
+_LOCK_AND_LEAVE = """
+import subprocess, sys
+from ctm import checkpoint as ckpt
+
+lock = ckpt.RunLock(sys.argv[1]).acquire()
+child = subprocess.Popen(["sleep", "300"], pass_fds=[lock._fd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)  # inherits the locked descriptor
+print(child.pid, flush=True)
+"""
+
+
+def test_a_lock_held_after_its_recorded_process_ended_does_not_name_that_process(tmp_path):
+    """A writer that started a process inheriting the lock's descriptor, then ended: the lock is still held,
+    by a process other than the PID in .lock, and the message says so."""
+    run = tmp_path / "run"
+    run.mkdir()
+    writer = subprocess.run([sys.executable, "-c", _LOCK_AND_LEAVE, str(run)], capture_output=True, text=True,
+                            timeout=120)
+    assert writer.returncode == 0, writer.stderr
+    holder = int(writer.stdout)
+    try:
+        with pytest.raises(ckpt.RunLockedError) as e:
+            ckpt.RunLock(run).acquire()
+        message = str(e.value)
+        assert "\n" not in message
+        recorded = (run / ckpt.LOCK_FILE).read_text().strip()
+        assert f"the PID recorded in {run / ckpt.LOCK_FILE} ({recorded}) is no longer running" in message, message
+        assert message.startswith(f"{run} is locked by another process") and "being trained by" not in message
+    finally:
+        os.kill(holder, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:  # the kernel releases the lock with its last holder
+        try:
+            ckpt.RunLock(run).acquire().release()
+            break
+        except ckpt.RunLockedError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
 def test_runs_in_the_old_layout_load_and_resume(data, straight, tmp_path, capsys):
     run = tmp_path / "run"
     from ctm import train as tr
@@ -312,6 +352,31 @@ def test_runs_in_the_old_layout_load_and_resume(data, straight, tmp_path, capsys
     assert_same_weights(run, straight)
     assert_clean(run)
     assert [r["step"] for r in ckpt.read_metrics(run)] == [4, 8, 12]
+
+
+def test_a_run_with_dropout_resumes_to_the_straight_runs_weights_bit_exact(data, tmp_path):
+    """Dropout draws its masks from torch's global RNG: the checkpoint keeps that RNG's state, so the resumed run
+    draws the masks the straight run drew. A checkpoint without it (an older ctm's) still resumes."""
+    from helpers import TINY
+
+    from ctm import train as tr
+
+    model = TINY.replace(dropout=0.3, nlm_dropout=0.3)
+    cfg = tr.make_train_config("default", steps=STEPS, batch_size=32, eval_every=4, lr=3e-3, warmup_steps=2,
+                               augment=False, seed=1)
+    tr.train(tmp_path / "straight", model, cfg, data_dir=str(data))
+    tr.train(tmp_path / "run", model, cfg, data_dir=str(data), stop=lambda step: step == 6)
+    assert ckpt.checkpoint_step(tmp_path / "run") == 6
+    shutil.copytree(tmp_path / "run", tmp_path / "old")
+    edit_state(lambda s: {k: v for k, v in s.items() if k != "rng_state"})(tmp_path / "old")
+    for run in (tmp_path / "run", tmp_path / "old"):
+        assert run_cli("train", "--resume", run, "--no-progress") == 0
+        assert ckpt.checkpoint_step(run) == STEPS
+    expected = weights(tmp_path / "straight")
+    got, old = weights(tmp_path / "run"), weights(tmp_path / "old")
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert not all(torch.equal(old[k], expected[k]) for k in expected)  # other masks: the test tells them apart
 
 
 @pytest.mark.slow
@@ -446,6 +511,10 @@ MALFORMED = {
                               "field 'optimizer' is not an optimiser state"),
     "another model's optimizer": (RESUME, edit_state(other_models_optimizer), "belongs to another model"),
     "state step is a string": (RESUME, edit_state(lambda s: {**s, "step": "4"}), "field 'step' must be"),
+    "rng state a float tensor": (RESUME, edit_state(lambda s: {**s, "rng_state": {"cpu": torch.zeros(5056)}}),
+                                 "field 'rng_state' must map 'cpu'"),
+    "rng state too short": (RESUME, edit_state(lambda s: {**s, "rng_state": {"cpu": s["rng_state"]["cpu"][:8]}}),
+                            "field 'rng_state' is not a random generator's state"),
     "metrics line 1": (RESUME, write_metrics_line("1"), "line 2 is a int, not a JSON object"),
     "metrics line [1,2]": (RESUME, write_metrics_line("[1, 2]"), "line 2 is a list, not a JSON object"),
     "metrics line without step": (RESUME, write_metrics_line('{"foo": 1}'), "line 2: field 'step' must be"),
@@ -484,6 +553,32 @@ def test_a_malformed_run_file_is_one_line_naming_it(case, good_run, data, tmp_pa
     assert rc == 2 and len(lines) == 1 and "Traceback" not in captured.err, captured
     assert message in lines[0], lines[0]
     assert str(run) in lines[0]
+
+
+_KILLED_WHILE_DRAWING = """
+import os, signal, sys
+from ctm._io import atomic_write
+
+atomic_write(sys.argv[1], lambda tmp: os.kill(os.getpid(), signal.SIGKILL))  # as SIGKILL in savefig would
+"""
+
+
+def test_the_temp_file_of_a_picture_killed_mid_write_goes_with_the_next_write(good_run, data, tmp_path, capsys):
+    """Nothing runs after SIGKILL, so `ctm eval --plot` killed while drawing leaves its temp file; the next
+    writer of ticks.png removes it (by its name: the dead writer's PID), not a live writer's, nor a link."""
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    killed = subprocess.Popen([sys.executable, "-c", _KILLED_WHILE_DRAWING, str(run / "ticks.png")])
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    assert len(list(run.glob(".ticks.png.*.tmp"))) == 1
+    live = run / f".ticks.png.{os.getpid()}.abcdefgh.tmp"  # a writer still at work: this process
+    live.write_bytes(b"")
+    link = run / f".ticks.png.{killed.pid}.zzzzzzzz.tmp"
+    link.symlink_to(live)
+    capsys.readouterr()
+    assert run_cli("eval", run, "--data-dir", data, "--plot") == 0
+    assert (run / "ticks.png").stat().st_size > 0
+    assert sorted(p.name for p in run.glob(".ticks.png.*.tmp")) == sorted([live.name, link.name])
 
 
 # The child's own peak resident memory in KiB. Not ru_maxrss: Linux carries that across exec, so a child of
@@ -584,6 +679,19 @@ def test_a_model_too_large_to_build_names_its_config_not_the_batch(good_run, dat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"the model {good_run / ckpt.CONFIG_FILE} describes does not fit in memory" in err[0]
     assert "--batch-size" not in err[0]
+
+
+def test_a_model_too_large_to_build_names_the_flag_its_size_comes_from(data, tmp_path, capsys):
+    """Neuron-level models of 10**12 hidden units (768 TB of weights, beyond any address space: no allocator
+    hands it out, whatever the overcommit setting): the one line names that flag, not sizes that are small."""
+    capsys.readouterr()
+    assert run_cli("train", "--data-dir", data, "--out", tmp_path / "run", "--steps", "1", "--no-progress",
+                   *TINY_FLAGS, "--memory-hidden-dims", 10**12) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ctm train: error: the model the flags describe does not fit in "
+                                               "memory"), err
+    assert "most of them from --memory-hidden-dims=1000000000000" in err[0], err[0]
+    assert not any(flag in err[0] for flag in ("--d-model", "--d-input", "--memory-length", "d_model")), err[0]
 
 
 def test_the_command_line_starts_without_torch_so_an_early_ctrl_c_is_one_line():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Callable
@@ -21,13 +23,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None],
 
     `before_replace()` is called between the fsync and the rename (tests inject faults there).
 
-    A failure at any point leaves the old file (if any) in place and no temp file behind.
+    A failure at any point leaves the old file (if any) in place and no temp file behind. Nothing runs after
+    SIGKILL: the temp file, .NAME.PID.XXXXXXXX.tmp, names its writer's PID, and the next writer of `path`
+    removes those of writers no longer running.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files (and writers may recreate the file)
         with open(tmp, "rb") as f:
@@ -39,6 +44,35 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None],
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> None:
+    """Remove the temp files `atomic_write`s of `path` killed mid-write left beside it: regular files (not
+    links) named .NAME.PID.XXXXXXXX.tmp whose PID is no longer running (a live writer's stays)."""
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[a-z0-9_]+\.tmp")
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        with contextlib.suppress(OSError):
+            if match and entry.is_file(follow_symlinks=False) and not pid_running(int(match[1])):
+                os.unlink(entry.path)
+
+
+def pid_running(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (True when that cannot be told)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # none, or a number no process can have
+        return False
+    except OSError:  # another user's process (EPERM)
+        return True
+    return True
 
 
 # Bounds on what ctm reads into memory from a file it is handed (a run directory may come from someone else).

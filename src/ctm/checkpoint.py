@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import __version__
+from . import __version__, _io
 from ._io import _UMASK, JSON_LIMIT, POINTER_LIMIT, atomic_write, no_links_below, read_bounded, read_json
 from .config import CTMConfig
 from .model import ContinuousThoughtMachine
@@ -102,9 +102,20 @@ def build_model(config: CTMConfig, where: str, kind: str = "ctm",
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
-        raise ValueError(f"the model {where} describes does not fit in memory (d_model={config.d_model}, "
-                         f"d_input={config.d_input}, memory_length={config.memory_length}); choose smaller "
-                         f"sizes") from None
+        raise ValueError(f"the model {where} {'describe' if where == 'the flags' else 'describes'} does not fit in "
+                         f"memory ({_too_large(config, kind, options or {})}); choose smaller sizes") from None
+
+
+def _too_large(config: CTMConfig, kind: str, options: dict[str, Any]) -> str:
+    """What makes the model of `config` large: its parameter count and the size field most of them come from."""
+    from .models import SIZE_FIELDS, largest_size_field, parameter_count
+
+    name = largest_size_field(kind, config, **options)
+    if name is None:
+        return ", ".join(f"CTMConfig.{n}={getattr(config, n)}" for n in SIZE_FIELDS)
+    count = parameter_count(kind, config, **options)
+    return f"{count:,} parameters, {count * 4 / 2**30:,.1f} GiB; most of them from CTMConfig.{name}=" \
+           f"{getattr(config, name)}"
 
 
 def _fault(point: str) -> None:
@@ -488,6 +499,12 @@ def _check_trainer_state(state: Any, path: Path) -> dict[str, Any]:
     elapsed = state.get("elapsed_s", 0.0)
     if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not math.isfinite(elapsed):
         raise bad(f"field 'elapsed_s' must be a finite number, got {elapsed!r}")
+    rng = state.get("rng_state", {"cpu": torch.empty(0, dtype=torch.uint8)})
+    if not (isinstance(rng, dict) and "cpu" in rng and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.dim() == 1
+            for k, v in rng.items())):
+        raise bad("field 'rng_state' must map 'cpu' (and a device) to a random generator's state (a 1-d uint8 "
+                  "tensor)")
     if "optimizer" not in state:
         raise bad("it has no field 'optimizer'")
     opt = state["optimizer"]
@@ -729,9 +746,8 @@ def remove_leftovers(run_dir: str | os.PathLike[str]) -> None:
                 continue
             if _TMP_NAME.fullmatch(entry.name) or (current is not None and _CHECKPOINT_NAME.fullmatch(entry.name)):
                 _remove_checkpoint_folder(entry)
-    for name in (CONFIG_FILE, POINTER_FILE):  # only ours: `ctm viz` may be writing a picture here meanwhile
-        for entry in run_dir.glob(f".{name}.*.tmp"):
-            _unlink_regular(entry)
+    for name in (CONFIG_FILE, POINTER_FILE):  # only ours, of writers no longer running (`ctm viz` may be writing)
+        _io.remove_stale_temps(run_dir / name)
     if current is not None and current.path != run_dir:
         for name in (MODEL_FILE, STATE_FILE, METRICS_FILE):
             _unlink_regular(run_dir / name)
@@ -784,6 +800,11 @@ class RunLock:
         except BlockingIOError:
             holder = os.read(fd, 32).decode("ascii", "replace").strip()
             os.close(fd)
+            if holder.isdigit() and not _io.pid_running(int(holder)):
+                raise RunLockedError(f"{self.path.parent} is locked by another process: the PID recorded in "
+                                     f"{self.path} ({holder}) is no longer running, but a process it started may "
+                                     f"still hold the lock (fuser {self.path} names it); stop that one, then "
+                                     f"resume") from None
             who = f"PID {holder}" if holder.isdigit() else "another process"
             raise RunLockedError(f"{self.path.parent} is being trained by another ctm process ({who}); wait for "
                                  f"it to finish or stop it, then resume") from None

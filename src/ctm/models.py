@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from .config import CTMConfig
@@ -59,3 +60,34 @@ def model_options(model: nn.Module) -> dict[str, Any]:
     """What a run records to rebuild `model` exactly besides its CTMConfig (its `model_options()`, if any)."""
     record = getattr(model, "model_options", None)
     return dict(record()) if callable(record) else {}
+
+
+#: The CTMConfig fields that size a model's parameters.
+SIZE_FIELDS = ("d_model", "d_input", "memory_length", "memory_hidden_dims", "n_synch_out", "n_synch_action")
+
+
+def parameter_count(kind: str, config: CTMConfig, **extra: Any) -> int:
+    """The parameters of `build_model(kind, config, **extra)`, built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_model(kind, config, **extra).parameters())
+
+
+def largest_size_field(kind: str, config: CTMConfig, **extra: Any) -> str | None:
+    """The field of SIZE_FIELDS that accounts for the most of the model's parameters: the one whose value set
+    to 1 removes the most (with the fields it bounds lowered alike). None when none removes any."""
+    total, best, removed = parameter_count(kind, config, **extra), None, 0
+    for name in SIZE_FIELDS:
+        small: dict[str, Any] = {name: 1}
+        if name == "d_model":  # first-last takes the synchronised neurons among d_model's
+            small.update(n_synch_out=1, n_synch_action=1)
+        if name == "d_input":
+            small["heads"] = 1
+        if name in ("d_model", "n_synch_out", "n_synch_action"):
+            small["n_self_pairs"] = 0
+        try:
+            fewer = total - parameter_count(kind, config.replace(**small), **extra)
+        except ValueError:  # no valid model with that field at 1
+            continue
+        if fewer > removed:
+            best, removed = name, fewer
+    return best

@@ -376,6 +376,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
             optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise ckpt.RunDirError(f"{state_path}: field 'optimizer' does not fit this model ({e})") from None
+        _set_rng_state(state.get("rng_state"), dev, state_path)
         elapsed = float(state.get("elapsed_s", 0.0))
         metrics = [m for m in ckpt.read_metrics(run_dir) if m["step"] <= step]
         if step >= train_config.steps:
@@ -422,13 +423,26 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
     flag = StopFlag()
 
     def save() -> None:
-        if not info.is_main:
-            return
-        with flag.saving():  # a signal now waits for the checkpoint to be complete
-            ckpt.save_checkpoint(run_dir, model, {
-                "step": step, "epoch": step // steps_per_epoch, "optimizer": optimizer.state_dict(),
-                "elapsed_s": elapsed, "world_size": info.world_size, "torch_version": str(torch.__version__)},
-                metrics)
+        # Rank 0 writes; every rank learns the outcome, so a failed save stops them all with its one line
+        # (not the others in their next collective, with a peer's connection error or at the timeout).
+        problem = None
+        if info.is_main:
+            try:
+                with flag.saving():  # a signal now waits for the checkpoint to be complete
+                    ckpt.save_checkpoint(run_dir, model, {
+                        "step": step, "epoch": step // steps_per_epoch, "optimizer": optimizer.state_dict(),
+                        "elapsed_s": elapsed, "world_size": info.world_size,
+                        "torch_version": str(torch.__version__), "rng_state": _rng_state(dev)},
+                        metrics)
+            except BaseException as e:
+                problem = str(e) if isinstance(e, ValueError) else \
+                    f"rank 0 could not save the checkpoint of step {step} in {run_dir} ({type(e).__name__})"
+                with contextlib.suppress(Exception):  # the others may be gone already: rank 0's own error stands
+                    dist.broadcast_object(problem, info)
+                raise
+        problem = dist.broadcast_object(problem, info)
+        if problem:
+            raise ckpt.CheckpointWriteError(problem)
 
     if log is not None and info.is_main:
         for line in _startup_lines(run_dir, resume, step, model, task, train_set, test_set, train_config, dev, info,
@@ -565,6 +579,35 @@ def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Ta
     return loss_total, tick_total, acc_total
 
 
+def _rng_state(dev: torch.device) -> dict[str, torch.Tensor]:
+    """The state of the random generators a training step draws from (dropout's: torch's global generator on
+    the CPU and on `dev`); the data order, augmentation and parity samples come from seeded generators of
+    their own. Every rank draws the same numbers (each seeds alike and draws for batches of one size), so
+    rank 0's state is every rank's."""
+    state = {"cpu": torch.get_rng_state()}
+    if dev.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(dev)
+    elif dev.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor] | None, dev: torch.device, path: Path) -> None:
+    """Restore `_rng_state`'s generators (a checkpoint of an older ctm has none: those keep their seeding)."""
+    if state is None:
+        return
+    try:
+        torch.set_rng_state(state["cpu"])
+        if dev.type == "cuda" and "cuda" in state:  # one saved on another kind of device keeps its seeding
+            torch.cuda.set_rng_state(state["cuda"], dev)
+        elif dev.type == "mps" and "mps" in state:
+            torch.mps.set_rng_state(state["mps"])
+    except (RuntimeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ckpt.RunDirError(f"{path}: field 'rng_state' is not a random generator's state ({first}); the run "
+                               f"cannot be resumed") from None
+
+
 def _describe(loss: float, acc: float, ev: EvalResult | None, step: int | None = None) -> str:
     """The progress line: train loss and accuracy are means over the steps since the last evaluation (as in
     metrics.jsonl), test figures those of the last evaluation."""
@@ -594,13 +637,16 @@ def _startup_lines(run_dir: Path, resume: bool, step: int, model: ContinuousThou
     ranks = f", {info.world_size} ranks" if info.enabled else ""
     # the epochs of an endless stream (the parity task's) are nominal: not worth a figure
     epochs = f" ({cfg.steps / steps_per_epoch:.2f} epochs)" if steps_per_epoch < 2**30 else ""
+    # A run shortened by its steps alone keeps its recipe's warm-up: say what that does to the learning rate.
+    short = (f": more than the steps, so the learning rate reaches only {cfg.steps}/{cfg.warmup_steps} of it"
+             if cfg.warmup_steps > cfg.steps else "")
     return [
         f"run directory: {run_dir}" + (f" (resuming at step {step})" if resume else ""),
         task.describe_data(train_set, test_set),
         _describe_model(model),
         f"device: {dev}, {torch.get_num_threads()} threads{ranks}",
         f"training: {cfg.steps} steps{epochs} at batch {cfg.batch_size}, "
-        f"lr {cfg.lr:g} ({cfg.schedule}, {cfg.warmup_steps} warm-up steps); evaluation every {cfg.eval_every} "
+        f"lr {cfg.lr:g} ({cfg.schedule}, {cfg.warmup_steps} warm-up steps{short}); evaluation every {cfg.eval_every} "
         f"steps on the {len(test_set)} test {task.sample_noun}",
     ]
 

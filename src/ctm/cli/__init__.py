@@ -439,6 +439,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         folder = folder_path(train_config.dataset)
         run_name = task.dataset_name(train_config) if folder is None else folder.name
         run_dir = Path(args.out or f"runs/{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not args.resume and "warmup_steps" in train_changes and train_config.warmup_steps > train_config.steps:
+        raise CLIError(f"--warmup-steps {train_config.warmup_steps} exceeds the {train_config.steps} steps of the "
+                       f"run: the learning rate would never reach --lr; give at most {train_config.steps} warm-up "
+                       f"steps")
     started = time.perf_counter()
     try:
         result = tr.train(run_dir, model_config, train_config, task=task, model_kind=args.model_kind or "ctm",

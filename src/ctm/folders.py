@@ -318,8 +318,8 @@ def flatten_image(im, mode: str | None = None):
         mode = "L" if _is_grey(im) else "RGB"
     if im.mode.startswith("I;16"):
         im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
-    elif im.mode in ("I", "F"):
-        im = Image.fromarray(np.clip(np.asarray(im, dtype=np.float64), 0, 255).astype(np.uint8))
+    elif im.mode in ("I", "F"):  # int32 or float32 pixels, clipped in their own type (no float64 copy)
+        im = Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8))
     has_alpha = im.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (im.mode in ("P", "L", "RGB")
                                                                   and "transparency" in im.info)
     if has_alpha:
@@ -330,18 +330,31 @@ def flatten_image(im, mode: str | None = None):
     return im if im.mode == mode else im.convert(mode)
 
 
+def draft_jpeg(im, mode: str, size: tuple[int, int]) -> None:
+    """Let an opened, not yet decoded JPEG decode at a reduced scale (1/2 to 1/8) still at least `size` (H, W)."""
+    h, w = size
+    if im.format == "JPEG" and (im.width > w or im.height > h):
+        im.draft(mode if im.mode in ("L", "RGB") else None, (w, h))
+
+
+def fit_image(im, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """A PIL image as uint8 (H, W, C) pixels of `mode` ("L" or "RGB", `flatten_image`) at `size` (H, W), resized
+    bilinearly in 8 bits: what a folder dataset holds of each file, and what `ctm.predict` feeds the model."""
+    Image = _require_pillow()
+    h, w = size
+    im = flatten_image(im, mode)
+    if im.size != (w, h):
+        im = im.resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8).reshape(h, w, 1 if mode == "L" else 3)
+
+
 def _decode(path: Path, spec: FolderSpec, out: np.ndarray) -> None:
     """Decode one file into `out` (H, W, C) uint8: the spec's mode and size."""
     Image = _require_pillow()
-    h, w = spec.image_size
     try:
         with Image.open(path) as im:
-            if im.format == "JPEG" and (im.width > w or im.height > h):
-                im.draft(spec.mode if im.mode in ("L", "RGB") else None, (w, h))  # decode at a reduced scale
-            im = flatten_image(im, spec.mode)
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            out[...] = np.asarray(im, dtype=np.uint8).reshape(h, w, spec.channels)
+            draft_jpeg(im, spec.mode, spec.image_size)  # decode at a reduced scale
+            out[...] = fit_image(im, spec.mode, spec.image_size)
     except Exception as e:  # any decoder failure is this file's problem
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e}); fix or remove the file") from None
 

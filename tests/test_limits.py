@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,68 @@ def test_a_converted_run_with_indices_out_of_range_is_one_line(official, data, t
     assert "synch_out.left holds neuron index 1000, outside 0..20" in line, line
     with pytest.raises(ValueError, match="synch_out.left holds neuron index 1000"):
         ctm.load_run(run)
+
+
+# ---------------------------------------------------------------------------------------------- folder datasets
+
+
+def test_special_files_in_a_class_folder_are_skipped_never_opened(tmp_path, capsys):
+    import errno
+    import os
+    import threading
+
+    from helpers import make_shapes
+
+    from ctm import folders
+
+    root = make_shapes(tmp_path / "shapes", n=6)
+    fifos = [root / "circle" / "pipe.png", root / "square" / "pipe"]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    done = threading.Event()
+
+    def unblock():  # a reader stuck on a FIFO gets end-of-file after a while: the test fails, it does not hang
+        while not done.wait(10):
+            for fifo in fifos:
+                try:
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError as e:
+                    assert e.errno == errno.ENXIO  # nobody reading: as it should be
+
+    watchdog = threading.Thread(target=unblock, daemon=True)
+    watchdog.start()
+    try:
+        spec, scan = folders.resolve_folder(root)
+        images, _ = folders.load_folder(spec, "train", scan)
+        assert scan.special == spec.special == 2 and spec.to_record()["special"] == 2
+        assert all(p not in fifos for group in scan.files.values() for p, _ in group)
+        assert len(images) == len(spec.split_files(scan, "train"))
+        assert run_cli("train", "--dataset", f"folder:{root}", "--out", tmp_path / "run", "--steps", "1",
+                       "--batch-size", "4", "--eval-every", "1", "--no-progress", "--threads", "1", *TINY_FLAGS) == 0
+        assert "; 2 special files skipped (FIFO, socket or device)" in capsys.readouterr().out
+    finally:
+        done.set()
+        watchdog.join()
+
+
+def test_a_file_name_that_is_not_utf8_is_named_in_the_error(tmp_path, capsys):
+    import os
+    import shutil
+
+    from helpers import make_shapes
+
+    from ctm import folders
+    from ctm.idx import DataError
+
+    root = make_shapes(tmp_path / "shapes", n=6)
+    shutil.copy(root / "circle" / "0000.png", root / "circle" / os.fsdecode(b"caf\xe9.png"))  # Latin-1
+    shown = f"{root / 'circle'}/caf\\xe9.png"
+    with pytest.raises(DataError, match=re.escape(f"{shown}: the file's path is not valid UTF-8; rename it")):
+        folders.resolve_folder(root)
+    assert run_cli("train", "--dataset", f"folder:{root}", "--out", tmp_path / "run") == 2
+    assert one_line(capsys) == (f"ctm train: error: {shown}: the file's path is not valid UTF-8; rename it (a run "
+                                f"records its data's names as UTF-8)")
+    os.rename(root / "square", root / os.fsdecode(b"carr\xe9"))
+    os.remove(root / "circle" / os.fsdecode(b"caf\xe9.png"))
+    with pytest.raises(DataError, match=re.escape(f"{root}/carr\\xe9: the class folder's path is not valid UTF-8")):
+        folders.resolve_folder(root)

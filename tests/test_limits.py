@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import TINY_FLAGS, make_synthetic
@@ -252,3 +254,92 @@ def test_a_file_name_that_is_not_utf8_is_named_in_the_error(tmp_path, capsys):
     os.remove(root / "circle" / os.fsdecode(b"caf\xe9.png"))
     with pytest.raises(DataError, match=re.escape(f"{root}/carr\\xe9: the class folder's path is not valid UTF-8")):
         folders.resolve_folder(root)
+
+
+# ---------------------------------------------------------------------------------------------- IDX files
+
+PEAK_RSS_KIB = "int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
+
+
+def _idx_header(*dims: int) -> bytes:
+    import struct
+
+    return bytes([0, 0, 8, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def _gzip_of_zeros(path: Path, header: bytes, mib: int) -> None:
+    """A gzip file of `header` then `mib` MiB of zeros, about 1 KiB per MiB (one deflated MiB repeated)."""
+    import zlib
+
+    deflate, zeros = zlib.compressobj(9, zlib.DEFLATED, -15), bytes(1 << 20)
+    start = deflate.compress(header) + deflate.flush(zlib.Z_FULL_FLUSH)
+    block = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    crc = zlib.crc32(header)
+    for _ in range(mib):
+        crc = zlib.crc32(zeros, crc)
+    with open(path, "wb") as f:
+        f.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + start + block * mib + deflate.flush()
+                + crc.to_bytes(4, "little") + ((len(header) + mib * len(zeros)) % 2**32).to_bytes(4, "little"))
+
+
+def _grown_kib(code: str, *argv) -> tuple[str, int]:
+    """(what `code` prints, the peak memory growth in KiB while it runs) in a fresh Python process that has
+    imported ctm's data modules (and torch) before."""
+    import subprocess
+    import sys
+
+    wrapped = (f"import sys\nimport ctm.data\nimport ctm.idx\nbefore = {PEAK_RSS_KIB}\n{code}\n"
+               f"print({PEAK_RSS_KIB} - before)\n")
+    proc = subprocess.run([sys.executable, "-c", wrapped, *map(str, argv)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    *printed, grown = proc.stdout.strip().splitlines()
+    return "\n".join(printed), int(grown)
+
+
+READ = "from ctm.idx import DataError, read_idx\ntry:\n    read_idx(sys.argv[1])\nexcept DataError as e:\n    print(e)"
+
+
+def test_an_idx_file_holding_less_than_its_header_declares_costs_what_it_holds(tmp_path):
+    import gzip
+
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    n = 600_000  # 470 MB declared; 600 KB of incompressible data: a file that could hold it, as far as size goes
+    path.write_bytes(gzip.compress(_idx_header(n, 28, 28) + os.urandom(600_000), compresslevel=1))
+    message, grown = _grown_kib(READ, path)
+    assert str(path) in message and "truncated" in message, message
+    assert grown < 64 * 1024, grown  # KiB: the data there is, not the 470 MB promised
+
+
+def test_image_and_label_counts_are_compared_before_the_images_are_inflated(tmp_path):
+    import gzip
+
+    from ctm import datasets
+
+    _gzip_of_zeros(tmp_path / f"{datasets.TRAIN_IMAGES}.gz", _idx_header(716_800, 32, 32), 700)  # 700 MiB, exactly
+    (tmp_path / f"{datasets.TRAIN_LABELS}.gz").write_bytes(gzip.compress(_idx_header(10) + bytes(10)))
+    code = ("from ctm.data import load_dataset\nfrom ctm.idx import DataError\ntry:\n"
+            "    load_dataset('mnist', 'train', data_dir=sys.argv[1])\nexcept DataError as e:\n    print(e)")
+    message, grown = _grown_kib(code, tmp_path)
+    assert "mismatch" in message and "716800 images" in message and "10 labels" in message, message
+    assert grown < 64 * 1024, grown
+
+
+def test_an_idx_header_is_checked_against_the_expected_shape_and_the_bounds(tmp_path, monkeypatch):
+    from ctm import idx
+    from ctm.idx import DataError, read_idx
+
+    path = tmp_path / "images.gz"
+    idx.write_idx(path, np.zeros((5, 4, 3), np.uint8))
+    assert read_idx(path, shape=("N", 4, 3)).shape == (5, 4, 3)
+    with pytest.raises(DataError, match=re.escape(f"{path}: the header declares shape (5, 4, 3); expected (N,)")):
+        read_idx(path, shape=("N",))
+    with pytest.raises(DataError, match=re.escape("expected (6, H, W)")):
+        read_idx(path, shape=(6, "H", "W"))
+    monkeypatch.setattr(idx, "IDX_LIMIT", 50)
+    with pytest.raises(DataError, match="the header declares shape .5, 4, 3., 0.0 GiB of data, more than ctm reads"):
+        read_idx(path)
+    monkeypatch.setattr(idx, "IDX_LIMIT", 2**30)
+    monkeypatch.setattr(idx, "_physical_memory", lambda: 50)
+    with pytest.raises(DataError, match="more than this machine's memory"):
+        read_idx(path)

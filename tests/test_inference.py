@@ -209,3 +209,30 @@ def test_predict_refuses_nan_like_infinity(trained):
         batch[1, 0, 0, 0] = bad
         with pytest.raises(ValueError, match="NaN or infinite"):
             ctm.predict(run, batch)
+
+
+def test_predict_never_opens_a_fifo(trained, tmp_path, capsys):
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer for ever
+    done = threading.Event()
+
+    def unblock():  # a reader stuck on the FIFO gets end-of-file after a while: the test fails, it does not hang
+        while not done.wait(10):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass  # nobody reading: as it should be
+
+    watchdog = threading.Thread(target=unblock, daemon=True)
+    watchdog.start()
+    try:
+        with pytest.raises(ValueError, match="pipe.png: not a regular file"):
+            ctm.predict(ctm.load_run(trained[0]), [fifo])
+        assert main(["predict", str(trained[0]), str(fifo)]) == 2
+        assert capsys.readouterr().err.strip() == f"ctm predict: error: {fifo}: not a regular file; give image files"
+    finally:
+        done.set()
+        watchdog.join()

@@ -96,6 +96,8 @@ def _read_image(path: str | os.PathLike[str], mode: str, size: tuple[int, int]) 
 
     from .folders import draft_jpeg, fit_image
 
+    if os.path.exists(path) and not os.path.isfile(path):  # reading a FIFO or a device would block or never end
+        raise ValueError(f"{path}: not a regular file (a folder, FIFO, socket or device); give an image file")
     limit = Image.MAX_IMAGE_PIXELS
     bound = f"at most {limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS); shrink it first"
     try:

@@ -863,8 +863,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.halt_certainty is not None:
         _check_halt_certainty(args.halt_certainty)
     for image in args.images:
-        if not Path(image).is_file():
+        if not Path(image).exists():
             raise CLIError(f"{image}: no such file")
+        if not Path(image).is_file():  # a folder, FIFO, socket or device: never opened
+            raise CLIError(f"{image}: not a regular file; give image files")
     from ..checkpoint import read_config
 
     _require_image_run(args, read_config(args.run_dir))

@@ -126,3 +126,113 @@ def test_viz_without_matplotlib_is_one_line_naming_the_extra(trained, monkeypatc
     assert main(["viz", str(run_dir), "--out", str(run_dir.parent / "x.gif")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == ["ctm viz: error: ctm.viz needs matplotlib: pip install 'torch-ctm[viz]'"]
+
+
+def _bundled_run(folder: Path) -> Path:
+    """A run directory holding the bundled MNIST model (28x28 greyscale): predict needs no training or data."""
+    from ctm.checkpoint import save_weights, write_config
+
+    model = ctm.load_pretrained("mnist")
+    write_config(folder, model.config, {"dataset": {"name": "mnist", "shape": [1, 28, 28]}})
+    save_weights(folder, model, step=0)
+    return folder
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG file whose header says `width` x `height` greyscale and whose data is a few bytes: what a
+    decompression bomb shows before it is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def _peak_rss_mb(*argv) -> float:
+    """Peak RSS (MiB) of a fresh Python process running `ctm` with `argv` (which must succeed)."""
+    import subprocess
+    import sys
+
+    code = ("import resource, sys; from ctm.cli import main; code = main(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.splitlines()[-1]) / 1024  # Linux reports KiB
+
+
+def test_predict_on_a_large_image_holds_the_8bit_image_not_a_float_copy(tmp_path):
+    from PIL import Image
+
+    run = _bundled_run(tmp_path / "run")
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.new("L", (28, 28)).save(small)
+    im = Image.new("L", (8000, 8000))  # 64 MB decoded, a few KB on disk
+    im.paste(255, (3000, 1000, 5000, 7000))
+    im.save(large)
+    del im
+    base = _peak_rss_mb("predict", run, small, "--threads", "1")
+    big = _peak_rss_mb("predict", run, large, "--threads", "1")
+    # The decoded image is 61 MiB; converting it to float at full size took 4-8 times that (643 MiB more).
+    assert big - base < 3 * 8000 * 8000 / 2**20, (base, big)
+
+
+def test_predict_refuses_an_image_too_large_to_decode_in_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    run = _bundled_run(tmp_path / "run")
+    limit = Image.MAX_IMAGE_PIXELS
+    above = _png_header_only(tmp_path / "above.png", 10000, 10000)  # over the limit, under Pillow's error
+    assert 10000 * 10000 > limit
+    bomb = _png_header_only(tmp_path / "bomb.png", 60000, 60000)  # a decompression bomb for Pillow too
+    for path, size in ((above, "10000x10000"), (bomb, "")):
+        assert main(["predict", str(run), str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"ctm predict: error: {path}: the image is too large"), err
+        assert size in err[0] and f"at most {limit:,} pixels" in err[0]
+        with pytest.raises(ValueError, match="too large to decode"):
+            ctm.predict(ctm.load_run(run), [path])
+
+
+def test_predict_refuses_nan_like_infinity(trained):
+    run = ctm.load_run(trained[0])
+    for bad in (np.nan, np.inf):
+        image = np.full((12, 12), 0.5, np.float32)
+        image[3, 4] = bad
+        with pytest.raises(ValueError, match=r"values in \[0, 1\].*1 NaN or infinite"):
+            ctm.predict(run, image)
+        batch = torch.full((2, 1, 12, 12), 0.5)
+        batch[1, 0, 0, 0] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            ctm.predict(run, batch)
+
+
+def test_predict_never_opens_a_fifo(trained, tmp_path, capsys):
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer for ever
+    done = threading.Event()
+
+    def unblock():  # a reader stuck on the FIFO gets end-of-file after a while: the test fails, it does not hang
+        while not done.wait(10):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass  # nobody reading: as it should be
+
+    watchdog = threading.Thread(target=unblock, daemon=True)
+    watchdog.start()
+    try:
+        with pytest.raises(ValueError, match="pipe.png: not a regular file"):
+            ctm.predict(ctm.load_run(trained[0]), [fifo])
+        assert main(["predict", str(trained[0]), str(fifo)]) == 2
+        assert capsys.readouterr().err.strip() == f"ctm predict: error: {fifo}: not a regular file; give image files"
+    finally:
+        done.set()
+        watchdog.join()

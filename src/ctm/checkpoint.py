@@ -86,9 +86,11 @@ class Checkpoint(NamedTuple):
 
 
 def is_out_of_memory(e: BaseException) -> bool:
-    """Whether `e` says an allocation failed (Python's MemoryError, or torch's on CPU or GPU)."""
+    """Whether `e` says an allocation failed (Python's MemoryError, or torch's on CPU or GPU), or could not even
+    be sized (more bytes than int64 counts)."""
     return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
-        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
+        isinstance(e, RuntimeError) and any(s in str(e) for s in (
+            "out of memory", "can't allocate memory", "Storage size calculation overflowed")))
 
 
 def build_model(config: CTMConfig, where: str, kind: str = "ctm",

@@ -65,6 +65,9 @@ BACKBONES = ("tutorial", "tutorial-s2d",
 POSITIONAL_EMBEDDINGS = ("none", "learnable-fourier", "multi-learnable-fourier", "custom-rotational",
                          "custom-rotational-1d")
 NEURON_SELECTIONS = ("first-last", "random", "random-pairing")
+#: The most values one part of a model may hold (its parameters, or the predictions of one sample over its
+#: ticks): 2^40, 4 TiB of float32, beyond any machine's memory and far below sizes whose byte counts overflow.
+MAX_PART_SIZE = 2**40
 #: The fields beyond the tutorial's model: at their defaults a config is the tutorial's architecture.
 OFFICIAL_OPTIONS = ("backbone", "positional_embedding", "neuron_selection", "n_self_pairs", "synapse_depth",
                     "deep_nlms", "nlm_layernorm", "nlm_temperature", "dropout", "nlm_dropout", "out_positions")
@@ -113,6 +116,7 @@ class CTMConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)  # a size of True is a bug, not a 1: bool is refused where an int is expected
+        self._check_size()  # first: the checks below may compute with the sizes
         if self.out_dims < 2:
             raise ValueError(
                 f"CTMConfig.out_dims must be at least 2 (certainty is a normalised entropy over the "
@@ -139,6 +143,30 @@ class CTMConfig:
                 f"CTMConfig.d_input ({self.d_input}) must be divisible by heads ({self.heads}); "
                 f"try heads in {_divisors(self.d_input)}"
             )
+
+    def _check_size(self) -> None:
+        """ValueError naming the fields of the first part of the model too large to build (`MAX_PART_SIZE`),
+        computed from the sizes alone: a model of 10^12 neurons is refused here, not by torch's arithmetic."""
+        D, d, M, C = self.d_model, self.d_input, self.memory_length, self.in_channels
+        first_layer = 3 * C if self.backbone.startswith("resnet") else {  # weights reading the input channels
+            "tutorial": 9 * C * d, "tutorial-s2d": 36 * C * d, "shallow-wide": 9 * C * 4096, "parity": 0,
+            "none": C * d}[self.backbone]
+        parts = (  # (what, fields, values): each part's largest weights, plus its per-pair decays and indices
+            ("the synapses", ("d_model", "d_input"), (d + D) * D * (2 if self.synapse_depth == 1 else 1)),
+            ("the neuron-level models", ("d_model", "memory_length", "memory_hidden_dims"),
+             D * M * (2 * self.memory_hidden_dims if self.deep_nlms else 2)),
+            ("the output synchronisation", ("n_synch_out", "out_dims"), self.synch_size_out * (self.out_dims + 3)),
+            ("the action synchronisation", ("n_synch_action", "d_input"), self.synch_size_action * (d + 3)),
+            ("the attention", ("d_input",), 4 * d * d),
+            ("the backbone's first layer", ("in_channels", "d_input"), first_layer),
+            ("the predictions of one sample", ("out_dims", "iterations"), self.out_dims * self.iterations),
+        )
+        for what, names, size in parts:
+            if size > MAX_PART_SIZE:
+                given = ", ".join(f"CTMConfig.{n}={getattr(self, n)}" for n in names)
+                raise ValueError(f"{given} make {what} too large to build ({size:.3g} values; ctm builds at most "
+                                 f"2^40 = {MAX_PART_SIZE:.3g}, 4 TiB of float32, beyond any machine's memory); "
+                                 f"choose smaller sizes")
 
     def _check_options(self) -> None:
         """The combinations of the official options that make a model."""
@@ -208,7 +236,10 @@ class CTMConfig:
 
     @classmethod
     def from_json(cls, text: str) -> CTMConfig:
-        return cls.from_dict(json.loads(text))
+        """Rebuild from `to_json()` output; malformed or too deeply nested JSON is a ValueError."""
+        from ._io import parse_json
+
+        return cls.from_dict(parse_json(text.encode("utf-8", "surrogatepass"), "the CTMConfig JSON"))
 
     def replace(self, **changes: Any) -> CTMConfig:
         """A copy with some fields changed (validated again)."""

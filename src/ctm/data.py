@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .datasets import DOWNLOAD_TIMEOUT_S, dataset_spec, locate_dataset, verify_dataset
 from .folders import FolderSpec, folder_path, load_folder, resolve_folder, scan_folder
-from .idx import DataError, read_idx
+from .idx import DataError, idx_shape, read_idx
 
 __all__ = ["DataError", "EpochSampler", "ImageDataset", "load_dataset", "load_splits", "random_affine"]
 
@@ -138,17 +138,20 @@ def load_dataset(
     img_path, lbl_path = paths[img_name], paths[lbl_name]
     if verify:
         verify_dataset(name, {img_name: img_path, lbl_name: lbl_path})
-    images = read_idx(img_path)  # (N, H, W)
-    labels = read_idx(lbl_path)  # (N,)
-    if images.ndim != 3:
-        raise DataError(f"{img_path}: expected images of shape (N, H, W), got {images.shape}")
-    if labels.ndim != 1:
-        raise DataError(f"{lbl_path}: expected labels of shape (N,), got {labels.shape}")
-    if images.shape[0] != labels.shape[0]:
+    # Both headers are checked against each other before any data is read: a file declaring more than the
+    # other agrees to is refused, not inflated.
+    dims = idx_shape(img_path)
+    if len(dims) != 3:
+        raise DataError(f"{img_path}: expected images of shape (N, H, W), got {dims}")
+    n_labels = idx_shape(lbl_path)
+    if len(n_labels) != 1:
+        raise DataError(f"{lbl_path}: expected labels of shape (N,), got {n_labels}")
+    if dims[0] != n_labels[0]:
         raise DataError(
-            f"image/label count mismatch: {img_path} has {images.shape[0]} images but {lbl_path} has "
-            f"{labels.shape[0]} labels"
+            f"image/label count mismatch: {img_path} has {dims[0]} images but {lbl_path} has {n_labels[0]} labels"
         )
+    images = read_idx(img_path, shape=dims)  # (N, H, W)
+    labels = read_idx(lbl_path, shape=n_labels)  # (N,)
     if labels.size and int(labels.max()) >= spec.num_classes:
         raise DataError(
             f"{lbl_path}: label {int(labels.max())} out of range for {spec.num_classes} classes of {name!r}"

@@ -6,7 +6,8 @@ Two layouts (``ctm train --dataset folder:PATH``)::
     PATH/<class>/*.png                                         a fixed-seed fraction of each class held out
 
 Class names are the subfolder names, sorted; label i is the i-th name. Files are listed recursively inside a
-class folder, in sorted order; other files (by extension) are skipped and counted. The whole folder becomes one
+class folder, in sorted order; other files (by extension) are skipped and counted, and so are FIFOs, sockets
+and devices (never opened: reading one would block or never end). The whole folder becomes one
 mode: greyscale ("L", 1 channel) when every file is greyscale (a palette of greys counts), else RGB
 (3 channels); transparent pixels become black, as the zero padding of augmentation. Every image is resized
 (bilinear) to one size, by default the most common size among the files, decoded once and kept as uint8
@@ -93,6 +94,7 @@ class FolderScan:
     class_names: tuple[str, ...]
     files: dict[str, list[tuple[Path, int]]]
     skipped: int  # files without a PNG/JPEG/BMP extension
+    special: int = 0  # FIFOs, sockets, devices (or links to them): never opened
 
     def fingerprint(self) -> str:
         """SHA-1 of every file's path (relative to the root) and label, in order: the same list, the same value."""
@@ -107,18 +109,36 @@ def _class_dirs(where: Path) -> list[Path]:
     return sorted((p for p in where.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
-def _list_class(folder: Path, label: int) -> tuple[list[tuple[Path, int]], int]:
-    found, skipped = [], 0
+def shown_path(path: Path) -> str:
+    """`path` as text that prints anywhere: bytes that are not UTF-8 shown as escapes (\\xff)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _check_name(path: Path, what: str) -> None:
+    """A path that is not UTF-8 cannot be recorded in the run (the file list's fingerprint, the class names)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{shown_path(path)}: the {what}'s path is not valid UTF-8; rename it (a run records "
+                        f"its data's names as UTF-8)") from None
+
+
+def _list_class(folder: Path, label: int) -> tuple[list[tuple[Path, int]], int, int]:
+    """The image files under `folder` (label `label`), the other files and the special files (not opened)."""
+    found, skipped, special = [], 0, 0
     for p in sorted(folder.rglob("*")):
         if p.is_dir() or any(part.startswith(".") for part in p.relative_to(folder).parts[:-1]):
             continue
-        if p.suffix.lower() in EXTENSIONS and not p.name.startswith("."):
+        if not p.is_file():  # a FIFO, socket or device (or a link to one, or a broken link)
+            special += 1
+        elif p.suffix.lower() in EXTENSIONS and not p.name.startswith("."):
+            _check_name(p, "file")
             found.append((p, label))
         else:
             skipped += 1
     if not found:
         raise DataError(f"class folder {folder} holds no {_KINDS} files; add images or remove the folder")
-    return found, skipped
+    return found, skipped, special
 
 
 def scan_folder(path: str | os.PathLike[str]) -> FolderScan:
@@ -156,13 +176,16 @@ def scan_folder(path: str | os.PathLike[str]) -> FolderScan:
         raise DataError(f"folder dataset {root} has {len(class_names)} class folder(s) ({found}); a classifier "
                         f"needs at least 2: one subfolder per class of {_KINDS} files")
     files: dict[str, list[tuple[Path, int]]] = {}
+    special = 0
     for group, class_dirs in groups.items():
         files[group] = []
         for label, d in enumerate(class_dirs):
-            found, n = _list_class(d, label)
+            _check_name(d, "class folder")
+            found, n, n_special = _list_class(d, label)
             files[group].extend(found)
             skipped += n
-    return FolderScan(root, "split" if present else "holdout", class_names, files, skipped)
+            special += n_special
+    return FolderScan(root, "split" if present else "holdout", class_names, files, skipped, special)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -184,6 +207,7 @@ class FolderSpec:
     holdout_seed: int | None = None
     fingerprint: str = ""  # FolderScan.fingerprint() of the files it was made from
     skipped: int = 0
+    special: int = 0
 
     @property
     def channels(self) -> int:
@@ -192,7 +216,8 @@ class FolderSpec:
     def to_record(self) -> dict[str, Any]:
         return {"kind": "folder", "path": self.path, "layout": self.layout, "class_names": list(self.class_names),
                 "mode": self.mode, "image_size": list(self.image_size), "holdout": self.holdout,
-                "holdout_seed": self.holdout_seed, "files_sha1": self.fingerprint, "skipped": self.skipped}
+                "holdout_seed": self.holdout_seed, "files_sha1": self.fingerprint, "skipped": self.skipped,
+                "special": self.special}
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], where: str = "the run's config.json") -> FolderSpec:
@@ -220,7 +245,8 @@ class FolderSpec:
                 raise bad("holdout_seed", "a non-negative integer")
         fingerprint = record.get("files_sha1", "")
         return cls(path, layout, tuple(names), mode, (size[0], size[1]), holdout, seed,
-                   fingerprint if isinstance(fingerprint, str) else "", int(record.get("skipped") or 0))
+                   fingerprint if isinstance(fingerprint, str) else "", _count(record.get("skipped")),
+                   _count(record.get("special")))
 
     def split_files(self, scan: FolderScan, split: str) -> list[tuple[Path, int]]:
         """The (path, label) pairs of `split` ('train' or 'test') in `scan`, in load order.
@@ -247,6 +273,11 @@ class FolderSpec:
             test = set(torch.randperm(len(items), generator=g)[:n_test].tolist())
             chosen.extend(item for i, item in enumerate(items) if (i in test) == (split == "test"))
         return chosen
+
+
+def _count(value: Any) -> int:
+    """A recorded count of skipped files: a non-negative integer, else 0 (it is only shown)."""
+    return value if type(value) is int and value >= 0 else 0
 
 
 def split_size(path: str | os.PathLike[str], split: str, holdout: float = 0.1) -> int:
@@ -293,7 +324,8 @@ def resolve_folder(path: str | os.PathLike[str], image_size: tuple[int, int] | N
         image_size = max(counts, key=lambda s: (counts[s], s[0] * s[1], s[0]))
     spec = FolderSpec(str(scan.root), scan.layout, scan.class_names, "L" if grey else "RGB", image_size,
                       holdout if scan.layout == "holdout" else None,
-                      HOLDOUT_SEED if scan.layout == "holdout" else None, scan.fingerprint(), scan.skipped)
+                      HOLDOUT_SEED if scan.layout == "holdout" else None, scan.fingerprint(), scan.skipped,
+                      scan.special)
     return spec, scan
 
 
@@ -318,8 +350,8 @@ def flatten_image(im, mode: str | None = None):
         mode = "L" if _is_grey(im) else "RGB"
     if im.mode.startswith("I;16"):
         im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
-    elif im.mode in ("I", "F"):
-        im = Image.fromarray(np.clip(np.asarray(im, dtype=np.float64), 0, 255).astype(np.uint8))
+    elif im.mode in ("I", "F"):  # int32 or float32 pixels, clipped in their own type (no float64 copy)
+        im = Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8))
     has_alpha = im.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (im.mode in ("P", "L", "RGB")
                                                                   and "transparency" in im.info)
     if has_alpha:
@@ -330,18 +362,31 @@ def flatten_image(im, mode: str | None = None):
     return im if im.mode == mode else im.convert(mode)
 
 
+def draft_jpeg(im, mode: str, size: tuple[int, int]) -> None:
+    """Let an opened, not yet decoded JPEG decode at a reduced scale (1/2 to 1/8) still at least `size` (H, W)."""
+    h, w = size
+    if im.format == "JPEG" and (im.width > w or im.height > h):
+        im.draft(mode if im.mode in ("L", "RGB") else None, (w, h))
+
+
+def fit_image(im, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """A PIL image as uint8 (H, W, C) pixels of `mode` ("L" or "RGB", `flatten_image`) at `size` (H, W), resized
+    bilinearly in 8 bits: what a folder dataset holds of each file, and what `ctm.predict` feeds the model."""
+    Image = _require_pillow()
+    h, w = size
+    im = flatten_image(im, mode)
+    if im.size != (w, h):
+        im = im.resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8).reshape(h, w, 1 if mode == "L" else 3)
+
+
 def _decode(path: Path, spec: FolderSpec, out: np.ndarray) -> None:
     """Decode one file into `out` (H, W, C) uint8: the spec's mode and size."""
     Image = _require_pillow()
-    h, w = spec.image_size
     try:
         with Image.open(path) as im:
-            if im.format == "JPEG" and (im.width > w or im.height > h):
-                im.draft(spec.mode if im.mode in ("L", "RGB") else None, (w, h))  # decode at a reduced scale
-            im = flatten_image(im, spec.mode)
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            out[...] = np.asarray(im, dtype=np.uint8).reshape(h, w, spec.channels)
+            draft_jpeg(im, spec.mode, spec.image_size)  # decode at a reduced scale
+            out[...] = fit_image(im, spec.mode, spec.image_size)
     except Exception as e:  # any decoder failure is this file's problem
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e}); fix or remove the file") from None
 

@@ -20,7 +20,7 @@ import torch
 
 from ._io import atomic_write
 
-__all__ = ["DataError", "content_md5", "read_idx", "write_idx"]
+__all__ = ["DataError", "IDX_LIMIT", "content_md5", "idx_shape", "read_idx", "write_idx"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20
@@ -35,16 +35,38 @@ class DataError(ValueError):
 
 # No deflate stream inflates to more than about 1032 times its size: the bound on what a gzip file can hold.
 _GZIP_MAX_RATIO = 1032
+#: The most data bytes an IDX file may declare: 16 GiB, 30 times EMNIST's largest file (MNIST's is 47 MB).
+IDX_LIMIT = 16 * 2**30
 
 
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+def _physical_memory() -> int | None:
+    """This machine's memory in bytes, where the system says."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def read_idx(path: str | os.PathLike[str], shape: tuple[int | str, ...] | None = None) -> np.ndarray:
     """Read a uint8 IDX file, raw or gzipped (detected by its magic bytes), into a writable array.
 
-    The file is read as a stream: its header is checked first and the size it declares bounds what is read
-    (and inflated), so a small gzip file that inflates to gigabytes is refused after a few bytes.
-    Raises `DataError` naming `path` for a bad magic number, unsupported type, bad rank, truncated
-    header or data, or trailing bytes.
+    The file is read as a stream: its header is checked first, against `shape` when given (an int where the
+    size is known, a name such as "N" where any size will do) and against what the file can hold, this
+    machine's memory and `IDX_LIMIT`; then exactly the size it declares is read (and inflated), into memory
+    taken as the data arrives, so a small gzip file that declares or inflates to gigabytes is refused after a
+    few bytes. Raises `DataError` naming `path` for a bad magic number, unsupported type, bad rank, a shape
+    other than `shape`, truncated header or data, or trailing bytes.
     """
+    return _open_idx(path, lambda f, size, most: _read_idx_stream(f, path, size, most, shape))
+
+
+def idx_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """The shape an IDX file's header declares (checked as `read_idx` checks it), reading the header only."""
+    return _open_idx(path, lambda f, size, most: _read_header(f, Path(path), size, most)[0])
+
+
+def _open_idx(path: str | os.PathLike[str], read):
+    """`read(stream, size, most)` of the IDX file at `path`, raw or gzipped (see `_read_header`)."""
     path = Path(path)
     try:
         with open(path, "rb") as raw:
@@ -52,10 +74,10 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
             gz = raw.read(2) == GZIP_MAGIC
             raw.seek(0)
             if not gz:
-                return _read_idx_stream(raw, path, size)
+                return read(raw, size, None)
             try:
                 with gzip.GzipFile(fileobj=raw, mode="rb") as f:
-                    return _read_idx_stream(f, path, None, _GZIP_MAX_RATIO * size + 1024)
+                    return read(f, None, _GZIP_MAX_RATIO * size + 1024)
             except (OSError, EOFError, zlib.error) as e:
                 raise DataError(f"{path}: corrupt gzip data ({e})") from e
     except FileNotFoundError as e:
@@ -66,9 +88,10 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise DataError(f"{path}: cannot read ({e})") from e
 
 
-def _read_idx_stream(f, path: Path, size: int | None, most: int | None = None) -> np.ndarray:
-    """The array of the IDX stream `f`: `size` is the content length when known (a raw file), else `most`
-    bounds it (a gzip file)."""
+def _read_header(f, path: Path, size: int | None, most: int | None,
+                 shape: tuple[int | str, ...] | None = None) -> tuple[tuple[int, ...], int]:
+    """The dims and header length of the IDX stream `f`, checked: `size` is the content length when known
+    (a raw file), else `most` bounds it (a gzip file); `shape` is what the caller expects (see `read_idx`)."""
     head = f.read(4)
     if len(head) < 4:
         raise DataError(f"{path}: too short for an IDX file ({len(head)} bytes; the magic number needs 4)")
@@ -92,6 +115,10 @@ def _read_idx_stream(f, path: Path, size: int | None, most: int | None = None) -
         )
     dims = struct.unpack(f">{rank}I", dims_bytes)
     expected = header + math.prod(dims)
+    if shape is not None and (len(dims) != len(shape) or any(
+            isinstance(want, int) and have != want for have, want in zip(dims, shape, strict=False))):
+        wanted = f"({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''})"
+        raise DataError(f"{path}: the header declares shape {dims}; expected {wanted}")
     if size is not None and size != expected:
         if size < expected:
             raise DataError(
@@ -107,13 +134,28 @@ def _read_idx_stream(f, path: Path, size: int | None, most: int | None = None) -
             f"{path}: truncated: header says shape {dims} ({expected} bytes in all), more than this gzip file "
             f"can hold (at most {most} bytes)"
         )
+    memory = _physical_memory()
+    if expected - header > min(IDX_LIMIT, memory or IDX_LIMIT):
+        where = (f"more than this machine's memory ({memory / 2**30:.1f} GiB)" if memory and memory < IDX_LIMIT
+                 else f"more than ctm reads from one file ({IDX_LIMIT // 2**30} GiB)")
+        raise DataError(f"{path}: the header declares shape {dims}, {(expected - header) / 2**30:.1f} GiB of "
+                        f"data, {where}; is it the right file?")
+    return dims, header
+
+
+def _read_idx_stream(f, path: Path, size: int | None, most: int | None = None,
+                     shape: tuple[int | str, ...] | None = None) -> np.ndarray:
+    """The array of the IDX stream `f` (see `_read_header`), its data read in chunks into memory that is
+    only committed as the chunks arrive: a header that promises more than the stream holds costs nothing."""
+    dims, header = _read_header(f, path, size, most, shape)
+    expected = header + math.prod(dims)
     try:
-        data = bytearray(expected - header)
+        data = np.empty(expected - header, dtype=np.uint8)  # pages untouched until written
     except MemoryError:
         raise DataError(f"{path}: its data of shape {dims} ({expected - header} bytes) does not fit in "
                         f"memory") from None
     view, filled = memoryview(data), 0
-    while filled < len(data) and (n := f.readinto(view[filled:])):
+    while filled < len(data) and (n := f.readinto(view[filled:filled + _CHUNK])):
         filled += n
     if filled < len(data):
         raise DataError(
@@ -126,7 +168,7 @@ def _read_idx_stream(f, path: Path, size: int | None, most: int | None = None) -
         raise DataError(
             f"{path}: {count} trailing bytes after the data of shape {dims} (expected exactly {expected} bytes)"
         )
-    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+    return data.reshape(dims)
 
 
 def write_idx(path: str | os.PathLike[str], array: np.ndarray | torch.Tensor) -> None:

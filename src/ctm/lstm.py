@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import build_backbone
-from .config import CTMConfig, check_fields, option
+from .config import MAX_PART_SIZE, CTMConfig, check_fields, option
 from .model import ContinuousThoughtMachine, CrossAttention, TickOutput
 from .positional import build_positional_embedding
 
@@ -44,6 +44,10 @@ class LSTMConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if 4 * self.hidden**2 > MAX_PART_SIZE:  # the cell's recurrent weights (4H, H)
+            raise ValueError(f"LSTMConfig.hidden={self.hidden} makes the LSTM cell too large to build "
+                             f"({4 * self.hidden**2:.3g} values; ctm builds at most 2^40 = {MAX_PART_SIZE:.3g}, "
+                             f"4 TiB of float32, beyond any machine's memory); choose a smaller width")
 
     def resolved(self, config: CTMConfig) -> LSTMConfig:
         """This config with hidden 0 replaced by the width that matches the CTM of `config`."""

@@ -184,15 +184,23 @@ class Synchronisation(nn.Module):
         alpha_t = r alpha_{t-1} + z_left z_right,   beta_t = r beta_{t-1} + 1,   S_t = alpha_t / sqrt(beta_t),
     started from alpha = z_left z_right, beta = 1 at the first call. The decays live on the model
     (`decay_params_out`, `decay_params_action`: the seed's names); this module holds the pairs (`select_pairs`),
-    saved with the weights when they were drawn at random.
+    saved with the weights when they were drawn at random. `neurons` (D) bounds the indices a state dict may
+    load into them (`load_state_dict` refuses others in one line, naming the buffer).
     """
 
     def __init__(self, left: Tensor, right: Tensor, *, drawn: bool = False, first: int | None = None,
-                 n: int | None = None) -> None:
+                 n: int | None = None, neurons: int | None = None) -> None:
         super().__init__()
-        self.first, self.n = first, n  # first-last: the block of neurons first .. first + n - 1
+        self.first, self.n, self.neurons = first, n, neurons  # first-last: neurons first .. first + n - 1
         self.register_buffer("left", left, persistent=drawn)
         self.register_buffer("right", right, persistent=drawn)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for side in ("left", "right"):
+            loaded = state_dict.get(prefix + side)
+            if isinstance(loaded, Tensor) and self.neurons is not None:
+                check_neuron_indices(loaded, prefix + side, self.neurons)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, z: Tensor, state: SynchState | None, r: Tensor) -> tuple[Tensor, SynchState]:
         """z (B, D) post-activations, r (P,) decay factors -> S (B, P) and the new state."""
@@ -208,6 +216,19 @@ class Synchronisation(nn.Module):
         return f"pairs={self.left.numel()}, {which}"
 
 
+def check_neuron_indices(indices: Tensor, name: str, neurons: int) -> None:
+    """ValueError naming `name` unless `indices` are integers in [0, neurons): indices of a model's neurons."""
+    if indices.dtype == torch.bool or indices.is_floating_point() or indices.is_complex():
+        raise ValueError(f"{name} must hold integer neuron indices, got {indices.dtype}")
+    if indices.device.type == "meta" or not indices.numel():
+        return
+    low, high = int(indices.min()), int(indices.max())
+    if low < 0 or high >= neurons:
+        bad = low if low < 0 else high
+        raise ValueError(f"{name} holds neuron index {bad}, outside 0..{neurons - 1} (the model has d_model = "
+                         f"{neurons} neurons); these weights do not belong to this model's sizes")
+
+
 def select_pairs(selection: str, d_model: int, n: int, last: bool, n_self_pairs: int = 0) -> Synchronisation:
     """The pairs of a synchronisation over n selected neurons (`CTMConfig.neuron_selection`).
 
@@ -219,13 +240,13 @@ def select_pairs(selection: str, d_model: int, n: int, last: bool, n_self_pairs:
     if selection == "first-last":
         first = d_model - n if last else 0
         i, j = torch.triu_indices(n, n)
-        return Synchronisation(i + first, j + first, first=first, n=n)
+        return Synchronisation(i + first, j + first, first=first, n=n, neurons=d_model)
     left, right = torch.randint(d_model, (n,)), torch.randint(d_model, (n,))
     if selection == "random":
         i, j = torch.triu_indices(n, n)
-        return Synchronisation(left[i], right[j], drawn=True)
+        return Synchronisation(left[i], right[j], drawn=True, neurons=d_model)
     right = torch.cat((left[:n_self_pairs], right[n_self_pairs:]))
-    return Synchronisation(left, right, drawn=True)
+    return Synchronisation(left, right, drawn=True, neurons=d_model)
 
 
 class TickState(NamedTuple):

@@ -8,7 +8,6 @@ function: the same predictions, certainties, synchronisation and gradients. The 
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .config import CTMConfig
-from .model import ContinuousThoughtMachine
+from .model import ContinuousThoughtMachine, check_neuron_indices
 
 #: official constructor argument -> CTMConfig field (None: read differently, see `config_from_official`)
 OFFICIAL_ARGUMENTS = {
@@ -135,8 +134,10 @@ def from_official_state_dict(state_dict: Mapping[str, Tensor], **kwargs: Any) ->
     for name, tensor in state_dict.items():
         selection = _SELECTIONS.match(name)
         if selection:
-            if config.neuron_selection != "first-last":  # first-last pairs follow from the sizes
+            if config.neuron_selection != "first-last":
                 converted.update(_pairs(state_dict, selection[1], config))
+            else:  # first-last pairs follow from the sizes; the official buffers must be those neurons
+                _check_first_last(name, tensor, selection[1], config)
             continue
         target = ctm_name(name)
         if target not in ours:
@@ -162,10 +163,19 @@ def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
     `model_state_dict`. Loaded with `weights_only=True`: a file that needs arbitrary unpickling is refused."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ValueError(f"{path} cannot be loaded with weights_only=True ({first}); save the official "
-                         f"model's state_dict() alone with torch.save") from None
+    except (OSError, MemoryError):  # missing or unreadable (the command line names the file), or too large
+        raise
+    except Exception as e:  # anything else torch.load raises is the file's content
+        text = str(e)
+        # weights_only's refusal: the unpickler's reason follows this marker, after a paragraph of advice
+        reason = text.partition("WeightsUnpickler error:")[2].strip() if "Weights only load failed" in text else ""
+        if reason and not reason.startswith("Unsupported operand"):  # a pickle of more than tensors
+            raise ValueError(f"{path} cannot be loaded with weights_only=True ({reason.splitlines()[0][:160]}); "
+                             f"save the official model's state_dict() alone with torch.save") from None
+        first = (reason or text).strip().splitlines()[0][:160] if (reason or text).strip() else ""
+        raise ValueError(f"{path} is not a PyTorch state dict file (torch.load: {type(e).__name__}"
+                         f"{': ' + first if first else ''}); give the official model's state_dict() saved with "
+                         f"torch.save") from None
     if isinstance(payload, Mapping) and isinstance(payload.get("model_state_dict"), Mapping):
         payload = payload["model_state_dict"]
     if not isinstance(payload, Mapping) or not all(isinstance(v, Tensor) for v in payload.values()):
@@ -173,9 +183,34 @@ def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
     return dict(payload)
 
 
+def _check_first_last(name: str, indices: Tensor, side: str, config: CTMConfig) -> None:
+    """The official first-last selection `name` is the first n_synch_out (or last n_synch_action) neurons."""
+    n = getattr(config, f"n_synch_{side}")
+    first = 0 if side == "out" else config.d_model - n
+    check_neuron_indices(indices, f"official state dict: {name}", config.d_model)
+    if tuple(indices.shape) != (n,) or not torch.equal(indices.long(), torch.arange(first, first + n)):
+        raise ValueError(f"official state dict: {name} is not the first-last selection of neurons {first}.."
+                         f"{first + n - 1} that neuron_select_type 'first-last' with d_model={config.d_model}, "
+                         f"n_synch_{side}={n} makes")
+
+
 def _pairs(state_dict: Mapping[str, Tensor], side: str, config: CTMConfig) -> dict[str, Tensor]:
-    """The pairs (left, right) of one synchronisation from the official neuron selections."""
-    left, right = (state_dict[f"{side}_neuron_indices_{s}"].long() for s in ("left", "right"))
+    """The pairs (left, right) of one synchronisation from the official neuron selections, checked: n_synch
+    integer indices of the d_model neurons each (an index out of range would fail only in the forward)."""
+    n = getattr(config, f"n_synch_{side}")
+    selections = []
+    for s in ("left", "right"):
+        name = f"{side}_neuron_indices_{s}"
+        if name not in state_dict:
+            raise ValueError(f"official state dict: {name} is missing (its {config.neuron_selection!r} "
+                             f"selection needs both {side}_neuron_indices_left and _right)")
+        indices = state_dict[name]
+        if tuple(indices.shape) != (n,):
+            raise ValueError(f"official state dict: {name} has shape {tuple(indices.shape)}; n_synch_{side}={n} "
+                             f"gives ({n},)")
+        check_neuron_indices(indices, f"official state dict: {name}", config.d_model)
+        selections.append(indices.long())
+    left, right = selections
     if config.neuron_selection == "random":  # all pairs i <= j of the two selections
         i, j = torch.triu_indices(left.numel(), left.numel())
         left, right = left[i], right[j]

@@ -912,8 +912,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.halt_certainty is not None:
         _check_halt_certainty(args.halt_certainty)
     for image in args.images:
-        if not Path(image).is_file():
+        if not Path(image).exists():
             raise CLIError(f"{image}: no such file")
+        if not Path(image).is_file():  # a folder, FIFO, socket or device: never opened
+            raise CLIError(f"{image}: not a regular file; give image files")
     from ..checkpoint import read_config
 
     _require_image_run(args, read_config(args.run_dir))
@@ -938,10 +940,14 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CLIError(f"--out {out} exists and is not an empty folder; give a new run directory")
+    from .._io import read_json
+
     try:
-        arguments = json.loads(Path(args.args).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CLIError(f"--args {args.args} is not valid JSON ({e})") from None
+        arguments = read_json(args.args, error=CLIError)  # bounded: --args /dev/zero is refused, not read whole
+    except CLIError as e:
+        raise CLIError(f"--args {e}") from None
+    except OSError as e:  # missing, a folder, unreadable
+        raise CLIError(f"--args {args.args}: {e.strerror or e}") from None
     if not isinstance(arguments, dict):
         raise CLIError(f"--args {args.args} must hold a JSON object of the official constructor's arguments")
     model = from_official_state_dict(load_official_state_dict(args.state_dict), **arguments)

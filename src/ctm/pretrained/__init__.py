@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_write
+from .._io import atomic_write, read_json
 from ..config import CTMConfig
 from ..model import ContinuousThoughtMachine
 
@@ -60,7 +60,10 @@ def _bundle(name: str) -> Path:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    record = read_json(path, error=PretrainedError)
+    if not isinstance(record, dict):
+        raise PretrainedError(f"{path} must hold a JSON object; the bundle is damaged (reinstall ctm)")
+    return record
 
 
 def list_pretrained() -> list[PretrainedInfo]:

@@ -72,7 +72,9 @@ class ImageTask(Task):
                 f"{'greyscale' if rec['mode'] == 'L' else 'RGB'}, resized to {shape}; {train_set.num_classes} "
                 f"classes: {', '.join(train_set.class_names)}; test split: {split}"
                 + (f"; {rec['skipped']} other file{'s' if rec['skipped'] > 1 else ''} skipped (not PNG/JPEG/BMP)"
-                   if rec["skipped"] else ""))
+                   if rec["skipped"] else "")
+                + (f"; {rec['special']} special file{'s' if rec['special'] > 1 else ''} skipped (FIFO, socket or "
+                   f"device)" if rec.get("special") else ""))
 
     def thinking_gif(self, model: ContinuousThoughtMachine, data: ImageDataset, path: Path,
                      index: int | None = None, fps: float = 5) -> str | None:

@@ -187,6 +187,7 @@ def test_a_converted_run_with_indices_out_of_range_is_one_line(official, data, t
     assert run_cli("eval", run, "--data-dir", data) == 2
     line = one_line(capsys)
     assert "synch_out.left holds neuron index 1000, outside 0..20" in line, line
+    assert str(weights) in line  # names the file
     with pytest.raises(ValueError, match="synch_out.left holds neuron index 1000"):
         ctm.load_run(run)
 

@@ -459,8 +459,11 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Conti
     config, kind = CTMConfig.from_dict(payload["model"]), run_model_kind(payload)
     options = run_model_options(payload)
 
+    read_from: list[Path] = []
+
     def read(found: Checkpoint) -> dict[str, torch.Tensor]:
         path = found.path / MODEL_FILE
+        read_from.append(path)
         _check_weights_header(path, config, kind, options)
         try:
             return load_file(str(path))
@@ -471,7 +474,10 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Conti
 
     state = _reading(run_dir, read)
     model = build_model(config, str(run_dir / CONFIG_FILE), kind, options)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except ValueError as e:  # e.g. neuron indices outside the model (`Synchronisation` checks them)
+        raise RunDirError(f"{read_from[-1]}: {e}") from None
     return model.to(device), payload
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -245,7 +246,10 @@ def test_cli_errors(synthetic, tmp_path, capsys):
                                                *TINY_FLAGS)
     in_checkpoint(run, ckpt.MODEL_FILE).unlink()
     assert "model.safetensors" in cli_error(capsys, "eval", run, "--data-dir", synthetic)
-    (run / ckpt.POINTER_FILE).unlink()
+    (run / ckpt.POINTER_FILE).unlink()  # a checkpoint folder is left: named, never deleted
+    assert "has no checkpoint.json, but holds 1 checkpoint folder" in cli_error(capsys, "eval", run, "--data-dir",
+                                                                              synthetic)
+    shutil.rmtree(run / ckpt.CHECKPOINTS_DIR)
     assert "has no checkpoint yet" in cli_error(capsys, "eval", run, "--data-dir", synthetic)
 
 

@@ -439,9 +439,12 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
                     f"rank 0 could not save the checkpoint of step {step} in {run_dir} ({type(e).__name__})"
                 with contextlib.suppress(Exception):  # the others may be gone already: rank 0's own error stands
                     dist.broadcast_object(problem, info)
+                    dist.barrier(info)  # leave the collectives together (as a finished run does)
                 raise
         problem = dist.broadcast_object(problem, info)
         if problem:
+            with contextlib.suppress(Exception):
+                dist.barrier(info)
             raise ckpt.CheckpointWriteError(problem)
 
     if log is not None and info.is_main:

@@ -1,4 +1,4 @@
-"""What each trick of the fast engine (`ctm.engine`) buys, measured side by side in one process.
+"""What each trick of the fast engine (`ctm.nn.engine`) buys, measured side by side in one process.
 
     python benchmarks/engine_tricks.py                  # seed sizes, batch 64, 30 ticks, 2 threads
     python benchmarks/engine_tricks.py --threads 1 --rounds 9
@@ -30,7 +30,7 @@ try:
 except ImportError:  # run from a source checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import ctm
-from ctm import engine
+from ctm.nn import engine
 
 
 @contextlib.contextmanager

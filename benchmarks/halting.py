@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from ctm.checkpoint import load_model
-from ctm.data import load_dataset
-from ctm.evaluate import DEFAULT_HALT_SWEEP, evaluate_halting, timed_evaluate
-from ctm.viz import save_halting_plot
+from ctm.data.images import load_dataset
+from ctm.pictures.figures import save_halting_plot
+from ctm.runs.checkpoint import load_model
+from ctm.training.evaluate import DEFAULT_HALT_SWEEP, evaluate_halting, timed_evaluate
 
 
 def main() -> None:

@@ -138,7 +138,7 @@ def table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path) -> Path:
     """Accuracy (per bit solid, whole sequence dashed) against ticks, one colour per model."""
-    from ctm.viz import CERTAINTY_COLOUR, TEST_COLOUR, _new_figure, _style_axes, save_figure
+    from ctm.pictures.figures import CERTAINTY_COLOUR, TEST_COLOUR, _new_figure, _style_axes, save_figure
 
     fig = _new_figure((7.5, 4.8), 100)
     ax = fig.subplots()

@@ -6,7 +6,7 @@
 
 The seed reference is the file named by --seed-reference PATH or $CTM_SEED_REFERENCE (the Makefile sets it
 to ../shared/reference/seed_ctm.py next to the repository); without either, ctm is benchmarked alone. This
-is `ctm bench` (ctm.cli.bench) under another name; the measuring code lives in ctm.bench.
+is `ctm bench` (ctm.cli.bench) under another name; the measuring code lives in ctm.measure.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def run(preset: str, dataset: str, out_root: Path, extra: list[str]) -> dict:
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
-    from ctm.checkpoint import read_metrics
+    from ctm.runs.checkpoint import read_metrics
 
     rows = read_metrics(run_dir)  # the current checkpoint's metrics.jsonl
     final = rows[-1]

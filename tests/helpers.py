@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 import ctm
-from ctm.idx import write_idx
+from ctm.data.idx import write_idx
 
 # TINY through `ctm train`: every field the default preset sets is given (so the run's model is TINY, the
 # tutorial's architecture at tiny sizes), and no augmentation (as the tutorial's recipe).

@@ -16,7 +16,7 @@ import torch
 from helpers import TINY
 
 import ctm
-from ctm import view
+from ctm.pictures import viewer as view
 from ctm.pretrained import pretrained_test_slice
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")

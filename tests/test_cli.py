@@ -7,20 +7,22 @@ import argparse
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import TINY_FLAGS, make_synthetic
 
-from ctm import train as tr
 from ctm.cli import SUBCOMMANDS, OneLineParser, build_parser, main
 from ctm.cli.config_flags import add_config_flags, flag_for, given, with_flag_names
 from ctm.config import CTMConfig, option
-from ctm.train import TrainConfig
+from ctm.training import loop as tr
+from ctm.training.loop import TrainConfig
 
 
 def test_the_library_does_not_import_the_command_line():
     # torch itself imports argparse, so the check is on ctm.cli
-    code = ("import sys, ctm, ctm.bench, ctm.checkpoint, ctm.data, ctm.datasets, ctm.evaluate, ctm.idx, ctm.train; "
+    code = ("import sys, ctm, ctm.measure, ctm.runs.checkpoint, ctm.data.images, ctm.data.sources, "
+            "ctm.training.evaluate, ctm.data.idx, ctm.training.loop; "
             "print(sorted(m for m in sys.modules if m.startswith('ctm.cli')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout
@@ -162,3 +164,16 @@ def test_a_wrong_flag_points_to_the_subcommands_help(command, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--no-such-flag" in err and f"(see ctm {command} --help)" in err
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    from ctm import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt: "20261205-120000")
+    first = cli._new_run_dir("mnist")
+    assert first == Path("runs/mnist-20261205-120000")
+    first.mkdir(parents=True)
+    assert cli._new_run_dir("mnist") == Path("runs/mnist-20261205-120000-2")
+    Path("runs/mnist-20261205-120000-2").symlink_to(tmp_path / "nowhere")  # taken, even dangling
+    assert cli._new_run_dir("mnist") == Path("runs/mnist-20261205-120000-3")

@@ -1,5 +1,5 @@
-"""Tests of ctm.idx, ctm.datasets and ctm.data: IDX files, dataset lookup and download (against a local server),
-sampling, augmentation."""
+"""Tests of ctm.data.idx, ctm.data.sources and ctm.data.images: IDX files, dataset lookup and download (against a
+local server), sampling, augmentation."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from ctm import datasets, idx
-from ctm.data import EpochSampler, ImageDataset, load_dataset, random_affine
-from ctm.datasets import DATASETS
-from ctm.idx import DataError, read_idx, write_idx
+from ctm.data import idx
+from ctm.data import sources as datasets
+from ctm.data.idx import DataError, read_idx, write_idx
+from ctm.data.images import EpochSampler, ImageDataset, load_dataset, random_affine
+from ctm.data.sources import DATASETS
 
 FILES = datasets.DATASETS["mnist"].files  # the four canonical names
 

@@ -12,7 +12,7 @@ import torch
 from helpers import TINY_FLAGS, make_synthetic
 from safetensors.torch import load_file
 
-from ctm import checkpoint as ckpt
+from ctm.runs import checkpoint as ckpt
 
 
 def _free_port() -> int:

@@ -1,4 +1,4 @@
-"""The fast engine (`ctm.engine`) against the readable model (`fast_backward = False`), without the seed:
+"""The fast engine (`ctm.nn.engine`) against the readable model (`fast_backward = False`), without the seed:
 outputs, every gradient, the input gradient, BatchNorm statistics, tracking, adaptive computation; a float64
 gradcheck of the hand-written backward; the private aten ops the engine relies on; the dispatch itself."""
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import ctm
-from ctm import engine
+from ctm.nn import engine
 
 # Odd sizes; several heads with colour non-square input; fewer ticks than memory with batch 1; random pairs
 # with self pairs; a ResNet with a positional embedding and random selection; a rotational embedding with
@@ -255,7 +255,7 @@ def test_hand_written_backward_gradcheck_float64_random_pairing():
 
 def test_private_aten_op_computes_what_the_engine_assumes():
     """The engine calls aten.glu.out directly: if a torch upgrade changes its signature or meaning, this fails
-    (then replace it with the public F.glu and a copy: see ctm.engine._glu_into)."""
+    (then replace it with the public F.glu and a copy: see ctm.nn.engine._glu_into)."""
     torch.manual_seed(0)
     x = torch.randn(5, 8, 3)
     out = torch.empty(5, 4, 3)

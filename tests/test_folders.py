@@ -14,12 +14,12 @@ from helpers import KINDS, SHAPES, TINY, TINY_FLAGS, cli_error, draw, make_shape
 from PIL import Image
 from safetensors.torch import load_file
 
-from ctm import checkpoint as ckpt
-from ctm import folders
-from ctm import train as tr
 from ctm.cli import main
-from ctm.data import load_dataset, load_splits
-from ctm.idx import DataError
+from ctm.data import folders
+from ctm.data.idx import DataError
+from ctm.data.images import load_dataset, load_splits
+from ctm.runs import checkpoint as ckpt
+from ctm.training import loop as tr
 
 
 def run_cli(*args) -> int:

@@ -14,8 +14,8 @@ from helpers import TINY_FLAGS, make_synthetic
 
 import ctm
 from ctm.cli import main
-from ctm.data import ImageDataset
-from ctm.evaluate import evaluate, evaluate_halting
+from ctm.data.images import ImageDataset
+from ctm.training.evaluate import evaluate, evaluate_halting
 
 CONFIG = ctm.CTMConfig(iterations=9, d_model=32, d_input=16, memory_length=5, heads=2, n_synch_out=8,
                        n_synch_action=6, memory_hidden_dims=4)
@@ -252,8 +252,8 @@ def test_cli_halt_certainty_json(tiny_run, capsys):
     assert 1 <= result["mean_ticks"] <= 4
     assert result["wall_s"] > 0 and result["wall_s_full"] > 0
     # `accuracy` is the halted accuracy; the full run's stays under `accuracy_full`.
-    from ctm.checkpoint import load_model
-    from ctm.data import load_dataset
+    from ctm.data.images import load_dataset
+    from ctm.runs.checkpoint import load_model
 
     model, _ = load_model(run)
     test = load_dataset("mnist", "test", data_dir=data)

@@ -11,9 +11,9 @@ import torch
 from helpers import TINY, make_synthetic
 
 import ctm
-from ctm import train as tr
 from ctm.cli import main
-from ctm.data import load_dataset
+from ctm.data.images import load_dataset
+from ctm.training import loop as tr
 
 
 @pytest.fixture(scope="module")
@@ -116,21 +116,21 @@ def test_ctm_predict_command(trained, tmp_path, capsys):
 
 
 def test_viz_without_matplotlib_is_one_line_naming_the_extra(trained, monkeypatch, capsys):
-    from ctm import viz
+    from ctm.pictures import figures as viz
 
     def missing():
-        raise ImportError("ctm.viz needs matplotlib: pip install 'torch-ctm[viz]'")
+        raise ImportError("ctm.pictures.figures needs matplotlib: pip install 'torch-ctm[viz]'")
 
     monkeypatch.setattr(viz, "_require_matplotlib", missing)
     run_dir, data = trained
     assert main(["viz", str(run_dir), "--out", str(run_dir.parent / "x.gif")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.splitlines() == ["ctm viz: error: ctm.viz needs matplotlib: pip install 'torch-ctm[viz]'"]
+    assert err.splitlines() == ["ctm viz: error: ctm.pictures.figures needs matplotlib: pip install 'torch-ctm[viz]'"]
 
 
 def _bundled_run(folder: Path) -> Path:
     """A run directory holding the bundled MNIST model (28x28 greyscale): predict needs no training or data."""
-    from ctm.checkpoint import save_weights, write_config
+    from ctm.runs.checkpoint import save_weights, write_config
 
     model = ctm.load_pretrained("mnist")
     write_config(folder, model.config, {"dataset": {"name": "mnist", "shape": [1, 28, 28]}})

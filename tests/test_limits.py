@@ -17,9 +17,9 @@ from helpers import TINY_FLAGS, make_synthetic
 from safetensors.torch import load_file, save_file
 
 import ctm
-from ctm import checkpoint as ckpt
 from ctm.cli import main
-from ctm.lstm import LSTMConfig
+from ctm.nn.lstm import LSTMConfig
+from ctm.runs import checkpoint as ckpt
 
 HUGE = 10**12
 
@@ -202,7 +202,7 @@ def test_special_files_in_a_class_folder_are_skipped_never_opened(tmp_path, caps
 
     from helpers import make_shapes
 
-    from ctm import folders
+    from ctm.data import folders
 
     root = make_shapes(tmp_path / "shapes", n=6)
     fifos = [root / "circle" / "pipe.png", root / "square" / "pipe"]
@@ -240,8 +240,8 @@ def test_a_file_name_that_is_not_utf8_is_named_in_the_error(tmp_path, capsys):
 
     from helpers import make_shapes
 
-    from ctm import folders
-    from ctm.idx import DataError
+    from ctm.data import folders
+    from ctm.data.idx import DataError
 
     root = make_shapes(tmp_path / "shapes", n=6)
     shutil.copy(root / "circle" / "0000.png", root / "circle" / os.fsdecode(b"caf\xe9.png"))  # Latin-1
@@ -289,7 +289,7 @@ def _grown_kib(code: str, *argv) -> tuple[str, int]:
     import subprocess
     import sys
 
-    wrapped = (f"import sys\nimport ctm.data\nimport ctm.idx\nbefore = {PEAK_RSS_KIB}\n{code}\n"
+    wrapped = (f"import sys\nimport ctm.data.images\nimport ctm.data.idx\nbefore = {PEAK_RSS_KIB}\n{code}\n"
                f"print({PEAK_RSS_KIB} - before)\n")
     proc = subprocess.run([sys.executable, "-c", wrapped, *map(str, argv)], capture_output=True, text=True,
                           timeout=300)
@@ -298,7 +298,8 @@ def _grown_kib(code: str, *argv) -> tuple[str, int]:
     return "\n".join(printed), int(grown)
 
 
-READ = "from ctm.idx import DataError, read_idx\ntry:\n    read_idx(sys.argv[1])\nexcept DataError as e:\n    print(e)"
+READ = ("from ctm.data.idx import DataError, read_idx\ntry:\n    read_idx(sys.argv[1])\nexcept DataError as e:\n"
+        "    print(e)")
 
 
 def test_an_idx_file_holding_less_than_its_header_declares_costs_what_it_holds(tmp_path):
@@ -315,11 +316,11 @@ def test_an_idx_file_holding_less_than_its_header_declares_costs_what_it_holds(t
 def test_image_and_label_counts_are_compared_before_the_images_are_inflated(tmp_path):
     import gzip
 
-    from ctm import datasets
+    from ctm.data import sources as datasets
 
     _gzip_of_zeros(tmp_path / f"{datasets.TRAIN_IMAGES}.gz", _idx_header(716_800, 32, 32), 700)  # 700 MiB, exactly
     (tmp_path / f"{datasets.TRAIN_LABELS}.gz").write_bytes(gzip.compress(_idx_header(10) + bytes(10)))
-    code = ("from ctm.data import load_dataset\nfrom ctm.idx import DataError\ntry:\n"
+    code = ("from ctm.data.images import load_dataset\nfrom ctm.data.idx import DataError\ntry:\n"
             "    load_dataset('mnist', 'train', data_dir=sys.argv[1])\nexcept DataError as e:\n    print(e)")
     message, grown = _grown_kib(code, tmp_path)
     assert "mismatch" in message and "716800 images" in message and "10 labels" in message, message
@@ -327,8 +328,8 @@ def test_image_and_label_counts_are_compared_before_the_images_are_inflated(tmp_
 
 
 def test_an_idx_header_is_checked_against_the_expected_shape_and_the_bounds(tmp_path, monkeypatch):
-    from ctm import idx
-    from ctm.idx import DataError, read_idx
+    from ctm.data import idx
+    from ctm.data.idx import DataError, read_idx
 
     path = tmp_path / "images.gz"
     idx.write_idx(path, np.zeros((5, 4, 3), np.uint8))

@@ -1,4 +1,4 @@
-"""The LSTM baseline (ctm.lstm): shapes, gradients, parameter matching, halting, and learning parity."""
+"""The LSTM baseline (ctm.nn.lstm): shapes, gradients, parameter matching, halting, and learning parity."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from helpers import TINY
 
 from ctm.config import CTMConfig
-from ctm.losses import certainty_loss
-from ctm.lstm import LSTMBaseline, LSTMConfig, ctm_parameters, lstm_parameters, lstm_width_for, matching_summary
-from ctm.model import ContinuousThoughtMachine, Tracking
+from ctm.nn.lstm import LSTMBaseline, LSTMConfig, ctm_parameters, lstm_parameters, lstm_width_for, matching_summary
+from ctm.nn.model import ContinuousThoughtMachine, Tracking
+from ctm.training.losses import certainty_loss
 
 
 def parity_config(length: int, ticks: int = 4, **changes) -> CTMConfig:
@@ -203,9 +203,9 @@ def test_a_tiny_lstm_learns_length_4_parity():
 
 def test_evaluation_and_the_thinking_gif_take_it_like_a_ctm(tmp_path):
     pytest.importorskip("matplotlib")
-    from ctm.data import ImageDataset
-    from ctm.evaluate import evaluate
-    from ctm.viz import thinking_gif
+    from ctm.data.images import ImageDataset
+    from ctm.pictures.figures import thinking_gif
+    from ctm.training.evaluate import evaluate
 
     torch.manual_seed(6)
     model = LSTMBaseline(TINY.replace(iterations=3), 12)
@@ -244,7 +244,7 @@ def test_ctm_train_model_lstm_records_its_width_and_resumes_as_a_straight_run(tm
 
     from safetensors.torch import load_file
 
-    from ctm import checkpoint as ckpt
+    from ctm.runs import checkpoint as ckpt
 
     assert _cli(*LSTM_RUN, "--steps", "8", "--out", tmp_path / "straight") == 0
     out = capsys.readouterr().out

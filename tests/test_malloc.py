@@ -16,7 +16,7 @@ from ctm._malloc import retain_freed_memory
 print(retain_freed_memory())
 torch.set_num_threads(1)
 from ctm.config import CTMConfig
-from ctm.model import ContinuousThoughtMachine
+from ctm.nn.model import ContinuousThoughtMachine
 torch.manual_seed(0)
 model = ContinuousThoughtMachine(CTMConfig(iterations=10))
 x = torch.randn(16, 1, 28, 28)

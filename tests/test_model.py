@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ctm
-from ctm.model import MAX_DECAY
+from ctm.nn.model import MAX_DECAY
 
 SMALL = ctm.CTMConfig(iterations=4, d_model=32, d_input=16, memory_length=5, heads=2, n_synch_out=8,
                       n_synch_action=6, memory_hidden_dims=4, out_dims=5)

@@ -1,4 +1,4 @@
-"""The C++ tick loops (`ctm.native`, ctm/csrc/ticks.cpp) against the engine's Python loops (the same computation;
+"""The C++ tick loops (`ctm.nn.native`, ctm/csrc/ticks.cpp) against the engine's Python loops (the same computation;
 three steps summed in another order, so equal to rounding), a float64 gradcheck of the C++ backward, and the
 fallback when the library cannot be built."""
 
@@ -13,7 +13,7 @@ import torch
 from test_engine import TOL, _run, _twins, assert_same_runs
 
 import ctm
-from ctm import engine, native
+from ctm.nn import engine, native
 
 
 def _record_calls(monkeypatch) -> list[str]:

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import ctm
-from ctm import engine
-from ctm.backbones import TruncatedResNet
 from ctm.config import BACKBONES
-from ctm.official import ctm_name
+from ctm.interop.official import ctm_name
+from ctm.nn import engine
+from ctm.nn.backbones import TruncatedResNet
 
 BASE = dict(iterations=4, d_model=23, d_input=12, heads=2, n_synch_out=6, n_synch_action=5, synapse_depth=1,
             memory_length=5, deep_nlms=True, memory_hidden_dims=3, do_layernorm_nlm=False, out_dims=7,

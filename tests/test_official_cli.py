@@ -13,8 +13,8 @@ import torch
 from helpers import TINY_FLAGS, make_synthetic
 from safetensors.torch import load_file
 
-from ctm import checkpoint as ckpt
 from ctm.cli import main
+from ctm.runs import checkpoint as ckpt
 
 # Dropout stays off: training does not save the global RNG, so a resumed run draws other dropout masks.
 OFFICIAL_FLAGS = ["--backbone", "resnet18-1", "--positional-embedding", "learnable-fourier",
@@ -69,8 +69,8 @@ OFFICIAL_ARGS = dict(iterations=4, d_model=21, d_input=12, heads=3, n_synch_out=
 
 
 def test_convert_official_writes_a_run_that_eval_halting_and_viz_read(official, synthetic, tmp_path, capsys):
-    from ctm.checkpoint import load_model
-    from ctm.data import load_dataset
+    from ctm.data.images import load_dataset
+    from ctm.runs.checkpoint import load_model
 
     torch.manual_seed(0)
     with contextlib.redirect_stdout(io.StringIO()):

@@ -17,8 +17,8 @@ import torch
 from helpers import make_synthetic
 
 import ctm
-from ctm import checkpoint as ckpt
 from ctm.cli import main
+from ctm.runs import checkpoint as ckpt
 
 RUNS = Path(__file__).resolve().parent / "fixtures" / "runs"
 EXPECTED = json.loads((RUNS / "expected.json").read_text())

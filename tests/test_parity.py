@@ -11,12 +11,12 @@ from helpers import TINY
 from safetensors.torch import load_file
 
 import ctm
-from ctm import checkpoint as ckpt
-from ctm import engine
-from ctm import train as tr
 from ctm.cli import main
+from ctm.nn import engine
+from ctm.runs import checkpoint as ckpt
 from ctm.tasks import make_task
-from ctm.tasks.parity import TEST_SIZE, TEST_STREAM, parity_targets, sample_seed
+from ctm.tasks.parity.task import TEST_SIZE, TEST_STREAM, parity_targets, sample_seed
+from ctm.training import loop as tr
 
 # A parity CTM small enough to learn length 4 in seconds on one thread (every PRESETS["parity"].model key is
 # given, so the CLI and PARITY_CONFIG build the same model).

@@ -11,8 +11,8 @@ from helpers import TINY_FLAGS, make_synthetic
 
 import ctm
 from ctm.cli import main
-from ctm.evaluate import evaluate
 from ctm.pretrained import BUNDLE_DIR, PretrainedError, pretrained_config, pretrained_record, pretrained_test_slice
+from ctm.training.evaluate import evaluate
 
 
 @pytest.fixture
@@ -20,8 +20,8 @@ def no_data(tmp_path, monkeypatch):
     """A working folder where no dataset can be found (and none downloaded)."""
     monkeypatch.setenv("CTM_DATA_DIR", str(tmp_path / "no-data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr("ctm.datasets.SYSTEM_DATASETS_DIR", tmp_path / "no-system-data")
-    monkeypatch.setattr("ctm.datasets.download_dataset", lambda *a, **k: pytest.fail("tried to download"))
+    monkeypatch.setattr("ctm.data.sources.SYSTEM_DATASETS_DIR", tmp_path / "no-system-data")
+    monkeypatch.setattr("ctm.data.sources.download_dataset", lambda *a, **k: pytest.fail("tried to download"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -136,8 +136,8 @@ def test_the_wheel_takes_the_bundles_and_the_viewer_assets():
     root = Path(__file__).resolve().parents[1]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ctm"]
     package = root / "src" / "ctm"
-    data_files = [p for folder in ("pretrained", "assets") for p in (package / folder).rglob("*")
+    data_files = [p for folder in ("pretrained", "pictures/assets", "nn/csrc") for p in (package / folder).rglob("*")
                   if p.is_file() and p.suffix not in (".py", ".pyc")]
-    assert len(data_files) >= 6
+    assert len(data_files) >= 7
     for path in data_files:
         assert any(path.relative_to(package).match(pattern) for pattern in patterns), path

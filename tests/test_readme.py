@@ -22,8 +22,8 @@ import torch
 from helpers import TINY, TINY_FLAGS, make_shapes, make_synthetic
 
 import ctm
-from ctm import train as tr
 from ctm.cli import build_parser, main
+from ctm.training import loop as tr
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

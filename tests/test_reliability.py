@@ -20,9 +20,9 @@ import torch
 from helpers import TINY_FLAGS, make_synthetic
 from safetensors.torch import load_file
 
-from ctm import checkpoint as ckpt
-from ctm import models
 from ctm.cli import main
+from ctm.nn import kinds as models
+from ctm.runs import checkpoint as ckpt
 
 # 12 steps, a checkpoint every 4 (saves 1, 2, 3 at steps 4, 8, 12); 8 steps per epoch, so resume crosses one.
 STEPS = 12
@@ -32,7 +32,7 @@ RECIPE = ["--steps", str(STEPS), "--batch-size", "32", "--eval-every", "4", "--l
 
 def _child(argv: list[str], point: str, save: int, signals: list[str], err: Path, marker: Path | None) -> None:
     """`ctm ARGV` that, at save number `save` (from 1) and instant `point` of the save sequence
-    (ctm.checkpoint.SAVE_POINTS), sends itself each signal of `signals` in turn."""
+    (ctm.runs.checkpoint.SAVE_POINTS), sends itself each signal of `signals` in turn."""
     # A forked child must not enter the OpenMP thread pool of its parent (GNU libgomp is not fork-safe: with the
     # parent's threads gone, a parallel region waits for them forever). One thread runs no parallel region.
     torch.set_num_threads(1)
@@ -243,27 +243,27 @@ def test_sigterm_from_outside_during_training(data, tmp_path):
 
 
 def test_a_signal_during_start_up_or_eval_exits_at_once_with_one_line(data, tmp_path, monkeypatch, capsys):
-    import ctm.evaluate
-    import ctm.train
+    import ctm.training.evaluate
+    import ctm.training.loop
 
     def signalled(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("the signal did not stop ctm")
 
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    monkeypatch.setattr(ctm.data, "load_splits", signalled)  # what the image task reads with
+    monkeypatch.setattr(ctm.data.images, "load_splits", signalled)  # what the image task reads with
     assert run_cli("train", "--data-dir", data, "--out", tmp_path / "run", *RECIPE) == 143
     assert capsys.readouterr().err == "ctm train: interrupted (SIGTERM)\n"
     assert not (tmp_path / "run").exists()
     monkeypatch.undo()
     assert run_cli("train", "--data-dir", data, "--out", tmp_path / "run", "--steps", "4", *RECIPE[2:]) == 0
-    monkeypatch.setattr(ctm.evaluate, "evaluate", signalled)
+    monkeypatch.setattr(ctm.training.evaluate, "evaluate", signalled)
     capsys.readouterr()
     assert run_cli("eval", tmp_path / "run", "--data-dir", data) == 143
     assert capsys.readouterr().err == "ctm eval: interrupted (SIGTERM)\n"
-    import ctm.viz
+    import ctm.pictures.figures
 
-    monkeypatch.setattr(ctm.viz, "thinking_gif", signalled)
+    monkeypatch.setattr(ctm.pictures.figures, "thinking_gif", signalled)
     assert run_cli("viz", tmp_path / "run", "--data-dir", data) == 143
     assert capsys.readouterr().err == "ctm viz: interrupted (SIGTERM)\n"
     assert {s: signal.getsignal(s) for s in handlers} == handlers  # main() put the handlers back
@@ -294,7 +294,7 @@ def test_one_writer_per_run_and_a_killed_writers_lock_never_blocks(data, straigh
 
 _LOCK_AND_LEAVE = """
 import subprocess, sys
-from ctm import checkpoint as ckpt
+from ctm.runs import checkpoint as ckpt
 
 lock = ckpt.RunLock(sys.argv[1]).acquire()
 child = subprocess.Popen(["sleep", "300"], pass_fds=[lock._fd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -334,7 +334,7 @@ def test_a_lock_held_after_its_recorded_process_ended_does_not_name_that_process
 
 def test_runs_in_the_old_layout_load_and_resume(data, straight, tmp_path, capsys):
     run = tmp_path / "run"
-    from ctm import train as tr
+    from ctm.training import loop as tr
 
     cfg = tr.make_train_config("default", steps=STEPS, batch_size=32, eval_every=4, lr=3e-3, warmup_steps=2,
                                augment=False, seed=1)
@@ -359,7 +359,7 @@ def test_a_run_with_dropout_resumes_to_the_straight_runs_weights_bit_exact(data,
     draws the masks the straight run drew. A checkpoint without it (an older ctm's) still resumes."""
     from helpers import TINY
 
-    from ctm import train as tr
+    from ctm.training import loop as tr
 
     model = TINY.replace(dropout=0.3, nlm_dropout=0.3)
     cfg = tr.make_train_config("default", steps=STEPS, batch_size=32, eval_every=4, lr=3e-3, warmup_steps=2,
@@ -624,7 +624,7 @@ def test_a_gzip_bomb_is_refused_from_its_header_without_inflating_it(tmp_path):
     gzip_bomb(path, bytes([0, 0, 8, 3]) + struct.pack(">3I", 10, 28, 28), 1024)
     assert path.stat().st_size < 2 << 20
     code = ("import sys\n"
-            "from ctm.idx import DataError, read_idx\n"
+            "from ctm.data.idx import DataError, read_idx\n"
             f"before = {PEAK_RSS_KIB}\n"
             "try:\n    read_idx(sys.argv[1])\nexcept DataError as e:\n    print(e)\n"
             f"print({PEAK_RSS_KIB} - before)\n")

@@ -14,8 +14,8 @@ import pytest
 import torch
 from helpers import TINY_FLAGS, make_synthetic
 
-from ctm import checkpoint as ckpt
 from ctm.cli import main
+from ctm.runs import checkpoint as ckpt
 
 STEPS = 8
 RECIPE = ["--steps", str(STEPS), "--batch-size", "32", "--eval-every", "4", "--lr", "3e-3", "--warmup-steps", "2",
@@ -372,7 +372,7 @@ def test_a_stop_signal_while_drawing_the_pictures_finishes_that_picture_and_says
     """Raised at any instant, the signal used to land inside numpy or a GC callback: a traceback, exit 1."""
     import signal
 
-    from ctm import viz
+    from ctm.pictures import figures as viz
 
     run, _ = copy_run(finished, tmp_path)
     (run / "thinking.gif").unlink()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ctm
-from ctm.seed import _RENAMES
+from ctm.interop.tutorial import _RENAMES
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

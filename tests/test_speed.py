@@ -15,7 +15,7 @@ import torch
 from test_seed_equivalence import CONFIGS, TOL, make_seed_model, ours_name
 
 import ctm
-from ctm.cli import bench  # the command; it re-exports ctm.bench's format_table
+from ctm.cli import bench  # the command; it re-exports ctm.measure's format_table
 
 REPO = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"mode", "batch", "impl", "samples_per_s", "samples_per_s_best", "ms_per_call", "ratio_to_seed",

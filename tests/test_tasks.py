@@ -11,13 +11,13 @@ import torch
 from helpers import TINY, TINY_FLAGS, make_synthetic
 
 import ctm
-from ctm import checkpoint as ckpt
-from ctm import train as tr
 from ctm.cli import main
 from ctm.config import option
-from ctm.evaluate import evaluate
-from ctm.models import build_model
+from ctm.nn.kinds import build_model
+from ctm.runs import checkpoint as ckpt
 from ctm.tasks import TASKS, ImageTask, Task, make_task, register_task, task_from_record
+from ctm.training import loop as tr
+from ctm.training.evaluate import evaluate
 
 
 class Majority:

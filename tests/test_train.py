@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 
 import ctm
 import ctm.tasks
-from ctm import checkpoint as ckpt
-from ctm import train as tr
 from ctm.cli import main
+from ctm.runs import checkpoint as ckpt
 from ctm.tasks import base as task_base
+from ctm.training import loop as tr
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def test_train_config_validation(changes, message):
 
 
 def test_tick_loss_weight_adds_the_mean_cross_entropy_over_ticks(synthetic):
-    data = ctm.data.load_dataset("mnist", "train", data_dir=synthetic)
+    data = ctm.data.images.load_dataset("mnist", "train", data_dir=synthetic)
     idx = torch.arange(32)
     x, y = data.batch(idx)
     losses, ticks, grads = {}, {}, {}

@@ -1,4 +1,4 @@
-"""ctm.view: the viewer's data, the self-contained page, the local server; the GIF's sample choice."""
+"""ctm.pictures.viewer: the viewer's data, the self-contained page, the local server; the GIF's sample choice."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ import torch
 from helpers import TINY_FLAGS, cli_error, make_synthetic
 
 import ctm
-from ctm import view, viz
 from ctm.cli import main
-from ctm.data import ImageDataset
+from ctm.data.images import ImageDataset
+from ctm.pictures import figures as viz
+from ctm.pictures import viewer as view
 
 CONFIG = ctm.CTMConfig(iterations=6, d_model=32, d_input=16, memory_length=4, heads=2, n_synch_out=8,
                        n_synch_action=8, memory_hidden_dims=4)

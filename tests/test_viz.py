@@ -1,4 +1,4 @@
-"""ctm.viz: thinking frames and GIFs, training-curve and per-tick plots, example selection."""
+"""ctm.pictures.figures: thinking frames and GIFs, training-curve and per-tick plots, example selection."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ctm
-from ctm.data import ImageDataset
+from ctm.data.images import ImageDataset
 
 pytest.importorskip("matplotlib")
 PIL_Image = pytest.importorskip("PIL.Image")
@@ -199,7 +199,7 @@ def test_curves_errors():
 
 
 def test_ticks_plot(tmp_path):
-    from ctm.evaluate import EvalResult
+    from ctm.training.evaluate import EvalResult
 
     T = 30
     result = EvalResult(loss=0.3, accuracy=0.97, accuracy_last_tick=0.96,

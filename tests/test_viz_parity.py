@@ -1,4 +1,5 @@
-"""ctm.viz_parity: the parity GIF (one frame per tick), its stills, grids of any length, the accuracy plot."""
+"""ctm.tasks.parity.pictures: the parity GIF (one frame per tick), its stills, grids of any length, the accuracy
+plot."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import torch
 pytest.importorskip("matplotlib")
 PIL_Image = pytest.importorskip("PIL.Image")
 
-from ctm import viz_parity as vp  # noqa: E402
 from ctm.config import CTMConfig  # noqa: E402
-from ctm.lstm import LSTMBaseline  # noqa: E402
-from ctm.viz import save_figure  # noqa: E402
+from ctm.nn.lstm import LSTMBaseline  # noqa: E402
+from ctm.pictures.figures import save_figure  # noqa: E402
+from ctm.tasks.parity import pictures as vp  # noqa: E402
 
 
 def sample(L=16, T=5, heads=2, N=10, seed=0):

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 import ctm
-from ctm.checkpoint import load_model, read_metrics
-from ctm.data import load_dataset
-from ctm.evaluate import evaluate
+from ctm.data.images import load_dataset
 from ctm.pretrained import BUNDLE_DIR, RECORD_FILE, load_pretrained, pretrained_test_slice, save_bundle, write_json
+from ctm.runs.checkpoint import load_model, read_metrics
+from ctm.training.evaluate import evaluate
 
 
 def main() -> None:

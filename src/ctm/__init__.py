@@ -9,19 +9,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from . import _moved
+
+_moved.install()  # modules that moved into subpackages in 0.2 keep their old import paths
+
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
     "CTMConfig": "config",
-    "CTM": "model", "ContinuousThoughtMachine": "model", "CTMOutput": "model", "Tracking": "model",
-    "certainty": "model", "normalised_entropy": "model",
-    "accuracy": "losses", "certainty_loss": "losses", "per_tick_cross_entropy": "losses",
-    "ThinkOutput": "halting", "think": "halting",
+    "CTM": "nn.model", "ContinuousThoughtMachine": "nn.model", "CTMOutput": "nn.model", "Tracking": "nn.model",
+    "certainty": "nn.model", "normalised_entropy": "nn.model",
+    "accuracy": "training.losses", "certainty_loss": "training.losses", "per_tick_cross_entropy": "training.losses",
+    "ThinkOutput": "nn.halting", "think": "nn.halting",
     "Prediction": "inference", "Run": "inference", "load_run": "inference", "predict": "inference",
     "list_pretrained": "pretrained", "load_pretrained": "pretrained",
-    "config_from_seed_state_dict": "seed", "from_seed_state_dict": "seed",
-    "config_from_official": "official", "from_official_state_dict": "official",
+    "config_from_seed_state_dict": "interop.tutorial", "from_seed_state_dict": "interop.tutorial",
+    "config_from_official": "interop.official", "from_official_state_dict": "interop.official",
 }
 __all__ = [
     "CTM", "CTMConfig", "CTMOutput", "ContinuousThoughtMachine", "Prediction", "Run", "ThinkOutput", "Tracking",
@@ -36,6 +40,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value
+    if _moved.moved_to(name):  # `ctm.view` after `import ctm`: the module at its new path
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'ctm' has no attribute {name!r}")
 
 
@@ -48,10 +54,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .config import CTMConfig
-    from .halting import ThinkOutput, think
     from .inference import Prediction, Run, load_run, predict
-    from .losses import accuracy, certainty_loss, per_tick_cross_entropy
-    from .model import CTM, ContinuousThoughtMachine, CTMOutput, Tracking, certainty, normalised_entropy
-    from .official import config_from_official, from_official_state_dict
+    from .interop.official import config_from_official, from_official_state_dict
+    from .interop.tutorial import config_from_seed_state_dict, from_seed_state_dict
+    from .nn.halting import ThinkOutput, think
+    from .nn.model import CTM, ContinuousThoughtMachine, CTMOutput, Tracking, certainty, normalised_entropy
     from .pretrained import list_pretrained, load_pretrained
-    from .seed import config_from_seed_state_dict, from_seed_state_dict
+    from .training.losses import accuracy, certainty_loss, per_tick_cross_entropy

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import RunDirError, load_model
 from .config import CTMConfig
+from .runs.checkpoint import RunDirError, load_model
 
 if TYPE_CHECKING:
-    from .model import ContinuousThoughtMachine
-    from .train import TrainConfig
+    from .nn.model import ContinuousThoughtMachine
+    from .training.loop import TrainConfig
 
 
 class DataInfo(NamedTuple):
@@ -57,8 +57,8 @@ class Prediction(NamedTuple):
 
 def load_run(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Run:
     """Load the run directory at `path`: the model in eval mode on `device`, its configs and data description."""
-    from .datasets import DATASETS
-    from .train import TrainConfig
+    from .data.sources import DATASETS
+    from .training.loop import TrainConfig
 
     path = Path(path)
     model, payload = load_model(path, device)
@@ -94,7 +94,7 @@ def _read_image(path: str | os.PathLike[str], mode: str, size: tuple[int, int]) 
 
     from PIL import Image
 
-    from .folders import draft_jpeg, fit_image
+    from .data.folders import draft_jpeg, fit_image
 
     if os.path.exists(path) and not os.path.isfile(path):  # reading a FIFO or a device would block or never end
         raise ValueError(f"{path}: not a regular file (a folder, FIFO, socket or device); give an image file")
@@ -132,7 +132,7 @@ def _image_array(image: Any, mode: str, size: tuple[int, int]) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return _read_image(image, mode, size).astype(np.float32) / 255
     if type(image).__module__.startswith("PIL."):
-        from .folders import fit_image
+        from .data.folders import fit_image
 
         return fit_image(image, mode, size).astype(np.float32) / 255
     if isinstance(image, Tensor):

@@ -23,18 +23,11 @@ from .. import __version__
 from .._malloc import retain_freed_memory
 from .._signals import Interrupted, raise_on_stop_signals, restore
 from .._text import printable, printable_lines
-from .config_flags import add_config_flags, given, shown, with_flag_names
+from .config_flags import OneLineParser, add_config_flags, given, shown, with_flag_names
 
 
 class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Flag errors as one line, like the command's own checks (argparse prints its whole usage block)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -106,7 +99,7 @@ def _add_runtime_flags(p) -> None:
 def _preset_defaults(cls: type, part: str) -> dict[str, str]:
     """Each field of `cls` (TrainConfig or CTMConfig) as the help shows its default: the default preset's value,
     then the other image presets' where they differ ("10; --preset tutorial, seed: 30")."""
-    from ..train import PRESETS
+    from ..training.loop import PRESETS
 
     image = [n for n, p in PRESETS.items() if p.task == PRESETS["default"].task]
     configs = {n: cls.from_dict(dict(getattr(PRESETS[n], part))) for n in image}
@@ -124,9 +117,9 @@ def _preset_defaults(cls: type, part: str) -> dict[str, str]:
 
 def _add_train_parser(sub) -> None:
     from ..config import CTMConfig
-    from ..models import MODEL_KINDS
+    from ..nn.kinds import MODEL_KINDS
     from ..tasks import TASKS
-    from ..train import DATA_FIELDS, PRESETS, TrainConfig
+    from ..training.loop import DATA_FIELDS, PRESETS, TrainConfig
 
     p = _add_parser(sub, "train", "Train a CTM on a task (image classification by default). Flags not given come "
                     "from the preset; the run directory records everything, so --resume needs no other flags.")
@@ -305,7 +298,7 @@ def _is_main_process() -> bool:
 def _build_native_announced() -> None:
     """Build the C++ tick loops (`ctm.native`) before training starts, saying so on a terminal: it happens once
     per machine and takes ~20 s, which would otherwise look like a hang before the first step."""
-    from .. import native
+    from ..nn import native
 
     if native.enabled() and not native.is_built():
         if sys.stderr.isatty():
@@ -345,7 +338,7 @@ def _check_run_folder(run_dir: str | Path, payload: dict, dataset: str | None = 
 
 
 def _steps_from_epochs(epochs: float, task, train_config, data_dir: str | None) -> int:
-    from ..folders import folder_path, split_size
+    from ..data.folders import folder_path, split_size
 
     if not math.isfinite(epochs) or epochs <= 0:
         raise CLIError(f"--epochs must be a positive number, got {epochs}")
@@ -380,10 +373,10 @@ def _check_path_text(flag: str, text: str | None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .. import train as tr
-    from ..checkpoint import RunFinishedError
     from ..config import CTMConfig
-    from ..folders import FOLDER_PREFIX, folder_path
+    from ..data.folders import FOLDER_PREFIX, folder_path
+    from ..runs.checkpoint import RunFinishedError
+    from ..training import loop as tr
 
     _set_threads(args.threads)
     _build_native_announced()
@@ -438,7 +431,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_config = tr.make_model_config(preset, **model_changes)
         folder = folder_path(train_config.dataset)
         run_name = task.dataset_name(train_config) if folder is None else folder.name
-        run_dir = Path(args.out or f"runs/{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir = Path(args.out) if args.out else _new_run_dir(run_name)
     if not args.resume and "warmup_steps" in train_changes and train_config.warmup_steps > train_config.steps:
         raise CLIError(f"--warmup-steps {train_config.warmup_steps} exceeds the {train_config.steps} steps of the "
                        f"run: the learning rate would never reach --lr; give at most {train_config.steps} warm-up "
@@ -479,6 +472,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_run_dir(name: str) -> Path:
+    """runs/NAME-<date>-<time>, with -2, -3, ... when a run started in the same second has that name."""
+    base = Path(f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir, n = base, 1
+    while os.path.lexists(run_dir):
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    return run_dir
+
+
 def _load_source(args: argparse.Namespace, device="cpu"):
     """(model, config payload) of RUN_DIR or of --pretrained NAME."""
     if (args.run_dir is None) == (args.pretrained is None):
@@ -487,7 +490,7 @@ def _load_source(args: argparse.Namespace, device="cpu"):
         from ..pretrained import load_pretrained, pretrained_config
 
         return load_pretrained(args.pretrained, device), pretrained_config(args.pretrained)
-    from ..checkpoint import load_model
+    from ..runs.checkpoint import load_model
 
     return load_model(args.run_dir, device)
 
@@ -495,7 +498,7 @@ def _load_source(args: argparse.Namespace, device="cpu"):
 def _samples_for(args: argparse.Namespace, payload: dict, split: str = "test"):
     """The data a command shows: for --pretrained without --data-dir the test slice shipped with the weights,
     else the run's dataset split."""
-    from ..data import load_dataset
+    from ..data.images import load_dataset
 
     _require_image_run(args, payload)
     if args.pretrained is not None and args.data_dir is None and split == "test":
@@ -515,8 +518,8 @@ def _write_run_pictures(run_dir: Path, data_dir: str | None, step: int) -> int:
     without matplotlib. A stop signal now lets the picture being written finish (each is written whole or not
     at all), then stops with one line: 0, or 128 + the signal's number."""
     try:
-        from .. import viz
-        from ..checkpoint import load_model, read_metrics
+        from ..pictures import figures as viz
+        from ..runs.checkpoint import load_model, read_metrics
 
         viz._require_matplotlib()
     except ImportError:
@@ -525,7 +528,7 @@ def _write_run_pictures(run_dir: Path, data_dir: str | None, step: int) -> int:
         return 0
     from .._signals import StopFlag
     from ..tasks import task_from_record
-    from ..train import resume_configs
+    from ..training.loop import resume_configs
 
     # Raised at any instant, a signal would land inside numpy or a garbage-collector callback (which swallows
     # it): here the first one only sets a flag, checked between the pictures; a second stops at once.
@@ -549,7 +552,7 @@ def _write_run_pictures(run_dir: Path, data_dir: str | None, step: int) -> int:
 
 
 def _run_dataset(run_dir: str | Path, payload: dict) -> str:
-    from ..checkpoint import CONFIG_FILE, run_dataset_name
+    from ..runs.checkpoint import CONFIG_FILE, run_dataset_name
 
     name = run_dataset_name(payload)
     if name is None:
@@ -584,7 +587,7 @@ def _require_image_run(args: argparse.Namespace, payload: dict) -> None:
 
 def _viz_task(args: argparse.Namespace, model, payload: dict, task) -> int:
     """`ctm viz` on a run of a task other than image classification: the task draws its GIF."""
-    from ..train import TrainConfig
+    from ..training.loop import TrainConfig
 
     if args.label is not None or args.data_dir is not None:
         raise CLIError(f"--label and --data-dir are for image runs; {args.run_dir} is a {task.name} run")
@@ -600,12 +603,12 @@ def _viz_task(args: argparse.Namespace, model, payload: dict, task) -> int:
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
-    from .. import viz
+    from ..pictures import figures as viz
 
     if not 0.1 <= args.fps <= 100:
         raise CLIError(f"--fps must be between 0.1 and 100 frames per second, got {args.fps}")
     _check_out_file(args.out, (".gif",))
-    from ..train import resolve_device
+    from ..training.loop import resolve_device
 
     _set_threads(args.threads)
     model, payload = _load_source(args, resolve_device(args.device))
@@ -640,8 +643,8 @@ def cmd_viz(args: argparse.Namespace) -> int:
 def cmd_view(args: argparse.Namespace) -> int:
     import torch
 
-    from .. import view
-    from ..train import resolve_device
+    from ..pictures import viewer as view
+    from ..training.loop import resolve_device
 
     if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
         raise CLIError(f"--threshold is a certainty in [0, 1], got {args.threshold}")
@@ -712,8 +715,8 @@ def cmd_pretrained(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate
-    from ..train import resolve_device
+    from ..training.evaluate import evaluate
+    from ..training.loop import resolve_device
 
     halting = args.halt_certainty is not None or args.halt_sweep is not None
     if args.max_ticks is not None and not halting:
@@ -726,7 +729,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, payload = _load_source(args, device)
     if args.max_ticks is not None and args.max_ticks > model.config.iterations:
         raise CLIError(f"--max-ticks {args.max_ticks} exceeds the model's {model.config.iterations} ticks")
-    from ..checkpoint import run_dataset_name
+    from ..runs.checkpoint import run_dataset_name
     from ..tasks import ImageTask, task_from_record
 
     task = task_from_record(payload)
@@ -772,7 +775,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _task_eval_data(args: argparse.Namespace, payload: dict, task):
     """What `ctm eval` reads for a run of a task other than image classification."""
-    from ..train import TrainConfig
+    from ..training.loop import TrainConfig
 
     for flag, value in (("--dataset", args.dataset), ("--slice", args.slice or None), ("--data-dir", args.data_dir)):
         if value is not None:
@@ -783,9 +786,9 @@ def _task_eval_data(args: argparse.Namespace, payload: dict, task):
 
 def _image_eval_data(args: argparse.Namespace, model, payload: dict):
     """(data, dataset name) `ctm eval` reads for an image run or a bundled model."""
-    from ..checkpoint import run_dataset_name
-    from ..data import load_dataset
-    from ..datasets import dataset_spec, find_dataset
+    from ..data.images import load_dataset
+    from ..data.sources import dataset_spec, find_dataset
+    from ..runs.checkpoint import run_dataset_name
 
     dataset_name = args.dataset or run_dataset_name(payload)
     if dataset_name is None:
@@ -844,7 +847,7 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
     import torch
     from tqdm.auto import tqdm
 
-    from ..evaluate import DEFAULT_HALT_SWEEP, evaluate_halting, timed_evaluate
+    from ..training.evaluate import DEFAULT_HALT_SWEEP, evaluate_halting, timed_evaluate
 
     taus = [args.halt_certainty] if args.halt_certainty is not None else list(args.halt_sweep or DEFAULT_HALT_SWEEP)
     if args.halt_certainty is not None:
@@ -865,7 +868,7 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
         results.append(evaluate_halting(model, data, tau, args.batch_size, max_ticks=args.max_ticks))
     T = model.config.iterations
     if args.halt_sweep is not None:
-        from ..viz import save_halting_plot
+        from ..pictures.figures import save_halting_plot
 
         plot_path = Path(args.run_dir or ".") / "halting.png"
         replaced = " (replacing the earlier one)" if plot_path.exists() else ""
@@ -907,7 +910,7 @@ def _check_halt_certainty(tau: float) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..inference import load_run, predict
-    from ..train import resolve_device
+    from ..training.loop import resolve_device
 
     if args.halt_certainty is not None:
         _check_halt_certainty(args.halt_certainty)
@@ -916,7 +919,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise CLIError(f"{image}: no such file")
         if not Path(image).is_file():  # a folder, FIFO, socket or device: never opened
             raise CLIError(f"{image}: not a regular file; give image files")
-    from ..checkpoint import read_config
+    from ..runs.checkpoint import read_config
 
     _require_image_run(args, read_config(args.run_dir))
     _set_threads(args.threads)
@@ -934,8 +937,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_convert_official(args: argparse.Namespace) -> int:
-    from ..checkpoint import save_weights, write_config
-    from ..official import from_official_state_dict, load_official_state_dict
+    from ..interop.official import from_official_state_dict, load_official_state_dict
+    from ..runs.checkpoint import save_weights, write_config
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -1003,9 +1006,9 @@ def _in_flags(command: str, e: Exception) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     """Run one command; the errors users cause become one line on stderr and an exit code."""
-    from ..checkpoint import RunDirError
-    from ..idx import DataError
-    from ..train import NonFiniteLossError
+    from ..data.idx import DataError
+    from ..runs.checkpoint import RunDirError
+    from ..training.loop import NonFiniteLossError
 
     try:
         return COMMANDS[args.command](args)
@@ -1030,7 +1033,7 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
-        from ..checkpoint import is_out_of_memory
+        from ..runs.checkpoint import is_out_of_memory
 
         if os.environ.get("CTM_DEBUG") or not is_out_of_memory(e):
             raise

@@ -37,9 +37,9 @@ from typing import Any
 
 import torch
 
-from .. import engine
 from .._malloc import retain_freed_memory, retained_memory
-from ..bench import (
+from ..config import CTMConfig
+from ..measure import (
     format_table,
     make_step,
     measure_peak_cuda,
@@ -49,10 +49,9 @@ from ..bench import (
     synchronize,
     time_alternating,
 )
-from ..config import CTMConfig
-from ..train import make_optimizer
-from . import OneLineParser
-from .config_flags import add_config_flags, given, shown, with_flag_names
+from ..nn import engine
+from ..training.loop import make_optimizer
+from .config_flags import OneLineParser, add_config_flags, given, shown, with_flag_names
 
 SEED_ENV = "CTM_SEED_REFERENCE"
 OFFICIAL_ENV = "CTM_OFFICIAL_REFERENCE"
@@ -158,7 +157,7 @@ def find_official_reference(path: str | None) -> Path | None:
 def build_official_model(path: Path, cfg: CTMConfig, image_size: tuple[int, int]) -> torch.nn.Module:
     """The official model for `cfg` (its `models` package imported from `path`), lazy layers initialised,
     weights from the current torch RNG."""
-    from ..official import official_arguments
+    from ..interop.official import official_arguments
 
     kwargs = official_arguments(cfg)
     sys.path.insert(0, str(path))
@@ -192,9 +191,9 @@ def build_models(opts: BenchOptions, seed_path: Path | None
     """({"seed" or "official": the reference (when asked for), "ctm": ctm with the same weights}, the seed
     module), on the benchmark's device. The seed only for the tutorial's options; the official model's
     weights carry NLM temperatures, so ctm's config gets them too."""
-    from ..model import ContinuousThoughtMachine
-    from ..official import from_official_state_dict
-    from ..seed import from_seed_state_dict
+    from ..interop.official import from_official_state_dict
+    from ..interop.tutorial import from_seed_state_dict
+    from ..nn.model import ContinuousThoughtMachine
 
     device = bench_device(opts.device)
     cfg = opts.model_config()
@@ -219,7 +218,7 @@ def _loss_fn(impl: str, seed_module: types.ModuleType | None) -> Callable:
     """The seed's own loss for the seed; ctm's certainty loss (the same function) for the others."""
     if impl == "seed":
         return seed_module.get_loss
-    from ..losses import certainty_loss
+    from ..training.losses import certainty_loss
 
     return certainty_loss
 

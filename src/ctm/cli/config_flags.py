@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from .._text import printable
 from ..config import CTMConfig, field_types, value_problem
 
 # Config field -> flag name, where the flag is not the field's name with dashes.
@@ -26,7 +27,7 @@ def flag_for(name: str) -> str:
 
 
 def _config_classes() -> dict[str, type]:
-    from ..train import TrainConfig
+    from ..training.loop import TrainConfig
 
     return {"CTMConfig": CTMConfig, "TrainConfig": TrainConfig}
 
@@ -94,3 +95,10 @@ def shown(value: Any) -> str:
 def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields of `cls` whose flags were given on the command line, with their values."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Flag errors as one line, like the command's own checks (argparse prints its whole usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")

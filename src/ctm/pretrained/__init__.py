@@ -20,7 +20,7 @@ import torch
 
 from .._io import atomic_write, read_json
 from ..config import CTMConfig
-from ..model import ContinuousThoughtMachine
+from ..nn.model import ContinuousThoughtMachine
 
 BUNDLE_DIR = Path(__file__).resolve().parent
 CONFIG_FILE = "config.json"
@@ -97,7 +97,7 @@ def load_pretrained(name_or_path: str | os.PathLike[str], device: str | torch.de
     text = str(name_or_path)
     is_name = not isinstance(name_or_path, os.PathLike) and "/" not in text and os.sep not in text
     if not (is_name and (BUNDLE_DIR / text / CONFIG_FILE).is_file()) and (not is_name or Path(text).is_dir()):
-        from ..checkpoint import load_model
+        from ..runs.checkpoint import load_model
 
         model, _ = load_model(Path(name_or_path), device)
         return model.eval()
@@ -111,7 +111,7 @@ def pretrained_test_slice(name: str):
     """The test samples shipped with a bundled model, as an `ImageDataset` (split "test-slice")."""
     from safetensors.torch import load_file
 
-    from ..data import ImageDataset
+    from ..data.images import ImageDataset
 
     path = _bundle(name)
     tensors = load_file(str(path / SLICE_FILE))
@@ -126,7 +126,7 @@ def save_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     `test_data` (an `ImageDataset`) and `record` (written as record.json). Returns the folder."""
     from safetensors.torch import save_file
 
-    from ..checkpoint import load_model
+    from ..runs.checkpoint import load_model
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model, payload = load_model(run_dir)

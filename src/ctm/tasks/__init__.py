@@ -3,8 +3,8 @@ metrics and pictures to the one CTM core (see `ctm.tasks.base`). Built in: "imag
 MNIST-like images; the task of runs that record none) and "parity" (cumulative parity of +-1 sequences)."""
 
 from .base import TASKS, Dataset, Sampler, Task, make_task, register_task, task_from_record
-from .image import ImageTask
-from .parity import ParityTask
+from .image.task import ImageTask
+from .parity.task import ParityTask
 
 __all__ = ["TASKS", "Dataset", "ImageTask", "ParityTask", "Sampler", "Task", "make_task", "register_task",
            "task_from_record"]

@@ -25,12 +25,12 @@ import torch
 from torch import Tensor
 
 from ..config import CTMConfig, check_fields
-from ..losses import certainty_loss
+from ..training.losses import certainty_loss
 
 if TYPE_CHECKING:
-    from ..evaluate import EvalResult
-    from ..model import ContinuousThoughtMachine
-    from ..train import TrainConfig
+    from ..nn.model import ContinuousThoughtMachine
+    from ..training.evaluate import EvalResult
+    from ..training.loop import TrainConfig
 
 
 class Dataset(Protocol):
@@ -110,7 +110,7 @@ class Task:
 
     def sampler(self, train_set: Dataset, train_config: TrainConfig, rank: int = 0, world_size: int = 1) -> Sampler:
         """The order of training samples (default: a fresh permutation of the train set each epoch)."""
-        from ..data import EpochSampler
+        from ..data.sampling import EpochSampler
 
         return EpochSampler(len(train_set), train_config.batch_size, seed=train_config.seed, drop_last=True,
                             rank=rank, world_size=world_size)
@@ -153,7 +153,7 @@ class Task:
 
     def plot_eval(self, result: EvalResult, path: Path) -> None:
         """`ctm eval --plot`: accuracy and certainty per tick."""
-        from ..viz import save_ticks_plot
+        from ..pictures.figures import save_ticks_plot
 
         save_ticks_plot(result, path)
 

@@ -33,10 +33,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import __version__, _io
-from ._io import _UMASK, JSON_LIMIT, POINTER_LIMIT, atomic_write, no_links_below, read_bounded, read_json
-from .config import CTMConfig
-from .model import ContinuousThoughtMachine
+from .. import __version__, _io
+from .._io import _UMASK, JSON_LIMIT, POINTER_LIMIT, atomic_write, no_links_below, read_bounded, read_json
+from ..config import CTMConfig
+from ..nn.model import ContinuousThoughtMachine
 
 CONFIG_FILE = "config.json"
 POINTER_FILE = "checkpoint.json"
@@ -97,7 +97,7 @@ def build_model(config: CTMConfig, where: str, kind: str = "ctm",
                 options: dict[str, Any] | None = None) -> ContinuousThoughtMachine:
     """The model of `config` (of `kind` with builder `options`, see `ctm.models`); a model too large for this
     machine is a ValueError naming `where` its sizes came from, not an out-of-memory error blamed on the batch."""
-    from .models import build_model as build
+    from ..nn.kinds import build_model as build
 
     try:
         return build(kind, config, **(options or {}))
@@ -110,7 +110,7 @@ def build_model(config: CTMConfig, where: str, kind: str = "ctm",
 
 def _too_large(config: CTMConfig, kind: str, options: dict[str, Any]) -> str:
     """What makes the model of `config` large: its parameter count and the size field most of them come from."""
-    from .models import SIZE_FIELDS, largest_size_field, parameter_count
+    from ..nn.kinds import SIZE_FIELDS, largest_size_field, parameter_count
 
     name = largest_size_field(kind, config, **options)
     if name is None:
@@ -175,7 +175,7 @@ def _check_config(payload: Any, path: Path) -> None:
     if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise RunDirError(f"{path}: 'dataset.class_names' must be a list of strings")
     if "model_kind" in payload:
-        from .models import MODEL_KINDS
+        from ..nn.kinds import MODEL_KINDS
 
         if not isinstance(payload["model_kind"], str):
             raise RunDirError(f"{path}: 'model_kind' must be a string, got {type(payload['model_kind']).__name__}")
@@ -189,7 +189,7 @@ def _check_config(payload: Any, path: Path) -> None:
             raise RunDirError(f"{path}: 'model_options' must be the LSTM's {{\"hidden\": width}} (a run of "
                               f"model_kind lstm), got {options!r}")
     if "task" in payload:
-        from .tasks import task_from_record
+        from ..tasks import task_from_record
 
         try:
             task_from_record(payload)
@@ -307,7 +307,7 @@ def recover_pointer(run_dir: str | os.PathLike[str]) -> Checkpoint | None:
     folders = _step_folders(_checkpoints_dir(run_dir))
     if not folders:
         return None
-    from .models import run_model_kind, run_model_options
+    from ..nn.kinds import run_model_kind, run_model_options
 
     payload = read_config(run_dir)
     config, kind, options = CTMConfig.from_dict(payload["model"]), run_model_kind(payload), run_model_options(payload)
@@ -391,7 +391,7 @@ def _check_weights_header(path: Path, config: CTMConfig, kind: str = "ctm",
     before anything is allocated (the expected model is built on the meta device). Returns the recorded step."""
     from safetensors import SafetensorError, safe_open
 
-    from .models import build_model as build
+    from ..nn.kinds import build_model as build
 
     with torch.device("meta"):
         expected = build(kind, config, **(options or {})).state_dict()
@@ -452,7 +452,7 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Conti
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .models import run_model_kind, run_model_options
+    from ..nn.kinds import run_model_kind, run_model_options
 
     run_dir = Path(run_dir)
     payload = read_config(run_dir)
@@ -483,7 +483,7 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Conti
 
 def weights_step(run_dir: Path) -> int:
     """The step recorded in the current checkpoint's model.safetensors metadata."""
-    from .models import run_model_kind, run_model_options
+    from ..nn.kinds import run_model_kind, run_model_options
 
     payload = read_config(run_dir)
     config = CTMConfig.from_dict(payload["model"])
@@ -549,8 +549,8 @@ def check_optimizer_state(saved: dict[str, Any], optimizer: torch.optim.Optimize
 
 def load_trainer_state(run_dir: Path) -> dict[str, Any]:
     """The current checkpoint's trainer state, checked field by field (torch.load with weights_only)."""
-    from .models import build_model as build
-    from .models import run_model_kind, run_model_options
+    from ..nn.kinds import build_model as build
+    from ..nn.kinds import run_model_kind, run_model_options
 
     payload = read_config(run_dir)
     with torch.device("meta"):

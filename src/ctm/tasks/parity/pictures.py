@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .viz import (
+from ...pictures.figures import (
     BASE_DPI,
     CERTAINTY_COLOUR,
     CURSOR_COLOUR,
@@ -46,7 +46,7 @@ from .viz import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .model import CTMOutput
+    from ...nn.model import CTMOutput
 
 __all__ = ["ParityArrays", "accuracy_figure", "parity_arrays", "parity_frames", "parity_gif", "parity_grid",
            "parity_tick_figure", "save_accuracy_plot"]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import CTMConfig
+from ..config import CTMConfig
 
 DEFAULT_KIND = "ctm"
 

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..nn.model import ContinuousThoughtMachine
 from .distributed import DistInfo, all_reduce_sum
 from .losses import certainty_loss, tick_hits
-from .model import ContinuousThoughtMachine
 
 # Certainty thresholds of a halting sweep (`ctm eval --halt-sweep` without values, benchmarks/halting.py).
 DEFAULT_HALT_SWEEP = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)

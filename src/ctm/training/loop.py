@@ -19,19 +19,20 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import checkpoint as ckpt
+from .._signals import StopFlag
+from ..config import CTMConfig, check_fields, option
+from ..data.folders import folder_path, parse_image_size
+from ..data.images import random_affine
+from ..data.sampling import mix_seed
+from ..nn.kinds import model_options, run_model_kind, run_model_options
+from ..runs import checkpoint as ckpt
+from ..tasks import Dataset, Task, make_task, task_from_record
 from . import distributed as dist
-from ._signals import StopFlag
-from .config import CTMConfig, check_fields, option
-from .data import _mix_seed, random_affine
 from .evaluate import EvalResult, evaluate
-from .folders import folder_path, parse_image_size
 from .losses import accuracy, per_tick_cross_entropy
-from .models import model_options, run_model_kind, run_model_options
-from .tasks import Dataset, Task, make_task, task_from_record
 
 if TYPE_CHECKING:
-    from .model import ContinuousThoughtMachine
+    from ..nn.model import ContinuousThoughtMachine
 
 
 @dataclass(frozen=True)
@@ -556,7 +557,7 @@ def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Ta
         if cfg.augment:
             # A generator seeded from (seed, step, first index): augmentation needs no saved RNG state
             # and a sample is augmented the same way whichever rank or micro-batch it lands in.
-            g = torch.Generator(device=x.device).manual_seed(_mix_seed(cfg.seed, step * 1_000_003 + int(micro[0])))
+            g = torch.Generator(device=x.device).manual_seed(mix_seed(cfg.seed, step * 1_000_003 + int(micro[0])))
             x = random_affine(x, g)
         # DDP all-reduces gradients on the last micro-batch only.
         sync = contextlib.nullcontext() if i == len(micro_batches) - 1 or not hasattr(net, "no_sync") \
@@ -627,7 +628,7 @@ def _describe_model(model: torch.nn.Module) -> str:
     if hidden is None:
         return (f"model: {model.num_parameters():,} parameters; {c.iterations} ticks, {c.d_model} neurons, memory "
                 f"{c.memory_length}")
-    from .lstm import ctm_parameters
+    from ..nn.lstm import ctm_parameters
 
     return (f"model: LSTM baseline, {model.num_parameters():,} parameters (width {hidden}; the CTM of these "
             f"flags has {ctm_parameters(c):,}); {c.iterations} ticks")

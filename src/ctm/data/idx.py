@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._io import atomic_write
+from .._io import atomic_write
 
 __all__ = ["DataError", "IDX_LIMIT", "content_md5", "idx_shape", "read_idx", "write_idx"]
 

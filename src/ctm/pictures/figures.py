@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ._text import printable
+from .._text import printable
 
 if TYPE_CHECKING:
     import torch
     from matplotlib.figure import Figure
 
-    from .data import ImageDataset
-    from .model import ContinuousThoughtMachine
+    from ..data.images import ImageDataset
+    from ..nn.model import ContinuousThoughtMachine
 
 __all__ = [
     "curves_figure",
@@ -493,7 +493,7 @@ def thinking_frames(image: np.ndarray, predictions: np.ndarray, certainties: np.
 
 
 def _atomic(path: str | os.PathLike[str], write) -> Path:
-    from ._io import atomic_write
+    from .._io import atomic_write
 
     return atomic_write(path, write)
 

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from .config import CTMConfig
+    from ..config import CTMConfig
     from .model import ContinuousThoughtMachine
 
 INFERENCE_CHUNK = 64  # images per backbone call in CPU inference (see features)
@@ -641,7 +641,7 @@ def _max_pool_2x2(x: Tensor, _kernel: int = 2) -> Tensor:
 
 def forward(model: ContinuousThoughtMachine, x: Tensor, track: bool):
     """`model.forward(x, track)` on the engine; returns the same `CTMOutput` as the readable path."""
-    from .model import CTMOutput, Tracking, certainty
+    from .outputs import CTMOutput, Tracking, certainty
 
     c = model.config
     B, T, M = x.shape[0], c.iterations, c.memory_length

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write
-from .model import ContinuousThoughtMachine
+from .._io import atomic_write
+from ..nn.model import ContinuousThoughtMachine
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_THRESHOLD = 0.9

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import CTMConfig
-from .model import ContinuousThoughtMachine, check_neuron_indices
+from ..config import CTMConfig
+from ..nn.model import ContinuousThoughtMachine, check_neuron_indices
 
 #: official constructor argument -> CTMConfig field (None: read differently, see `config_from_official`)
 OFFICIAL_ARGUMENTS = {

@@ -29,8 +29,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..config import MAX_PART_SIZE, CTMConfig, check_fields, option
 from .backbones import build_backbone
-from .config import MAX_PART_SIZE, CTMConfig, check_fields, option
 from .model import ContinuousThoughtMachine, CrossAttention, TickOutput
 from .positional import build_positional_embedding
 

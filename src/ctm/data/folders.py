@@ -258,7 +258,7 @@ class FolderSpec:
             raise DataError(f"unknown split {split!r} for a folder dataset; expected train or test")
         if scan.layout == "split":
             return scan.files[split]
-        from .data import _mix_seed
+        from .sampling import mix_seed
 
         by_class: dict[int, list[tuple[Path, int]]] = {}
         for item in scan.files["all"]:
@@ -269,7 +269,7 @@ class FolderSpec:
                 raise DataError(f"class folder {items[0][0].parent} has 1 image: too few to hold out a test image; "
                                 f"add images, or use train/ and test/ folders")
             n_test = min(len(items) - 1, max(1, round(self.holdout * len(items))))
-            g = torch.Generator().manual_seed(_mix_seed(self.holdout_seed, label))
+            g = torch.Generator().manual_seed(mix_seed(self.holdout_seed, label))
             test = set(torch.randperm(len(items), generator=g)[:n_test].tolist())
             chosen.extend(item for i, item in enumerate(items) if (i in test) == (split == "test"))
         return chosen

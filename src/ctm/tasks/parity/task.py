@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..config import CTMConfig, option
-from ..data import _mix_seed
-from .base import Task, register_task
+from ...config import CTMConfig, option
+from ...data.sampling import mix_seed
+from ..base import Task, register_task
 
 if TYPE_CHECKING:
-    from ..evaluate import EvalResult
-    from ..model import ContinuousThoughtMachine
-    from ..train import TrainConfig
+    from ...nn.model import ContinuousThoughtMachine
+    from ...training.evaluate import EvalResult
+    from ...training.loop import TrainConfig
 
 #: sequences in the test set (and in `ctm eval --split train`, the first of the training stream)
 TEST_SIZE = 10_000
@@ -47,7 +47,7 @@ GIF_POOL = 200
 
 def sample_seed(stream: int, index: int, test: bool) -> int:
     """The generator seed of sample `index` of a stream: training seeds are even, test seeds odd."""
-    return (_mix_seed(stream, index) & ~1) | int(test)
+    return (mix_seed(stream, index) & ~1) | int(test)
 
 
 def parity_targets(x: Tensor) -> Tensor:
@@ -179,7 +179,7 @@ class ParityTask(Task):
             raise ValueError("TrainConfig.augment distorts images; the parity task has none (leave it off)")
 
     def plot_eval(self, result: EvalResult, path: Path) -> None:
-        from ..viz_parity import save_accuracy_plot
+        from .pictures import save_accuracy_plot
 
         save_accuracy_plot(result.per_position_tick_accuracy, path, result.per_tick_sequence_accuracy)
 
@@ -187,8 +187,8 @@ class ParityTask(Task):
                      index: int | None = None, fps: float = 5) -> str:
         """The parity GIF (`ctm.viz_parity`) of test sequence `index`; by default, of the first GIF_POOL, one
         the model ends right on that it got most wrong at its first tick (it had to count)."""
-        from ..losses import tick_hits
-        from ..viz_parity import parity_arrays, parity_gif
+        from ...training.losses import tick_hits
+        from .pictures import parity_arrays, parity_gif
 
         if index is not None and not 0 <= index < len(data):
             raise ValueError(f"index {index} out of range for parity {data.split} ({len(data)} sequences)")

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from .config import CTMConfig
-from .model import ContinuousThoughtMachine
+from ..config import CTMConfig
+from ..nn.model import ContinuousThoughtMachine
 
 # seed name -> ctm name, where they differ.
 _RENAMES = {

@@ -1,4 +1,4 @@
-"""Image data in memory: the labelled dataset, epoch sampling across ranks, and augmentation.
+"""Image data in memory: the labelled dataset and augmentation (sampling: `ctm.data.sampling`).
 
 `load_dataset` finds a dataset's IDX files (see `ctm.datasets` for where it looks and the verified
 download), or the images of a folder (``folder:PATH``, see `ctm.folders`), and holds one split as two
@@ -11,14 +11,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .datasets import DOWNLOAD_TIMEOUT_S, dataset_spec, locate_dataset, verify_dataset
 from .folders import FolderSpec, folder_path, load_folder, resolve_folder, scan_folder
 from .idx import DataError, idx_shape, read_idx
+from .sampling import EpochSampler
+from .sources import DOWNLOAD_TIMEOUT_S, dataset_spec, locate_dataset, verify_dataset
 
 __all__ = ["DataError", "EpochSampler", "ImageDataset", "load_dataset", "load_splits", "random_affine"]
 
@@ -191,101 +192,6 @@ def load_splits(name: str, splits: Sequence[str] = ("train", "test"), data_dir: 
         out.append(ImageDataset(images, labels, len(spec.class_names), name=f"folder:{spec.path}", split=split,
                                 source=spec.path, class_names=spec.class_names, record=record))
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Sampling
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _mix_seed(seed: int, epoch: int) -> int:
-    """A well-spread 63-bit seed from (seed, epoch) (splitmix64 finaliser), so nearby pairs don't collide."""
-    mask = (1 << 64) - 1
-    z = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & mask
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-    return (z ^ (z >> 31)) >> 1
-
-
-class EpochSampler:
-    """Index batches for each epoch, deterministic in (seed, epoch) and shardable across ranks.
-
-    The permutation of epoch ``e`` is ``torch.randperm(N)`` drawn from a fresh generator seeded from
-    (seed, e), so it does not depend on what came before: training resumes mid-epoch with
-    ``batches(epoch, start=k)``, which yields exactly what ``batches(epoch)`` would from its k-th batch on.
-
-    `batch_size` is the *global* batch size B. With ``world_size > 1`` each global batch (a contiguous
-    run of B indices of the permutation) is split into world_size contiguous chunks of B // world_size,
-    and rank r takes chunk r: the ranks' shards of one step are disjoint and together make the global
-    batch, and every rank sees the same number of steps. B must be divisible by world_size. With
-    ``drop_last=False`` the last, short global batch is split as evenly as possible (sizes differ by at
-    most one; a rank may get an empty batch when fewer samples than ranks remain), so prefer
-    ``drop_last=True`` for distributed training.
-    """
-
-    def __init__(
-        self,
-        num_samples: int,
-        batch_size: int,
-        seed: int = 0,
-        *,
-        shuffle: bool = True,
-        drop_last: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        if num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if world_size < 1:
-            raise ValueError(f"world_size must be >= 1, got {world_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        if batch_size % world_size:
-            raise ValueError(f"global batch_size {batch_size} must be divisible by world_size {world_size}")
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
-
-    @property
-    def local_batch_size(self) -> int:
-        """Indices per rank in a full global batch: batch_size // world_size."""
-        return self.batch_size // self.world_size
-
-    def __len__(self) -> int:
-        """Steps (global batches) per epoch, the same on every rank."""
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        """The whole epoch's order, (N,) int64; the identity when shuffle is False."""
-        if not self.shuffle:
-            return torch.arange(self.num_samples)
-        g = torch.Generator().manual_seed(_mix_seed(self.seed, epoch))
-        return torch.randperm(self.num_samples, generator=g)
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
-        """This rank's index tensors for epoch `epoch`, from global batch number `start` on."""
-        if start < 0:
-            raise ValueError(f"start must be >= 0, got {start}")
-        perm = self.permutation(epoch)  # (N,)
-        b, local = self.batch_size, self.local_batch_size
-        for step in range(start, len(self)):
-            chunk = perm[step * b : (step + 1) * b]  # (<= B,)
-            if chunk.numel() == b:
-                yield chunk[self.rank * local : (self.rank + 1) * local]
-            else:
-                yield torch.tensor_split(chunk, self.world_size)[self.rank]
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        """Batches of epoch 0 (use `batches(epoch)` to choose the epoch)."""
-        return self.batches(0)
 
 
 # ----------------------------------------------------------------------------------------------------------

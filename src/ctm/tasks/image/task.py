@@ -7,13 +7,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import CTMConfig
-from .base import Task, register_task
+from ...config import CTMConfig
+from ..base import Task, register_task
 
 if TYPE_CHECKING:
-    from ..data import ImageDataset
-    from ..model import ContinuousThoughtMachine
-    from ..train import TrainConfig
+    from ...data.images import ImageDataset
+    from ...nn.model import ContinuousThoughtMachine
+    from ...training.loop import TrainConfig
 
 
 @register_task
@@ -26,8 +26,8 @@ class ImageTask(Task):
 
     def load(self, split: str, train_config: TrainConfig, data_dir: str | None = None,
              recorded: Mapping[str, Any] | None = None) -> ImageDataset:
-        from ..data import load_dataset
-        from ..folders import parse_image_size
+        from ...data.folders import parse_image_size
+        from ...data.images import load_dataset
 
         return load_dataset(train_config.dataset, split, data_dir=data_dir, recorded=recorded,
                             image_size=parse_image_size(train_config.image_size), holdout=train_config.holdout)
@@ -49,8 +49,8 @@ class ImageTask(Task):
     def load_splits(self, train_config: TrainConfig, data_dir: str | None = None, *,
                     recorded: Mapping[str, Any] | None = None, resume: bool = False,
                     progress: bool = False) -> tuple[ImageDataset, ImageDataset]:
-        from ..data import load_splits
-        from ..folders import parse_image_size
+        from ...data.folders import parse_image_size
+        from ...data.images import load_splits
 
         # A folder dataset on resume is read as the run recorded it, and must hold the same files (the same order).
         train_set, test_set = load_splits(train_config.dataset, data_dir=data_dir, recorded=recorded,
@@ -78,7 +78,7 @@ class ImageTask(Task):
 
     def thinking_gif(self, model: ContinuousThoughtMachine, data: ImageDataset, path: Path,
                      index: int | None = None, fps: float = 5) -> str | None:
-        from .. import viz
+        from ...pictures import figures as viz
 
         reason = None
         if index is None:

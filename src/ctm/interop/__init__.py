@@ -1,0 +1,1 @@
+"""Weights from elsewhere: the tutorial's model and the official implementation's."""

@@ -17,9 +17,9 @@ A new task is a subclass registered with `register_task`; nothing else changes::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -29,6 +29,8 @@ from ..training.losses import certainty_loss
 
 if TYPE_CHECKING:
     from ..nn.model import ContinuousThoughtMachine
+    from ..nn.outputs import CTMOutput
+    from ..training.distributed import DistInfo
     from ..training.evaluate import EvalResult
     from ..training.loop import TrainConfig
 
@@ -55,6 +57,28 @@ class Sampler(Protocol):
     def __len__(self) -> int: ...
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Tensor]: ...
+
+
+class Example(NamedTuple):
+    """A test sample a task shows (`Task.pick_example`): its index in the test set and why it was picked."""
+
+    index: int
+    reason: str
+
+
+class Metrics(Protocol):
+    """One evaluation's accumulator: `update` with every batch, `reduce` once across ranks, then `result`.
+
+    The result has `loss` (the task's own loss, averaged over samples), `accuracy` (the headline figure the
+    progress line shows) and `n`; `to_dict()` (what `ctm eval --json` prints), `scalars()` (the figures a
+    metrics.jsonl row records, as test_<key>), `lines()` (what `ctm eval` prints) and `summary()` (the end of
+    `ctm train`'s last line)."""
+
+    def update(self, output: CTMOutput, targets: Any, loss: Tensor, tick: Tensor) -> None: ...
+
+    def reduce(self, dist_info: DistInfo) -> None: ...
+
+    def result(self) -> Any: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,13 +167,69 @@ class Task:
         sample; with several output positions its cross-entropy is the mean over the positions)."""
         return certainty_loss(predictions, certainties, targets)
 
+    def tick_loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
+        """The mean loss over ticks (and samples): what `TrainConfig.tick_loss_weight` adds to the objective,
+        and what training logs as `train_tick_loss` (default: the mean per-tick cross-entropy)."""
+        from ..training.losses import per_tick_cross_entropy
+
+        return per_tick_cross_entropy(predictions, targets).mean()
+
+    def batch_accuracy(self, predictions: Tensor, targets: Tensor, tick: Tensor) -> float:
+        """The training batch's accuracy read at each sample's `tick` (B,), for the progress line and
+        `train_accuracy` (default: classification accuracy, per position with several positions)."""
+        from ..training.losses import accuracy
+
+        return accuracy(predictions.detach(), targets, tick)
+
+    def metrics(self, model_config: CTMConfig) -> Metrics:
+        """A fresh accumulator of this task's evaluation metrics (default: accuracy at the most-certain and
+        last tick, per tick, per class, and per position and whole sequence with several positions)."""
+        from ..training.evaluate import TickMetrics
+
+        return TickMetrics(model_config)
+
     # ---------------------------------------------------------------------------------------- pictures
+
+    def pick_example(self, model: ContinuousThoughtMachine, data: Dataset,
+                     index: int | None = None) -> Example:
+        """The test sample worth showing (`index` given: that one) and why; the GIF and `ctm viz` draw it."""
+        if index is None:
+            index = 0
+        if not 0 <= index < len(data):
+            raise ValueError(f"index {index} out of range for {len(data)} test {self.sample_noun}")
+        return Example(index, "")
 
     def thinking_gif(self, model: ContinuousThoughtMachine, data: Dataset, path: Path,
                      index: int | None = None, fps: float = 5) -> str | None:
         """Write the thinking GIF of one test sample to `path` and return why that sample (None: the task
         draws no GIF)."""
         return None
+
+    # ------------------------------------------------------------------------------------------ viewer
+
+    def viewer_data(self, model: ContinuousThoughtMachine, data: Dataset, n: int, *,
+                    threshold: float) -> dict[str, Any]:
+        """What `ctm view` shows of the first `n` samples of `data`: a JSON-ready dict whose "kind" names the
+        renderer of `viewer_script` (and whose "samples" the page lists), with the per-tick certainty and
+        neuron traces the page draws for every task (`ctm.pictures.viewer.track`)."""
+        raise ValueError(f"the {self.name} task has no viewer panel")
+
+    def viewer_script(self) -> str:
+        """JavaScript that registers the renderer of this task's `viewer_data` kind in the page
+        (`CTM.renderers[kind] = {...}`; see ctm/pictures/assets/viewer.js)."""
+        return ""
+
+    # ----------------------------------------------------------------------------------------- predict
+
+    def parse_inputs(self, texts: Sequence[str]) -> tuple[Tensor, list[str]]:
+        """`ctm predict`'s arguments (file paths, or the task's own notation) as one input batch, with the name
+        each is printed under."""
+        raise ValueError(f"ctm predict does not read inputs of the {self.name} task")
+
+    def describe_prediction(self, output: CTMOutput, row: int, name: str,
+                            class_names: Sequence[str] | None = None) -> str:
+        """The line `ctm predict` prints for sample `row` of `output` (a forward of `parse_inputs`'s batch)."""
+        raise NotImplementedError
 
     def plot_eval(self, result: EvalResult, path: Path) -> None:
         """`ctm eval --plot`: accuracy and certainty per tick."""

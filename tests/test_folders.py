@@ -87,8 +87,8 @@ def test_a_folder_of_drawn_shapes_trains_through_the_cli_and_eval_names_the_clas
     # The folder moved: eval says how to point at it, and --dataset folder:NEW works with the same classes.
     moved = data.rename(tmp_path / "moved")
     line = cli_error(capsys, "eval", out)
-    assert line == (f"ctm eval: error: {out} was trained on the image folder {data}, which is gone; if it moved, "
-                    f"pass ctm eval {out} --dataset folder:NEWPATH")
+    assert line == (f"ctm eval: error: the run was trained on the image folder {data}, which is gone; if it moved, "
+                    f"pass --dataset folder:NEWPATH")
     assert run_cli("eval", out, "--dataset", f"folder:{moved}", "--json", "--threads", "1") == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == result["accuracy"]
     split = tmp_path / "split"

@@ -150,7 +150,7 @@ def test_a_tiny_parity_ctm_learns_length_4_through_the_cli(tmp_path, capsys):
     assert train_split["split"] == "train" and train_split["n"] == TEST_SIZE and train_split["accuracy"] >= 0.95
     for command, message in ((["view", run], "ctm view reads images; "), (["predict", run, __file__], "ctm predict "
                                                                                                       "reads images"),
-                             (["eval", run, "--dataset", "mnist"], "--dataset is for image runs")):
+                             (["eval", run, "--dataset", "mnist"], "--dataset does not apply to the parity task")):
         assert run_cli(*command) == 2
         assert message in capsys.readouterr().err
 

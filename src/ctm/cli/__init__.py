@@ -463,12 +463,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     stopped = _write_run_pictures(run_dir, args.data_dir, result.step)
     if stopped:
         return stopped
-    per = " per position" if ev.sequence_accuracy is not None else ""
-    sequences = "" if ev.sequence_accuracy is None else \
-        f"; whole sequences {ev.sequence_accuracy:.4f} at the most-certain tick"
-    print(f"Finished {result.step} steps in {time.perf_counter() - started:.0f} s. Test accuracy{per} "
-          f"{ev.accuracy:.4f} at the most-certain tick, {ev.accuracy_last_tick:.4f} at the last tick{sequences} "
-          f"(loss {ev.loss:.4f}, n={ev.n}). Run: {printable(run_dir)}")
+    print(printable(f"Finished {result.step} steps in {time.perf_counter() - started:.0f} s. ") + ev.summary()
+          + printable(f". Run: {run_dir}"))
     return 0
 
 
@@ -729,97 +725,61 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, payload = _load_source(args, device)
     if args.max_ticks is not None and args.max_ticks > model.config.iterations:
         raise CLIError(f"--max-ticks {args.max_ticks} exceeds the model's {model.config.iterations} ticks")
-    from ..runs.checkpoint import run_dataset_name
-    from ..tasks import ImageTask, task_from_record
+    from ..tasks import task_from_record
 
     task = task_from_record(payload)
-    if not isinstance(task, ImageTask):
-        data, dataset_name = _task_eval_data(args, payload, task), run_dataset_name(payload) or task.name
-    else:
-        data, dataset_name = _image_eval_data(args, model, payload)
+    data, dataset_name = _eval_data(args, payload, task, model.config)
     data = data.to(device)
     if args.halt_certainty is not None or args.halt_sweep is not None:
-        return _eval_halting(args, model, data, dataset_name)
-    result = evaluate(model, data, args.batch_size)
+        return _eval_halting(args, model, data, dataset_name, task)
+    result = evaluate(model, data, args.batch_size, task=task)
     if args.plot:
         task.plot_eval(result, Path(args.run_dir or ".") / "ticks.png")
-    classes = {}
-    if result.per_class_n is not None:  # one output position: the classes, named or numbered
-        classes["class_names"] = list(getattr(data, "class_names", ())) or [str(i) for i in range(len(
-            result.per_class_n))]
     if args.json:
-        print(_json_line({"dataset": dataset_name, "split": data.split, **result.to_dict(), **classes}))
+        print(_json_line({"dataset": dataset_name, "split": data.split, **result.to_dict()}))
         return 0
     print(printable(f"{dataset_name} {data.split}: n={result.n}"))
-    print(f"  loss                      {result.loss:.4f}")
-    per = result.sequence_accuracy is not None
-    print(f"  accuracy (most certain)   {result.accuracy:.4f}" + ("  (per position)" if per else ""))
-    print(f"  accuracy (last tick)      {result.accuracy_last_tick:.4f}")
-    if per:
-        print(f"  sequence accuracy         {result.sequence_accuracy:.4f}  (every position right, most certain "
-              f"tick)")
-        print(f"  sequence acc. (last tick) {result.per_tick_sequence_accuracy[-1]:.4f}")
-    print("  tick  accuracy  certainty  most-certain" + ("  sequences" if per else ""))
-    for t, (a, cert, h) in enumerate(zip(result.per_tick_accuracy, result.per_tick_certainty,
-                                         result.most_certain_tick_histogram, strict=True)):
-        print(f"  {t + 1:4d}  {a:8.4f}  {cert:9.4f}  {h:12d}" +
-              (f"  {result.per_tick_sequence_accuracy[t]:9.4f}" if per else ""))
-    named = [printable(n) for n in _named_classes(data)] if classes else ()
-    if named:
-        width = max(5, *(len(n) for n in named))
-        print(f"  {'class':<{width}}  accuracy  images")
-        for name, a, n in zip(named, result.per_class_accuracy, result.per_class_n, strict=True):
-            print(f"  {name:<{width}}  {'-' if n == 0 else f'{a:8.4f}':>8}  {n:6d}")
+    for line in result.lines():
+        print(line)
     return 0
 
 
-def _task_eval_data(args: argparse.Namespace, payload: dict, task):
-    """What `ctm eval` reads for a run of a task other than image classification."""
+def _train_config_of(payload: dict):
+    """The TrainConfig a run (or a bundle) records; the defaults with its dataset when it records none."""
+    from ..runs.checkpoint import run_dataset_name
     from ..training.loop import TrainConfig
 
-    for flag, value in (("--dataset", args.dataset), ("--slice", args.slice or None), ("--data-dir", args.data_dir)):
-        if value is not None:
-            raise CLIError(f"{flag} is for image runs; {args.run_dir} is a {task.name} run (its data come from "
-                           f"the task)")
-    return task.eval_data(args.split, TrainConfig.from_dict(payload["train"]), None)
+    train = payload.get("train")
+    if isinstance(train, dict):
+        return TrainConfig.from_dict(train)
+    return TrainConfig(dataset=run_dataset_name(payload) or TrainConfig().dataset)
 
 
-def _image_eval_data(args: argparse.Namespace, model, payload: dict):
-    """(data, dataset name) `ctm eval` reads for an image run or a bundled model."""
-    from ..data.images import load_dataset
-    from ..data.sources import dataset_spec, find_dataset
+def _eval_data(args: argparse.Namespace, payload: dict, task, model_config):
+    """(data, dataset name) `ctm eval` reads: the task's data of the run's recipe (--dataset and --data-dir as
+    the task reads them), or for a bundled model without its files the test slice shipped with it."""
     from ..runs.checkpoint import run_dataset_name
 
-    dataset_name = args.dataset or run_dataset_name(payload)
-    if dataset_name is None:
-        raise CLIError(f"{args.run_dir} does not record its dataset; pass --dataset")
-    if args.pretrained is not None and args.dataset is None and args.split == "test" and (
-            args.slice or (args.data_dir is None and find_dataset(
-                dataset_name, files=dataset_spec(dataset_name).splits["test"]) is None)):
-        from ..pretrained import pretrained_test_slice
-
-        data = pretrained_test_slice(args.pretrained)
-        if not args.slice:
-            print(printable(f"note: no {dataset_name} files found here; evaluating on the {len(data)} test images "
-                            f"shipped with --pretrained {args.pretrained}"), file=sys.stderr)
-    elif args.slice:
+    if args.slice and args.pretrained is None:
         raise CLIError("--slice needs --pretrained (and the test split)")
-    else:
-        data_dir = (args.data_dir if args.pretrained is not None
-                    else _data_dir_for(args.run_dir, payload, args.data_dir, args.dataset))
-        if args.pretrained is None:
-            _check_run_folder(args.run_dir, payload, args.dataset)
-        data = load_dataset(dataset_name, args.split, data_dir=data_dir, recorded=payload.get("dataset"),
-                            progress=not args.json)
-    recorded = payload.get("dataset") or {}
-    if (not args.json and data.record.get("layout") == "holdout" and recorded.get("files_sha1")
-            and data.record["files_sha1"] != recorded["files_sha1"]):
-        print(f"note: the files of {printable(data.source)} changed since the run was trained: its held-out test "
-              f"images may now include training images", file=sys.stderr)
-    c = model.config
-    if data.shape[0] != c.in_channels or data.num_classes != c.out_dims:
-        raise CLIError(f"{dataset_name} has {data.shape[0]} channel(s) and {data.num_classes} classes, but the "
-                       f"model expects {c.in_channels} and {c.out_dims}")
+    dataset_name = args.dataset or run_dataset_name(payload) or task.name
+    if args.pretrained is not None and args.dataset is None and args.split == "test":
+        from ..pretrained import pretrained_test_slice, shipped_data_found
+
+        if args.slice or (args.data_dir is None and not shipped_data_found(args.pretrained)):
+            data = pretrained_test_slice(args.pretrained)
+            if not args.slice:
+                print(printable(f"note: no {dataset_name} files found here; evaluating on the {len(data)} test "
+                                f"{task.sample_noun} shipped with --pretrained {args.pretrained}"), file=sys.stderr)
+            return data, dataset_name
+    data_dir = (args.data_dir if args.pretrained is not None
+                else _data_dir_for(args.run_dir, payload, args.data_dir, args.dataset))
+    data = task.eval_data(args.split, _train_config_of(payload), data_dir, recorded=payload.get("dataset"),
+                          dataset=args.dataset, progress=not args.json)
+    if not args.json:
+        for note in getattr(data, "notes", ()):
+            print(printable(f"note: {note}"), file=sys.stderr)
+    task.check_eval_data(model_config, data, dataset_name)
     return data, dataset_name
 
 
@@ -843,7 +803,7 @@ def _json_line(payload: dict) -> str:
     return json.dumps(finite(payload), allow_nan=False)
 
 
-def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> int:
+def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str, task) -> int:
     import torch
     from tqdm.auto import tqdm
 
@@ -861,12 +821,11 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
         x, _ = data.batch(torch.arange(min(args.batch_size, len(data))))
         model(x)
         model.think(x, taus[0], args.max_ticks)
-    full, wall_full = timed_evaluate(model, data, args.batch_size)
+    full, wall_full = timed_evaluate(model, data, args.batch_size, task=task)
     results = []
     bar = tqdm(taus, desc="halting thresholds", disable=args.json or len(taus) == 1, leave=False)
     for tau in bar:
         results.append(evaluate_halting(model, data, tau, args.batch_size, max_ticks=args.max_ticks))
-    T = model.config.iterations
     if args.halt_sweep is not None:
         from ..pictures.figures import save_halting_plot
 
@@ -877,23 +836,19 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str) -> i
         if args.halt_certainty is not None:
             r = results[0]
             payload = {"dataset": dataset_name, "split": args.split, **full.to_dict(),
-                       "accuracy_full": full.accuracy, **r.to_dict(), "wall_s_full": wall_full}
-            if full.sequence_accuracy is not None:
-                payload["sequence_accuracy_full"] = full.sequence_accuracy
+                       **{f"{k}_full": v for k, v in full.scalars().items() if k != "loss"}, **r.to_dict(),
+                       "wall_s_full": wall_full}
         else:
             payload = {"dataset": dataset_name, "split": args.split, "full": {**full.to_dict(), "wall_s": wall_full},
                        "sweep": [r.to_dict() for r in results]}
         print(_json_line(payload))
         return 0
-    per = full.sequence_accuracy is not None
-    print(f"{printable(dataset_name)} {args.split}: n={full.n}, full run: {T} ticks, accuracy (most certain) "
-          f"{full.accuracy:.4f}" + (f" per position, {full.sequence_accuracy:.4f} whole sequences" if per else "")
-          + f", {wall_full:.2f} s")
-    print("  threshold  accuracy  vs full (pp)  mean ticks  wall s  wall / full" + ("  sequences" if per else ""))
+    head = results[0].header(full, wall_full)
+    print(printable(f"{dataset_name} {args.split}: ") + head[0])
+    for line in head[1:]:
+        print(line)
     for r in results:
-        print(f"  {r.halt_certainty:9.4g}  {r.accuracy:8.4f}  {100 * (r.accuracy - full.accuracy):+12.2f}  "
-              f"{r.mean_ticks:10.2f}  {r.wall_s:6.2f}  {r.wall_s / wall_full:11.2f}" +
-              (f"  {r.sequence_accuracy:9.4f}" if per else ""))
+        print(r.row(full, wall_full))
     if args.halt_certainty is not None:
         hist = results[0].ticks_histogram
         print("  ticks used: " + ", ".join(f"{t + 1}: {h}" for t, h in enumerate(hist) if h))

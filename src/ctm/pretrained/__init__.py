@@ -101,10 +101,23 @@ def load_pretrained(name_or_path: str | os.PathLike[str], device: str | torch.de
 
         model, _ = load_model(Path(name_or_path), device)
         return model.eval()
+    from ..nn.kinds import build_model, run_model_kind, run_model_options
+
     path = _bundle(str(name_or_path))
-    model = ContinuousThoughtMachine(CTMConfig.from_dict(_read_json(path / CONFIG_FILE)["model"]))
+    payload = _read_json(path / CONFIG_FILE)  # the model's kind and options as its run recorded them
+    model = build_model(run_model_kind(payload), CTMConfig.from_dict(payload["model"]), **run_model_options(payload))
     model.load_state_dict(load_file(str(path / MODEL_FILE)))
     return model.to(device).eval()
+
+
+def shipped_data_found(name: str) -> bool:
+    """Whether the files of the test split a bundled model was trained on are on this machine (else commands
+    fall back to the samples shipped with it)."""
+    from ..data.sources import DATASETS, find_dataset
+
+    dataset = (_read_json(_bundle(name) / CONFIG_FILE).get("dataset") or {}).get("name")
+    spec = DATASETS.get(dataset)
+    return spec is not None and find_dataset(dataset, files=spec.splits["test"]) is not None
 
 
 def pretrained_test_slice(name: str):

@@ -128,9 +128,18 @@ class Task:
         return (self.load("train", train_config, data_dir, recorded),
                 self.load("test", train_config, data_dir, recorded))
 
-    def eval_data(self, split: str, train_config: TrainConfig, data_dir: str | None = None) -> Dataset:
-        """What `ctm eval --split SPLIT` reads (default: `load`; a stream task gives a finite part)."""
-        return self.load(split, train_config, data_dir)
+    def eval_data(self, split: str, train_config: TrainConfig, data_dir: str | None = None, *,
+                  recorded: Mapping[str, Any] | None = None, dataset: str | None = None,
+                  progress: bool = False) -> Dataset:
+        """What `ctm eval --split SPLIT` reads (default: `load`; a stream task gives a finite part). `dataset`
+        is `ctm eval --dataset` (the task says what it means: default, none), `recorded` the run's "dataset"
+        section. A dataset may carry `notes`, lines the command line prints."""
+        if dataset is not None:
+            raise ValueError(f"--dataset does not apply to the {self.name} task: its data come from the task")
+        return self.load(split, train_config, data_dir, recorded)
+
+    def check_eval_data(self, model_config: CTMConfig, data: Dataset, name: str) -> None:
+        """ValueError when `data` (named `name`) does not fit the model (default: nothing to check)."""
 
     def sampler(self, train_set: Dataset, train_config: TrainConfig, rank: int = 0, world_size: int = 1) -> Sampler:
         """The order of training samples (default: a fresh permutation of the train set each epoch)."""
@@ -158,7 +167,10 @@ class Task:
         raise NotImplementedError
 
     def check_config(self, model_config: CTMConfig, train_config: TrainConfig) -> None:
-        """ValueError naming the field when a config does not fit the task (default: nothing to check)."""
+        """ValueError naming the field when a config does not fit the task (default: TrainConfig.augment needs
+        the task's `augment`)."""
+        if train_config.augment and type(self).augment is Task.augment:
+            self.augment(None, 0)  # says why, in one line
 
     # ------------------------------------------------------------------------------------ loss, metrics
 
@@ -166,6 +178,12 @@ class Task:
         """The training loss and the tick it reads each sample at, (B,): the certainty loss (one tick per
         sample; with several output positions its cross-entropy is the mean over the positions)."""
         return certainty_loss(predictions, certainties, targets)
+
+    def augment(self, inputs: Any, seed: int) -> Any:
+        """A training batch's inputs distorted from generator seed `seed` (`TrainConfig.augment`; default:
+        the task has no augmentation)."""
+        raise ValueError(f"TrainConfig.augment distorts images; the {self.name} task has no augmentation (leave it "
+                         f"off)")
 
     def tick_loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
         """The mean loss over ticks (and samples): what `TrainConfig.tick_loss_weight` adds to the objective,
@@ -186,7 +204,7 @@ class Task:
         last tick, per tick, per class, and per position and whole sequence with several positions)."""
         from ..training.evaluate import TickMetrics
 
-        return TickMetrics(model_config)
+        return TickMetrics(model_config, noun=self.sample_noun)
 
     # ---------------------------------------------------------------------------------------- pictures
 

@@ -22,14 +22,12 @@ import torch
 from .._signals import StopFlag
 from ..config import CTMConfig, check_fields, option
 from ..data.folders import folder_path, parse_image_size
-from ..data.images import random_affine
 from ..data.sampling import mix_seed
 from ..nn.kinds import model_options, run_model_kind, run_model_options
 from ..runs import checkpoint as ckpt
 from ..tasks import Dataset, Task, make_task, task_from_record
 from . import distributed as dist
 from .evaluate import EvalResult, evaluate
-from .losses import accuracy, per_tick_cross_entropy
 
 if TYPE_CHECKING:
     from ..nn.model import ContinuousThoughtMachine
@@ -507,16 +505,13 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
                 if bar is not None:
                     bar.set_postfix_str(f"evaluating on {len(test_set)} test {task.sample_noun}")
                 dist.broadcast_buffers(model, info)  # evaluate (and save) rank 0's BatchNorm statistics
-                last_eval = evaluate(model, test_set, train_config.eval_batch_size, dist_info=info)
+                last_eval = evaluate(model, test_set, train_config.eval_batch_size, dist_info=info, task=task)
                 loss_sum, tick_sum, acc_sum, n = dist.all_reduce_sum(running, info).tolist()
                 elapsed = time.perf_counter() - started
                 metrics.append({
                     "step": step, "epoch": round(step / steps_per_epoch, 4),
                     "train_loss": loss_sum / n, "train_tick_loss": tick_sum / n, "train_accuracy": acc_sum / n,
-                    "test_loss": last_eval.loss, "test_accuracy": last_eval.accuracy,
-                    "test_accuracy_last_tick": last_eval.accuracy_last_tick,
-                    **({} if last_eval.sequence_accuracy is None
-                       else {"test_sequence_accuracy": last_eval.sequence_accuracy}),
+                    **{f"test_{k}": v for k, v in last_eval.scalars().items()},
                     "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(elapsed, 3),
                 })
                 running.zero_()
@@ -542,9 +537,9 @@ def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Ta
                 idx: torch.Tensor, step: int, cfg: TrainConfig) -> tuple[float, float, float]:
     """One optimiser step over this rank's batch `idx`, in cfg.grad_accum equal micro-batches.
 
-    Returns the task's loss (the certainty loss: the quantity evaluation reports as test loss), the mean
-    cross-entropy over ticks (and over output positions; added to the objective with weight
-    cfg.tick_loss_weight) and the accuracy (per position with several output positions).
+    Returns the task's loss (`Task.loss`: the quantity evaluation reports as test loss), its loss over ticks
+    (`Task.tick_loss`; added to the objective with weight cfg.tick_loss_weight) and its batch accuracy
+    (`Task.batch_accuracy`).
 
     Each micro-batch's loss is divided by grad_accum, so the summed gradient is the mean over the batch:
     K micro-batches in one process give the gradient K ranks with one micro-batch each would average.
@@ -555,10 +550,9 @@ def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Ta
     for i, micro in enumerate(micro_batches):
         x, y = data.batch(micro)
         if cfg.augment:
-            # A generator seeded from (seed, step, first index): augmentation needs no saved RNG state
-            # and a sample is augmented the same way whichever rank or micro-batch it lands in.
-            g = torch.Generator(device=x.device).manual_seed(mix_seed(cfg.seed, step * 1_000_003 + int(micro[0])))
-            x = random_affine(x, g)
+            # Seeded from (seed, step, first index): augmentation needs no saved RNG state and a sample is
+            # augmented the same way whichever rank or micro-batch it lands in.
+            x = task.augment(x, mix_seed(cfg.seed, step * 1_000_003 + int(micro[0])))
         # DDP all-reduces gradients on the last micro-batch only.
         sync = contextlib.nullcontext() if i == len(micro_batches) - 1 or not hasattr(net, "no_sync") \
             else net.no_sync()
@@ -567,16 +561,16 @@ def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Ta
                 out = net(x)
             loss, tick = task.loss(out.predictions, out.certainties, y)
             if cfg.tick_loss_weight > 0:
-                tick_loss = per_tick_cross_entropy(out.predictions, y).mean()
+                tick_loss = task.tick_loss(out.predictions, y)
                 objective = loss + cfg.tick_loss_weight * tick_loss
             else:
                 with torch.no_grad():
-                    tick_loss = per_tick_cross_entropy(out.predictions, y).mean()
+                    tick_loss = task.tick_loss(out.predictions, y)
                 objective = loss
             (objective / cfg.grad_accum).backward()
         loss_total += loss.item() / cfg.grad_accum
         tick_total += tick_loss.item() / cfg.grad_accum
-        acc_total += accuracy(out.predictions.detach(), y, tick) / cfg.grad_accum
+        acc_total += task.batch_accuracy(out.predictions, y, tick) / cfg.grad_accum
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     optimizer.step()

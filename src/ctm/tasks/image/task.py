@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torch import Tensor
+
 from ...config import CTMConfig
 from ..base import Task, register_task
 
@@ -31,6 +33,38 @@ class ImageTask(Task):
 
         return load_dataset(train_config.dataset, split, data_dir=data_dir, recorded=recorded,
                             image_size=parse_image_size(train_config.image_size), holdout=train_config.holdout)
+
+    def augment(self, inputs: Tensor, seed: int) -> Tensor:
+        """A small random rotation, scale and shift of each image (`ctm.data.images.random_affine`)."""
+        import torch
+
+        from ...data.images import random_affine
+
+        return random_affine(inputs, torch.Generator(device=inputs.device).manual_seed(seed))
+
+    def eval_data(self, split: str, train_config: TrainConfig, data_dir: str | None = None, *,
+                  recorded: Mapping[str, Any] | None = None, dataset: str | None = None,
+                  progress: bool = False) -> ImageDataset:
+        """The run's dataset split; `dataset` (`ctm eval --dataset`) names another (e.g. the folder:NEWPATH a
+        moved image folder now is at)."""
+        from ...data.images import load_dataset
+
+        recorded = recorded or {}
+        if dataset is None and recorded.get("kind") == "folder" and not Path(str(recorded.get("path"))).is_dir():
+            raise ValueError(f"the run was trained on the image folder {recorded.get('path')}, which is gone; if it "
+                             f"moved, pass --dataset folder:NEWPATH")
+        name = dataset or recorded.get("name") or train_config.dataset
+        data = load_dataset(name, split, data_dir=data_dir, recorded=recorded or None, progress=progress)
+        if (data.record.get("layout") == "holdout" and recorded.get("files_sha1")
+                and data.record["files_sha1"] != recorded["files_sha1"]):
+            data.notes = [f"the files of {data.source} changed since the run was trained: its held-out test images "
+                          f"may now include training images"]
+        return data
+
+    def check_eval_data(self, model_config: CTMConfig, data: ImageDataset, name: str) -> None:
+        if data.shape[0] != model_config.in_channels or data.num_classes != model_config.out_dims:
+            raise ValueError(f"{name} has {data.shape[0]} channel(s) and {data.num_classes} classes, but the model "
+                             f"expects {model_config.in_channels} and {model_config.out_dims}")
 
     def model_fields(self, train_set: ImageDataset) -> dict[str, Any]:
         return {"in_channels": train_set.shape[0], "out_dims": train_set.num_classes}

@@ -151,7 +151,12 @@ class ParityTask(Task):
             return ParitySequences(self.length, TEST_SIZE, TEST_STREAM, "test")
         raise ValueError(f"unknown split {split!r} for the parity task; expected train or test")
 
-    def eval_data(self, split: str, train_config: TrainConfig, data_dir: str | None = None) -> ParitySequences:
+    def eval_data(self, split: str, train_config: TrainConfig, data_dir: str | None = None, *,
+                  recorded: Mapping[str, Any] | None = None, dataset: str | None = None,
+                  progress: bool = False) -> ParitySequences:
+        for flag, value in (("--dataset", dataset), ("--data-dir", data_dir)):
+            if value is not None:
+                raise ValueError(f"{flag} does not apply to the parity task: its sequences are generated")
         data = self.load(split, train_config, data_dir)
         data.n = min(data.n, TEST_SIZE)
         return data

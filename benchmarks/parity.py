@@ -11,7 +11,7 @@ runs of `ctm train` (--calibration-steps K and 2K steps; the difference of their
 and the final evaluation) to get the time per step; the real run then gets steps = budget / step time, so
 its cosine schedule completes. Each run is a fresh process:
 
-    ctm train --task parity --model {ctm,lstm} --ticks T --length L --steps N --out OUT/<model>-T<T> ...
+    ctm train --task parity --model {ctm,lstm} --ticks T --task-option length=L --steps N --out OUT/<model>-T<T> ...
     ctm eval OUT/<model>-T<T> --json        # `accuracy` (per bit) and `sequence_accuracy`
 
 It prints a table (model, ticks, parameters, steps, wall seconds, per-bit and whole-sequence accuracy),
@@ -44,7 +44,8 @@ def train_command(model: str, ticks: int, steps: int | str, out: Path, *, length
     """The `ctm train` command of one run; `steps` may be a placeholder string in a dry run."""
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-    cmd = [*CTM, "train", "--task", "parity", "--model", model, "--length", str(length), "--ticks", str(ticks),
+    cmd = [*CTM, "train", "--task", "parity", "--model", model, "--task-option", f"length={length}",
+           "--ticks", str(ticks),
            "--steps", str(steps), "--eval-every", str(steps), "--seed", str(seed), "--out", str(out),
            "--no-progress"]
     if threads:

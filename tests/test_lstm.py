@@ -234,7 +234,8 @@ def _cli(*args) -> int:
         return e.code
 
 
-LSTM_RUN = ["train", "--task", "parity", "--model", "lstm", "--length", "4", "--ticks", "4", "--d-model", "24",
+LSTM_RUN = ["train", "--task", "parity", "--model", "lstm", "--task-option", "length=4", "--ticks", "4",
+            "--d-model", "24",
             "--d-input", "16", "--heads", "2", "--batch-size", "32", "--lr", "3e-3", "--warmup-steps", "0",
             "--schedule", "constant", "--eval-every", "4", "--threads", "1", "--no-progress"]
 

@@ -114,8 +114,8 @@ def test_the_parity_model_runs_on_the_fast_engine_and_equals_the_readable_path()
 
 def test_a_tiny_parity_ctm_learns_length_4_through_the_cli(tmp_path, capsys):
     run = tmp_path / "parity"
-    assert run_cli("train", "--task", "parity", "--length", "4", *PARITY_FLAGS, *LEARN_FLAGS, "--steps", "400",
-                   "--eval-every", "200", "--out", run) == 0
+    assert run_cli("train", "--task", "parity", "--task-option", "length=4", *PARITY_FLAGS, *LEARN_FLAGS,
+                   "--steps", "400", "--eval-every", "200", "--out", run) == 0
     out = capsys.readouterr().out
     assert "data: parity of length 4" in out and "whole sequences" in out
     payload = json.loads((run / "config.json").read_text())
@@ -156,7 +156,8 @@ def test_a_tiny_parity_ctm_learns_length_4_through_the_cli(tmp_path, capsys):
 
 
 def test_a_parity_run_resumed_after_a_stop_equals_a_straight_run(tmp_path):
-    flags = ["--task", "parity", "--length", "4", *PARITY_FLAGS, *LEARN_FLAGS, "--steps", "12", "--eval-every", "4"]
+    flags = ["--task", "parity", "--task-option", "length=4", *PARITY_FLAGS, *LEARN_FLAGS, "--steps", "12",
+             "--eval-every", "4"]
     assert run_cli("train", *flags, "--out", tmp_path / "straight") == 0
     torch.set_num_threads(1)
     resumed = tmp_path / "resumed"
@@ -175,8 +176,13 @@ def test_a_parity_run_resumed_after_a_stop_equals_a_straight_run(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--task", "parity", "--length", "1"], "argument --length: must be an integer >= 2, got 1"),
-    (["--length", "8"], "--length applies to --task parity, not to the image task"),
+    (["--task", "parity", "--task-option", "length=1"], "--task-option length=1: must be an integer >= 2, got 1"),
+    (["--task-option", "length=8"], "--task-option length: the image task has no such option (its options: none)"),
+    (["--task", "parity", "--task-option", "size=8"], "the parity task has no such option (its options: length)"),
+    (["--task", "parity", "--task-option", "length"], "--task-option 'length': expected KEY=VALUE"),
+    (["--task", "nosuch"], "unknown task 'nosuch'; choose one of image, parity"),
+    (["--task", "os:path"], "task 'os:path' is not a ctm.tasks.Task subclass with a name"),
+    (["--task", "no_such_module_here:Task"], "cannot import no_such_module_here"),
     (["--task", "parity", "--backbone", "tutorial"], "--backbone=tutorial contradicts the parity task"),
     (["--task", "parity", "--augment"], "--augment distorts images; the parity task has none"),
     (["--task", "parity", "--epochs", "2"], "the parity task's training data are an endless stream: use --steps"),
@@ -194,7 +200,8 @@ def test_resume_refuses_another_task_or_length(tmp_path, capsys):
     tr.train(run, ctm.CTMConfig(**PARITY_MODEL), tr.make_train_config("parity", steps=2, eval_every=2,
                                                                        batch_size=8),
              task=make_task("parity", length=3))
-    for flags, message in ((["--length", "5"], "cannot resume with --length 5: the run's parity task has length 3"),
+    for flags, message in ((["--task-option", "length=5"],
+                            "cannot resume with --task-option length=5: the run's parity task has length=3"),
                            (["--task", "image"], "cannot resume with --task image")):
         assert run_cli("train", "--resume", run, "--steps", "4", *flags) == 2
         assert message in capsys.readouterr().err

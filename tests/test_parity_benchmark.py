@@ -26,7 +26,7 @@ def test_train_and_eval_commands(bench):
     cmd = bench.train_command("lstm", 25, 1200, Path("out/lstm-T25"), length=16, seed=3, threads=1,
                               extra=["--batch-size", "64"])
     assert cmd[:3] == [sys.executable, "-m", "ctm"]
-    assert cmd[3:] == ["train", "--task", "parity", "--model", "lstm", "--length", "16", "--ticks", "25",
+    assert cmd[3:] == ["train", "--task", "parity", "--model", "lstm", "--task-option", "length=16", "--ticks", "25",
                        "--steps", "1200", "--eval-every", "1200", "--seed", "3", "--out", "out/lstm-T25",
                        "--no-progress", "--threads", "1", "--batch-size", "64"]
     cmd = bench.train_command("ctm", 1, 5, Path("o"), threads=None, device="cuda")
@@ -51,7 +51,7 @@ def test_dry_run_prints_every_command():
     out = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--ticks", "1", "5", "--out", "R", "--",
                           "--lr", "0.001"], capture_output=True, text=True, check=True).stdout.splitlines()
     assert len(out) == 2 * 2 * 4  # 2 models x 2 tick counts x (2 calibrations, the run, its evaluation)
-    assert out[2].endswith("-m ctm train --task parity --model ctm --length 16 --ticks 1 --steps N "
+    assert out[2].endswith("-m ctm train --task parity --model ctm --task-option length=16 --ticks 1 --steps N "
                            "--eval-every N --seed 0 --out R/ctm-T1 --no-progress --threads 1 --lr 0.001")
     assert out[3].endswith("-m ctm eval R/ctm-T1 --json --threads 1")
     assert "--model lstm" in out[-2] and "--ticks 5" in out[-2] and "--steps 40" in out[-3]

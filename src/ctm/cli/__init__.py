@@ -23,7 +23,7 @@ from .. import __version__
 from .._malloc import retain_freed_memory
 from .._signals import Interrupted, raise_on_stop_signals, restore
 from .._text import printable, printable_lines
-from .config_flags import OneLineParser, add_config_flags, given, shown, with_flag_names
+from .config_flags import OneLineParser, _parse, add_config_flags, given, shown, with_flag_names
 
 
 class CLIError(Exception):
@@ -54,7 +54,7 @@ EXAMPLES = {
   ctm train --dataset folder:~/pictures/shapes --image-size 32   # your images: one subfolder per class
   ctm train --resume runs/fashion --steps 10000
   ctm train --task parity                    # cumulative parity of +-1 sequences of length 16
-  ctm train --task parity --length 8 --ticks 20 --steps 2000
+  ctm train --task parity --task-option length=8 --ticks 20 --steps 2000
   ctm train --task parity --model lstm       # the paper's LSTM baseline, as many parameters as the CTM
   torchrun --nproc-per-node 2 -m ctm train --batch-size 256""",
     "eval": """examples:
@@ -118,14 +118,18 @@ def _preset_defaults(cls: type, part: str) -> dict[str, str]:
 def _add_train_parser(sub) -> None:
     from ..config import CTMConfig
     from ..nn.kinds import MODEL_KINDS
-    from ..tasks import TASKS
+    from ..tasks import DEFAULT_TASK, TASKS
     from ..training.loop import DATA_FIELDS, PRESETS, TrainConfig
 
     p = _add_parser(sub, "train", "Train a CTM on a task (image classification by default). Flags not given come "
                     "from the preset; the run directory records everything, so --resume needs no other flags.")
-    p.add_argument("--task", choices=sorted(TASKS), default=None,
-                   help="what to learn: image (classify --dataset; default) or parity (cumulative parity of +-1 "
-                        "sequences, see --length); the run records it")
+    p.add_argument("--task", metavar="NAME", default=None,
+                   help=f"what to learn: {', '.join(sorted(TASKS))} (default {DEFAULT_TASK}), or a task of your own "
+                        f"package as module:Class (a ctm.tasks.Task subclass); the run records it")
+    p.add_argument("--task-option", metavar="KEY=VALUE", action="append", default=[], dest="task_option",
+                   help="an option of the task, e.g. --task-option length=8; repeat for several. "
+                        + "; ".join(_task_options_help(cls) for cls in sorted(TASKS.values(), key=lambda t: t.name)
+                                    if dataclasses.fields(cls.Options)).replace("%", "%%"))
     p.add_argument("--model", choices=sorted(MODEL_KINDS), default=None, dest="model_kind",
                    help="the model: ctm (default) or lstm (the paper's LSTM baseline: the same tokens, ticks and "
                         "loss, its width matched to the CTM's parameter count); the run records it")
@@ -139,10 +143,6 @@ def _add_train_parser(sub) -> None:
     length = g.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=float, help="passes over the training set (converted to --steps)")
     add_config_flags(g, TrainConfig, _preset_defaults(TrainConfig, "train"), groups={"steps": length})
-    for task in sorted(TASKS.values(), key=lambda t: t.name):
-        if dataclasses.fields(task.Options):
-            add_config_flags(p.add_argument_group(f"task {task.name}"), task.Options,
-                             {f.name: shown(f.default) for f in dataclasses.fields(task.Options)})
     g = p.add_argument_group("model (CTMConfig)")
     model_defaults = _preset_defaults(CTMConfig, "model")
     add_config_flags(g, CTMConfig, {name: "the data's" if name in DATA_FIELDS else text
@@ -350,15 +350,39 @@ def _steps_from_epochs(epochs: float, task, train_config, data_dir: str | None) 
     return max(1, math.ceil(epochs * (n // train_config.batch_size)))
 
 
-def _check_task_flags(args: argparse.Namespace, task, task_options: dict[str, dict]) -> None:
-    """A task's option flags (e.g. --length) apply to that task only; --task on resume must be the run's."""
-    if args.resume and args.task is not None and args.task != task.name:
-        raise CLIError(f"cannot resume with --task {args.task}: {args.resume} is a {task.name} run (the task comes "
-                       f"from the run)")
-    for name, options in task_options.items():
-        if name != task.name and options:
-            flags = ", ".join(f"--{o.replace('_', '-')}" for o in options)
-            raise CLIError(f"{flags} applies to --task {name}, not to the {task.name} task")
+def _task_options_help(cls) -> str:
+    return f"{cls.name}: " + ", ".join(f"{f.name} ({f.metadata.get('help', '')}; default {shown(f.default)})"
+                                       for f in dataclasses.fields(cls.Options))
+
+
+def _task_options(cls, pairs: list[str]) -> dict:
+    """--task-option KEY=VALUE pairs as the values of task class `cls`'s options (each parsed by its type)."""
+    from ..config import field_types
+
+    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    kinds = field_types(cls.Options)
+    options: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise CLIError(f"--task-option {pair!r}: expected KEY=VALUE, e.g. --task-option length=8")
+        if key not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            raise CLIError(f"--task-option {key}: the {cls.name} task has no such option (its options: {known})")
+        if key in options:
+            raise CLIError(f"--task-option {key} is given twice")
+        kind = kinds[key]
+        if kind is bool:
+            if text.lower() not in ("true", "false", "on", "off", "1", "0", "yes", "no"):
+                raise CLIError(f"--task-option {key}={text}: expected true or false")
+            options[key] = text.lower() in ("true", "on", "1", "yes")
+            continue
+        try:
+            options[key] = _parse(fields[key], kind)(text)
+        except argparse.ArgumentTypeError as e:
+            raise CLIError(f"--task-option {key}={text}: {e}") from None
+    return options
 
 
 def _check_path_text(flag: str, text: str | None) -> None:
@@ -386,14 +410,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_path_text(flag, value)
     if args.out is not None and not args.out.strip():
         raise CLIError("--out is empty; give a folder for the run (or leave --out out for runs/<dataset>-<time>)")
-    from ..tasks import TASKS, make_task, task_from_record
+    from ..tasks import DEFAULT_TASK, resolve_task, task_from_record
 
     model_changes, train_changes = given(args, CTMConfig), given(args, tr.TrainConfig)
     folder = folder_path(train_changes.get("dataset", ""))
     if folder is not None:  # recorded absolute, so eval and --resume find it from anywhere
         _check_path_text("--dataset", str(folder))
         train_changes["dataset"] = FOLDER_PREFIX + str(folder.resolve())
-    task_options = {cls.name: given(args, cls.Options) for cls in TASKS.values()}
+    task_class = resolve_task(args.task) if args.task is not None else None
     if args.resume:
         run_dir = Path(args.resume)
         if args.out and Path(args.out) != run_dir:
@@ -402,11 +426,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CLIError("--preset cannot be combined with --resume (the run keeps its recipe)")
         model_config, train_config, payload = tr.resume_configs(run_dir)
         task = task_from_record(payload)
-        _check_task_flags(args, task, task_options)
-        for name, value in task_options[task.name].items():
+        if task_class is not None and task_class is not type(task):
+            raise CLIError(f"cannot resume with --task {args.task}: {args.resume} is a {task.name} run (the task "
+                           f"comes from the run)")
+        for name, value in _task_options(type(task), args.task_option).items():
             if getattr(task.options, name) != value:
-                raise CLIError(f"cannot resume with --{name.replace('_', '-')} {value}: the run's {task.name} task "
-                               f"has {name} {getattr(task.options, name)} (the task comes from the run)")
+                raise CLIError(f"cannot resume with --task-option {name}={value}: the run's {task.name} task has "
+                               f"{name}={getattr(task.options, name)} (the task comes from the run)")
         if args.model_kind is not None and args.model_kind != payload.get("model_kind", "ctm"):
             raise CLIError(f"cannot resume with --model {args.model_kind}: the run's model is "
                            f"{payload.get('model_kind', 'ctm')} (the model comes from the run)")
@@ -416,8 +442,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         # train() checks the new length and records it once the checkpoint has loaded.
         train_config = tr.resumed_train_config(model_config, train_config, model_changes, train_changes)
     else:
-        task = make_task(args.task or "image", **task_options[args.task or "image"])
-        _check_task_flags(args, task, task_options)
+        task_class = task_class or resolve_task(DEFAULT_TASK)
+        task = task_class(**_task_options(task_class, args.task_option))
         preset = args.preset or task.default_preset
         if tr.PRESETS[preset].task != task.name:
             raise CLIError(f"--preset {preset} is a recipe for the {tr.PRESETS[preset].task} task, not for "

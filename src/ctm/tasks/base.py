@@ -17,6 +17,8 @@ A new task is a subclass registered with `register_task`; nothing else changes::
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
@@ -110,8 +112,12 @@ class Task:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.record().items() if k != 'name')})"
 
     def record(self) -> dict[str, Any]:
-        """What config.json stores under "task"; `task_from_record` rebuilds the task from it."""
-        return {"name": self.name, **dataclasses.asdict(self.options)}
+        """What config.json stores under "task"; `task_from_record` rebuilds the task from it. A task from outside
+        ctm records where it comes from ("import": "module:Class"), so eval and resume find it again."""
+        cls = type(self)
+        importable = cls.__module__.split(".")[0] != "ctm" and "<locals>" not in cls.__qualname__
+        where = {"import": f"{cls.__module__}:{cls.__qualname__}"} if importable else {}
+        return {"name": self.name, **where, **dataclasses.asdict(self.options)}
 
     # ---------------------------------------------------------------------------------------------- data
 
@@ -286,11 +292,48 @@ def make_task(name: str, **options: Any) -> Task:
         raise ValueError(f"task {name!r}: {e}") from None
 
 
+#: the task of `ctm train` without --task, and of every run that records none (runs before tasks existed)
+DEFAULT_TASK = "image"
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def resolve_task(spec: str) -> type[Task]:
+    """The Task class `spec` names: a registered task's name, or "module:Class" of any importable package
+    (imported, checked to be a Task subclass with a name, and registered under that name)."""
+    if spec in TASKS:
+        return TASKS[spec]
+    if ":" not in spec:
+        raise ValueError(f"unknown task {spec!r}; choose one of {', '.join(sorted(TASKS))}, or give a task of your "
+                         f"own package as module:Class")
+    if not _IMPORT_PATH.fullmatch(spec):
+        raise ValueError(f"task {spec!r}: expected module:Class, e.g. mypackage.tasks:MyTask")
+    module_name, _, attribute = spec.partition(":")
+    try:
+        value: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"task {spec!r}: cannot import {module_name} ({e}); is its package installed, or its "
+                         f"folder on PYTHONPATH?") from None
+    for part in attribute.split("."):
+        value = getattr(value, part, None)
+    if not (isinstance(value, type) and issubclass(value, Task) and isinstance(getattr(value, "name", None), str)):
+        raise ValueError(f"task {spec!r} is not a ctm.tasks.Task subclass with a name")
+    return register_task(value)
+
+
 def task_from_record(payload: Mapping[str, Any]) -> Task:
-    """The task of a run's config.json payload: its "task" record, or the image task when it has none."""
+    """The task of a run's config.json payload: its "task" record, or the default (image) task when it has none.
+    A record naming a task from outside ctm ("import": "module:Class") imports that class."""
     record = payload.get("task")
     if record is None:
-        return make_task("image")
+        return make_task(DEFAULT_TASK)
     if not isinstance(record, dict) or not isinstance(record.get("name"), str):
         raise ValueError(f"config.json: 'task' must be an object with a 'name', got {record!r}")
-    return make_task(record["name"], **{k: v for k, v in record.items() if k != "name"})
+    where = record.get("import")
+    if where is not None:
+        if not isinstance(where, str):
+            raise ValueError(f"config.json: 'task.import' must be a string module:Class, got {where!r}")
+        if record["name"] not in TASKS:
+            cls = resolve_task(where)
+            if cls.name != record["name"]:
+                raise ValueError(f"config.json: task {where} is named {cls.name!r}, the run records {record['name']!r}")
+    return make_task(record["name"], **{k: v for k, v in record.items() if k not in ("name", "import")})

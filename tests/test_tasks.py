@@ -81,7 +81,7 @@ def test_a_task_from_outside_the_package_trains_evaluates_and_resumes(majority_t
     assert result.interrupted and "data: majority of 5" in lines
     payload = json.loads((run / "config.json").read_text())
     assert payload["task"] == {"name": "majority-test", "length": 5} and payload["model"]["backbone"] == "parity"
-    assert payload["train"]["dataset"] == "mnist"  # the task keeps TrainConfig.dataset (it names no dataset)
+    assert payload["train"]["dataset"] == "majority-test"  # a task's data are its own, not mnist
     result = tr.train(run, *tr.resume_configs(run)[:2], resume=True)  # the task comes from the run
     assert result.step == 150 and result.final_eval.accuracy >= 0.9, result.final_eval
     assert main(["eval", str(run), "--json", "--threads", "1"]) == 0  # the CLI reads the task from the run
@@ -122,13 +122,13 @@ def test_a_bad_task_or_model_record_is_one_line(tmp_path, capsys, record, messag
     assert len(err) == 1 and message in err[0], err
 
 
-def test_an_image_run_records_no_task_and_evaluates_as_before(tmp_path, capsys):
+def test_an_image_run_records_its_task_and_evaluates_as_before(tmp_path, capsys):
     synthetic = make_synthetic(tmp_path / "data")
     run = tmp_path / "run"
     assert main(["train", "--data-dir", str(synthetic), "--out", str(run), "--steps", "4", "--batch-size", "32",
                  "--eval-every", "4", "--no-progress", "--threads", "1", *TINY_FLAGS]) == 0
     payload = json.loads((run / "config.json").read_text())
-    assert "task" not in payload and "model_kind" not in payload  # exactly the layout of earlier runs
+    assert payload["task"] == {"name": "image"} and "model_kind" not in payload  # every run records its task
     capsys.readouterr()
     assert main(["eval", str(run), "--json", "--threads", "1"]) == 0
     keys = set(json.loads(capsys.readouterr().out))

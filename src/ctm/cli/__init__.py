@@ -119,7 +119,7 @@ def _add_train_parser(sub) -> None:
     from ..config import CTMConfig
     from ..nn.kinds import MODEL_KINDS
     from ..tasks import DEFAULT_TASK, TASKS
-    from ..training.loop import DATA_FIELDS, PRESETS, TrainConfig
+    from ..training.loop import PRESETS, TrainConfig
 
     p = _add_parser(sub, "train", "Train a CTM on a task (image classification by default). Flags not given come "
                     "from the preset; the run directory records everything, so --resume needs no other flags.")
@@ -145,7 +145,8 @@ def _add_train_parser(sub) -> None:
     add_config_flags(g, TrainConfig, _preset_defaults(TrainConfig, "train"), groups={"steps": length})
     g = p.add_argument_group("model (CTMConfig)")
     model_defaults = _preset_defaults(CTMConfig, "model")
-    add_config_flags(g, CTMConfig, {name: "the data's" if name in DATA_FIELDS else text
+    data_fields = TASKS[DEFAULT_TASK].fixed_fields  # the default task takes these from its data
+    add_config_flags(g, CTMConfig, {name: "the data's" if name in data_fields else text
                                     for name, text in model_defaults.items()})
     g = p.add_argument_group("runtime")
     _add_runtime_flags(g)

@@ -9,6 +9,7 @@ from .base import (
     Dataset,
     Example,
     Metrics,
+    Preset,
     Sampler,
     Task,
     make_task,
@@ -19,5 +20,5 @@ from .base import (
 from .image.task import ImageTask
 from .parity.task import ParityTask
 
-__all__ = ["DEFAULT_TASK", "TASKS", "Dataset", "Example", "ImageTask", "Metrics", "ParityTask", "Sampler", "Task",
-           "make_task", "register_task", "resolve_task", "task_from_record"]
+__all__ = ["DEFAULT_TASK", "TASKS", "Dataset", "Example", "ImageTask", "Metrics", "ParityTask", "Preset", "Sampler",
+           "Task", "make_task", "register_task", "resolve_task", "task_from_record"]

@@ -61,6 +61,18 @@ class Sampler(Protocol):
     def batches(self, epoch: int, start: int = 0) -> Iterator[Tensor]: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named recipe: the task it is for, its TrainConfig values and its model's CTMConfig values (fields it
+    does not name keep CTMConfig's defaults, the tutorial's architecture)."""
+
+    task: str
+    train: Mapping[str, Any]
+    model: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    summary: str = ""
+
+
+
 class Example(NamedTuple):
     """A test sample a task shows (`Task.pick_example`): its index in the test set and why it was picked."""
 
@@ -97,12 +109,16 @@ class Task:
     Options: ClassVar[type] = NoOptions
     #: what the startup and evaluation lines call one sample
     sample_noun: ClassVar[str] = "samples"
-    #: the `ctm.train.PRESETS` recipe `ctm train --task NAME` uses without --preset
+    #: the recipe (of `presets`) `ctm train --task NAME` uses without --preset
     default_preset: ClassVar[str] = "default"
     #: whether the training data are an endless stream (no epochs)
     endless_data: ClassVar[bool] = False
     #: the CTMConfig fields `model_fields` sets (a flag giving one must agree with it)
     fixed_fields: ClassVar[tuple[str, ...]] = ()
+    #: what those fields come from, as an error names it (default: "the NAME task")
+    fixes_fields_from: ClassVar[str | None] = None
+    #: the recipes `ctm train --preset NAME` offers for this task (`default_preset` among them)
+    presets: ClassVar[Mapping[str, Preset]] = {}
 
     def __init__(self, **options: Any) -> None:
         self.options = self.Options(**options)
@@ -155,8 +171,9 @@ class Task:
                             rank=rank, world_size=world_size)
 
     def dataset_name(self, train_config: TrainConfig) -> str:
-        """The name the run records as its dataset (TrainConfig.dataset, and the default run directory)."""
-        return train_config.dataset
+        """The name the run records as its dataset (TrainConfig.dataset, and the default run directory; default:
+        the task's name, its data being its own)."""
+        return self.name
 
     def dataset_record(self, train_set: Dataset, data_dir: str | None) -> dict[str, Any]:
         """config.json's "dataset" section."""

@@ -25,7 +25,7 @@ from ..data.folders import folder_path, parse_image_size
 from ..data.sampling import mix_seed
 from ..nn.kinds import model_options, run_model_kind, run_model_options
 from ..runs import checkpoint as ckpt
-from ..tasks import Dataset, Task, make_task, task_from_record
+from ..tasks import DEFAULT_TASK, TASKS, Dataset, Preset, Task, make_task, task_from_record
 from . import distributed as dist
 from .evaluate import EvalResult, evaluate
 
@@ -99,49 +99,25 @@ class TrainConfig:
         return cls(**d)
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A named recipe: the task it is for, its TrainConfig values and its model's CTMConfig values (fields it
-    does not name keep CTMConfig's defaults, the tutorial's architecture)."""
+class _Presets(Mapping):
+    """Every registered task's recipes by name (`Task.presets`), read when asked: a task registered later
+    (`ctm.tasks.register_task`, `--task module:Class`) brings its own."""
 
-    task: str
-    train: Mapping[str, Any]
-    model: Mapping[str, Any] = field(default_factory=dict)
-    summary: str = ""
+    def _all(self) -> dict[str, Preset]:
+        return {name: preset for cls in TASKS.values() for name, preset in cls.presets.items()}
+
+    def __getitem__(self, name: str) -> Preset:
+        return self._all()[name]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
-# The tutorial's architecture trained by the best recipe we found for it on a 2-core CPU (98.1% MNIST in
-# ten minutes; docs/training.md).
-_TUTORIAL_RECIPE = dict(steps=5000, batch_size=128, lr=4e-3, adam_eps=1e-8, weight_decay=0.01, warmup_steps=300,
-                        schedule="cosine", min_lr_ratio=0.0, grad_clip=1.0, eval_every=1000, augment=False,
-                        tick_loss_weight=1.0)
-
-PRESETS: dict[str, Preset] = {
-    "seed": Preset("image", dict(steps=2000, batch_size=64, lr=1e-4, adam_eps=1e-8, weight_decay=0.01,
-                                 warmup_steps=0, schedule="constant", grad_clip=0.0, eval_every=100, augment=False),
-                   summary="the seed tutorial's model and recipe exactly"),
-    "tutorial": Preset("image", _TUTORIAL_RECIPE,
-                       summary="the tutorial's model with the best recipe we found for it (98.1% MNIST in 10 "
-                               "minutes on a 2-core CPU)"),
-    # The best image model and recipe we found for ten minutes of a 2-core CPU (docs/training.md, "The
-    # default image model"): the tutorial's backbone twice as wide after a space-to-depth (its first block at
-    # half resolution: a step takes ~0.75 of the time) with a positional embedding, so the attention knows
-    # where each token is; 4 heads; 5 ticks (MNIST is decided in the first); augmentation; 6000 steps.
-    "default": Preset("image", {**_TUTORIAL_RECIPE, "steps": 6000, "augment": True},
-                      dict(iterations=5, d_input=64, heads=4, memory_length=5, backbone="tutorial-s2d",
-                           positional_embedding="learnable-fourier"),
-                      summary="the best image model and recipe we found for 10 minutes on a 2-core CPU "
-                              "(99.5% MNIST)"),
-    # Cumulative parity of length 16 (docs/training.md, "Parity"): 20 ticks, 256 neurons with 32 random
-    # pairs each way, a high learning rate and half the tick loss; 15000 steps fill 20 minutes of a 2-core CPU.
-    "parity": Preset("parity", dict(dataset="parity", steps=15000, batch_size=64, lr=3e-3, adam_eps=1e-8,
-                                    weight_decay=0.0, warmup_steps=200, schedule="cosine", min_lr_ratio=0.0,
-                                    grad_clip=1.0, eval_every=1000, eval_batch_size=500, augment=False,
-                                    tick_loss_weight=0.5),
-                     dict(iterations=20, d_model=256, d_input=64, heads=4, memory_length=10, memory_hidden_dims=4,
-                          n_synch_out=32, n_synch_action=32, neuron_selection="random-pairing"),
-                     summary="the parity recipe (the default of --task parity)"),
-}
+#: preset name -> Preset, over every registered task
+PRESETS: Mapping[str, Preset] = _Presets()
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, eps: float = 1e-8,
@@ -220,21 +196,17 @@ class TrainResult:
     stop_signal: int | None = None  # the signal that stopped training (SIGINT, SIGTERM or SIGHUP), if one did
 
 
-# CTMConfig fields that the image task takes from the data.
-DATA_FIELDS = ("in_channels", "out_dims")
-
-
 def build_model_config(model_config: CTMConfig, dataset: Dataset, task: Task | None = None) -> CTMConfig:
     """The model config with the fields the task fixes (for images: in_channels and out_dims from the data)."""
-    return model_config.replace(**(task or make_task("image")).model_fields(dataset))
+    return model_config.replace(**(task or make_task(DEFAULT_TASK)).model_fields(dataset))
 
 
 def check_data_fields(requested: Mapping[str, Any], dataset: Dataset, task: Task | None = None) -> None:
     """ValueError naming the CTMConfig field when a requested value contradicts what the task fixes."""
-    task = task or make_task("image")
+    task = task or make_task(DEFAULT_TASK)
     for name, value in task.model_fields(dataset).items():
         if name in requested and requested[name] != value:
-            source = "the data" if task.name == "image" else f"the {task.name} task"
+            source = task.fixes_fields_from or f"the {task.name} task"
             raise ValueError(f"CTMConfig.{name}={requested[name]} contradicts {source}: "
                              f"{dataset.name or 'the dataset'} gives {name}={value} (leave it out: training "
                              f"takes it from {source})")
@@ -332,7 +304,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
         problem = dist.broadcast_object(problem, info)
         if problem:
             raise ckpt.RunDirError(problem)
-    task = task or make_task("image")
+    task = task or make_task(DEFAULT_TASK)
     if not resume and train_config.dataset != task.dataset_name(train_config):
         train_config = TrainConfig.from_dict({**train_config.to_dict(), "dataset": task.dataset_name(train_config)})
     # On resume a folder dataset is read as the run recorded it, and must hold the same files (the same order).
@@ -400,8 +372,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
             if problem is None:
                 extra = {"train": train_config.to_dict(), "dataset": task.dataset_record(train_set, data_dir),
                          "world_size": info.world_size}
-                if task.name != "image":  # a run without a task record is an image run, as before tasks
-                    extra["task"] = task.record()
+                extra["task"] = task.record()
                 if model_kind != "ctm":
                     extra["model_kind"] = model_kind
                 if model_options(model):  # e.g. the LSTM's matched width: the run rebuilds it as it was

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ...config import CTMConfig, option
 from ...data.sampling import mix_seed
-from ..base import Task, register_task
+from ..base import Preset, Task, register_task
 
 if TYPE_CHECKING:
     from ...nn.model import ContinuousThoughtMachine
@@ -128,6 +128,19 @@ class ParityOptions:
     length: int = option(16, "parity: sequence length L (the model answers at every position)", min=2)
 
 
+PRESETS: dict[str, Preset] = {
+    # Cumulative parity of length 16 (docs/training.md, "Parity"): 20 ticks, 256 neurons with 32 random
+    # pairs each way, a high learning rate and half the tick loss; 15000 steps fill 20 minutes of a 2-core CPU.
+    "parity": Preset("parity", dict(dataset="parity", steps=15000, batch_size=64, lr=3e-3, adam_eps=1e-8,
+                                    weight_decay=0.0, warmup_steps=200, schedule="cosine", min_lr_ratio=0.0,
+                                    grad_clip=1.0, eval_every=1000, eval_batch_size=500, augment=False,
+                                    tick_loss_weight=0.5),
+                     dict(iterations=20, d_model=256, d_input=64, heads=4, memory_length=10, memory_hidden_dims=4,
+                          n_synch_out=32, n_synch_action=32, neuron_selection="random-pairing"),
+                     summary="the parity recipe (the default of --task parity)"),
+}
+
+
 @register_task
 class ParityTask(Task):
     """Cumulative parity of +-1 sequences of length `length` (see the module docstring)."""
@@ -138,6 +151,7 @@ class ParityTask(Task):
     endless_data = True
     fixed_fields = ("backbone", "positional_embedding", "in_channels", "out_positions", "out_dims")
     default_preset = "parity"
+    presets = PRESETS
 
     @property
     def length(self) -> int:

@@ -285,4 +285,5 @@ def test_a_bad_model_options_record_is_one_line(tmp_path, capsys, options):
     capsys.readouterr()
     assert _cli("eval", tmp_path / "run", "--threads", "1") == 2
     err = capsys.readouterr().err
-    assert "'model_options' must be the LSTM's {\"hidden\": width}" in err and "Traceback" not in err
+    assert "'model_options' of model kind lstm must be an object of its options (hidden: a non-negative integer" \
+        in err and "Traceback" not in err

@@ -46,6 +46,20 @@ def build_model(kind: str, config: CTMConfig, **extra: Any) -> nn.Module:
     return MODEL_KINDS[kind](config, **extra)
 
 
+#: model kind -> its builder options and what each must be (kinds without options have none)
+MODEL_OPTIONS: dict[str, dict[str, str]] = {"lstm": {"hidden": "a non-negative integer width (0: matched)"}}
+
+
+def check_model_options(kind: str, options: Any) -> None:
+    """ValueError naming what is wrong with a run's recorded `model_options` for model kind `kind`."""
+    known = MODEL_OPTIONS.get(kind, {})
+    if not isinstance(options, dict) or not set(options) <= set(known) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in options.values()):
+        wanted = ", ".join(f"{k}: {what}" for k, what in known.items()) or "none"
+        raise ValueError(f"'model_options' of model kind {kind} must be an object of its options ({wanted}), got "
+                         f"{options!r}")
+
+
 def run_model_kind(payload: dict[str, Any]) -> str:
     """The model kind a run's config.json payload records ("ctm" when it records none)."""
     return payload.get("model_kind", DEFAULT_KIND)

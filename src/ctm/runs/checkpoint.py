@@ -161,19 +161,6 @@ def _check_config(payload: Any, path: Path) -> None:
     if "train" in payload and not isinstance(payload["train"].get("dataset", ""), str):
         raise RunDirError(f"{path}: 'train.dataset' must be a string, got "
                           f"{type(payload['train']['dataset']).__name__}")
-    dataset = payload.get("dataset", {})
-    fields = {"name": (str,), "source": (str,), "data_dir": (str, type(None)), "shape": (list,),
-              "num_classes": (int,)}
-    for name, types in fields.items():
-        if name in dataset and (not isinstance(dataset[name], types) or isinstance(dataset[name], bool)):
-            raise RunDirError(f"{path}: 'dataset.{name}' must be "
-                              f"{' or '.join('null' if t is type(None) else t.__name__ for t in types)}, "
-                              f"got {type(dataset[name]).__name__}")
-    if "shape" in dataset and not all(_is_int(d) and d > 0 for d in dataset["shape"]):
-        raise RunDirError(f"{path}: 'dataset.shape' must be a list of positive integers")
-    names = dataset.get("class_names", [])
-    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-        raise RunDirError(f"{path}: 'dataset.class_names' must be a list of strings")
     if "model_kind" in payload:
         from ..nn.kinds import MODEL_KINDS
 
@@ -183,18 +170,22 @@ def _check_config(payload: Any, path: Path) -> None:
             raise RunDirError(f"{path}: unknown 'model_kind' {payload['model_kind']!r}; this ctm builds "
                               f"{', '.join(sorted(MODEL_KINDS))}")
     if "model_options" in payload:
-        options = payload["model_options"]
-        if not (isinstance(options, dict) and payload.get("model_kind") == "lstm"
-                and set(options) <= {"hidden"} and all(_is_int(v) and v >= 0 for v in options.values())):
-            raise RunDirError(f"{path}: 'model_options' must be the LSTM's {{\"hidden\": width}} (a run of "
-                              f"model_kind lstm), got {options!r}")
-    if "task" in payload:
-        from ..tasks import task_from_record
+        from ..nn.kinds import check_model_options
 
         try:
-            task_from_record(payload)
+            check_model_options(payload.get("model_kind", "ctm"), payload["model_options"])
         except ValueError as e:
-            raise RunDirError(f"{path}: invalid task record: {e}") from None
+            raise RunDirError(f"{path}: {e}") from None
+    from ..tasks import task_from_record
+
+    try:
+        task = task_from_record(payload)
+    except ValueError as e:
+        raise RunDirError(f"{path}: invalid task record: {e}") from None
+    try:
+        task.check_dataset_record(payload.get("dataset", {}))
+    except ValueError as e:
+        raise RunDirError(f"{path}: {e}") from None
     if "world_size" in payload and not (_is_int(payload["world_size"]) and payload["world_size"] >= 1):
         raise RunDirError(f"{path}: 'world_size' must be a positive integer, got {payload['world_size']!r}")
 

@@ -179,6 +179,21 @@ class Task:
         """config.json's "dataset" section."""
         return {"name": train_set.name, "source": train_set.source}
 
+    def check_dataset_record(self, record: Mapping[str, Any]) -> None:
+        """ValueError naming the field when a run's "dataset" section (`dataset_record`, as read back from
+        config.json) has a field of the wrong type (default: the fields every task records)."""
+        fields = {"name": (str,), "source": (str,), "shape": (list,), "num_classes": (int,)}
+        for name, types in fields.items():
+            if name in record and (not isinstance(record[name], types) or isinstance(record[name], bool)):
+                raise ValueError(f"'dataset.{name}' must be {' or '.join(t.__name__ for t in types)}, got "
+                                 f"{type(record[name]).__name__}")
+        if "shape" in record and not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                         for d in record["shape"]):
+            raise ValueError("'dataset.shape' must be a list of positive integers")
+        names = record.get("class_names", [])
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ValueError("'dataset.class_names' must be a list of strings")
+
     def describe_data(self, train_set: Dataset, test_set: Dataset) -> str:
         """The "data: ..." line printed before training."""
         raise NotImplementedError

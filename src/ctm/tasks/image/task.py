@@ -124,6 +124,11 @@ class ImageTask(Task):
             raise ValueError(f"train images {train_set.shape} and test images {test_set.shape} differ in shape")
         return train_set, test_set
 
+    def check_dataset_record(self, record: Mapping[str, Any]) -> None:
+        super().check_dataset_record(record)
+        if "data_dir" in record and not isinstance(record["data_dir"], (str, type(None))):
+            raise ValueError(f"'dataset.data_dir' must be str or null, got {type(record['data_dir']).__name__}")
+
     def describe_data(self, train_set: ImageDataset, test_set: ImageDataset) -> str:
         shape = "x".join(str(n) for n in train_set.shape)
         rec = train_set.record

@@ -224,3 +224,117 @@ def test_strings_from_the_run_are_shown_as_text_and_never_run(browser, tmp_path)
     finally:
         page.close()
     assert errors == []
+
+
+# ------------------------------------------------------------------------------------- other tasks
+
+def open_page(browser, path):
+    """A page on `path` and the list its console errors and uncaught exceptions go to."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.as_uri())
+    page.wait_for_selector("#samples li")
+    return page, errors
+
+
+@pytest.fixture(scope="module")
+def parity_viewer(tmp_path_factory):
+    """The page of a tiny parity CTM (length 8) on 12 test sequences, through the task's hooks."""
+    from ctm.tasks import make_task
+    from ctm.training.loop import TrainConfig
+
+    task = make_task("parity", length=8)
+    torch.manual_seed(0)
+    model = ctm.CTM(dataclasses.replace(TINY, iterations=6, heads=2, **task.model_fields(None)))
+    payload = task.viewer_data(model, task.load("test", TrainConfig()), 12, threshold=0.5)
+    payload["title"] = HOSTILE_TITLE
+    path = view.write_viewer(payload, tmp_path_factory.mktemp("parity") / "viewer.html", task.viewer_script())
+    return path, payload
+
+
+def test_parity_page_shows_the_sequence_and_steps_through_ticks(browser, parity_viewer):
+    import base64
+
+    import numpy as np
+
+    path, payload = parity_viewer
+    T, L = payload["ticks"], payload["length"]
+    page, errors = open_page(browser, path)
+    try:
+        assert page.locator("#samples li").count() == 12
+        assert page.title() == HOSTILE_TITLE and page.text_content("#title") == HOSTILE_TITLE
+        assert page.evaluate("window.__pwned") is None
+        for pos in (0, 5):
+            pick(page, pos)
+            s = payload["samples"][pos]
+            fills = page.eval_on_selector_all("#sequence rect.seq-cell", "els => els.map(e => e.getAttribute('fill'))")
+            assert fills == ["#e8833a" if c == "-" else "#d9e7f5" for c in s["sequence"]]  # - and + cells
+            odd = np.frombuffer(base64.b64decode(s["odd"]), np.uint8).reshape(T, L)
+            for t in range(T):
+                set_tick(page, t + 1)
+                assert page.text_content("#tick-label") == f"tick {t + 1} / {T}"
+                shown = page.eval_on_selector_all("#sequence rect.answer-cell",
+                                                  "els => els.map(e => [+e.dataset.odd, +e.dataset.answer])")
+                assert [a for _, a in shown] == (odd[t] >= 128).astype(int).tolist()
+                assert [p for p, _ in shown] == pytest.approx((odd[t] / 255).tolist(), abs=6e-4)
+                right = sum(int(a) == int(c) for a, c in zip((odd[t] >= 128).astype(int), s["target"], strict=True))
+                assert int(page.get_attribute("#parity-info", "data-right")) == right
+                assert int(page.get_attribute("#parity-info", "data-top")) == s["attention_max"][t]
+                assert page.locator("#sequence .wrong-mark").count() == L - right
+                assert f"sample #{s['index']} · {L} positions · tick {t + 1}: {right} of {L} right" in \
+                    page.text_content("#sample-title")
+            assert page.locator("#answers rect").count() == T * L + 1  # every position at every tick, and the box
+            assert page.text_content("#halt-info").startswith("halts at tick ")
+        page.click("#play")
+        page.wait_for_function("document.getElementById('tick-label').textContent.startsWith('tick 1 ')")
+        page.wait_for_function(f"document.getElementById('tick-label').textContent.startsWith('tick {T} ')")
+        page.wait_for_function("document.getElementById('play').textContent.includes('play')")  # stops itself
+        assert page.text_content("#tick-label") == f"tick {T} / {T}"
+        page.select_option("#filter", "wrong")
+        assert listed(page, "pos") == [p for p, s in enumerate(payload["samples"]) if not s["right"]]
+    finally:
+        page.close()
+    assert errors == []
+
+
+def test_a_task_s_own_renderer_draws_its_panel_and_a_kind_without_one_still_opens(browser, tmp_path):
+    torch.manual_seed(0)
+    model = ctm.CTM(TINY)
+    payload, _ = view.track(model, torch.rand(4, 1, 12, 12), "toy", source=HOSTILE_SOURCE)
+    for s in payload["samples"]:
+        s["word"] = "<b>" + "abcd"[s["index"]]  # a task's own string: text only
+        s["right"] = s["index"] % 2 == 0
+    script = """
+CTM.renderers.toy = (function () {
+  let box;
+  return {
+    init(data) { box = CTM.panel("Toy panel", "a user's task").body; box.id = "toy"; },
+    draw(s, t) { box.textContent = `${s.word} at ${t + 1}`; },
+    summary(s) { return s.word; },
+    heading(s, t) { return [`word ${s.word} \\u00b7 tick ${t + 1}`]; },
+    answer(s, t) { return CTM.span("", s.word); },
+  };
+})();"""
+    page, errors = open_page(browser, view.write_viewer(payload, tmp_path / "toy.html", script))
+    try:
+        pick(page, 1)
+        set_tick(page, 3)
+        assert page.text_content("#toy") == "<b>b at 3" and page.locator("#toy b").count() == 0
+        assert page.text_content("#sample-title") == "sample #1 · word <b>b · tick 3"
+        assert page.text_content("#samples li[data-pos='2']").startswith("#2: <b>c · ")
+        assert page.text_content("#meta").endswith("2 wrong at the most certain tick")
+        assert page.text_content("#halt-info").endswith("answering <b>b")
+    finally:
+        page.close()
+    assert errors == []
+    page, errors = open_page(browser, view.write_viewer(payload, tmp_path / "bare.html"))  # no task "toy": no script
+    try:
+        assert 'no renderer for kind "toy"' in page.text_content("#panels")
+        set_tick(page, 2)
+        assert page.text_content("#tick-label") == f"tick 2 / {TINY.iterations}"
+        assert page.locator("#certainty polyline").count() == 1
+    finally:
+        page.close()
+    assert errors == []

@@ -136,8 +136,8 @@ def test_the_wheel_takes_the_bundles_and_the_viewer_assets():
     root = Path(__file__).resolve().parents[1]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ctm"]
     package = root / "src" / "ctm"
-    data_files = [p for folder in ("pretrained", "pictures/assets", "nn/csrc") for p in (package / folder).rglob("*")
-                  if p.is_file() and p.suffix not in (".py", ".pyc")]
-    assert len(data_files) >= 7
+    data_files = [p for folder in ("pretrained", "pictures/assets", "nn/csrc", "tasks")
+                  for p in (package / folder).rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert len(data_files) >= 9 and package / "tasks" / "parity" / "viewer.js" in data_files
     for path in data_files:
         assert any(path.relative_to(package).match(pattern) for pattern in patterns), path

@@ -200,3 +200,79 @@ def test_view_serve_until_ctrl_c(tmp_path):
             proc.kill()
     assert proc.returncode == 0, err
     assert out.strip() == "Stopped."
+
+
+# ------------------------------------------------------------------------------------------- any task
+
+def tiny_parity(length: int = 6):
+    """A tiny untrained parity CTM and its task."""
+    from ctm.tasks import make_task
+
+    task = make_task("parity", length=length)
+    torch.manual_seed(0)
+    config = ctm.CTMConfig(iterations=5, d_model=32, d_input=16, memory_length=4, heads=2, n_synch_out=8,
+                           n_synch_action=8, memory_hidden_dims=4, **task.model_fields(None))
+    return ctm.CTM(config), task
+
+
+def test_parity_page_data_has_kind_parity_and_what_the_model_computed():
+    from ctm.tasks.parity import parity_targets
+    from ctm.training.loop import TrainConfig
+
+    model, task = tiny_parity(6)
+    data = task.load("test", TrainConfig())
+    page = task.viewer_data(model, data, 7, threshold=0.6)
+    assert page["kind"] == "parity" and page["format"] == 2 and page["threshold"] == 0.6
+    assert page["length"] == 6 and page["tokens"] == 6 and page["ticks"] == 5 and len(page["samples"]) == 7
+    x, y = data.batch(torch.arange(7))
+    model.eval()
+    with torch.inference_mode():
+        out = model(x, track=True)
+    pairs = out.predictions.reshape(7, 6, 2, 5)  # positions x (even, odd) per tick
+    odd = pairs.softmax(2)[:, :, 1]  # (B, L, T)
+    answers = pairs.argmax(2)  # (B, L, T)
+    for b, s in enumerate(page["samples"]):
+        assert s["index"] == b
+        assert s["sequence"] == "".join("-" if v < 0 else "+" for v in x[b].tolist())
+        assert s["target"] == "".join(map(str, parity_targets(x[b:b + 1])[0].tolist()))
+        u8 = np.frombuffer(base64.b64decode(s["odd"]), np.uint8).reshape(5, 6)
+        np.testing.assert_allclose(u8 / 255, odd[b].T.numpy(), atol=1 / 255 + 1e-6)
+        assert ((u8 >= 128) == (answers[b].T.numpy() == 1)).all()  # the page's answer is the model's
+        tick = s["most_certain_tick"]
+        assert tick == int(out.certainties[b, 1].argmax())
+        assert s["prediction"] == "".join(map(str, answers[b, :, tick].tolist()))
+        hits = sum(p == t for p, t in zip(s["prediction"], s["target"], strict=True))
+        assert s["right_positions"] == hits and s["right"] == (hits == 6)
+        att = np.frombuffer(base64.b64decode(s["attention"]), np.uint8).reshape(5, 6)
+        assert s["attention_max"] == out.tracking.attention.mean(2)[:, b].argmax(-1).tolist()
+        assert (att[np.arange(5), s["attention_max"]] == 255).all()
+        np.testing.assert_allclose(s["certainty"], out.certainties[b, 1].numpy(), atol=6e-5)
+        assert np.array(s["traces"]).shape == (5, len(page["neurons"]))
+    html = view.viewer_html(page)  # the parity renderer comes with the kind
+    assert "CTM.renderers.parity" in html and "CTM.renderers.image" not in html
+    assert page_data(html) == json.loads(json.dumps(page))
+    assert html.count("<script") == 2 and html.count("</script>") == 2 and html.count("use strict") == 1
+
+
+def test_the_common_part_and_a_task_s_own_renderer():
+    """`track` gives what every task has; `viewer_html(data, script)` inlines the renderer a task registers."""
+    model = tiny_model()
+    page, tracked = view.track(model, torch.rand(3, 1, 28, 28), "toy", indices=[7, 8, 9], title="t", n_neurons=4)
+    assert page["kind"] == "toy" and [s["index"] for s in page["samples"]] == [7, 8, 9]
+    assert set(page["samples"][0]) == {"index", "certainty", "traces", "most_certain_tick"}
+    assert tracked.logits.shape == (3, 6, 10) and tracked.attention.shape[:2] == (3, 6)
+    script = 'CTM.renderers.toy = {init() {}, draw() {}, summary() { return "x"; }, heading() { return "y"; }, ' \
+             'answer() { return "</script>"; }};'
+    html = view.viewer_html(page, script)
+    assert "CTM.renderers.toy" in html and html.count("</script>") == 2  # the script cannot end its block
+    assert "CTM.renderers.image" not in view.viewer_html(page)  # no task named toy: no renderer, the common part
+    with pytest.raises(ValueError, match="kind"):
+        view.track(model, torch.rand(1, 1, 28, 28), "")
+
+
+def test_the_image_page_names_its_kind():
+    data = view.viewer_data(tiny_model(), torch.rand(2, 1, 28, 28), [0, 1])
+    assert data["kind"] == "image" and [s["right"] for s in data["samples"]] == [
+        s["prediction"] == s["target"] for s in data["samples"]]
+    html = view.viewer_html(data)
+    assert "CTM.renderers.image" in html and "CTM.renderers.parity" not in html

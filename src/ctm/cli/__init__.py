@@ -70,11 +70,13 @@ EXAMPLES = {
   ctm viz RUN --label 7 --out seven.gif""",
     "view": """examples:
   ctm view --pretrained mnist                # ./ctm-view-mnist.html, no data needed
-  ctm view RUN --samples 200                 # RUN/viewer.html
+  ctm view RUN --samples 200                 # RUN/viewer.html (an image run or a parity run)
   ctm view RUN --serve --port 8000           # also on http://127.0.0.1:8000/ until Ctrl-C""",
     "predict": """examples:
-  ctm predict RUN digit.png photo.jpg
-  ctm predict RUN *.png --halt-certainty 0.9 --json""",
+  ctm predict RUN digit.png photo.jpg        # an image run: image files
+  ctm predict RUN *.png --halt-certainty 0.9 --json
+  ctm predict PARITY_RUN ++-+--+-            # a parity run: sequences of + and -, as long as its length
+  ctm predict PARITY_RUN --sequence=-+-++--- --sequence-file sequences.txt""",
     "pretrained": """examples:
   ctm pretrained                             # name, accuracy, size and the command that trained each
   ctm view --pretrained mnist""",
@@ -201,15 +203,25 @@ def _add_viz_parser(sub) -> None:
 
 
 def _add_predict_parser(sub) -> None:
-    p = _add_parser(sub, "predict", "Classify PNG/JPEG/BMP files of any size (converted to the run's channels and "
-                                    "input size): class, probability and the tick of the answer (the most certain "
-                                    "tick, or the halting tick).")
+    p = _add_parser(sub, "predict", "The model's answers to your inputs: for an image run, PNG/JPEG/BMP files of "
+                                    "any size (converted to the run's channels and input size) -> class, "
+                                    "probability and the tick of the answer; for a parity run, sequences of + and - "
+                                    "-> the parity at every position (0 even, 1 odd), with the tick and certainty "
+                                    "of the answer (the most certain tick, or the halting tick).")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by ctm train")
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    p.add_argument("inputs", metavar="INPUT", nargs="*",
+                   help="image files (an image run), or sequences of + and - (a parity run; one that starts with "
+                        "- goes in --sequence=...)")
+    p.add_argument("--sequence", action="append", default=[], metavar="SEQ",
+                   help="a parity run's input: + for +1 and - for -1, as many as the run's length (repeatable); "
+                        "write --sequence=-+... for one that starts with -")
+    p.add_argument("--sequence-file", metavar="FILE",
+                   help="a text file of sequences, one per line (blank lines and lines starting with # skipped; "
+                        "- reads standard input)")
     p.add_argument("--halt-certainty", type=float, metavar="TAU",
                    help="answer at the first tick whose certainty reaches TAU, a fraction in [0, 1] (default: the "
                         "most certain tick of all)")
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--json", action="store_true", help="one JSON object per input")
     _add_runtime_flags(p)
 
 
@@ -228,7 +240,8 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
 
 def _add_view_parser(sub) -> None:
     p = _add_parser(sub, "view", "Write one self-contained HTML page to step through the model's ticks on test "
-                                 "samples: the input with its attention, class probabilities, certainty, neuron "
+                                 "samples: the input with its attention, the answers (class probabilities; for "
+                                 "parity, the parity at every position against the truth), certainty, neuron "
                                  "traces, halting. No network needed to open it.")
     _add_model_source(p)
     p.add_argument("--out", metavar="FILE.html", help="default RUN_DIR/viewer.html, or ./ctm-view-NAME.html "
@@ -520,20 +533,34 @@ def _load_source(args: argparse.Namespace, device="cpu"):
 
 def _samples_for(args: argparse.Namespace, payload: dict, split: str = "test"):
     """The data a command shows: for --pretrained without --data-dir the test slice shipped with the weights,
-    else the run's dataset split."""
-    from ..data.images import load_dataset
+    else the run's task's `split` (`Task.load`, read as the run recorded its data)."""
+    from ..tasks import task_from_record
 
-    _require_image_run(args, payload)
     if args.pretrained is not None and args.data_dir is None and split == "test":
         from ..pretrained import pretrained_test_slice
 
         return pretrained_test_slice(args.pretrained)
+    task = task_from_record(payload)
     if args.pretrained is not None:
-        return load_dataset(payload["dataset"]["name"], split, data_dir=args.data_dir)
-    data_dir = _data_dir_for(args.run_dir, payload, args.data_dir)
-    _check_run_folder(args.run_dir, payload)
-    return load_dataset(_run_dataset(args.run_dir, payload), split, data_dir=data_dir, recorded=payload.get("dataset"),
-                        progress=True)
+        data_dir = args.data_dir
+    else:
+        data_dir = _data_dir_for(args.run_dir, payload, args.data_dir)
+        _check_run_folder(args.run_dir, payload)
+    return task.load(split, _recorded_train_config(args, payload), data_dir, recorded=payload.get("dataset"))
+
+
+def _recorded_train_config(args: argparse.Namespace, payload: dict):
+    """The TrainConfig a run (or bundle) records; a run written without one (ctm convert-official) gets the
+    defaults with its dataset."""
+    from ..training.loop import TrainConfig
+
+    train = payload.get("train")
+    if isinstance(train, dict):
+        try:
+            return TrainConfig.from_dict(train)
+        except (TypeError, ValueError) as e:
+            raise CLIError(f"{args.run_dir or args.pretrained}: config.json 'train': {e}") from None
+    return TrainConfig(dataset=_run_dataset(args.run_dir, payload))
 
 
 def _write_run_pictures(run_dir: Path, data_dir: str | None, step: int) -> int:
@@ -598,16 +625,6 @@ def _check_out_file(out: str | None, suffixes: tuple[str, ...]) -> None:
     _check_path_text("--out", out)
 
 
-def _require_image_run(args: argparse.Namespace, payload: dict) -> None:
-    """CLIError for a run of a task other than image classification, in a command that reads images."""
-    from ..tasks import ImageTask, task_from_record
-
-    task = task_from_record(payload)
-    if not isinstance(task, ImageTask):
-        raise CLIError(f"ctm {args.command} reads images; {args.run_dir} is a {task.name} run (ctm eval and "
-                       f"ctm viz read it)")
-
-
 def _viz_task(args: argparse.Namespace, model, payload: dict, task) -> int:
     """`ctm viz` on a run of a task other than image classification: the task draws its GIF."""
     from ..training.loop import TrainConfig
@@ -664,9 +681,8 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    import torch
-
     from ..pictures import viewer as view
+    from ..tasks import task_from_record
     from ..training.loop import resolve_device
 
     if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
@@ -676,18 +692,17 @@ def cmd_view(args: argparse.Namespace) -> int:
     _check_out_file(args.out, (".html", ".htm"))
     _set_threads(args.threads)
     model, payload = _load_source(args, resolve_device(args.device))
+    task = task_from_record(payload)
     data = _samples_for(args, payload)
-    n = min(args.samples, len(data))
-    images, labels = data.batch(torch.arange(n))
-    source = (f"the test slice shipped with {args.pretrained}" if data.split == "test-slice"
-              else f"{data.name} {data.split}")
-    title = f"ctm view: {args.pretrained or Path(args.run_dir).name}"
     started = time.perf_counter()
-    page = view.viewer_data(model, images, labels.tolist(), title=title, source=source, threshold=args.threshold,
-                            class_names=data.class_names or None)
+    page = task.viewer_data(model, data, args.samples, threshold=args.threshold)
+    page["title"] = f"ctm view: {args.pretrained or Path(args.run_dir).name}"
+    if data.split == "test-slice":
+        page["source"] = f"the test slice shipped with {args.pretrained}"
     out = Path(args.out) if args.out else (Path(args.run_dir) / "viewer.html" if args.pretrained is None
                                            else Path(f"ctm-view-{args.pretrained}.html"))
-    view.write_viewer(page, out)
+    view.write_viewer(page, out, task.viewer_script())
+    n, source = len(page["samples"]), page.get("source") or task.name
     print(printable(f"Wrote {out} ({out.stat().st_size / 1024:.0f} KB, {n} samples of {source}) in "
                     f"{time.perf_counter() - started:.1f} s. Open it in a browser: {out.resolve().as_uri()}"))
     if not args.serve:
@@ -891,31 +906,62 @@ def _check_halt_certainty(tau: float) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..inference import load_run, predict
+    import torch
+
+    from ..inference import load_run
+    from ..runs.checkpoint import read_config
+    from ..tasks import task_from_record
     from ..training.loop import resolve_device
 
     if args.halt_certainty is not None:
         _check_halt_certainty(args.halt_certainty)
-    for image in args.images:
-        if not Path(image).exists():
-            raise CLIError(f"{image}: no such file")
-        if not Path(image).is_file():  # a folder, FIFO, socket or device: never opened
-            raise CLIError(f"{image}: not a regular file; give image files")
-    from ..runs.checkpoint import read_config
-
-    _require_image_run(args, read_config(args.run_dir))
+    texts = [*args.inputs, *args.sequence, *(_read_lines(args.sequence_file) if args.sequence_file else [])]
+    if not texts:
+        raise CLIError("nothing to predict: give image files (an image run), or sequences (a parity run: as "
+                       "arguments, --sequence SEQ or --sequence-file FILE)")
+    task = task_from_record(read_config(args.run_dir))
     _set_threads(args.threads)
     run = load_run(args.run_dir, resolve_device(args.device))
-    if run.data.shape is None:
-        raise CLIError(f"{args.run_dir} does not record its input size; use ctm.predict(..., size=(H, W)) in Python")
-    T = run.config.iterations
-    for path, p in zip(args.images, predict(run, args.images, halt_certainty=args.halt_certainty), strict=True):
+    batch, names = task.parse_inputs(texts, run)
+    model = run.model
+    with torch.inference_mode():
+        output = model(batch.to(device=next(model.parameters()).device, dtype=next(model.parameters()).dtype))
+    ticks = [None] * len(names)
+    if args.halt_certainty is not None:  # as ctm.think: the first tick whose certainty reaches it, else the last
+        reached = output.certainties[:, 1] >= args.halt_certainty  # (B, T)
+        last = reached.shape[1] - 1
+        ticks = [int(row.nonzero()[0]) if row.any() else last for row in reached]
+    for row, (name, tick) in enumerate(zip(names, ticks, strict=True)):
         if args.json:
-            print(json.dumps({"file": path, **p._asdict()}))
+            print(_json_line(task.prediction_record(output, row, name, run.data.class_names, tick=tick)))
         else:
-            print(printable(f"{path}: {p.class_name}") + f" (probability {p.probability:.3f}, tick {p.tick} of {T}, "
-                                                          f"certainty {p.certainty:.3f})")
+            print(printable(task.describe_prediction(output, row, name, run.data.class_names, tick=tick)))
     return 0
+
+
+def _read_lines(path: str) -> list[str]:
+    """The sequences of a --sequence-file (- : standard input): its lines, without blank and # lines."""
+    if path == "-":
+        text = sys.stdin.read()
+    else:
+        if os.path.isdir(path):
+            raise CLIError(f"--sequence-file {path} is a folder; give a text file of sequences, one per line")
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read(MAX_SEQUENCE_FILE + 1)
+        except FileNotFoundError:
+            raise CLIError(f"--sequence-file {path}: no such file") from None
+        except UnicodeDecodeError:
+            raise CLIError(f"--sequence-file {path} is not UTF-8 text; write one sequence of + and - per line") \
+                from None
+        if len(text) > MAX_SEQUENCE_FILE:
+            raise CLIError(f"--sequence-file {path} holds more than {MAX_SEQUENCE_FILE:,} characters; split it")
+    lines = [line.strip() for line in text.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+# The most characters ctm predict reads from one --sequence-file (the sequences go through the model at once).
+MAX_SEQUENCE_FILE = 16 * 2**20
 
 
 def cmd_convert_official(args: argparse.Namespace) -> int:

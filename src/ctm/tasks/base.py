@@ -30,6 +30,7 @@ from ..config import CTMConfig, check_fields
 from ..training.losses import certainty_loss
 
 if TYPE_CHECKING:
+    from ..inference import Run
     from ..nn.model import ContinuousThoughtMachine
     from ..nn.outputs import CTMOutput
     from ..training.distributed import DistInfo
@@ -277,15 +278,23 @@ class Task:
 
     # ----------------------------------------------------------------------------------------- predict
 
-    def parse_inputs(self, texts: Sequence[str]) -> tuple[Tensor, list[str]]:
-        """`ctm predict`'s arguments (file paths, or the task's own notation) as one input batch, with the name
-        each is printed under."""
+    def parse_inputs(self, texts: Sequence[str], run: Run) -> tuple[Tensor, list[str]]:
+        """`ctm predict`'s arguments (file paths, or the task's own notation) as one input batch for `run` (a
+        `ctm.inference.Run`: the model, its configs and what it was trained on), with the name each is printed
+        under. A ValueError names what is wrong in one line."""
         raise ValueError(f"ctm predict does not read inputs of the {self.name} task")
 
     def describe_prediction(self, output: CTMOutput, row: int, name: str,
-                            class_names: Sequence[str] | None = None) -> str:
-        """The line `ctm predict` prints for sample `row` of `output` (a forward of `parse_inputs`'s batch)."""
+                            class_names: Sequence[str] | None = None, *, tick: int | None = None) -> str:
+        """The line `ctm predict` prints for sample `row` of `output` (a forward of `parse_inputs`'s batch),
+        answering at `tick` (0-based; default: the sample's most certain tick)."""
         raise NotImplementedError
+
+    def prediction_record(self, output: CTMOutput, row: int, name: str,
+                          class_names: Sequence[str] | None = None, *, tick: int | None = None) -> dict[str, Any]:
+        """What `ctm predict --json` prints for that sample: one JSON-ready dict (default: the name and
+        `describe_prediction`'s line)."""
+        return {"input": name, "prediction": self.describe_prediction(output, row, name, class_names, tick=tick)}
 
     def plot_eval(self, result: EvalResult, path: Path) -> None:
         """`ctm eval --plot`: accuracy and certainty per tick."""

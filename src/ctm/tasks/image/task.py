@@ -3,7 +3,7 @@ image. The task of every run that records none (all runs written before tasks ex
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,8 +13,12 @@ from ...config import CTMConfig
 from ..base import Preset, Task, register_task
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from ...data.images import ImageDataset
+    from ...inference import Run
     from ...nn.model import ContinuousThoughtMachine
+    from ...nn.outputs import CTMOutput
     from ...training.loop import TrainConfig
 
 
@@ -157,6 +161,34 @@ class ImageTask(Task):
         viz.thinking_gif(model, image, target, path=path, fps=fps, caption=reason,
                          class_names=data.class_names or None)
         return f"test image {index}: {reason}" if reason else f"test image {index}"
+
+    def viewer_data(self, model: ContinuousThoughtMachine, data: ImageDataset, n: int, *,
+                    threshold: float) -> dict[str, Any]:
+        from .viewer import dataset_viewer_data
+
+        return dataset_viewer_data(model, data, n, threshold=threshold)
+
+    def viewer_script(self) -> str:
+        from .viewer import script
+
+        return script()
+
+    def parse_inputs(self, texts: Sequence[str], run: Run) -> tuple[Tensor, list[str]]:
+        from .predict import parse_files
+
+        return parse_files(texts, run)
+
+    def describe_prediction(self, output: CTMOutput, row: int, name: str,
+                            class_names: Sequence[str] | None = None, *, tick: int | None = None) -> str:
+        from .predict import line
+
+        return line(output, row, name, class_names, tick)
+
+    def prediction_record(self, output: CTMOutput, row: int, name: str,
+                          class_names: Sequence[str] | None = None, *, tick: int | None = None) -> dict[str, Any]:
+        from .predict import record
+
+        return record(output, row, name, class_names, tick)
 
 
 # thinking.gif picks among this many first test images (as `ctm viz` does without --index).

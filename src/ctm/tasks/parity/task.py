@@ -19,7 +19,7 @@ the threshold.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,9 @@ from ...data.sampling import mix_seed
 from ..base import Preset, Task, register_task
 
 if TYPE_CHECKING:
+    from ...inference import Run
     from ...nn.model import ContinuousThoughtMachine
+    from ...nn.outputs import CTMOutput
     from ...training.evaluate import EvalResult
     from ...training.loop import TrainConfig
 
@@ -226,3 +228,31 @@ class ParityTask(Task):
         parity_gif(path, *parity_arrays(out, x[pick].cpu().numpy(), y[pick].cpu().numpy(), sample=pick), fps=fps)
         return (f"test sequence {int(rows[pick])}: right at {int(hits[pick, 0])} of {self.length} positions at "
                 f"tick 1, {int(hits[pick, -1])} at tick {hits.shape[1]}")
+
+    def viewer_data(self, model: ContinuousThoughtMachine, data: ParitySequences, n: int, *,
+                    threshold: float) -> dict[str, Any]:
+        from .viewer import dataset_viewer_data
+
+        return dataset_viewer_data(model, data, n, threshold=threshold)
+
+    def viewer_script(self) -> str:
+        from .viewer import script
+
+        return script()
+
+    def parse_inputs(self, texts: Sequence[str], run: Run) -> tuple[Tensor, list[str]]:
+        from .predict import parse_sequences
+
+        return parse_sequences(texts, self.length)
+
+    def describe_prediction(self, output: CTMOutput, row: int, name: str,
+                            class_names: Sequence[str] | None = None, *, tick: int | None = None) -> str:
+        from .predict import line
+
+        return line(output, row, name, tick)
+
+    def prediction_record(self, output: CTMOutput, row: int, name: str,
+                          class_names: Sequence[str] | None = None, *, tick: int | None = None) -> dict[str, Any]:
+        from .predict import record
+
+        return record(output, row, name, tick)

@@ -145,7 +145,7 @@ def test_a_tiny_parity_ctm_learns_length_4_through_the_cli(tmp_path, capsys):
     assert run_cli("viz", run, "--index", "3", "--threads", "1") == 0
     with Image.open(run / "thinking-test-3.gif") as gif:
         assert gif.n_frames == 6
-    assert "test sequence 3:" in capsys.readouterr().out
+    assert "test sequence 3, right at " in capsys.readouterr().out
     train_split = eval_json(run, "--split", "train", capsys=capsys)  # the first 10,000 training sequences
     assert train_split["split"] == "train" and train_split["n"] == TEST_SIZE and train_split["accuracy"] >= 0.95
     assert run_cli("eval", run, "--dataset", "mnist") == 2

@@ -263,7 +263,7 @@ def test_a_signal_during_start_up_or_eval_exits_at_once_with_one_line(data, tmp_
     assert capsys.readouterr().err == "ctm eval: interrupted (SIGTERM)\n"
     import ctm.pictures.figures
 
-    monkeypatch.setattr(ctm.pictures.figures, "thinking_gif", signalled)
+    monkeypatch.setattr(ctm.pictures.figures, "save_gif", signalled)
     assert run_cli("viz", tmp_path / "run", "--data-dir", data) == 143
     assert capsys.readouterr().err == "ctm viz: interrupted (SIGTERM)\n"
     assert {s: signal.getsignal(s) for s in handlers} == handlers  # main() put the handlers back

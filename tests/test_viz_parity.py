@@ -1,5 +1,5 @@
-"""ctm.tasks.parity.pictures: the parity GIF (one frame per tick), its stills, grids of any length, the accuracy
-plot."""
+"""ctm.tasks.parity.pictures: the parity GIF (its panels in the shared thinking figure, one frame per tick), its stills,
+grids of any length, the example picker, the accuracy plot."""
 
 from __future__ import annotations
 
@@ -73,21 +73,25 @@ def test_wrong_positions_are_marked():
     arrays["probabilities"][1] = np.eye(2)[arrays["targets"]]  # tick 2: all right
     arrays["probabilities"][0] = np.eye(2)[1 - arrays["targets"]]  # tick 1: all wrong but position 0
     arrays["probabilities"][0, 0] = np.eye(2)[arrays["targets"][0]]
-    fig = vp._ParityFigure(**arrays)
+    fig = vp.parity_figure(**arrays)
+    predicted = fig.panels[3]
+    assert isinstance(predicted, vp.PredictedParity)
     fig.update(0)
-    assert [b.get_visible() for b in fig.wrong_boxes] == [False] + [True] * 5
-    assert fig.score_text.get_text() == "1/6 bits right"
+    assert [b.get_visible() for b in predicted.wrong_boxes] == [False] + [True] * 5
+    assert fig.status_text.get_text() == "1/6 bits right"
     fig.update(1)
-    assert not any(b.get_visible() for b in fig.wrong_boxes)
-    assert fig.score_text.get_text().startswith("6/6 bits right") and "sequence correct" in fig.score_text.get_text()
-    assert [t.get_text() for t in fig.pred_texts] == [str(b) for b in arrays["targets"]]
+    assert not any(b.get_visible() for b in predicted.wrong_boxes)
+    assert fig.status_text.get_text().startswith("6/6 bits right") and "sequence correct" in fig.status_text.get_text()
+    assert [t.get_text() for t in predicted.texts] == [str(b) for b in arrays["targets"]]
+    np.testing.assert_allclose(fig.curve_lines[0].get_ydata(), [1 / 6, 1])  # per-bit accuracy up to this tick
+    assert fig.parts.summary == "right at 1 of 6 positions at tick 1, 6 at tick 2"
 
 
 def test_per_position_certainty_and_one_head_attention_are_accepted():
     arrays = sample(L=4, T=3)
     arrays["certainty"] = np.tile(np.array([[0.2], [0.4], [0.6]]), (1, 4)) + np.array([0.0, 0.1, -0.1, 0.0])
     arrays["attention"] = arrays["attention"][:, 0]
-    fig = vp._ParityFigure(**arrays)
+    fig = vp.parity_figure(**arrays)
     np.testing.assert_allclose(fig.certainty, [0.2, 0.4, 0.6])
     fig.update(1)
     np.testing.assert_allclose(fig.c_line.get_ydata(), [0.2, 0.4])  # the curve up to this tick
@@ -144,3 +148,34 @@ def test_accuracy_plot_writes_a_png(tmp_path):
         vp.accuracy_figure(np.zeros(4))
     with pytest.raises(ValueError, match=r"sequence_accuracy must have shape \(2,\)"):
         vp.accuracy_figure(np.zeros((3, 2)), np.zeros(3))
+
+
+def test_the_task_picks_a_sequence_and_draws_its_gif(tmp_path):
+    from ctm.nn.kinds import build_model
+    from ctm.tasks import ParityTask
+    from ctm.tasks.base import Example
+    from ctm.training.losses import tick_hits
+
+    task = ParityTask(length=6)
+    config = CTMConfig(iterations=4, d_model=16, d_input=8, memory_length=3, n_synch_out=4, n_synch_action=4,
+                       memory_hidden_dims=2, heads=2, **task.model_fields(None))
+    torch.manual_seed(0)
+    model = build_model("ctm", config)
+    data = task.load("test", None)
+    data.n = 30
+    pick = task.pick_example(model, data)
+    x, y = data.batch(torch.arange(30))
+    model.eval()
+    with torch.no_grad():
+        hits = tick_hits(model(x).predictions, y).sum(1)
+    score = hits[:, -1] * 7 - hits[:, 0]
+    assert pick.index == int(score.argmax())
+    assert pick.reason == "of the first 30 test sequences, the one the model ends right on after the most wrong start"
+    assert task.pick_example(model, data, 29) == Example(29, "")
+    with pytest.raises(ValueError, match=r"index 30 out of range for parity test \(30 sequences\)"):
+        task.pick_example(model, data, 30)
+    what = task.thinking_gif(model, data, tmp_path / "count.gif", 3, fps=2)
+    assert what == (f"test sequence 3, right at {int(hits[3, 0])} of 6 positions at tick 1, {int(hits[3, -1])} "
+                    f"at tick 4")
+    with PIL_Image.open(tmp_path / "count.gif") as gif:
+        assert gif.n_frames == 4 and gif.size == (1000, 800) and gif.info["duration"] == 500

@@ -2,7 +2,8 @@
 
 `import ctm.checkpoint` (or `from ctm.view import write_viewer`) gives the module at its new path
 (`ctm.runs.checkpoint`, `ctm.pictures.viewer`), the same module object, with a DeprecationWarning naming that
-path. New code imports the new paths.
+path. New code imports the new paths. Names that moved out of a module (`MOVED_NAMES`) are found there the same
+way, through the module's `__getattr__`.
 """
 
 from __future__ import annotations
@@ -27,11 +28,27 @@ MOVED = {
     "bench": "measure",
 }
 
+# names that moved out of a module: module under ctm -> {name: the module under ctm that holds it now}
+MOVED_NAMES = {
+    "pictures.figures": dict.fromkeys(("thinking_gif", "thinking_frames", "pick_thinking_example", "select_example",
+                                       "ThinkingPick"), "tasks.image.pictures"),
+}
+
 
 def moved_to(old: str) -> str | None:
     """The new dotted path of `ctm.<old>`, or None when it did not move."""
     new = MOVED.get(old)
     return None if new is None else f"ctm.{new}"
+
+
+def moved_name(module: str, name: str):
+    """Attribute `name` of `module` (its full dotted name) that moved to another module: that module's, with a
+    DeprecationWarning naming it; AttributeError for any other name (a module's `__getattr__` calls this)."""
+    new = MOVED_NAMES.get(module.removeprefix("ctm."), {}).get(name)
+    if new is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    warnings.warn(f"{module}.{name} moved to ctm.{new}; import it from there", DeprecationWarning, stacklevel=3)
+    return getattr(importlib.import_module(f"ctm.{new}"), name)
 
 
 class _Alias(importlib.abc.Loader):

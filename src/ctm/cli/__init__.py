@@ -188,12 +188,13 @@ def _add_eval_parser(sub) -> None:
 
 
 def _add_viz_parser(sub) -> None:
-    p = _add_parser(sub, "viz", "The thinking GIF of one image: input, attention map, class probabilities, "
-                                "certainty, neuron traces.")
+    p = _add_parser(sub, "viz", "The thinking GIF of one sample, a frame per tick: the task's panels (for "
+                                "images: input, attention map, class probabilities), certainty, neuron traces.")
     _add_model_source(p)
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--index", type=int, help="image index in the split (default: among the first "
-                       f"{THOUGHTFUL_POOL} test images, the one whose probabilities change most over the ticks)")
+    which.add_argument("--index", type=int, help="sample index in the split (default: the task picks one; for "
+                       f"images, among the first {THOUGHTFUL_POOL} the one whose probabilities change most over the "
+                       "ticks)")
     which.add_argument("--label", type=int, help="the first image with this label")
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
     _add_run_data_dir(p)
@@ -281,7 +282,7 @@ def _add_bench_parser(sub) -> None:
 SUBCOMMANDS = {
     "train": ("train a CTM", lambda sub: _add_train_parser(sub)),
     "eval": ("evaluate a trained run", lambda sub: _add_eval_parser(sub)),
-    "viz": ("render the thinking GIF of one image", lambda sub: _add_viz_parser(sub)),
+    "viz": ("render the thinking GIF of one sample", lambda sub: _add_viz_parser(sub)),
     "predict": ("classify image files with a trained run", lambda sub: _add_predict_parser(sub)),
     "view": ("an interactive tick viewer (one HTML file)", lambda sub: _add_view_parser(sub)),
     "pretrained": ("list the models bundled with ctm", lambda sub: _add_pretrained_parser(sub)),
@@ -625,29 +626,17 @@ def _check_out_file(out: str | None, suffixes: tuple[str, ...]) -> None:
     _check_path_text("--out", out)
 
 
-def _viz_task(args: argparse.Namespace, model, payload: dict, task) -> int:
-    """`ctm viz` on a run of a task other than image classification: the task draws its GIF."""
-    from ..training.loop import TrainConfig
-
-    if args.label is not None or args.data_dir is not None:
-        raise CLIError(f"--label and --data-dir are for image runs; {args.run_dir} is a {task.name} run")
-    data = task.eval_data(args.split, TrainConfig.from_dict(payload["train"]), None)
-    name = f"thinking-{args.split}-{args.index}.gif" if args.index is not None else f"thinking-{args.split}.gif"
-    out = Path(args.out or Path(args.run_dir) / name)
-    started = time.perf_counter()
-    what = task.thinking_gif(model, data, out, args.index, args.fps)
-    if what is None:
-        raise CLIError(f"the {task.name} task draws no thinking GIF yet")
-    print(printable(f"Wrote {out} ({what}) in {time.perf_counter() - started:.1f} s"))
-    return 0
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
+    """The task's thinking GIF of one sample: `Task.pick_example` (or --index, or for images --label), then
+    `Task.thinking_gif`."""
     from ..pictures import figures as viz
 
     if not 0.1 <= args.fps <= 100:
         raise CLIError(f"--fps must be between 0.1 and 100 frames per second, got {args.fps}")
     _check_out_file(args.out, (".gif",))
+    viz._require_matplotlib()
     from ..training.loop import resolve_device
 
     _set_threads(args.threads)
@@ -655,28 +644,29 @@ def cmd_viz(args: argparse.Namespace) -> int:
     from ..tasks import ImageTask, task_from_record
 
     task = task_from_record(payload)
-    if not isinstance(task, ImageTask):
-        return _viz_task(args, model, payload, task)
-    data = _samples_for(args, payload, args.split)
-    where = f"{data.split} image" if data.split == "test-slice" else f"{args.split} image"
-    caption = None
-    if args.index is None and args.label is None:
-        pick = viz.pick_thinking_example(model, data, THOUGHTFUL_POOL)
-        index, caption = pick.index, pick.reason
+    index = args.index
+    if isinstance(task, ImageTask):  # images: a run's folder or --data-dir, the bundled test slice, --label
+        data = _samples_for(args, payload, args.split)
+        if args.label is not None:
+            from ..tasks.image.pictures import select_example
+
+            index = select_example(data, None, args.label)[0]
     else:
-        index = args.index
-    index, image, target = viz.select_example(data, index, args.label)
-    if args.pretrained is None:
-        out = Path(args.out or Path(args.run_dir) / f"thinking-{args.split}-{index}.gif")
-    else:
-        out = Path(args.out or f"thinking-{args.pretrained}-{index}.gif")
+        from ..training.loop import TrainConfig
+
+        if args.label is not None or args.data_dir is not None:
+            raise CLIError(f"--label and --data-dir are for image runs; {args.run_dir} is a {task.name} run")
+        data = task.eval_data(args.split, TrainConfig.from_dict(payload["train"]), None)
+    example = task.pick_example(model, data, index)
     started = time.perf_counter()
-    names = data.class_names
-    frames = viz.thinking_gif(model, image, target, path=out, fps=args.fps, caption=caption,
-                              class_names=names or None)
-    label = f"{target} ({names[target]})" if _named_classes(data) else f"{target}"
-    print(printable(f"Wrote {out}: {len(frames)} frames ({where} {index}, label {label}) "
-                    f"in {time.perf_counter() - started:.1f} s" + (f"; why this image: {caption}" if caption else "")))
+    if args.pretrained is None:
+        out = Path(args.out or Path(args.run_dir) / f"thinking-{args.split}-{example.index}.gif")
+    else:
+        out = Path(args.out or f"thinking-{args.pretrained}-{example.index}.gif")
+    what = task.thinking_gif(model, data, out, fps=args.fps, example=example)
+    if what is None:
+        raise CLIError(f"the {task.name} task draws no thinking GIF yet")
+    print(printable(f"Wrote {out}: {model.config.iterations} frames ({what}) in {time.perf_counter() - started:.1f} s"))
     return 0
 
 

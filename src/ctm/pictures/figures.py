@@ -1,23 +1,61 @@
-"""Pictures of a CTM: the "thinking" GIF of one sample, training curves and per-tick evaluation plots.
+"""Pictures of a CTM: the per-tick "thinking" figure every task's GIF is drawn in, training curves and per-tick
+evaluation plots.
 
-Tensors in the model, numpy in the visualiser: the drawing functions take numpy arrays and plain data;
-only `thinking_gif` and `select_example` touch the model or a dataset. The module is quiet (it never
-prints) and needs the optional dependencies matplotlib and Pillow (``pip install 'torch-ctm[viz]'``),
-which are imported only when a picture is drawn. Figures are drawn with matplotlib's Agg canvas directly
-(no pyplot), so nothing global changes and no window ever opens.
+Tensors in the model, numpy in the visualiser: everything here takes numpy arrays and plain data and knows no
+task. The module is quiet (it never prints) and needs the optional dependencies matplotlib and Pillow
+(``pip install 'torch-ctm[viz]'``), which are imported only when a picture is drawn. Figures are drawn with
+matplotlib's Agg canvas directly (no pyplot), so nothing global changes and no window ever opens.
 
 Ticks are shown 1-based ("tick 1/30" is the first internal tick).
 
-The thinking figure is laid out once; each frame then only updates the artists that change (attention
-map, probability bars, cursors, texts) and redraws them over a cached background, so a 30-tick GIF
-takes a second or two.
+The thinking figure
+-------------------
+`ThinkingFigure` draws one sample's thought, one frame per tick. It lays out what every task shares: a header
+(the tick counter on the left, a status on the right, an optional caption under it), the certainty curve up to
+the current tick (faint for the ticks still to come, the most certain one starred) and the traces of a few
+neurons with the current tick marked; the row on top belongs to the task's panels. A `Panel` is a small object:
+
+* ``setup(fig, area)`` draws what never changes in ``area`` (a matplotlib ``SubplotSpec``: ``fig.add_subplot(area)``
+  makes its axes, ``area.subgridspec(...)`` several) and keeps the artists that will change;
+* ``update(t)`` points those at tick ``t`` (0-based) and returns them, the same ones every tick;
+* ``status(t)`` (optional) is the header's right-hand text at tick ``t`` and its colour, e.g.
+  ``("prediction: 7", TARGET_COLOUR)`` (the first panel that gives one is shown);
+* ``width`` is its share of the row (default 1).
+
+A panel that writes the predicted class, in a GIF with the shared parts::
+
+    class Answer(Panel):
+        def __init__(self, predicted):  # (T,) class indices
+            self.predicted = predicted
+
+        def setup(self, fig, area):
+            ax = fig.add_subplot(area)
+            ax.set_axis_off()
+            self.text = ax.text(0.5, 0.5, "", ha="center", va="center", fontsize=40)
+
+        def update(self, t):
+            self.text.set_text(str(self.predicted[t]))
+            return [self.text]
+
+    frames = ThinkingFigure([Answer(predicted)], certainty, post_activations).frames()  # (T,), (T, D)
+    save_gif(frames, "answer.gif")
+
+A task gives its panels from `Task.thinking_panels`, as a list or as `TaskPanels` (which adds per-tick curves
+and right/wrong marks to the certainty panel, a summary line and its own layout), and the generic
+`Task.thinking_gif` does the rest: the sample from `Task.pick_example`, a tracked forward, this figure, `save_gif`.
+
+The figure is laid out once. The first frame draws everything but the artists the panels return (and the shared
+cursors) and caches that picture; each frame then restores it and draws only those artists over it, so a
+30-tick GIF takes a second or two. ``blit=False`` redraws the whole figure each frame (slower; the same
+picture up to the stacking order of a few lines).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -26,13 +64,15 @@ import numpy as np
 from .._text import printable
 
 if TYPE_CHECKING:
-    import torch
+    from matplotlib.artist import Artist
     from matplotlib.figure import Figure
-
-    from ..data.images import ImageDataset
-    from ..nn.model import ContinuousThoughtMachine
+    from matplotlib.gridspec import SubplotSpec
 
 __all__ = [
+    "Curve",
+    "Panel",
+    "TaskPanels",
+    "ThinkingFigure",
     "curves_figure",
     "halting_figure",
     "save_curves",
@@ -40,9 +80,6 @@ __all__ = [
     "save_gif",
     "save_halting_plot",
     "save_ticks_plot",
-    "select_example",
-    "thinking_frames",
-    "thinking_gif",
     "ticks_figure",
 ]
 
@@ -56,6 +93,7 @@ CERTAINTY_COLOUR = "#4b3b8f"
 CURSOR_COLOUR = "#333333"
 MOST_CERTAIN_COLOUR = "#ff9f1c"
 NEUTRAL_TEXT = "#222222"
+NOTE_TEXT = "#555555"
 TRAIN_COLOUR = "#1f77b4"
 TEST_COLOUR = "#ff7f0e"
 
@@ -89,12 +127,6 @@ def _new_figure(figsize: tuple[float, float], dpi: float) -> Figure:
     return fig
 
 
-def _softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
-    z = logits - np.max(logits, axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
 def _padded_limits(values: np.ndarray, frac: float = 0.08) -> tuple[float, float]:
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -107,24 +139,10 @@ def _padded_limits(values: np.ndarray, frac: float = 0.08) -> tuple[float, float
     return lo - pad, hi + pad
 
 
-def _display_image(image: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """(C, H, W) -> what imshow gets: (H, W) gray with a cmap, or (H, W, 3) RGB; values in [0, 1]."""
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim == 2:
-        img = img[None]
-    if img.ndim != 3:
-        raise ValueError(f"image must have shape (C, H, W), got {img.shape}")
-    if img.shape[0] == 3:
-        img = np.transpose(img, (1, 2, 0))
-        cmap = None
-    else:
-        img = img[0] if img.shape[0] == 1 else img.mean(axis=0)
-        cmap = "binary"  # ink dark on white, like the tutorial
-    finite = img[np.isfinite(img)]
-    if finite.size and (finite.min() < 0.0 or finite.max() > 1.0):  # not in [0, 1]: stretch to it
-        lo, hi = float(finite.min()), float(finite.max())
-        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
-    return np.clip(np.nan_to_num(img), 0.0, 1.0), cmap
+def __getattr__(name: str) -> Any:  # names that moved to a task's pictures (ctm/_moved.py)
+    from .._moved import moved_name
+
+    return moved_name(__name__, name)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -132,297 +150,267 @@ def _display_image(image: np.ndarray) -> tuple[np.ndarray, str | None]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-class _ThinkingFigure:
-    """The figure of one sample, laid out once; `render(t)` returns tick t's frame as RGB uint8.
+class Panel:
+    """A task's part of the thinking figure (see the module docstring): `setup` once, `update` every tick."""
 
-    With `blit` (the default) the static parts are drawn once and cached; each frame restores that
-    background and draws only the changing artists. `blit=False` redraws the whole figure each frame
-    (slower; the same picture up to the stacking order of a few lines).
+    #: its share of the width of the panels' row
+    width: float = 1.0
+
+    def setup(self, fig: Figure, area: SubplotSpec) -> None:
+        """Draw what never changes in `area` and keep the artists `update` changes."""
+        raise NotImplementedError
+
+    def update(self, t: int) -> Iterable[Artist]:
+        """Show tick t (0-based); return the artists that change, the same ones every tick (default: none)."""
+        return ()
+
+    def status(self, t: int) -> tuple[str, str] | None:
+        """The header's right-hand text at tick t and its colour (default: None, nothing to say)."""
+        return None
+
+
+class Curve(NamedTuple):
+    """A per-tick series in [0, 1] drawn with the certainty, up to the current tick (e.g. per-bit accuracy)."""
+
+    label: str
+    values: Any  # (T,)
+    colour: str = TARGET_COLOUR
+    linestyle: str = "--"
+
+
+@dataclasses.dataclass
+class TaskPanels:
+    """What a task draws of one sample: its panels (the top row, left to right) and what it adds to the shared
+    parts. Only `panels` is needed; the rest has defaults."""
+
+    panels: Sequence[Panel]
+    #: the ticks the panels show (checked against the certainty's); None: not checked
+    ticks: int | None = None
+    #: (T,) bool, whether the answer at tick t is right: green and red marks on the certainty curve
+    correct: Any = None
+    #: more per-tick series on the certainty axes
+    curves: Sequence[Curve] = ()
+    certainty_title: str = "Certainty (1 - normalised entropy)"
+    #: a few words about the sample ("label 7"), for the line that reports the GIF
+    summary: str = ""
+    #: the figure's size in inches at fig_scale 1 (100 dots per inch)
+    size: tuple[float, float] = FRAME_SIZE_IN
+    #: the panels' row height, against the certainty's 1.55 and about 1.05 per row of four neuron traces
+    row_height: float = 3.3
+    #: the space between panels, a share of their mean width (matplotlib's wspace)
+    gap: float = 0.28
+    #: neuron traces drawn (at most)
+    n_neurons: int = 16
+
+
+class ThinkingFigure:
+    """One sample's thought, laid out once: `render(t)` is tick t's frame as RGB uint8, `frames()` all of them,
+    `still(t)` tick t as a Figure (for `save_figure`).
+
+    `panels` is a `TaskPanels` or a sequence of `Panel`s; certainty (T,) (or the model's (2, T): [entropy,
+    certainty]); post_activations (T, D) and optionally pre_activations (T, D) (dashed, on their own scale) of
+    which the first `n_neurons` (default: the panels') are drawn. `caption` is a wrapped line under the header
+    (say, why this sample), `title` a line in its middle.
     """
 
-    def __init__(self, image, predictions, certainties, pre_activations, post_activations, attention,
-                 token_grid, target=None, n_neurons=16, class_names=None, fig_scale=1.0, blit=True,
-                 attention_scale="tick", caption=None):
-        predictions = np.asarray(predictions, dtype=np.float64)
-        if predictions.ndim != 2:
-            raise ValueError(f"predictions must have shape (classes, ticks), got {predictions.shape}")
-        n_classes, T = predictions.shape
-        if T < 1 or n_classes < 2:
-            raise ValueError(f"predictions must have at least 2 classes and 1 tick, got shape {predictions.shape}")
-        certainties = np.asarray(certainties, dtype=np.float64)
-        if certainties.ndim == 2 and certainties.shape[0] == 2:  # the model's (2, T): [entropy, certainty]
-            certainties = certainties[1]
-        if certainties.shape != (T,):
-            raise ValueError(f"certainties must have shape ({T},) (one per tick), got {certainties.shape}")
-        pre = np.asarray(pre_activations, dtype=np.float64)
+    def __init__(self, panels: TaskPanels | Sequence[Panel], certainty: Any, post_activations: Any,
+                 pre_activations: Any = None, *, n_neurons: int | None = None, caption: str | None = None,
+                 title: str | None = None, fig_scale: float = 1.0, blit: bool = True) -> None:
+        parts = panels if isinstance(panels, TaskPanels) else TaskPanels(list(panels))
+        certainty = np.asarray(certainty, dtype=np.float64)
+        if certainty.ndim == 2 and certainty.shape[0] == 2:  # the model's (2, T): [entropy, certainty]
+            certainty = certainty[1]
+        if certainty.ndim != 1 or certainty.size < 1:
+            raise ValueError(f"certainties must have shape (T,) (one per tick), got {certainty.shape}")
+        T = certainty.size
+        if parts.ticks is not None and T != parts.ticks:
+            raise ValueError(f"certainties must have shape ({parts.ticks},) (one per tick), got {certainty.shape}")
         post = np.asarray(post_activations, dtype=np.float64)
-        for name, a in (("pre_activations", pre), ("post_activations", post)):
-            if a.ndim != 2 or a.shape[0] != T:
+        pre = None if pre_activations is None else np.asarray(pre_activations, dtype=np.float64)
+        for name, a in (("post_activations", post), ("pre_activations", pre)):
+            if a is not None and (a.ndim != 2 or a.shape[0] != T or a.shape[1] < 1):
                 raise ValueError(f"{name} must have shape ({T}, neurons), got {a.shape}")
-        if pre.shape != post.shape:
+        if pre is not None and pre.shape != post.shape:
             raise ValueError(f"pre_activations {pre.shape} and post_activations {post.shape} differ in shape")
-        attention = np.asarray(attention, dtype=np.float64)
-        if attention.ndim == 2:  # (T, N): a single head
-            attention = attention[:, None]
-        if attention.ndim != 3 or attention.shape[0] != T:
-            raise ValueError(f"attention must have shape ({T}, heads, tokens), got {attention.shape}")
-        try:
-            gh, gw = (int(v) for v in token_grid)
-        except (TypeError, ValueError):
-            raise ValueError(f"token_grid must be a pair (H', W'), got {token_grid!r}") from None
-        heads, n_tokens = attention.shape[1:]
-        if gh < 1 or gw < 1 or gh * gw != n_tokens:
-            raise ValueError(f"token_grid {gh}x{gw} does not match the {n_tokens} attention tokens")
-        if class_names is None:
-            class_names = [str(i) for i in range(n_classes)]
-        class_names = [printable(c) for c in class_names]  # a folder's name may hold control characters
-        class_names = [c if len(c) <= 18 else c[:17] + "\u2026" for c in class_names]
-        if len(class_names) != n_classes:
-            raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
-        if target is not None:
-            target = int(target)
-            if not 0 <= target < n_classes:
-                raise ValueError(f"target {target} is not a class index in [0, {n_classes})")
-        if fig_scale <= 0:
-            raise ValueError(f"fig_scale must be positive, got {fig_scale}")
-        if attention_scale not in ("tick", "sample"):
-            raise ValueError(f"attention_scale must be 'tick' (colours span each tick's range) or 'sample' (0 to "
-                             f"the sample's largest weight, the same for every tick), got {attention_scale!r}")
-        self.attention_scale = attention_scale
-        n_neurons = min(int(n_neurons), pre.shape[1])
+        n_neurons = parts.n_neurons if n_neurons is None else int(n_neurons)
         if n_neurons < 1:
-            raise ValueError("n_neurons must be at least 1")
+            raise ValueError(f"n_neurons must be at least 1, got {n_neurons}")
+        if not fig_scale > 0:
+            raise ValueError(f"fig_scale must be positive, got {fig_scale}")
+        correct = None if parts.correct is None else np.asarray(parts.correct, dtype=bool)
+        if correct is not None and correct.shape != (T,):
+            raise ValueError(f"correct must have shape ({T},) (one per tick), got {correct.shape}")
+        curves = [c._replace(values=np.asarray(c.values, dtype=np.float64)) for c in parts.curves]
+        for c in curves:
+            if c.values.shape != (T,):
+                raise ValueError(f"curve {c.label!r} must have shape ({T},) (one per tick), got {c.values.shape}")
 
         self.T = T
-        self.target = target
-        self.class_names = class_names
-        self.probs = _softmax(predictions, axis=0)  # (C, T)
-        self.predicted = np.argmax(predictions, axis=0)  # (T,)
-        self.certainties = certainties
-        self.most_certain = int(np.argmax(np.nan_to_num(certainties, nan=-np.inf)))
-        self.attention = attention.mean(axis=1).reshape(T, gh, gw)  # mean over heads
+        self.panels = list(parts.panels)
+        self.parts = parts
+        self.certainty = certainty
+        self.most_certain = int(np.argmax(np.nan_to_num(certainty, nan=-np.inf)))
+        self.correct = correct
+        self.curves = curves
         self.blit = blit
-        self._build(image, pre[:, :n_neurons], post[:, :n_neurons], heads, fig_scale, caption)
+        self._post = post[:, :n_neurons]
+        self._background = None
+        self._build(pre if pre is None else pre[:, :n_neurons], fig_scale, caption, title)
 
     # ------------------------------------------------------------------ layout (once)
 
-    def _build(self, image, pre, post, heads, fig_scale, caption=None):
-        fig = self.figure = _new_figure(FRAME_SIZE_IN, BASE_DPI * fig_scale)
+    def _build(self, pre, fig_scale, caption, title):
+        parts = self.parts
+        width, height = parts.size
+        fig = self.figure = _new_figure(parts.size, BASE_DPI * fig_scale)
         self.canvas = fig.canvas
-        T, ticks = self.T, np.arange(1, self.T + 1)
-        animated: list = []
+        left, right = 0.33 / width, 1 - 0.33 / width
+        header = 1 - 0.32 / height
 
-        def anim(artist):
-            artist.set_animated(self.blit)
-            animated.append(artist)
-            return artist
-
-        # Header: tick number on the left, prediction (and verdict) on the right.
-        self.tick_text = anim(fig.text(0.035, 0.968, "", fontsize=17, fontweight="bold", va="center",
-                                       color=NEUTRAL_TEXT))
-        self.pred_text = anim(fig.text(0.965, 0.968, "", fontsize=14, ha="right", va="center"))
-        if caption:  # why this sample was chosen, under the header
+        # Header: tick number on the left, the panels' status on the right, the title between them.
+        self.tick_text = fig.text(left, header, "", fontsize=17, fontweight="bold", va="center", color=NEUTRAL_TEXT)
+        self.status_text = fig.text(right, header, "", fontsize=14, ha="right", va="center", color=NEUTRAL_TEXT)
+        if title:
+            fig.text(0.5, header, printable(title), fontsize=11, ha="center", va="center", color=NOTE_TEXT)
+        if caption:
             import textwrap
 
-            fig.text(0.035, 0.948, textwrap.fill("Why this image: " + printable(caption), 140), fontsize=8.5, va="top",
-                     color="#555555")
+            fig.text(left, 1 - 0.52 / height, textwrap.fill(printable(caption), int(15.5 * width)), fontsize=8.5,
+                     va="top", color=NOTE_TEXT)
+        top = 1 - (0.75 + (0.35 if caption else 0.0)) / height
 
-        outer = fig.add_gridspec(3, 1, height_ratios=[3.3, 1.55, 4.2], left=0.035, right=0.965,
-                                 top=0.89 if caption else 0.925,
-                                 bottom=0.035, hspace=0.3)
-        top = outer[0].subgridspec(1, 3, width_ratios=[1.0, 1.0, 1.15], wspace=0.28)
-
-        # Input image.
-        disp, cmap = _display_image(image)
-        h, w = disp.shape[:2]
-        extent = (-0.5, w - 0.5, h - 0.5, -0.5)
-        ax_img = fig.add_subplot(top[0])
-        ax_img.imshow(disp, cmap=cmap, vmin=0, vmax=1, extent=extent, interpolation="nearest")
-        ax_img.set_title("Input", fontsize=12)
-        ax_img.set_axis_off()
-        ax_img.set_anchor("N")  # top-aligned, so the three panel titles line up
-
-        # Attention (mean over heads) on the token grid, stretched over the image it attends to.
-        ax_att = fig.add_subplot(top[1])
-        outline = cmap is not None and disp.max() - disp.min() > 0.2  # gray: outline the image on the map
-        if not outline:  # colour (or flat) image: show it through a translucent map
-            ax_att.imshow(disp, cmap=cmap, vmin=0, vmax=1, extent=extent, interpolation="nearest")
-        self.att_image = anim(ax_att.imshow(self.attention[0], cmap="inferno", extent=extent,
-                                            alpha=None if outline else 0.7, interpolation="nearest", vmin=0, vmax=1))
-        if outline:
-            level = 0.5 * (float(disp.min()) + float(disp.max()))
-            anim(ax_att.contour(np.arange(w), np.arange(h), disp, levels=[level], colors="#7fdbff",
-                                linewidths=1.3))
-        ax_att.set_xlim(extent[:2])
-        ax_att.set_ylim(extent[2:])
-        ax_att.set_title("Attention" + (f" (mean of {heads} heads)" if heads > 1 else ""), fontsize=12)
-        ax_att.set_axis_off()
-        ax_att.set_anchor("N")
-        # Colour bar under the map: the weights its darkest and brightest colours stand for.
-        self.cb_lo, self.cb_hi = (anim(t) for t in _colour_bar(ax_att, [0.12, -0.085, 0.76, 0.045], 0.02, 8.5))
-        note = "colour range: this tick's" if self.attention_scale == "tick" else "colour range: the whole sample's"
-        if outline:
-            note += "\ncyan line: the input's outline"
-        ax_att.text(0.5, -0.12, note, transform=ax_att.transAxes, ha="center", va="top", fontsize=8,
-                    color="#555555")
-        self._att_fixed = (0.0, float(np.nanmax(self.attention)) or 1e-12)
-
-        # Class probabilities at this tick, horizontal bars so long class names fit.
-        ax_p = fig.add_subplot(top[2])
-        n_classes = len(self.class_names)
-        y = np.arange(n_classes)
-        self.bars = [anim(b) for b in ax_p.barh(y, np.zeros(n_classes), height=0.78, color=BAR_COLOUR,
-                                                          linewidth=0)]
-        ax_p.set_yticks(y)
-        ax_p.set_yticklabels(self.class_names, fontsize=10 if n_classes <= 12 else max(5, 120 // n_classes))
-        if self.target is not None:
-            ax_p.get_yticklabels()[self.target].set_color(TARGET_COLOUR)
-            ax_p.get_yticklabels()[self.target].set_fontweight("bold")
-        ax_p.set_ylim(n_classes - 0.5, -0.5)
-        ax_p.set_xlim(0, 1)
-        ax_p.set_xticks([0, 0.5, 1])
-        ax_p.tick_params(labelsize=9, length=2)
-        ax_p.grid(axis="x", color="#e5e5e5", linewidth=0.8)
-        ax_p.set_axisbelow(True)
-        for side in ("top", "right"):
-            ax_p.spines[side].set_visible(False)
-        ax_p.set_title("Class probabilities", fontsize=12)
-        # Long class names: move the bars right until their labels clear the attention panel.
-        renderer = self.canvas.get_renderer()
-        labels_x0 = ax_p.yaxis.get_tightbbox(renderer).x0 / fig.bbox.width
-        room = top[1].get_position(fig).x1 + 0.012
-        if labels_x0 < room:
-            pos = ax_p.get_position()
-            shift = min(room - labels_x0, pos.width - 0.12)
-            ax_p.set_position([pos.x0 + shift, pos.y0, pos.width - shift, pos.height])
-        self.prob_text = anim(ax_p.text(0, 0, "", fontsize=9, va="center", ha="left", color=NEUTRAL_TEXT))
-
-        # Certainty over all ticks, the current tick and the most certain one marked.
-        ax_c = fig.add_subplot(outer[1])
-        ax_c.plot(ticks, self.certainties, color=CERTAINTY_COLOUR, linewidth=2, zorder=2)
-        if self.target is not None:
-            right = self.predicted == self.target
-            ax_c.scatter(ticks[right], self.certainties[right], s=16, color=TARGET_COLOUR, zorder=3,
-                         label="correct")
-            ax_c.scatter(ticks[~right], self.certainties[~right], s=16, color=WRONG_COLOUR, zorder=3,
-                         label="wrong")
-        mc = self.most_certain
-        ax_c.scatter([mc + 1], [self.certainties[mc]], s=170, marker="*", color=MOST_CERTAIN_COLOUR,
-                     edgecolor="#7a4a00", linewidth=0.6, zorder=4, label=f"most certain (tick {mc + 1})")
-        ax_c.set_xlim(0.5, T + 0.5)
-        ax_c.set_ylim(-0.03, 1.1)
-        ax_c.set_yticks([0, 0.5, 1])
-        ax_c.set_xticks(_tick_positions(T))
-        ax_c.tick_params(labelsize=9, length=2)
-        ax_c.set_ylabel("certainty", fontsize=10)
-        ax_c.set_xlabel("tick", fontsize=10, labelpad=1)
-        ax_c.grid(color="#ececec", linewidth=0.8)
-        ax_c.set_axisbelow(True)
-        for side in ("top", "right"):
-            ax_c.spines[side].set_visible(False)
-        ax_c.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=9, ncol=3, frameon=False,
-                    borderpad=0.1, handletextpad=0.3, columnspacing=1.2, scatterpoints=1)
-        ax_c.set_title("Certainty (1 - normalised entropy)", fontsize=12, loc="left")
-        self.c_cursor = anim(ax_c.axvline(1, color=CURSOR_COLOUR, linewidth=1.2, alpha=0.6, zorder=1))
-        (self.c_dot,) = ax_c.plot([1], [self.certainties[0]], "o", markersize=7, markerfacecolor="white",
-                                  markeredgecolor=CERTAINTY_COLOUR, markeredgewidth=2, zorder=5)
-        anim(self.c_dot)
-
-        # Neuron traces: post-activations solid (one colour), pre-activations dashed grey on a twin y-axis,
-        # each with a cursor at the current tick and its neuron index left of the panel.
-        n = post.shape[1]
+        n = self._post.shape[1]
         cols = min(4, n)
         rows = math.ceil(n / cols)
-        grid = outer[2].subgridspec(rows, cols, hspace=0.12, wspace=0.12)
-        self.trace_cursors, self.trace_dots = [], []
-        self._post = post
-        for i in range(n):
-            ax = fig.add_subplot(grid[i // cols, i % cols])
-            ax_pre = ax.twinx()
-            ax_pre.plot(ticks, pre[:, i], color=PRE_COLOUR, linestyle="--", linewidth=1, alpha=0.8)
-            colour = POST_COLOUR
-            ax.plot(ticks, post[:, i], color=colour, linewidth=1.8, marker="." if T == 1 else None)
-            ax.set_zorder(ax_pre.get_zorder() + 1)  # post trace above the dashed pre trace
-            ax.patch.set_visible(False)
-            _bare_trace_axes(ax_pre, pre[:, i])
-            cursor, dot = _trace_panel(ax, post[:, i], i, colour)
-            self.trace_cursors.append(anim(cursor))
-            self.trace_dots.append(anim(dot))
-        title_y = outer[2].get_position(fig).y1 + 0.008
-        fig.text(0.035, title_y, "Neuron traces", fontsize=12, va="bottom")
-        fig.text(0.965, title_y, "solid: post-activation    dashed: pre-activation (own scale)    "
-                 "#: neuron index", fontsize=9, ha="right", va="bottom", color="#555555")
+        heights = ([parts.row_height] if self.panels else []) + [1.55, 1.05 * rows]
+        outer = fig.add_gridspec(len(heights), 1, height_ratios=heights, left=left, right=right, top=top,
+                                 bottom=0.35 / height, hspace=0.3)
+        if self.panels:
+            row = outer[0].subgridspec(1, len(self.panels), width_ratios=[p.width for p in self.panels],
+                                       wspace=parts.gap)
+            for i, panel in enumerate(self.panels):
+                panel.setup(fig, row[0, i])
+        self._certainty_axes(fig.add_subplot(outer[-2]))
+        self._traces(fig, outer[-1], pre, cols, rows, left, right)
 
-        self._animated = animated
-        self._background = None
+    def _certainty_axes(self, ax):
+        T, ticks, certainty = self.T, np.arange(1, self.T + 1), self.certainty
+        ax.plot(ticks, certainty, color=CERTAINTY_COLOUR, linewidth=1.2, alpha=0.25, zorder=1)  # ticks to come
+        (self.c_line,) = ax.plot([], [], color=CERTAINTY_COLOUR, linewidth=2, zorder=2, label="certainty")
+        self.curve_lines = [ax.plot([], [], color=c.colour, linestyle=c.linestyle, linewidth=1.5, zorder=2,
+                                    label=c.label)[0] for c in self.curves]
+        self.marks = []
+        if self.correct is not None:
+            self.marks = [ax.plot([], [], "o", markersize=4, color=colour, zorder=3, label=label)[0]
+                          for colour, label in ((TARGET_COLOUR, "correct"), (WRONG_COLOUR, "wrong"))]
+        mc = self.most_certain
+        ax.scatter([mc + 1], [certainty[mc]], s=170, marker="*", color=MOST_CERTAIN_COLOUR, edgecolor="#7a4a00",
+                   linewidth=0.6, zorder=4, label=f"most certain (tick {mc + 1})")
+        self.c_cursor = ax.axvline(1, color=CURSOR_COLOUR, linewidth=1.2, alpha=0.6, zorder=1)
+        (self.c_dot,) = ax.plot([1], [certainty[0]], "o", markersize=7, markerfacecolor="white",
+                                markeredgecolor=CERTAINTY_COLOUR, markeredgewidth=2, zorder=5)
+        ax.set_xlim(0.5, T + 0.5)
+        ax.set_ylim(-0.03, 1.1)
+        ax.set_yticks([0, 0.5, 1])
+        ax.set_xticks(_tick_positions(T))
+        ax.tick_params(labelsize=9, length=2)
+        ax.set_ylabel("certainty", fontsize=10)
+        ax.set_xlabel("tick", fontsize=10, labelpad=1)
+        _style_axes(ax)
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles, labels, loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=9, ncol=len(handles),
+                  frameon=False, borderpad=0.1, handletextpad=0.3, columnspacing=1.2, scatterpoints=1)
+        ax.set_title(printable(self.parts.certainty_title), fontsize=12, loc="left")
+        self._shared = [self.c_line, *self.curve_lines, *self.marks, self.c_cursor, self.c_dot]
+
+    def _traces(self, fig, area, pre, cols, rows, left, right):
+        """Post-activations solid (one colour), pre-activations (when given) dashed grey on a twin y-axis, each
+        with a cursor at the current tick and its neuron index left of the panel."""
+        T, post = self.T, self._post
+        ticks = np.arange(1, T + 1)
+        grid = area.subgridspec(rows, cols, hspace=0.12, wspace=0.12)
+        self.trace_cursors, self.trace_dots = [], []
+        for i in range(post.shape[1]):
+            ax = fig.add_subplot(grid[i // cols, i % cols])
+            if pre is not None:
+                ax_pre = ax.twinx()
+                ax_pre.plot(ticks, pre[:, i], color=PRE_COLOUR, linestyle="--", linewidth=1, alpha=0.8)
+                ax.set_zorder(ax_pre.get_zorder() + 1)  # post trace above the dashed pre trace
+                ax.patch.set_visible(False)
+                _bare_trace_axes(ax_pre, pre[:, i])
+            ax.plot(ticks, post[:, i], color=POST_COLOUR, linewidth=1.8, marker="." if T == 1 else None)
+            cursor, dot = _trace_panel(ax, post[:, i], i, POST_COLOUR)
+            self.trace_cursors.append(cursor)
+            self.trace_dots.append(dot)
+        title_y = area.get_position(fig).y1 + 0.008
+        fig.text(left, title_y, "Neuron traces", fontsize=12, va="bottom")
+        legend = ("solid: post-activation    dashed: pre-activation (own scale)" if pre is not None else
+                  "post-activations")
+        fig.text(right, title_y, legend + "    #: neuron index", fontsize=9, ha="right", va="bottom",
+                 color=NOTE_TEXT)
+        self._shared += [*self.trace_cursors, *self.trace_dots]
 
     # ------------------------------------------------------------------ per frame
 
-    def update(self, t: int) -> None:
-        """Point every changing artist at tick t (0-based)."""
+    def update(self, t: int) -> list:
+        """Point every changing artist at tick t (0-based); returns them, in the order they are drawn."""
         T = self.T
         if not 0 <= t < T:
             raise IndexError(f"tick {t} out of range for {T} ticks")
         self.tick_text.set_text(f"tick {t + 1}/{T}")
-        p = self.probs[:, t]
-        pred = int(self.predicted[t])
-        name = self.class_names[pred]
-        if self.target is None:
-            self.pred_text.set_text(f"prediction: {name} (p = {p[pred]:.2f})")
-            self.pred_text.set_color(NEUTRAL_TEXT)
-        elif pred == self.target:
-            self.pred_text.set_text(f"prediction: {name} (p = {p[pred]:.2f})  \u2713 correct")
-            self.pred_text.set_color(TARGET_COLOUR)
-        else:
-            self.pred_text.set_text(f"prediction: {name} (p = {p[pred]:.2f})  \u2717 wrong, "
-                                    f"target {self.class_names[self.target]}")
-            self.pred_text.set_color(WRONG_COLOUR)
-
-        att = self.attention[t]
-        if self.attention_scale == "tick":
-            lo, hi = float(np.nanmin(att)), float(np.nanmax(att))
-        else:
-            lo, hi = self._att_fixed
-        self.att_image.set_data(att)
-        self.att_image.set_clim(lo, hi if hi > lo else lo + 1e-12)
-        self.cb_lo.set_text(f"{lo:.3f}")
-        self.cb_hi.set_text(f"{hi:.3f}")
-
-        for k, bar in enumerate(self.bars):
-            bar.set_width(p[k])
-            if k == self.target:
-                bar.set_facecolor(TARGET_COLOUR)
-            elif k == pred and self.target is not None:
-                bar.set_facecolor(WRONG_COLOUR)
-            else:
-                bar.set_facecolor(BAR_COLOUR)
-        self.prob_text.set_text(f"{p[pred]:.2f}")
-        self.prob_text.set_position((min(p[pred], 0.84) + 0.02, pred))
+        changed = [self.tick_text, self.status_text]
+        status = None
+        for panel in self.panels:
+            changed.extend(panel.update(t))
+            if status is None:
+                status = panel.status(t)
+        text, colour = status if status is not None else ("", NEUTRAL_TEXT)
+        self.status_text.set_text(text)
+        self.status_text.set_color(colour)
 
         x = t + 1
+        upto = np.arange(1, t + 2)
+        self.c_line.set_data(upto, self.certainty[:x])
+        for line, curve in zip(self.curve_lines, self.curves, strict=True):
+            line.set_data(upto, curve.values[:x])
+        if self.marks:
+            right = self.correct[:x]
+            self.marks[0].set_data(upto[right], self.certainty[:x][right])
+            self.marks[1].set_data(upto[~right], self.certainty[:x][~right])
         self.c_cursor.set_xdata([x, x])
-        self.c_dot.set_data([x], [self.certainties[t]])
+        self.c_dot.set_data([x], [self.certainty[t]])
         for i, (cursor, dot) in enumerate(zip(self.trace_cursors, self.trace_dots, strict=True)):
             cursor.set_xdata([x, x])
             dot.set_data([x], [self._post[t, i]])
-
-    def bar_values(self) -> np.ndarray:
-        """The plotted class probabilities (bar lengths) of the last update."""
-        return np.array([bar.get_width() for bar in self.bars])
+        return changed + self._shared
 
     def render(self, t: int) -> np.ndarray:
         """Tick t's frame, (height, width, 3) uint8."""
-        self.update(t)
+        changed = self.update(t)
         if not self.blit:
             self.canvas.draw()
         else:
-            if self._background is None:
+            fresh = [a for a in changed if not a.get_animated()]
+            for artist in fresh:  # kept out of the cached background
+                artist.set_animated(True)
+            if fresh or self._background is None:
                 self.canvas.draw()  # everything static; animated artists are skipped
                 self._background = self.canvas.copy_from_bbox(self.figure.bbox)
             self.canvas.restore_region(self._background)
-            for artist in self._animated:
+            for artist in changed:
                 self.figure.draw_artist(artist)
         return np.asarray(self.canvas.buffer_rgba())[..., :3].copy()
+
+    def frames(self) -> list[np.ndarray]:
+        """Every tick's frame, all the same size."""
+        return [self.render(t) for t in range(self.T)]
+
+    def still(self, t: int = -1) -> Figure:
+        """Tick t (0-based; negative from the end) as a Figure drawn in one pass, for `save_figure`."""
+        for artist in self.update(self.T + t if t < 0 else t):
+            artist.set_animated(False)
+        self._background = None
+        return self.figure
 
 
 def _colour_bar(ax, box: list[float], gap: float, fontsize: float):
@@ -463,28 +451,6 @@ def _tick_positions(T: int) -> list[int]:
     step = next(s for s in (2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000) if T / s <= 12) if T <= 12000 else T // 10
     return [1] + list(range(step, T + 1, step))
 
-
-def thinking_frames(image: np.ndarray, predictions: np.ndarray, certainties: np.ndarray,
-                    pre_activations: np.ndarray, post_activations: np.ndarray, attention: np.ndarray,
-                    token_grid: tuple[int, int], target: int | None = None, n_neurons: int = 16,
-                    class_names: Sequence[str] | None = None, fig_scale: float = 1.0,
-                    attention_scale: str = "tick", caption: str | None = None) -> list[np.ndarray]:
-    """One RGB uint8 frame per tick of one sample's thought, all the same size (900 x 1000 at scale 1).
-
-    image (C, H, W) in [0, 1]: one channel is shown in gray, three as RGB, others as their mean.
-    predictions (classes, T) logits; certainties (T,) (or the model's (2, T)); pre_activations and
-    post_activations (T, D); attention (T, heads, N) (or (T, N)) with N = H' * W' tokens of `token_grid`.
-    Each frame shows the input, the attention (mean over heads) stretched over it, the class
-    probabilities (target green), the certainty curve with the current and the most certain tick, and
-    the traces of the first `n_neurons` neurons. `attention_scale` "tick" spans the colours over each tick's
-    weights, "sample" from 0 to the largest weight of all ticks (a near-uniform map then looks uniform);
-    a colour bar gives the range either way. `caption`, when given, is a line under the header (say, why
-    this sample was chosen).
-    """
-    fig = _ThinkingFigure(image, predictions, certainties, pre_activations, post_activations, attention,
-                          token_grid, target=target, n_neurons=n_neurons, class_names=class_names,
-                          fig_scale=fig_scale, attention_scale=attention_scale, caption=caption)
-    return [fig.render(t) for t in range(fig.T)]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -533,137 +499,6 @@ def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike[str], fps: fl
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: float | None = None) -> Path:
     """Write a Figure as PNG, atomically; returns the path."""
     return _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi or fig.dpi, facecolor="white"))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Model and data
-# ----------------------------------------------------------------------------------------------------------
-
-
-def thinking_gif(model: ContinuousThoughtMachine, image: torch.Tensor | np.ndarray, target: int | None = None,
-                 path: str | os.PathLike[str] | None = None, fps: float = 5,
-                 class_names: Sequence[str] | None = None, n_neurons: int = 16,
-                 fig_scale: float = 1.0, attention_scale: str = "tick",
-                 caption: str | None = None) -> list[np.ndarray]:
-    """Run `model` on one image (C, H, W) in [0, 1] and draw its thought, one frame per tick.
-
-    The model runs in eval mode under inference_mode on its own device (its mode is restored after).
-    Writes a GIF to `path` when given. Returns the frames.
-    """
-    import torch
-
-    x = torch.as_tensor(image)
-    if x.dim() != 3:
-        raise ValueError(f"thinking_gif takes one image of shape (C, H, W), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"expected a floating-point image in [0, 1], got {x.dtype} (use image.float() / 255)")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            out = model(x.unsqueeze(0).to(device=device, dtype=next(model.parameters()).dtype), track=True)
-    finally:
-        model.train(was_training)
-    tr = out.tracking
-
-    def np1(t: torch.Tensor) -> np.ndarray:
-        return t.detach().float().cpu().numpy()
-
-    frames = thinking_frames(
-        np1(x), np1(out.predictions[0]), np1(out.certainties[0, 1]), np1(tr.pre_activations[:, 0]),
-        np1(tr.post_activations[:, 0]), np1(tr.attention[:, 0]), tr.token_grid, target=target,
-        n_neurons=n_neurons, class_names=class_names, fig_scale=fig_scale, attention_scale=attention_scale,
-        caption=caption,
-    )
-    if path is not None:
-        save_gif(frames, path, fps=fps)
-    return frames
-
-
-class ThinkingPick(NamedTuple):
-    """A sample chosen by `pick_thinking_example`: its index, its score and why, in words."""
-
-    index: int
-    score: float  # total variation of the class probabilities over the ticks
-    reason: str
-
-
-def pick_thinking_example(model: ContinuousThoughtMachine, dataset: ImageDataset, limit: int = 500,
-                          batch_size: int = 250) -> ThinkingPick:
-    """Among the first `limit` samples, the one on which the model most uses its ticks.
-
-    Score: the total variation of the class probabilities across ticks, sum_t 0.5 * |p_t - p_{t-1}|_1, which
-    grows with every change of prediction and of certainty. Samples answered right at their most certain
-    tick are preferred (a thought that ends well); the model runs in eval mode.
-    """
-    import torch
-
-    n = min(int(limit), len(dataset))
-    if n < 1:
-        raise ValueError("pick_thinking_example needs at least one sample")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    probs, certainty = [], []
-    try:
-        with torch.inference_mode():
-            for idx in torch.arange(n).split(batch_size):
-                x, _ = dataset.batch(idx)
-                out = model(x.to(device))
-                probs.append(out.predictions.float().softmax(1).cpu().numpy())  # (b, C, T)
-                certainty.append(out.certainties[:, 1].float().cpu().numpy())  # (b, T)
-    finally:
-        model.train(was_training)
-    p, c = np.concatenate(probs), np.concatenate(certainty)
-    labels = np.asarray(dataset.labels[:n].cpu())
-    score = 0.5 * np.abs(np.diff(p, axis=2)).sum(axis=(1, 2))  # (n,)
-    most_certain = c.argmax(axis=1)
-    right = p[np.arange(n), :, most_certain].argmax(axis=1) == labels
-    pool = np.flatnonzero(right) if right.any() else np.arange(n)
-    i = int(pool[np.argmax(score[pool])])
-    path = [int(k) for k in p[i].argmax(axis=0)]
-    steps = [path[0]] + [k for a, k in zip(path, path[1:], strict=False) if k != a]
-    names = getattr(dataset, "class_names", ()) or tuple(map(str, range(p.shape[1])))
-    shown = "\u2192".join(names[k] for k in steps[:8]) + ("\u2026" if len(steps) > 8 else "")
-    name = f"{getattr(dataset, 'split', '') or 'dataset'} image"
-    reason = (f"of the first {n} {name}s, its probabilities change most over the ticks (prediction {shown}; "
-              f"certainty {c[i, 0]:.2f} at tick 1, {c[i].max():.2f} at tick {int(most_certain[i]) + 1})")
-    return ThinkingPick(i, float(score[i]), reason)
-
-
-def select_example(dataset: ImageDataset, index: int | None = None,
-                   label: int | None = None) -> tuple[int, torch.Tensor, int]:
-    """Pick one sample: by `index`, else the first with `label`, else the first. Returns
-    (index, image (C, H, W) float in [0, 1], target). A bad index or an absent label is a ValueError.
-    """
-    name = " ".join(s for s in (getattr(dataset, "name", ""), getattr(dataset, "split", "")) if s) or "dataset"
-    n = len(dataset)
-    if index is not None:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise ValueError(f"index must be an integer, got {index!r}")
-        index = int(index)
-        if not 0 <= index < n:
-            raise ValueError(f"index {index} out of range for {name} ({n} images)")
-        target = int(dataset.labels[index])
-        if label is not None and target != int(label):
-            raise ValueError(f"image {index} of {name} has label {target}, not {label}")
-    elif label is not None:
-        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
-            raise ValueError(f"label must be an integer, got {label!r}")
-        hits = (dataset.labels == int(label)).nonzero()
-        if len(hits) == 0:
-            classes = getattr(dataset, "num_classes", None)
-            known = f" (labels are 0..{classes - 1})" if classes else ""
-            raise ValueError(f"no image with label {label} in {name}{known}")
-        index = int(hits[0])
-        target = int(label)
-    else:
-        if n == 0:
-            raise ValueError(f"{name} has no images")
-        index, target = 0, int(dataset.labels[0])
-    image = dataset.images[index].float() / 255.0
-    return index, image, target
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -249,18 +249,52 @@ class Task:
 
     def pick_example(self, model: ContinuousThoughtMachine, data: Dataset,
                      index: int | None = None) -> Example:
-        """The test sample worth showing (`index` given: that one) and why; the GIF and `ctm viz` draw it."""
+        """The test sample worth showing and why, in words (`index` given: that one, checked, with no reason); the
+        GIF and `ctm viz` draw it. Default: the first."""
         if index is None:
             index = 0
         if not 0 <= index < len(data):
             raise ValueError(f"index {index} out of range for {len(data)} test {self.sample_noun}")
         return Example(index, "")
 
-    def thinking_gif(self, model: ContinuousThoughtMachine, data: Dataset, path: Path,
-                     index: int | None = None, fps: float = 5) -> str | None:
-        """Write the thinking GIF of one test sample to `path` and return why that sample (None: the task
-        draws no GIF)."""
+    def thinking_panels(self, output: CTMOutput, inputs: Any, targets: Any, data: Dataset) -> Any:
+        """This task's panels of the thinking figure for one sample: `output` is the tracked forward
+        (`track=True`) of `inputs`, a batch of one from `data.batch`, whose targets are `targets`. A list of
+        `ctm.pictures.figures.Panel`s, or a `TaskPanels` (curves and marks on the certainty panel, a summary, the
+        layout); None (the default): the task draws no GIF."""
         return None
+
+    def thinking_gif(self, model: ContinuousThoughtMachine, data: Dataset, path: Path, index: int | None = None,
+                     fps: float = 5, *, example: Example | None = None) -> str | None:
+        """Write the thinking GIF of one test sample to `path` and return what it shows, in words (None: the task
+        has no `thinking_panels`). The sample is `example` (already picked), else `pick_example(model, data,
+        index)`; the model runs it with tracking (in eval mode), and its panels go into the figure every task
+        shares (`ctm.pictures.figures.ThinkingFigure`: the tick, the certainty, neuron traces), one frame a tick."""
+        if type(self).thinking_panels is Task.thinking_panels:
+            return None
+        from ..pictures import figures
+
+        figures._require_matplotlib()
+        if example is None:
+            example = self.pick_example(model, data, index)
+        inputs, targets = data.batch(torch.tensor([example.index]))
+        output = tracked_forward(model, inputs)
+        panels = self.thinking_panels(output, inputs, targets, data)
+        if panels is None:
+            return None
+        noun = self.sample_noun[:-1] if self.sample_noun.endswith("s") else self.sample_noun
+        tracking = output.tracking
+
+        def numpy(t: Tensor):
+            return t.detach().float().cpu().numpy()
+
+        figure = figures.ThinkingFigure(panels, numpy(output.certainties[0]), numpy(tracking.post_activations[:, 0]),
+                                        numpy(tracking.pre_activations[:, 0]),
+                                        caption=f"Why this {noun}: {example.reason}" if example.reason else None)
+        figures.save_gif(figure.frames(), path, fps=fps)
+        summary = getattr(panels, "summary", "")
+        return (f"{getattr(data, 'split', 'test')} {noun} {example.index}" + (f", {summary}" if summary else "")
+                + (f"; why this {noun}: {example.reason}" if example.reason else ""))
 
     # ------------------------------------------------------------------------------------------ viewer
 
@@ -301,6 +335,20 @@ class Task:
         from ..pictures.figures import save_ticks_plot
 
         save_ticks_plot(result, path)
+
+
+def tracked_forward(model: ContinuousThoughtMachine, inputs: Tensor, track: bool = True) -> CTMOutput:
+    """`model(inputs, track=track)` in eval mode under inference_mode, on the model's device (floating inputs in
+    its dtype); the model's mode is restored after."""
+    parameter = next(model.parameters())
+    inputs = inputs.to(device=parameter.device, dtype=parameter.dtype if inputs.is_floating_point() else None)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return model(inputs, track=track)
+    finally:
+        model.train(was_training)
 
 
 #: task name -> Task subclass

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from ...config import CTMConfig
-from ..base import Preset, Task, register_task
+from ..base import Example, Preset, Task, register_task
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ...inference import Run
     from ...nn.model import ContinuousThoughtMachine
     from ...nn.outputs import CTMOutput
+    from ...pictures.figures import TaskPanels
     from ...training.loop import TrainConfig
 
 
@@ -149,18 +150,17 @@ class ImageTask(Task):
                 + (f"; {rec['special']} special file{'s' if rec['special'] > 1 else ''} skipped (FIFO, socket or "
                    f"device)" if rec.get("special") else ""))
 
-    def thinking_gif(self, model: ContinuousThoughtMachine, data: ImageDataset, path: Path,
-                     index: int | None = None, fps: float = 5) -> str | None:
-        from ...pictures import figures as viz
+    def pick_example(self, model: ContinuousThoughtMachine, data: ImageDataset, index: int | None = None) -> Example:
+        """Among the first THOUGHTFUL_POOL test images, the one whose probabilities change most over the ticks."""
+        from .pictures import pick_example
 
-        reason = None
-        if index is None:
-            pick = viz.pick_thinking_example(model, data, THOUGHTFUL_POOL)
-            index, reason = pick.index, pick.reason
-        _, image, target = viz.select_example(data, index)
-        viz.thinking_gif(model, image, target, path=path, fps=fps, caption=reason,
-                         class_names=data.class_names or None)
-        return f"test image {index}: {reason}" if reason else f"test image {index}"
+        return pick_example(model, data, index, THOUGHTFUL_POOL)
+
+    def thinking_panels(self, output: CTMOutput, inputs: Tensor, targets: Tensor, data: ImageDataset) -> TaskPanels:
+        """The input with the attention over it and the class probabilities (`ctm.tasks.image.pictures`)."""
+        from .pictures import thinking_panels
+
+        return thinking_panels(output, inputs, targets, data.class_names)
 
     def viewer_data(self, model: ContinuousThoughtMachine, data: ImageDataset, n: int, *,
                     threshold: float) -> dict[str, Any]:

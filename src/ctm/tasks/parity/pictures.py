@@ -4,15 +4,19 @@ The parity task's input is a sequence of L values +-1; the target at position i 
 among positions 0..i (1: odd). A sequence of L positions is drawn as a grid of `parity_grid(L)` cells, read
 left to right, top to bottom (4 x 4 for L = 16; the last row may be partly empty).
 
-Tensors in the model, numpy in the visualiser: `parity_frames`, `parity_tick_figure` and `accuracy_figure`
-take numpy arrays, so they do not depend on how a task wires its model; `parity_arrays` turns one sample
-of a tracked forward (`CTMOutput` with `.tracking`) into those arrays. Each frame shows
+The GIF is the thinking figure every task shares (`ctm.pictures.figures.ThinkingFigure`: the tick, the certainty
+curve up to this tick, neuron traces) with the parity task's panels on top (`parity_panels`):
   * the input sequence (+1 and -1 coloured) and the true cumulative parity,
   * the attention over the positions at this tick (mean over heads; colour bar: this tick's range),
-  * the predicted parity per position at this tick (colour: probability of odd; wrong ones marked),
-  * the certainty curve up to this tick (mean over the positions), with the per-bit accuracy,
-  * the post-activations of a few neurons over all ticks, with the current tick marked.
-Matplotlib and Pillow are imported lazily (through `ctm.viz`), and the frames are written by its GIF writer.
+  * the predicted parity per position at this tick (colour: probability of odd; wrong ones marked), whose
+    status in the header is the number of bits right,
+and the per-bit accuracy drawn with the certainty (the mean over the positions).
+
+Tensors in the model, numpy in the visualiser: `parity_frames`, `parity_tick_figure` and `accuracy_figure`
+take numpy arrays, so they do not depend on how a task wires its model; `parity_arrays` turns one sample
+of a tracked forward (`CTMOutput` with `.tracking`) into those arrays, and `thinking_panels` into the panels
+`ParityTask.thinking_panels` gives `Task.thinking_gif`. `pick_example` is `ParityTask.pick_example`.
+Matplotlib and Pillow are imported lazily, and the frames are written by `ctm.pictures.figures.save_gif`.
 """
 
 from __future__ import annotations
@@ -25,31 +29,33 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ...pictures.figures import (
-    BASE_DPI,
     CERTAINTY_COLOUR,
-    CURSOR_COLOUR,
     NEUTRAL_TEXT,
-    POST_COLOUR,
+    NOTE_TEXT,
     TARGET_COLOUR,
     TRAIN_COLOUR,
     WRONG_COLOUR,
+    Curve,
+    Panel,
+    TaskPanels,
+    ThinkingFigure,
     _colour_bar,
     _new_figure,
     _style_axes,
-    _ThinkingFigure,
     _tick_positions,
-    _trace_panel,
     save_figure,
     save_gif,
 )
+from ..base import Example, tracked_forward
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from ...nn.model import CTMOutput
+    from ...nn.model import ContinuousThoughtMachine, CTMOutput
 
-__all__ = ["ParityArrays", "accuracy_figure", "parity_arrays", "parity_frames", "parity_gif", "parity_grid",
-           "parity_tick_figure", "save_accuracy_plot"]
+__all__ = ["AttentionGrid", "InputGrid", "ParityArrays", "ParityGrid", "PredictedParity", "accuracy_figure",
+           "parity_arrays", "parity_figure", "parity_frames", "parity_gif", "parity_grid", "parity_panels",
+           "parity_tick_figure", "pick_example", "save_accuracy_plot", "thinking_panels"]
 
 PLUS_COLOUR = "#d9e7f5"  # +1 cells
 MINUS_COLOUR = "#e8833a"  # -1 cells (the ones that flip the parity)
@@ -134,183 +140,158 @@ def _checked(sequence, targets, attention, probabilities, certainty, traces):
     return sequence, targets.astype(np.int64), attention.mean(1), probabilities, certainty, traces
 
 
-class _ParityFigure:
-    """The figure of one sequence, laid out once; `render(t)` returns tick t's frame as RGB uint8.
+# ----------------------------------------------------------------------------------------------------------
+# Panels
+# ----------------------------------------------------------------------------------------------------------
 
-    The static parts are drawn once and cached; each frame restores that background and draws only the
-    artists that change (the `ctm.viz` thinking figure does the same).
-    """
 
-    def __init__(self, sequence, targets, attention, probabilities, certainty, traces, n_neurons=8,
-                 fig_scale=1.0, title=None):
-        (self.sequence, self.targets, self.attention, self.probabilities, self.certainty,
-         traces) = _checked(sequence, targets, attention, probabilities, certainty, traces)
-        if fig_scale <= 0:
-            raise ValueError(f"fig_scale must be positive, got {fig_scale}")
-        if n_neurons < 1:
-            raise ValueError(f"n_neurons must be at least 1, got {n_neurons}")
-        self.T, self.L = self.probabilities.shape[:2]
-        self.predicted = self.probabilities.argmax(-1)  # (T, L)
-        self.bit_accuracy = (self.predicted == self.targets).mean(1)  # (T,)
-        self.traces = traces[:, :n_neurons]
-        self._build(fig_scale, title)
+class ParityGrid(Panel):
+    """A grid of the L positions (`parity_grid`) with a title; subclasses fill its cells."""
 
-    # ------------------------------------------------------------------ layout (once)
+    def __init__(self, length: int, title: str) -> None:
+        self.L, self.title = length, title
 
-    def _grid_axes(self, ax, title):
+    def _axes(self, fig, area):
+        ax = fig.add_subplot(area)
         rows, cols = parity_grid(self.L)
         ax.set_xlim(-0.5, cols - 0.5)
         ax.set_ylim(rows - 0.5, -0.5)
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(title, fontsize=11.5)
+        ax.set_title(self.title, fontsize=11.5)
         ax.set_anchor("N")
-        return rows, cols
+        return ax
 
-    def _cell_texts(self, ax, values, colours=None, animated=False):
+    def _cell_texts(self, ax, values, colours=None):
         """A label in each cell (small sequences only: past 64 cells they would be unreadable)."""
-        rows, cols = parity_grid(self.L)
         if self.L > 64:
             return []
+        cols = parity_grid(self.L)[1]
         size = 11 if cols <= 4 else 8 if cols <= 6 else 6.5
-        texts = []
-        for i in range(self.L):
-            colour = colours[i] if colours is not None else NEUTRAL_TEXT
-            text = ax.text(i % cols, i // cols, values[i], ha="center", va="center", fontsize=size, color=colour)
-            text.set_animated(animated)
-            texts.append(text)
-        return texts
+        return [ax.text(i % cols, i // cols, values[i], ha="center", va="center", fontsize=size,
+                        color=NEUTRAL_TEXT if colours is None else colours[i]) for i in range(self.L)]
 
-    def _build(self, fig_scale, title):
+
+class InputGrid(ParityGrid):
+    """The input sequence, +1 and -1 cells coloured."""
+
+    def __init__(self, sequence: np.ndarray) -> None:
+        super().__init__(len(sequence), f"Input ({len(sequence)} values)")
+        self.sequence = sequence
+
+    def setup(self, fig, area) -> None:
         from matplotlib.colors import ListedColormap
-        from matplotlib.patches import Rectangle
 
-        fig = self.figure = _new_figure(FRAME_SIZE_IN, BASE_DPI * fig_scale)
-        self.canvas = fig.canvas
-        T, L = self.T, self.L
-        animated: list = []
-
-        def anim(artist):
-            artist.set_animated(True)
-            animated.append(artist)
-            return artist
-
-        self.tick_text = anim(fig.text(0.03, 0.965, "", fontsize=16, fontweight="bold", va="center",
-                                       color=NEUTRAL_TEXT))
-        self.score_text = anim(fig.text(0.97, 0.965, "", fontsize=13, ha="right", va="center"))
-        if title:
-            fig.text(0.5, 0.965, title, fontsize=11, ha="center", va="center", color="#555555")
-        outer = fig.add_gridspec(3, 1, height_ratios=[3.0, 1.4, 2.2], left=0.04, right=0.96, top=0.915,
-                                 bottom=0.035, hspace=0.32)
-        top = outer[0].subgridspec(1, 4, wspace=0.12)
-        two = ListedColormap([MINUS_COLOUR, PLUS_COLOUR])  # -1, +1
-        bits = ListedColormap([EVEN_COLOUR, ODD_COLOUR])
-
-        ax = fig.add_subplot(top[0])
-        self._grid_axes(ax, f"Input ({L} values)")
-        ax.imshow(_on_grid((self.sequence > 0).astype(float), L), cmap=two, vmin=0, vmax=1)
+        ax = self._axes(fig, area)
+        ax.imshow(_on_grid((self.sequence > 0).astype(float), self.L), cmap=ListedColormap([MINUS_COLOUR, PLUS_COLOUR]),
+                  vmin=0, vmax=1)
         self._cell_texts(ax, ["+1" if v > 0 else "\u22121" for v in self.sequence])
 
-        ax = fig.add_subplot(top[1])
-        self._grid_axes(ax, "True parity")
-        ax.imshow(_on_grid(self.targets.astype(float), L), cmap=bits, vmin=0, vmax=1)
-        self._cell_texts(ax, [str(b) for b in self.targets], [ODD_COLOUR if b == 0 else "white"
-                                                               for b in self.targets])
 
-        ax = fig.add_subplot(top[2])
-        self._grid_axes(ax, "Attention")
-        self.att_image = anim(ax.imshow(_on_grid(self.attention[0], L), cmap="inferno", vmin=0, vmax=1))
-        self.cb_lo, self.cb_hi = (anim(t) for t in _colour_bar(ax, [0.12, -0.09, 0.76, 0.05], 0.03, 8))
-        ax.text(0.5, -0.17, "colour range: this tick's", transform=ax.transAxes, ha="center", va="top",
-                fontsize=8, color="#555555")
+class TrueParityGrid(ParityGrid):
+    """The true cumulative parity."""
 
-        ax = fig.add_subplot(top[3])
-        rows, cols = self._grid_axes(ax, "Predicted parity")
-        self.pred_image = anim(ax.imshow(_on_grid(self.probabilities[0, :, 1], L), cmap="Greys", vmin=0, vmax=1))
-        self.pred_texts = self._cell_texts(ax, ["0"] * L, animated=True)
-        animated.extend(self.pred_texts)
-        self.wrong_boxes = [anim(ax.add_patch(Rectangle((i % cols - 0.45, i // cols - 0.45), 0.9, 0.9,
-                                                        fill=False, edgecolor=WRONG_COLOUR, linewidth=2.2)))
-                            for i in range(L)]
-        ax.text(0.5, -0.05, "shade: p(odd); red box: wrong", transform=ax.transAxes, ha="center", va="top",
-                fontsize=8, color="#555555")
+    def __init__(self, targets: np.ndarray) -> None:
+        super().__init__(len(targets), "True parity")
+        self.targets = targets
 
-        # Certainty (mean over positions) and per-bit accuracy up to this tick.
-        ax_c = fig.add_subplot(outer[1])
-        ticks = np.arange(1, T + 1)
-        (self.c_line,) = ax_c.plot([], [], color=CERTAINTY_COLOUR, linewidth=2, label="certainty")
-        (self.a_line,) = ax_c.plot([], [], color=TARGET_COLOUR, linewidth=1.5, linestyle="--",
-                                   label="per-bit accuracy")
-        anim(self.c_line)
-        anim(self.a_line)
-        self.c_cursor = anim(ax_c.axvline(1, color=CURSOR_COLOUR, linewidth=1.2, alpha=0.6))
-        (self.c_dot,) = ax_c.plot([1], [self.certainty[0]], "o", markersize=7, markerfacecolor="white",
-                                  markeredgecolor=CERTAINTY_COLOUR, markeredgewidth=2, zorder=5)
-        anim(self.c_dot)
-        ax_c.set_xlim(0.5, T + 0.5)
-        ax_c.set_ylim(-0.03, 1.08)
-        ax_c.set_yticks([0, 0.5, 1])
-        ax_c.set_xticks(_tick_positions(T))
-        ax_c.set_xlabel("tick", fontsize=10, labelpad=1)
-        _style_axes(ax_c)
-        ax_c.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=9, ncol=2, frameon=False)
-        ax_c.set_title("Certainty (1 - normalised entropy, mean over positions)", fontsize=11.5, loc="left")
+    def setup(self, fig, area) -> None:
+        from matplotlib.colors import ListedColormap
 
-        # Neuron traces over all ticks, the current tick marked.
-        n = self.traces.shape[1]
-        cols_n = min(4, n)
-        grid = outer[2].subgridspec(math.ceil(n / cols_n), cols_n, hspace=0.15, wspace=0.1)
-        self.trace_cursors, self.trace_dots = [], []
-        for i in range(n):
-            ax = fig.add_subplot(grid[i // cols_n, i % cols_n])
-            ax.plot(ticks, self.traces[:, i], color=POST_COLOUR, linewidth=1.6, marker="." if T == 1 else None)
-            cursor, dot = _trace_panel(ax, self.traces[:, i], i, POST_COLOUR)
-            self.trace_cursors.append(anim(cursor))
-            self.trace_dots.append(anim(dot))
-        fig.text(0.04, outer[2].get_position(fig).y1 + 0.01, "Neuron traces (post-activations)", fontsize=11.5,
-                 va="bottom")
-        self._animated = animated
-        self._background = None
-        self.blit = True
+        ax = self._axes(fig, area)
+        ax.imshow(_on_grid(self.targets.astype(float), self.L), cmap=ListedColormap([EVEN_COLOUR, ODD_COLOUR]),
+                  vmin=0, vmax=1)
+        self._cell_texts(ax, [str(b) for b in self.targets], [ODD_COLOUR if b == 0 else "white" for b in self.targets])
 
-    # ------------------------------------------------------------------ per frame
 
-    def update(self, t: int) -> None:
-        """Point every changing artist at tick t (0-based)."""
-        if not 0 <= t < self.T:
-            raise IndexError(f"tick {t} out of range for {self.T} ticks")
-        L = self.L
-        self.tick_text.set_text(f"tick {t + 1}/{self.T}")
-        right = self.predicted[t] == self.targets
-        n_right = int(right.sum())
-        whole = n_right == L
-        self.score_text.set_text(f"{n_right}/{L} bits right" + ("  \u2713 sequence correct" if whole else ""))
-        self.score_text.set_color(TARGET_COLOUR if whole else WRONG_COLOUR if n_right < L / 2 else NEUTRAL_TEXT)
+class AttentionGrid(ParityGrid):
+    """The attention over the positions at this tick, (T, L) (the mean over heads), colours spanning this tick's
+    range."""
+
+    def __init__(self, attention: np.ndarray) -> None:
+        super().__init__(attention.shape[1], "Attention")
+        self.attention = attention
+
+    def setup(self, fig, area) -> None:
+        ax = self._axes(fig, area)
+        self.image = ax.imshow(_on_grid(self.attention[0], self.L), cmap="inferno", vmin=0, vmax=1)
+        self.lo_text, self.hi_text = _colour_bar(ax, [0.12, -0.09, 0.76, 0.05], 0.03, 8)
+        ax.text(0.5, -0.17, "colour range: this tick's", transform=ax.transAxes, ha="center", va="top", fontsize=8,
+                color=NOTE_TEXT)
+
+    def update(self, t: int):
         att = self.attention[t]
         lo, hi = float(att.min()), float(att.max())
-        self.att_image.set_data(_on_grid(att, L))
-        self.att_image.set_clim(lo, hi if hi > lo else lo + 1e-12)
-        self.cb_lo.set_text(f"{lo:.3f}")
-        self.cb_hi.set_text(f"{hi:.3f}")
+        self.image.set_data(_on_grid(att, self.L))
+        self.image.set_clim(lo, hi if hi > lo else lo + 1e-12)
+        self.lo_text.set_text(f"{lo:.3f}")
+        self.hi_text.set_text(f"{hi:.3f}")
+        return [self.image, self.lo_text, self.hi_text]
+
+
+class PredictedParity(ParityGrid):
+    """The predicted parity at this tick, (T, L, 2) probabilities: shade p(odd), the predicted bit written in,
+    wrong cells boxed red; its status is the number of bits right."""
+
+    def __init__(self, probabilities: np.ndarray, targets: np.ndarray) -> None:
+        super().__init__(len(targets), "Predicted parity")
+        self.probabilities, self.targets = probabilities, targets
+        self.predicted = probabilities.argmax(-1)  # (T, L)
+
+    def setup(self, fig, area) -> None:
+        from matplotlib.patches import Rectangle
+
+        ax = self._axes(fig, area)
+        cols = parity_grid(self.L)[1]
+        self.image = ax.imshow(_on_grid(self.probabilities[0, :, 1], self.L), cmap="Greys", vmin=0, vmax=1)
+        self.texts = self._cell_texts(ax, ["0"] * self.L)
+        self.wrong_boxes = [ax.add_patch(Rectangle((i % cols - 0.45, i // cols - 0.45), 0.9, 0.9, fill=False,
+                                                   edgecolor=WRONG_COLOUR, linewidth=2.2)) for i in range(self.L)]
+        ax.text(0.5, -0.05, "shade: p(odd); red box: wrong", transform=ax.transAxes, ha="center", va="top",
+                fontsize=8, color=NOTE_TEXT)
+
+    def update(self, t: int):
         p_odd = self.probabilities[t, :, 1]
-        self.pred_image.set_data(_on_grid(p_odd, L))
-        for i, text in enumerate(self.pred_texts):
+        self.image.set_data(_on_grid(p_odd, self.L))
+        for i, text in enumerate(self.texts):
             text.set_text(str(self.predicted[t, i]))
             text.set_color("white" if p_odd[i] > 0.5 else ODD_COLOUR)
-        for box, ok in zip(self.wrong_boxes, right, strict=True):
+        for box, ok in zip(self.wrong_boxes, self.predicted[t] == self.targets, strict=True):
             box.set_visible(not ok)
-        x = np.arange(1, t + 2)
-        self.c_line.set_data(x, self.certainty[:t + 1])
-        self.a_line.set_data(x, self.bit_accuracy[:t + 1])
-        self.c_cursor.set_xdata([t + 1, t + 1])
-        self.c_dot.set_data([t + 1], [self.certainty[t]])
-        for i, (cursor, dot) in enumerate(zip(self.trace_cursors, self.trace_dots, strict=True)):
-            cursor.set_xdata([t + 1, t + 1])
-            dot.set_data([t + 1], [self.traces[t, i]])
+        return [self.image, *self.texts, *self.wrong_boxes]
 
-    #: The thinking figure's frame: the cached background and this tick's artists over it.
-    render = _ThinkingFigure.render
+    def status(self, t: int) -> tuple[str, str]:
+        L = self.L
+        n_right = int((self.predicted[t] == self.targets).sum())
+        whole = n_right == L
+        colour = TARGET_COLOUR if whole else WRONG_COLOUR if n_right < L / 2 else NEUTRAL_TEXT
+        return f"{n_right}/{L} bits right" + ("  \u2713 sequence correct" if whole else ""), colour
+
+
+def parity_panels(sequence: np.ndarray, targets: np.ndarray, attention: np.ndarray,
+                  probabilities: np.ndarray) -> TaskPanels:
+    """The parity task's panels of one sequence: sequence (L,) of +-1, targets (L,) of 0/1, attention (T, L) (the
+    mean over heads), probabilities (T, L, 2); with the per-bit accuracy drawn with the certainty."""
+    predicted = PredictedParity(probabilities, targets)
+    right = predicted.predicted == targets  # (T, L)
+    T, L = right.shape
+    return TaskPanels(
+        [InputGrid(sequence), TrueParityGrid(targets), AttentionGrid(attention), predicted], ticks=T,
+        curves=[Curve("per-bit accuracy", right.mean(1))],
+        certainty_title="Certainty (1 - normalised entropy, mean over positions)",
+        summary=f"right at {int(right[0].sum())} of {L} positions at tick 1, {int(right[-1].sum())} at tick {T}",
+        size=FRAME_SIZE_IN, row_height=3.0, gap=0.12, n_neurons=8)
+
+
+def parity_figure(sequence: np.ndarray, targets: np.ndarray, attention: np.ndarray, probabilities: np.ndarray,
+                  certainty: np.ndarray, traces: np.ndarray, n_neurons: int = 8, fig_scale: float = 1.0,
+                  title: str | None = None, blit: bool = True) -> ThinkingFigure:
+    """The thinking figure of one parity sequence (arrays as `parity_frames` documents)."""
+    sequence, targets, attention, probabilities, certainty, traces = _checked(
+        sequence, targets, attention, probabilities, certainty, traces)
+    return ThinkingFigure(parity_panels(sequence, targets, attention, probabilities), certainty, traces,
+                          n_neurons=n_neurons, title=title, fig_scale=fig_scale, blit=blit)
 
 
 def parity_frames(sequence: np.ndarray, targets: np.ndarray, attention: np.ndarray, probabilities: np.ndarray,
@@ -322,9 +303,8 @@ def parity_frames(sequence: np.ndarray, targets: np.ndarray, attention: np.ndarr
     (class 1: odd); certainty (T,) or per position (T, L) (drawn as the mean); traces (T, N)
     post-activations, of which the first `n_neurons` are drawn. `title`, when given, heads the frame.
     """
-    fig = _ParityFigure(sequence, targets, attention, probabilities, certainty, traces, n_neurons, fig_scale,
-                        title)
-    return [fig.render(t) for t in range(fig.T)]
+    return parity_figure(sequence, targets, attention, probabilities, certainty, traces, n_neurons, fig_scale,
+                         title).frames()
 
 
 def parity_gif(path: str | os.PathLike[str], sequence: np.ndarray, targets: np.ndarray, attention: np.ndarray,
@@ -339,13 +319,43 @@ def parity_tick_figure(sequence: np.ndarray, targets: np.ndarray, attention: np.
                        probabilities: np.ndarray, certainty: np.ndarray, traces: np.ndarray, tick: int = -1,
                        n_neurons: int = 8, fig_scale: float = 1.0, title: str | None = None) -> Figure:
     """One still: the frame of tick `tick` (0-based; -1 the last) as a Figure, for `ctm.viz.save_figure`."""
-    fig = _ParityFigure(sequence, targets, attention, probabilities, certainty, traces, n_neurons, fig_scale,
-                        title)
-    t = fig.T + tick if tick < 0 else tick
-    fig.update(t)
-    for artist in fig._animated:  # a still draws everything in one pass
-        artist.set_animated(False)
-    return fig.figure
+    return parity_figure(sequence, targets, attention, probabilities, certainty, traces, n_neurons, fig_scale,
+                         title).still(tick)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The task's GIF: which sequence, its panels
+# ----------------------------------------------------------------------------------------------------------
+
+
+def thinking_panels(output: CTMOutput, inputs: Any, targets: Any) -> TaskPanels:
+    """`ParityTask.thinking_panels`: the panels of sample 0 of a tracked forward `output` of sequences `inputs`
+    (b, L) with targets (b, L)."""
+    a = parity_arrays(output, inputs[0].cpu().numpy(), targets[0].cpu().numpy())
+    sequence, targets, attention, probabilities, _, _ = _checked(*a)
+    return parity_panels(sequence, targets, attention, probabilities)
+
+
+def pick_example(model: ContinuousThoughtMachine, data: Any, index: int | None = None, pool: int = 200) -> Example:
+    """`ParityTask.pick_example`: sequence `index` (checked), else of the first `pool` test sequences, one the
+    model ends right on that it got most wrong at its first tick (it had to count)."""
+    import torch
+
+    from ...training.losses import tick_hits
+
+    if index is not None:
+        if not 0 <= index < len(data):
+            raise ValueError(f"index {index} out of range for parity {data.split} ({len(data)} sequences)")
+        return Example(int(index), "")
+    n = min(pool, len(data))
+    x, y = data.batch(torch.arange(n))
+    predictions = tracked_forward(model, x, track=False).predictions
+    hits = tick_hits(predictions, y.to(predictions.device)).sum(1).cpu()  # (b, T): right positions per tick
+    length = x.shape[1]
+    score = hits[:, -1] * (length + 1) - hits[:, 0]  # right at the end first, then wrong at the start
+    pick = int(score.argmax())
+    return Example(pick, f"of the first {n} {data.split} sequences, the one the model ends right on after the most "
+                         f"wrong start")
 
 
 def accuracy_figure(accuracy: np.ndarray, sequence_accuracy: np.ndarray | None = None) -> Figure:

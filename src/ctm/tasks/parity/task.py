@@ -28,12 +28,13 @@ from torch import Tensor
 
 from ...config import CTMConfig, option
 from ...data.sampling import mix_seed
-from ..base import Preset, Task, register_task
+from ..base import Example, Preset, Task, register_task
 
 if TYPE_CHECKING:
     from ...inference import Run
     from ...nn.model import ContinuousThoughtMachine
     from ...nn.outputs import CTMOutput
+    from ...pictures.figures import TaskPanels
     from ...training.evaluate import EvalResult
     from ...training.loop import TrainConfig
 
@@ -204,30 +205,19 @@ class ParityTask(Task):
 
         save_accuracy_plot(result.per_position_tick_accuracy, path, result.per_tick_sequence_accuracy)
 
-    def thinking_gif(self, model: ContinuousThoughtMachine, data: ParitySequences, path: Path,
-                     index: int | None = None, fps: float = 5) -> str:
-        """The parity GIF (`ctm.viz_parity`) of test sequence `index`; by default, of the first GIF_POOL, one
-        the model ends right on that it got most wrong at its first tick (it had to count)."""
-        from ...training.losses import tick_hits
-        from .pictures import parity_arrays, parity_gif
+    def pick_example(self, model: ContinuousThoughtMachine, data: ParitySequences, index: int | None = None) -> Example:
+        """Of the first GIF_POOL test sequences, one the model ends right on that it got most wrong at its first
+        tick (it had to count)."""
+        from .pictures import pick_example
 
-        if index is not None and not 0 <= index < len(data):
-            raise ValueError(f"index {index} out of range for parity {data.split} ({len(data)} sequences)")
-        rows = torch.arange(min(GIF_POOL, len(data))) if index is None else torch.tensor([index])
-        x, y = data.batch(rows)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                out = model(x, track=True)
-        finally:
-            model.train(was_training)
-        hits = tick_hits(out.predictions, y).sum(1)  # (b, T): right positions per tick
-        score = hits[:, -1] * (self.length + 1) - hits[:, 0]  # right at the end first, then wrong at the start
-        pick = int(score.argmax()) if index is None else 0
-        parity_gif(path, *parity_arrays(out, x[pick].cpu().numpy(), y[pick].cpu().numpy(), sample=pick), fps=fps)
-        return (f"test sequence {int(rows[pick])}: right at {int(hits[pick, 0])} of {self.length} positions at "
-                f"tick 1, {int(hits[pick, -1])} at tick {hits.shape[1]}")
+        return pick_example(model, data, index, GIF_POOL)
+
+    def thinking_panels(self, output: CTMOutput, inputs: Tensor, targets: Tensor, data: ParitySequences) -> TaskPanels:
+        """The sequence and its parity, the attention over the positions, the predicted parity
+        (`ctm.tasks.parity.pictures`)."""
+        from .pictures import thinking_panels
+
+        return thinking_panels(output, inputs, targets)
 
     def viewer_data(self, model: ContinuousThoughtMachine, data: ParitySequences, n: int, *,
                     threshold: float) -> dict[str, Any]:

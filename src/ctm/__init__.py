@@ -21,14 +21,15 @@ _EXPORTS = {
     "CTM": "nn.model", "ContinuousThoughtMachine": "nn.model", "CTMOutput": "nn.model", "Tracking": "nn.model",
     "certainty": "nn.model", "normalised_entropy": "nn.model",
     "accuracy": "training.losses", "certainty_loss": "training.losses", "per_tick_cross_entropy": "training.losses",
-    "ThinkOutput": "nn.halting", "think": "nn.halting",
+    "ThinkOutput": "nn.halting", "think": "nn.halting", "Phase": "nn.readers",
     "Prediction": "inference", "Run": "inference", "load_run": "inference", "predict": "inference",
     "list_pretrained": "pretrained", "load_pretrained": "pretrained",
     "config_from_seed_state_dict": "interop.tutorial", "from_seed_state_dict": "interop.tutorial",
     "config_from_official": "interop.official", "from_official_state_dict": "interop.official",
 }
 __all__ = [
-    "CTM", "CTMConfig", "CTMOutput", "ContinuousThoughtMachine", "Prediction", "Run", "ThinkOutput", "Tracking",
+    "CTM", "CTMConfig", "CTMOutput", "ContinuousThoughtMachine", "Phase", "Prediction", "Run", "ThinkOutput",
+    "Tracking",
     "accuracy", "certainty", "certainty_loss", "config_from_official", "config_from_seed_state_dict",
     "from_official_state_dict", "from_seed_state_dict", "list_pretrained", "load_pretrained", "load_run",
     "normalised_entropy", "per_tick_cross_entropy", "predict", "think",
@@ -59,5 +60,6 @@ if TYPE_CHECKING:
     from .interop.tutorial import config_from_seed_state_dict, from_seed_state_dict
     from .nn.halting import ThinkOutput, think
     from .nn.model import CTM, ContinuousThoughtMachine, CTMOutput, Tracking, certainty, normalised_entropy
+    from .nn.readers import Phase
     from .pretrained import list_pretrained, load_pretrained
     from .training.losses import accuracy, certainty_loss, per_tick_cross_entropy

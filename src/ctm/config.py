@@ -65,12 +65,18 @@ BACKBONES = ("tutorial", "tutorial-s2d",
 POSITIONAL_EMBEDDINGS = ("none", "learnable-fourier", "multi-learnable-fourier", "custom-rotational",
                          "custom-rotational-1d")
 NEURON_SELECTIONS = ("first-last", "random", "random-pairing")
+#: How a tick reads its input (`ctm.nn.readers`).
+INPUT_READERS = ("attention", "direct", "schedule")
+#: The fields the direct reader has no use for (no attention, no action synchronisation, no image channels):
+#: they must keep their defaults.
+DIRECT_UNUSED = ("heads", "n_synch_action", "in_channels")
 #: The most values one part of a model may hold (its parameters, or the predictions of one sample over its
 #: ticks): 2^40, 4 TiB of float32, beyond any machine's memory and far below sizes whose byte counts overflow.
 MAX_PART_SIZE = 2**40
 #: The fields beyond the tutorial's model: at their defaults a config is the tutorial's architecture.
 OFFICIAL_OPTIONS = ("backbone", "positional_embedding", "neuron_selection", "n_self_pairs", "synapse_depth",
-                    "deep_nlms", "nlm_layernorm", "nlm_temperature", "dropout", "nlm_dropout", "out_positions")
+                    "deep_nlms", "nlm_layernorm", "nlm_temperature", "dropout", "nlm_dropout", "out_positions",
+                    "input_reader")
 
 
 @dataclass(frozen=True)
@@ -82,9 +88,11 @@ class CTMConfig:
     backbone). The fields after in_channels are the official implementation's options.
     """
 
-    iterations: int = option(30, "internal ticks T", min=1)
+    iterations: int = option(30, "internal ticks T (input_reader schedule: the most a schedule may take)",
+                             min=1)
     d_model: int = option(128, "neurons D", min=1)
-    d_input: int = option(32, "width of the attention output and of the backbone", min=1)
+    d_input: int = option(32, "width of what a tick reads (the attention output, or the direct "
+                          "reader's input) and of the backbone", min=1)
     memory_length: int = option(15, "length M of each neuron's pre-activation trace", min=1)
     heads: int = option(1, "attention heads (must divide d_input)", min=1)
     n_synch_out: int = option(16, "neurons in the output synchronisation", min=1)
@@ -113,6 +121,12 @@ class CTMConfig:
     nlm_dropout: float = option(0.0, "dropout on the neuron-level models' inputs", min=0)
     out_positions: int = option(1, "output positions: out_dims is positions x classes, and certainty is the "
                                 "mean over the positions", min=1)
+    input_reader: str = option("attention", "how a tick reads its input (ctm.nn.readers): attention (a query "
+                               "from the action synchronisation attends over the input's tokens, the same at "
+                               "every tick), direct (a (B, d_input) vector goes to the synapses at every tick: "
+                               "the official sort model) or schedule (inputs that change over ticks, phase by "
+                               "phase attended or fed directly: the official QAMNIST model)",
+                               choices=INPUT_READERS)
 
     def __post_init__(self) -> None:
         check_fields(self)  # a size of True is a bug, not a 1: bool is refused where an int is expected
@@ -131,7 +145,7 @@ class CTMConfig:
             if getattr(self, name) >= 1:
                 raise ValueError(f"CTMConfig.{name} must be below 1 (a probability), got {getattr(self, name)}")
         self._check_options()
-        for name in ("n_synch_out", "n_synch_action"):
+        for name in ("n_synch_out", "n_synch_action")[:1 if self.input_reader == "direct" else 2]:
             # random selections draw with replacement, so only first-last needs that many neurons
             if getattr(self, name) > self.d_model and self.neuron_selection == "first-last":
                 raise ValueError(
@@ -170,8 +184,9 @@ class CTMConfig:
 
     def _check_options(self) -> None:
         """The combinations of the official options that make a model."""
+        self._check_reader()
         if self.neuron_selection == "random-pairing":
-            for name in ("n_synch_out", "n_synch_action"):
+            for name in ("n_synch_out", "n_synch_action")[:1 if self.input_reader == "direct" else 2]:
                 if self.n_self_pairs >= getattr(self, name):
                     raise ValueError(
                         f"CTMConfig.n_self_pairs ({self.n_self_pairs}) must be below {name} "
@@ -192,6 +207,20 @@ class CTMConfig:
         if self.in_channels != 1 and self.backbone == "parity":
             raise ValueError(f"CTMConfig.in_channels must be 1 with the parity backbone (its input is one "
                              f"sequence of +-1 per sample), got {self.in_channels}")
+
+    def _check_reader(self) -> None:
+        """The direct reader feeds its input (B, d_input) to the synapses as it is: no backbone, no attention."""
+        if self.input_reader != "direct":
+            return
+        if self.backbone != "none":
+            raise ValueError(f"CTMConfig.backbone must be 'none' with input_reader 'direct' (its input (B, d_input) "
+                             f"goes to the synapses as it is), got {self.backbone!r}")
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in DIRECT_UNUSED:
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(f"CTMConfig.{name} ({getattr(self, name)}) does not apply with input_reader "
+                                 f"'direct' (no attention, no action synchronisation, no image channels); "
+                                 f"leave it at {defaults[name]}")
 
     @property
     def tutorial_options(self) -> bool:

@@ -428,6 +428,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..tasks import DEFAULT_TASK, resolve_task, task_from_record
 
     model_changes, train_changes = given(args, CTMConfig), given(args, tr.TrainConfig)
+    if model_changes.get("input_reader", "attention") != "attention":
+        raise CLIError(f"--input-reader {model_changes['input_reader']}: ctm train's tasks feed images or sequences "
+                       f"to the attention reader; train the direct and schedule readers from Python")
     folder = folder_path(train_changes.get("dataset", ""))
     if folder is not None:  # recorded absolute, so eval and --resume find it from anywhere
         _check_path_text("--dataset", str(folder))

@@ -369,6 +369,9 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
     cfg = opts.model_config()
     if cfg.backbone == "parity":
         raise ValueError("ctm bench feeds random images; the parity backbone takes +-1 sequences")
+    if cfg.input_reader != "attention":
+        raise ValueError(f"ctm bench feeds random images to the attention reader; CTMConfig.input_reader "
+                         f"{cfg.input_reader!r} takes other inputs")
     seed_path = find_seed_reference(opts.seed_path)
     notes = []
     if opts.official_path is not None:
@@ -533,6 +536,9 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     config = given(args, CTMConfig)
     if "iterations" in config:
         changes["ticks"] = config.pop("iterations")
+    if config.get("input_reader", "attention") != "attention":
+        raise ValueError(f"--input-reader {config['input_reader']}: ctm bench feeds random images to the attention "
+                         f"reader")
     try:
         CTMConfig(**config)
     except ValueError as e:

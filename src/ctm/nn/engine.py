@@ -79,10 +79,10 @@ def applies(model: ContinuousThoughtMachine) -> bool:
 def covers(config: CTMConfig, training: bool) -> bool:
     """Whether the engine computes this configuration: any backbone, positional embedding, neuron selection,
     output positions and NLM temperature (folded into the NLM weights), with the tutorial's core (one synapse
-    layer, deep neuron-level models without LayerNorm) and no dropout while training (it draws masks the
-    engine does not)."""
+    layer, deep neuron-level models without LayerNorm), the attention reader (`ctm.nn.readers`) and no dropout
+    while training (it draws masks the engine does not)."""
     c = config
-    core = c.synapse_depth == 1 and c.deep_nlms and not c.nlm_layernorm
+    core = c.synapse_depth == 1 and c.deep_nlms and not c.nlm_layernorm and c.input_reader == "attention"
     no_dropout = not training or (c.dropout == 0 and c.nlm_dropout == 0)
     return core and no_dropout
 

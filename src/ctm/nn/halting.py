@@ -36,22 +36,25 @@ class ReadableStepper:
     `keep(rows)` drops the others."""
 
     def __init__(self, model: ContinuousThoughtMachine, x: Tensor) -> None:
-        self.model = model
-        tokens, _ = model.compute_features(x)
+        self.model, self.t = model, 0
+        tokens, _ = model.reader.encode(x, model.compute_features)
         with model.full_precision(x):
             self.state, self.inputs = model.start(tokens)
 
     def step(self) -> Tensor:
-        self.state, out = self.model.tick(self.state, self.inputs)
+        self.state, out = self.model.tick(self.state, self.inputs, self.t)
+        self.t += 1
         return out.logits
 
     def keep(self, rows: Tensor) -> None:
         self.state = _rows(self.state, rows)  # the CTM's TickState, or another model's (the LSTM's)
-        self.inputs = self.inputs._replace(k=self.inputs.k[rows], v=self.inputs.v[rows])
+        self.inputs = self.inputs.rows(rows)  # the CTM's TickInputs, or what the LSTM's reader prepared
 
 
 def _rows(state, rows: Tensor):
-    """`state` (a tensor, or NamedTuples of them) with only the batch rows `rows`."""
+    """`state` (a tensor, or NamedTuples of them, or None) with only the batch rows `rows`."""
+    if state is None:
+        return None
     if isinstance(state, Tensor):
         return state[rows]
     return type(state)(*(_rows(s, rows) for s in state))
@@ -60,15 +63,19 @@ def _rows(state, rows: Tensor):
 @torch.no_grad()
 def think(model: ContinuousThoughtMachine, x: Tensor, halt_certainty: float,
           max_ticks: int | None = None) -> ThinkOutput:
-    """Each sample of x (B, C, H, W) thinks until its certainty reaches `halt_certainty`.
+    """Each sample of x (B, C, H, W) (or vectors (B, d_input) for input_reader direct) thinks until its
+    certainty reaches `halt_certainty`.
 
     The result for each sample is the full forward's output at its halting tick: samples never see each
     other. In training mode the backbone's BatchNorm uses (and updates) batch statistics exactly as forward
     does, so call `model.eval()` first for per-sample answers and untouched running statistics.
     `halt_certainty` > 1 runs every tick; 0 stops every sample after the first.
     """
-    model.check_input(x)
     c = model.config
+    if c.input_reader == "schedule":
+        raise ValueError("think halts a sample that reads one input at every tick; input_reader 'schedule' "
+                         "changes its inputs over ticks: run the model's forward on the schedule")
+    model.check_input(x)
     if isinstance(halt_certainty, bool) or not isinstance(halt_certainty, (int, float)) \
             or math.isnan(halt_certainty):
         raise ValueError(f"halt_certainty must be a number (a certainty in [0, 1]), got {halt_certainty!r}")

@@ -90,10 +90,11 @@ def largest_size_field(kind: str, config: CTMConfig, **extra: Any) -> str | None
     """The field of SIZE_FIELDS that accounts for the most of the model's parameters: the one whose value set
     to 1 removes the most (with the fields it bounds lowered alike). None when none removes any."""
     total, best, removed = parameter_count(kind, config, **extra), None, 0
-    for name in SIZE_FIELDS:
+    attends = config.input_reader != "direct"  # the direct reader keeps n_synch_action at its default
+    for name in SIZE_FIELDS if attends else (f for f in SIZE_FIELDS if f != "n_synch_action"):
         small: dict[str, Any] = {name: 1}
         if name == "d_model":  # first-last takes the synchronised neurons among d_model's
-            small.update(n_synch_out=1, n_synch_action=1)
+            small.update(n_synch_out=1, **({"n_synch_action": 1} if attends else {}))
         if name == "d_input":
             small["heads"] = 1
         if name in ("d_model", "n_synch_out", "n_synch_action"):

@@ -33,6 +33,7 @@ from ..config import MAX_PART_SIZE, CTMConfig, check_fields, option
 from .backbones import build_backbone
 from .model import ContinuousThoughtMachine, CrossAttention, TickOutput
 from .positional import build_positional_embedding
+from .readers import AttentionInputs, AttentionReader
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,6 @@ class LSTMState(NamedTuple):
     c: Tensor  # (B, H) cell state
 
 
-class LSTMInputs(NamedTuple):
-    """What every tick reads and no tick changes."""
-
-    k: Tensor  # (B, heads, N, d_input / heads) keys
-    v: Tensor  # (B, heads, N, d_input / heads) values
-
-
 class LSTMBaseline(nn.Module):
     """An LSTM that thinks for `config.iterations` ticks over the CTM's tokens (module docstring).
 
@@ -93,8 +87,8 @@ class LSTMBaseline(nn.Module):
     fast_backward: bool = False
 
     # The CTM's own forward, tick loop, input encoder and helpers, reused as they are: besides `tick` and
-    # `start` they read only `config`, `backbone`, `positional_embedding` and `kv_proj`, built the same way
-    # here, and `fast_backward` (False: the engine's dispatch never applies).
+    # `start` they read only `config`, `reader`, `backbone`, `positional_embedding` and `kv_proj`, built the
+    # same way here, and `fast_backward` (False: the engine's dispatch never applies).
     forward = ContinuousThoughtMachine.forward
     forward_tokens = ContinuousThoughtMachine.forward_tokens
     think = ContinuousThoughtMachine.think
@@ -102,6 +96,7 @@ class LSTMBaseline(nn.Module):
     certainty = ContinuousThoughtMachine.certainty
     full_precision = ContinuousThoughtMachine.full_precision
     check_input = ContinuousThoughtMachine.check_input
+    check_backbone_input = ContinuousThoughtMachine.check_backbone_input
     _check_sequence = staticmethod(ContinuousThoughtMachine._check_sequence)
     num_parameters = ContinuousThoughtMachine.num_parameters
 
@@ -111,6 +106,9 @@ class LSTMBaseline(nn.Module):
         if not isinstance(config, CTMConfig):
             raise TypeError(f"config must be a CTMConfig, got {type(config).__name__}")
         self.config = c = config
+        if c.input_reader != "attention":
+            raise ValueError(f"CTMConfig.input_reader {c.input_reader!r}: the LSTM baseline reads its tokens with "
+                             f"attention only (input_reader 'attention')")
         self.lstm_config = LSTMConfig(0 if hidden is None else hidden).resolved(c)
         H = self.hidden = self.lstm_config.hidden
         # The input encoder, as the CTM builds it: backbone -> positional embedding -> tokens (B, N, d_input).
@@ -120,6 +118,7 @@ class LSTMBaseline(nn.Module):
         # The core.
         self.q_proj = nn.Linear(H, c.d_input)
         self.attention = CrossAttention(c.d_input, c.heads, c.dropout)
+        self.reader = AttentionReader(self.q_proj, self.attention, c.iterations)  # the query from h_t
         self.cell = nn.LSTMCell(c.d_input, H)
         self.output_projector = nn.Linear(H, c.out_dims)
         bound = math.sqrt(1 / H)
@@ -128,18 +127,18 @@ class LSTMBaseline(nn.Module):
 
     # ------------------------------------------------------------------------------------------ the tick
 
-    def tick(self, state: LSTMState, inputs: LSTMInputs) -> tuple[LSTMState, TickOutput]:
-        """One internal tick: the four steps of the module docstring."""
-        o, attention = self.attention(self.q_proj(state.h), inputs.k, inputs.v)  # (B, d_input), (B, heads, N)
+    def tick(self, state: LSTMState, inputs: AttentionInputs, t: int) -> tuple[LSTMState, TickOutput]:
+        """Internal tick t (from 0): the four steps of the module docstring."""
+        o, attention = self.reader.read(state.h, inputs, t)  # (B, d_input), (B, heads, N)
         h, c = self.cell(o, (state.h, state.c))  # (B, H) each
         logits = self.output_projector(h)  # (B, C)
         return LSTMState(h, c), TickOutput(logits, self.certainty(logits), c, h, attention, state.h, h)
 
-    def start(self, tokens: Tensor) -> tuple[LSTMState, LSTMInputs]:
+    def start(self, tokens: Tensor) -> tuple[LSTMState, AttentionInputs]:
         """Before the first tick: keys/values of the tokens (B, N, d_input) and the learned start state."""
-        k, v = self.attention.project_kv(tokens.to(self.start_hidden.dtype))
+        inputs = self.reader.start(tokens, self.start_hidden.dtype)
         B = tokens.shape[0]
-        return LSTMState(self.start_hidden.expand(B, -1), self.start_cell.expand(B, -1)), LSTMInputs(k, v)
+        return LSTMState(self.start_hidden.expand(B, -1), self.start_cell.expand(B, -1)), inputs
 
     # ------------------------------------------------------------------------------------------ helpers
 

@@ -5,8 +5,9 @@ pre-activations), B batch, N attention tokens (the backbone's H' x W' grid), C c
 
 Per tick t (`ContinuousThoughtMachine.tick`) the model
   1. reads the action synchronisation S_action of the last n_synch_action neurons,
-  2. turns it into a query and attends over the image tokens (keys/values fixed for the whole forward),
-  3. runs the synapses on [attention output, post-activations z_t] to get pre-activations a_t,
+  2. reads its input o_t with its reader (`ctm.nn.readers`, `CTMConfig.input_reader`): by default it turns
+     S_action into a query and attends over the image tokens (keys/values fixed for the whole forward),
+  3. runs the synapses on [o_t, post-activations z_t] to get pre-activations a_t,
   4. pushes a_t into each neuron's FIFO trace of the last M pre-activations,
   5. runs every neuron's private MLP (the neuron-level models) on its trace to get z_{t+1},
   6. reads the output synchronisation S_out of the first n_synch_out neurons and projects it to logits,
@@ -14,9 +15,9 @@ Per tick t (`ContinuousThoughtMachine.tick`) the model
 
 This file is the code that runs for plain autograd (`fast_backward = False`), torch.compile, double
 backward and forward-mode AD, and for the official options the engine does not compute (`engine.covers`:
-U-Net synapses, shallow or LayerNorm-ed neuron-level models, dropout in training). Training and inference at
-full speed run the same function on the fast engine (`ctm.engine`), entered through one dispatch at the top
-of `forward`.
+U-Net synapses, shallow or LayerNorm-ed neuron-level models, dropout in training, the direct and schedule
+readers). Training and inference at full speed run the same function on the fast engine (`ctm.engine`),
+entered through one dispatch at the top of `forward`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from . import engine
 from .backbones import build_backbone
 from .outputs import CTMOutput, Tracking, certainty, normalised_entropy
 from .positional import build_positional_embedding
+from .readers import build_reader, device_of
 from .synapses import build_synapses
 
 MAX_DECAY = 15.0  # decay rates are clamped to [0, MAX_DECAY]
@@ -207,17 +209,20 @@ class TickState(NamedTuple):
 
     z: Tensor  # (B, D) post-activations z_t
     trace: Tensor  # (B, D, M) the last M pre-activations of each neuron
-    synch_action: SynchState | None  # None before the first tick
+    synch_action: SynchState | None  # None before the first tick, and without action synchronisation
     synch_out: SynchState
 
 
 class TickInputs(NamedTuple):
     """What every tick reads and no tick changes."""
 
-    k: Tensor  # (B, heads, N, d/heads) keys
-    v: Tensor  # (B, heads, N, d/heads) values
-    r_action: Tensor  # (P_action,) decay factors exp(-decay)
+    read: Any  # what the reader prepared (`ctm.nn.readers`), e.g. keys/values (B, heads, N, d/heads) each
+    r_action: Tensor | None  # (P_action,) decay factors exp(-decay); None without action synchronisation
     r_out: Tensor  # (P_out,)
+
+    def rows(self, rows: Tensor) -> TickInputs:
+        """Only the batch rows `rows` (adaptive computation drops halted samples)."""
+        return self._replace(read=self.read.rows(rows))
 
 
 class TickOutput(NamedTuple):
@@ -225,8 +230,8 @@ class TickOutput(NamedTuple):
     certainty: Tensor  # (B, 2)
     pre_activations: Tensor  # (B, D) a_t
     post_activations: Tensor  # (B, D) z_{t+1}
-    attention: Tensor  # (B, heads, N)
-    synchronisation_action: Tensor  # (B, P_action)
+    attention: Tensor  # (B, heads, N) the reader's attention weights (empty or zeros where it attends to none)
+    synchronisation_action: Tensor  # (B, P_action); (B, 0) without action synchronisation
     synchronisation_out: Tensor  # (B, P_out)
 
 
@@ -235,7 +240,8 @@ class TickOutput(NamedTuple):
 
 class ContinuousThoughtMachine(nn.Module):
     """A CTM: an input encoder (backbone -> positional embedding -> key/value tokens), then T ticks of
-    attention, synapses, neuron-level models and synchronisation over the tokens (`forward_tokens`).
+    attention, synapses, neuron-level models and synchronisation over the tokens (`forward_tokens`). How a
+    tick reads its input is the reader's (`CTMConfig.input_reader`, `ctm.nn.readers`).
     `forward(x)` returns a `CTMOutput`; `think(x, ...)` halts adaptively. The options of the official
     implementation are `CTMConfig` fields (`ctm.backbones`, `ctm.positional`, `ctm.synapses`).
     """
@@ -252,13 +258,15 @@ class ContinuousThoughtMachine(nn.Module):
         if not isinstance(config, CTMConfig):
             raise TypeError(f"config must be a CTMConfig, got {type(config).__name__}")
         self.config = c = config
+        attends = c.input_reader != "direct"  # the direct reader has no attention, no action synchronisation
         # The input encoder: backbone -> positional embedding -> key/value tokens (B, N, d_input).
         self.backbone = build_backbone(c)
         self.positional_embedding = build_positional_embedding(c.positional_embedding, c.d_backbone)
-        self.kv_proj = nn.Sequential(nn.Linear(c.d_backbone, c.d_input), nn.LayerNorm(c.d_input))
-        # The core.
-        self.q_proj = nn.Linear(c.synch_size_action, c.d_input)
-        self.attention = CrossAttention(c.d_input, c.heads, c.dropout)
+        self.kv_proj = nn.Sequential(nn.Linear(c.d_backbone, c.d_input), nn.LayerNorm(c.d_input)) if attends else None
+        # The core. The reader uses the model's q_proj and attention (their state-dict names predate readers).
+        self.q_proj = nn.Linear(c.synch_size_action, c.d_input) if attends else None
+        self.attention = CrossAttention(c.d_input, c.heads, c.dropout) if attends else None
+        self.reader = build_reader(c, self.q_proj, self.attention)
         self.synapses = build_synapses(c.d_input + c.d_model, c.d_model, c.synapse_depth, c.dropout)
         self.neuron_level_models = NeuronLevelModels(
             c.memory_length, c.memory_hidden_dims, c.d_model, deep=c.deep_nlms, layernorm=c.nlm_layernorm,
@@ -270,20 +278,22 @@ class ContinuousThoughtMachine(nn.Module):
         # first-last: output synchronisation over the first n_synch_out neurons, action over the last
         # n_synch_action; or pairs drawn at random (`select_pairs`).
         self.synch_out = select_pairs(c.neuron_selection, c.d_model, c.n_synch_out, False, c.n_self_pairs)
-        self.synch_action = select_pairs(c.neuron_selection, c.d_model, c.n_synch_action, True, c.n_self_pairs)
+        self.synch_action = select_pairs(c.neuron_selection, c.d_model, c.n_synch_action, True, c.n_self_pairs) \
+            if attends else None
         self.decay_params_out = nn.Parameter(torch.zeros(c.synch_size_out))
-        self.decay_params_action = nn.Parameter(torch.zeros(c.synch_size_action))
+        self.decay_params_action = nn.Parameter(torch.zeros(c.synch_size_action)) if attends else None
         self.output_projector = nn.Linear(c.synch_size_out, c.out_dims)
 
     # ------------------------------------------------------------------------------------------ the tick
 
-    def tick(self, state: TickState, inputs: TickInputs) -> tuple[TickState, TickOutput]:
-        """One internal tick: the seven steps of the module docstring."""
-        # 1. action synchronisation of the last n_synch_action neurons
-        s_action, synch_action = self.synch_action(state.z, state.synch_action, inputs.r_action)  # (B, P_action)
-        # 2. a query from it, cross-attention over the tokens
-        o, attention = self.attention(self.q_proj(s_action), inputs.k, inputs.v)  # (B, d_input), (B, heads, N)
-        # 3. synapses: pre-activations from [attention output, z_t]
+    def tick(self, state: TickState, inputs: TickInputs, t: int) -> tuple[TickState, TickOutput]:
+        """Internal tick t (from 0): the seven steps of the module docstring."""
+        # 1. action synchronisation of the last n_synch_action neurons (none with the direct reader)
+        s_action, synch_action = (self.synch_action(state.z, state.synch_action, inputs.r_action)
+                                  if self.synch_action is not None else (state.z[:, :0], None))  # (B, P_action)
+        # 2. the reader: o_t, by default cross-attention over the tokens with a query from S_action
+        o, attention = self.reader.read(s_action, inputs.read, t)  # (B, d_input), (B, heads, N)
+        # 3. synapses: pre-activations from [o_t, z_t]
         a = self.synapses(torch.cat((o, state.z), dim=-1))  # (B, D)
         # 4. the FIFO trace of the last M pre-activations
         trace = torch.cat((state.trace[:, :, 1:], a.unsqueeze(-1)), dim=-1)  # (B, D, M)
@@ -296,32 +306,35 @@ class ContinuousThoughtMachine(nn.Module):
         return TickState(z, trace, synch_action, synch_out), TickOutput(
             logits, self.certainty(logits), a, z, attention, s_action, s_out)
 
-    def start(self, tokens: Tensor) -> tuple[TickState, TickInputs]:
-        """Before the first tick: keys/values of the tokens (B, N, d_input), decay factors, the start state."""
-        k, v = self.attention.project_kv(tokens.to(self.start_trace.dtype))
+    def start(self, tokens: Any) -> tuple[TickState, TickInputs]:
+        """Before the first tick: what the reader reads (keys/values of tokens (B, N, d_input) by default),
+        decay factors, the start state."""
+        read = self.reader.start(tokens, self.start_trace.dtype)
         r_action, r_out = self.decay_factors()
-        B = tokens.shape[0]
+        B = read.batch
         z = self.start_activated_state.unsqueeze(0).expand(B, -1)  # (B, D)
         trace = self.start_trace.unsqueeze(0).expand(B, -1, -1)  # (B, D, M)
         _, synch_out = self.synch_out(z, None, r_out)
-        return TickState(z, trace, None, synch_out), TickInputs(k, v, r_action, r_out)
+        return TickState(z, trace, None, synch_out), TickInputs(read, r_action, r_out)
 
-    def forward(self, x: Tensor, track: bool = False) -> CTMOutput:
-        """Run T ticks on a batch of inputs: images (B, C, H, W), or what the backbone takes."""
+    def forward(self, x: Any, track: bool = False) -> CTMOutput:
+        """Run T ticks on a batch of inputs: images (B, C, H, W), or what the backbone takes; with
+        input_reader direct vectors (B, d_input), with schedule a list of `ctm.nn.readers.Phase`."""
         self.check_input(x)
         if engine.applies(self):
             return engine.forward(self, x, track)
-        tokens, grid = self.compute_features(x)  # (B, N, d_input)
+        tokens, grid = self.reader.encode(x, self.compute_features)  # e.g. tokens (B, N, d_input)
         with self.full_precision(x):  # under autocast only the backbone runs in low precision
             return self.forward_tokens(tokens, track, grid)
 
-    def forward_tokens(self, tokens: Tensor, track: bool = False, grid: tuple[int, int] | None = None
+    def forward_tokens(self, tokens: Any, track: bool = False, grid: tuple[int, int] | None = None
                        ) -> CTMOutput:
-        """The core: T ticks attending over key/value tokens (B, N, d_input) from any input encoder."""
+        """The core: T ticks attending over key/value tokens (B, N, d_input) from any input encoder (or
+        reading what the reader takes: direct vectors (B, d_input), a schedule with encoded attend phases)."""
         state, inputs = self.start(tokens)
         ticks = []
-        for _ in range(self.config.iterations):
-            state, out = self.tick(state, inputs)
+        for t in range(self.reader.ticks(tokens)):
+            state, out = self.tick(state, inputs, t)
             ticks.append(out)
         predictions = torch.stack([o.logits for o in ticks], -1)  # (B, C, T)
         certainties = torch.stack([o.certainty for o in ticks], -1)  # (B, 2, T)
@@ -332,7 +345,7 @@ class ContinuousThoughtMachine(nn.Module):
 
             tracking = Tracking(stacked("pre_activations"), stacked("post_activations"), stacked("attention"),
                                 stacked("synchronisation_out"), stacked("synchronisation_action"),
-                                grid or (1, tokens.shape[1]))
+                                grid or (1, ticks[0].attention.shape[-1]))
         return CTMOutput(predictions, certainties, ticks[-1].synchronisation_out, tracking)
 
     def think(self, x: Tensor, halt_certainty: float, max_ticks: int | None = None):
@@ -369,20 +382,21 @@ class ContinuousThoughtMachine(nn.Module):
         The clamp is straight-through: the forward sees the clamped rate, the gradient flows as if unclamped
         (the seed clamps the parameters in place before using them; no writes to parameters here).
         """
-        def clamped(p: Tensor) -> Tensor:
-            return p + (p.clamp(0, MAX_DECAY) - p).detach()
+        def clamped(p: Tensor | None) -> Tensor | None:  # None: no action synchronisation (direct reader)
+            return None if p is None else p + (p.clamp(0, MAX_DECAY) - p).detach()
 
         return clamped(self.decay_params_action), clamped(self.decay_params_out)
 
-    def decay_factors(self) -> tuple[Tensor, Tensor]:
+    def decay_factors(self) -> tuple[Tensor | None, Tensor]:
         """r = exp(-decay) of the action and the output pairs (decays clamped, see `decay_rates`)."""
         rate_action, rate_out = self.decay_rates()
-        return torch.exp(-rate_action), torch.exp(-rate_out)
+        return None if rate_action is None else torch.exp(-rate_action), torch.exp(-rate_out)
 
-    def full_precision(self, x: Tensor):
+    def full_precision(self, x: Any):
         """A context in which autocast is off, so the ticks run in the parameters' precision."""
-        if x.device.type in ("cpu", "cuda"):
-            return torch.autocast(x.device.type, enabled=False)
+        device = device_of(x)
+        if device.type in ("cpu", "cuda"):
+            return torch.autocast(device.type, enabled=False)
         return contextlib.nullcontext()
 
     def num_parameters(self) -> int:
@@ -395,7 +409,8 @@ class ContinuousThoughtMachine(nn.Module):
     def clamp_decay_(self) -> None:
         """Clamp the decay parameters into [0, MAX_DECAY] in place; call after each optimiser step."""
         self.decay_params_out.clamp_(0, MAX_DECAY)
-        self.decay_params_action.clamp_(0, MAX_DECAY)
+        if self.decay_params_action is not None:
+            self.decay_params_action.clamp_(0, MAX_DECAY)
 
     def attach_decay_clamp(self, optimizer: torch.optim.Optimizer):
         """Clamp the decay parameters after every `optimizer.step()`; returns the hook's handle.
@@ -405,8 +420,12 @@ class ContinuousThoughtMachine(nn.Module):
         """
         return optimizer.register_step_post_hook(lambda *_: self.clamp_decay_())
 
-    def check_input(self, x: Tensor) -> None:
+    def check_input(self, x: Any) -> None:
         """Raise a ValueError naming what is wrong with an input batch, before any torch op sees it."""
+        self.reader.check_input(x, self)
+
+    def check_backbone_input(self, x: Tensor) -> None:
+        """`check_input` for what the backbone takes (the attention reader's input, a schedule's attend phase)."""
         backbone = self.config.backbone
         if backbone == "parity":
             return self._check_sequence(x)

@@ -17,7 +17,7 @@ class Tracking(NamedTuple):
 
     pre_activations: Tensor  # (T, B, D) the newest trace entry a_t
     post_activations: Tensor  # (T, B, D) z_{t+1}
-    attention: Tensor  # (T, B, heads, N) attention weights per head
+    attention: Tensor  # (T, B, heads, N) attention weights per head (readers: direct N = 0, schedule zero-padded)
     synchronisation_out: Tensor  # (T, B, synch_size_out)
     synchronisation_action: Tensor  # (T, B, synch_size_action)
     token_grid: tuple[int, int]  # (H', W'): attention[..., n] is token (n // W', n % W'); (1, L) for a sequence

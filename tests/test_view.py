@@ -137,7 +137,9 @@ def test_pick_thinking_example_takes_the_most_changing_right_answer():
     rng = np.random.default_rng(0)
     data = ImageDataset(torch.from_numpy(rng.integers(0, 256, (40, 1, 28, 28), dtype=np.uint8)),
                         torch.from_numpy(rng.integers(0, 10, 40)).long(), 10, name="mnist", split="test")
-    pick = viz.pick_thinking_example(model, data, limit=30, batch_size=7)
+    from ctm.tasks.image.pictures import pick_thinking_example
+
+    pick = pick_thinking_example(model, data, limit=30, batch_size=7)
     model.eval()
     with torch.inference_mode():
         out = model(data.batch(torch.arange(30))[0])

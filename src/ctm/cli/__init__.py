@@ -344,14 +344,6 @@ def _data_dir_for(run_dir: str | Path, payload: dict, data_dir: str | None, data
     return recorded
 
 
-def _check_run_folder(run_dir: str | Path, payload: dict, dataset: str | None = None) -> None:
-    """A run trained on an image folder that is no longer there: say how to point it at the folder's new place."""
-    recorded = payload.get("dataset") or {}
-    if dataset is None and recorded.get("kind") == "folder" and not Path(str(recorded.get("path"))).is_dir():
-        raise CLIError(f"{run_dir} was trained on the image folder {recorded.get('path')}, which is gone; if it "
-                       f"moved, pass ctm eval {run_dir} --dataset folder:NEWPATH")
-
-
 def _steps_from_epochs(epochs: float, task, train_config, data_dir: str | None) -> int:
     from ..data.folders import folder_path, split_size
 
@@ -545,12 +537,9 @@ def _samples_for(args: argparse.Namespace, payload: dict, split: str = "test"):
 
         return pretrained_test_slice(args.pretrained)
     task = task_from_record(payload)
-    if args.pretrained is not None:
-        data_dir = args.data_dir
-    else:
-        data_dir = _data_dir_for(args.run_dir, payload, args.data_dir)
-        _check_run_folder(args.run_dir, payload)
-    return task.load(split, _recorded_train_config(args, payload), data_dir, recorded=payload.get("dataset"))
+    data_dir = args.data_dir if args.pretrained is not None else _data_dir_for(args.run_dir, payload, args.data_dir)
+    return task.eval_data(split, _recorded_train_config(args, payload), data_dir, recorded=payload.get("dataset"),
+                          progress=True)
 
 
 def _recorded_train_config(args: argparse.Namespace, payload: dict):
@@ -644,23 +633,11 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     model, payload = _load_source(args, resolve_device(args.device))
-    from ..tasks import ImageTask, task_from_record
+    from ..tasks import task_from_record
 
     task = task_from_record(payload)
-    index = args.index
-    if isinstance(task, ImageTask):  # images: a run's folder or --data-dir, the bundled test slice, --label
-        data = _samples_for(args, payload, args.split)
-        if args.label is not None:
-            from ..tasks.image.pictures import select_example
-
-            index = select_example(data, None, args.label)[0]
-    else:
-        from ..training.loop import TrainConfig
-
-        if args.label is not None or args.data_dir is not None:
-            raise CLIError(f"--label and --data-dir are for image runs; {args.run_dir} is a {task.name} run")
-        data = task.eval_data(args.split, TrainConfig.from_dict(payload["train"]), None)
-    example = task.pick_example(model, data, index)
+    data = _samples_for(args, payload, args.split)
+    example = task.pick_example(model, data, args.index, label=args.label)
     started = time.perf_counter()
     if args.pretrained is None:
         out = Path(args.out or Path(args.run_dir) / f"thinking-{args.split}-{example.index}.gif")
@@ -779,17 +756,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config_of(payload: dict):
-    """The TrainConfig a run (or a bundle) records; the defaults with its dataset when it records none."""
-    from ..runs.checkpoint import run_dataset_name
-    from ..training.loop import TrainConfig
-
-    train = payload.get("train")
-    if isinstance(train, dict):
-        return TrainConfig.from_dict(train)
-    return TrainConfig(dataset=run_dataset_name(payload) or TrainConfig().dataset)
-
-
 def _eval_data(args: argparse.Namespace, payload: dict, task, model_config):
     """(data, dataset name) `ctm eval` reads: the task's data of the run's recipe (--dataset and --data-dir as
     the task reads them), or for a bundled model without its files the test slice shipped with it."""
@@ -809,7 +775,7 @@ def _eval_data(args: argparse.Namespace, payload: dict, task, model_config):
             return data, dataset_name
     data_dir = (args.data_dir if args.pretrained is not None
                 else _data_dir_for(args.run_dir, payload, args.data_dir, args.dataset))
-    data = task.eval_data(args.split, _train_config_of(payload), data_dir, recorded=payload.get("dataset"),
+    data = task.eval_data(args.split, _recorded_train_config(args, payload), data_dir, recorded=payload.get("dataset"),
                           dataset=args.dataset, progress=not args.json)
     if not args.json:
         for note in getattr(data, "notes", ()):

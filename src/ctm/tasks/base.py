@@ -248,9 +248,13 @@ class Task:
     # ---------------------------------------------------------------------------------------- pictures
 
     def pick_example(self, model: ContinuousThoughtMachine, data: Dataset,
-                     index: int | None = None) -> Example:
-        """The test sample worth showing and why, in words (`index` given: that one, checked, with no reason); the
-        GIF and `ctm viz` draw it. Default: the first."""
+                     index: int | None = None, label: int | None = None) -> Example:
+        """The test sample worth showing and why, in words (`index` given: that one, checked, with no reason;
+        `label`, `ctm viz --label`: the first of that class, for tasks with one class per sample); the GIF and
+        `ctm viz` draw it. Default: the first."""
+        if label is not None:
+            raise ValueError(f"--label picks a sample by its class; the {self.name} task has no single class per "
+                             f"sample (use --index)")
         if index is None:
             index = 0
         if not 0 <= index < len(data):

@@ -150,10 +150,14 @@ class ImageTask(Task):
                 + (f"; {rec['special']} special file{'s' if rec['special'] > 1 else ''} skipped (FIFO, socket or "
                    f"device)" if rec.get("special") else ""))
 
-    def pick_example(self, model: ContinuousThoughtMachine, data: ImageDataset, index: int | None = None) -> Example:
-        """Among the first THOUGHTFUL_POOL test images, the one whose probabilities change most over the ticks."""
-        from .pictures import pick_example
+    def pick_example(self, model: ContinuousThoughtMachine, data: ImageDataset, index: int | None = None,
+                     label: int | None = None) -> Example:
+        """Among the first THOUGHTFUL_POOL test images, the one whose probabilities change most over the ticks
+        (`label`: the first image of that class)."""
+        from .pictures import pick_example, select_example
 
+        if label is not None:
+            return Example(select_example(data, index, label)[0], "")
         return pick_example(model, data, index, THOUGHTFUL_POOL)
 
     def thinking_panels(self, output: CTMOutput, inputs: Tensor, targets: Tensor, data: ImageDataset) -> TaskPanels:

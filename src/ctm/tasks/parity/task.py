@@ -205,11 +205,14 @@ class ParityTask(Task):
 
         save_accuracy_plot(result.per_position_tick_accuracy, path, result.per_tick_sequence_accuracy)
 
-    def pick_example(self, model: ContinuousThoughtMachine, data: ParitySequences, index: int | None = None) -> Example:
+    def pick_example(self, model: ContinuousThoughtMachine, data: ParitySequences, index: int | None = None,
+                     label: int | None = None) -> Example:
         """Of the first GIF_POOL test sequences, one the model ends right on that it got most wrong at its first
         tick (it had to count)."""
         from .pictures import pick_example
 
+        if label is not None:
+            return super().pick_example(model, data, index, label)  # says why not
         return pick_example(model, data, index, GIF_POOL)
 
     def thinking_panels(self, output: CTMOutput, inputs: Tensor, targets: Tensor, data: ParitySequences) -> TaskPanels:

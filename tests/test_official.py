@@ -232,7 +232,7 @@ def test_official_options_keep_batch_independence(change):
     config = ctm.CTMConfig(iterations=3, d_model=20, d_input=8, memory_length=4, n_synch_out=5, n_synch_action=4,
                            memory_hidden_dims=2, **change)
     model = ctm.CTM(config).eval()
-    x = (torch.randint(0, 2, (3, 7)) * 2 - 1).float() if config.backbone == "parity" else torch.rand(3, 1, 8, 8)
+    x = (torch.randint(0, 2, (3, 7)) * 2 - 1).float() if config.backbone == "sign-embedding" else torch.rand(3, 1, 8, 8)
     twin = ctm.CTM(config).eval()
     twin.load_state_dict(model.state_dict())
     with torch.no_grad():

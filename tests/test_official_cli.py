@@ -53,7 +53,7 @@ def test_official_options_train_and_resume_through_the_cli(synthetic, tmp_path):
         assert r2["test_loss"] == pytest.approx(r1["test_loss"], abs=1e-6)
 
 
-@pytest.mark.parametrize("flags", [["--backbone", "parity", "--positional-embedding", "custom-rotational-1d"],
+@pytest.mark.parametrize("flags", [["--backbone", "sign-embedding", "--positional-embedding", "custom-rotational-1d"],
                                    ["--out-positions", "2"]])
 def test_ctm_train_refuses_the_sequence_options_in_one_line(synthetic, tmp_path, capsys, flags):
     assert run_cli("train", "--data-dir", synthetic, "--out", tmp_path / "run", *flags) == 2

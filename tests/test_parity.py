@@ -100,7 +100,7 @@ def test_the_loss_averages_the_cross_entropy_over_positions_at_one_tick_per_sequ
 def test_the_parity_model_runs_on_the_fast_engine_and_equals_the_readable_path():
     task = make_task("parity", length=5)
     config = ctm.CTMConfig(**PARITY_MODEL, **task.model_fields(None))
-    assert config.out_dims == 10 and config.out_positions == 5 and config.backbone == "parity"
+    assert config.out_dims == 10 and config.out_positions == 5 and config.backbone == "sign-embedding"
     assert engine.covers(config, training=True) and engine.covers(config, training=False)
     torch.manual_seed(0)
     model = ctm.CTM(config).eval()
@@ -120,7 +120,7 @@ def test_a_tiny_parity_ctm_learns_length_4_through_the_cli(tmp_path, capsys):
     assert "data: parity of length 4" in out and "whole sequences" in out
     payload = json.loads((run / "config.json").read_text())
     assert payload["task"] == {"name": "parity", "length": 4} and payload["train"]["dataset"] == "parity"
-    assert payload["model"]["out_positions"] == 4 and payload["model"]["backbone"] == "parity"
+    assert payload["model"]["out_positions"] == 4 and payload["model"]["backbone"] == "sign-embedding"
     result = eval_json(run, capsys=capsys)
     assert result["n"] == TEST_SIZE and result["accuracy"] >= 0.95 and result["sequence_accuracy"] >= 0.8
     assert len(result["per_position_tick_accuracy"]) == 4 and len(result["per_position_tick_accuracy"][0]) == 6

@@ -22,7 +22,6 @@ from helpers import TINY_FLAGS, cli_error, make_synthetic
 import ctm
 from ctm.cli import main
 from ctm.data.images import ImageDataset
-from ctm.pictures import figures as viz
 from ctm.pictures import viewer as view
 
 CONFIG = ctm.CTMConfig(iterations=6, d_model=32, d_input=16, memory_length=4, heads=2, n_synch_out=8,

@@ -61,7 +61,9 @@ def check_fields(config: Any) -> None:
 
 BACKBONES = ("tutorial", "tutorial-s2d",
              *(f"resnet{depth}-{stages}" for depth in (18, 34, 50, 101, 152) for stages in (1, 2, 3, 4)),
-             "shallow-wide", "parity", "none")
+             "shallow-wide", "sign-embedding", "none")
+# Backbone names of earlier versions -> today's (a config.json that records one loads as today's)
+BACKBONE_ALIASES = {"parity": "sign-embedding"}
 POSITIONAL_EMBEDDINGS = ("none", "learnable-fourier", "multi-learnable-fourier", "custom-rotational",
                          "custom-rotational-1d")
 NEURON_SELECTIONS = ("first-last", "random", "random-pairing")
@@ -104,8 +106,8 @@ class CTMConfig:
     # are the tutorial's (`tutorial_options`). The fast engine runs most of them (`engine.covers`).
     backbone: str = option("tutorial", "input backbone: the tutorial's two conv blocks, tutorial-s2d (the same "
                            "at half resolution after a 2x2 space-to-depth), a truncated ResNet "
-                           "(resnet<depth>-<stages>), shallow-wide, parity (an embedding of a +-1 sequence) "
-                           "or none (the input's channels are the features)", choices=BACKBONES)
+                           "(resnet<depth>-<stages>), shallow-wide, sign-embedding (an embedding of each +-1 of a "
+                           "sequence) or none (the input's channels are the features)", choices=BACKBONES)
     positional_embedding: str = option("none", "positional embedding added to the backbone's features",
                                        choices=POSITIONAL_EMBEDDINGS)
     neuron_selection: str = option("first-last", "which neurons synchronise: first-last (output pairs among "
@@ -129,6 +131,8 @@ class CTMConfig:
                                choices=INPUT_READERS)
 
     def __post_init__(self) -> None:
+        if self.backbone in BACKBONE_ALIASES:  # a name of earlier versions
+            object.__setattr__(self, "backbone", BACKBONE_ALIASES[self.backbone])
         check_fields(self)  # a size of True is a bug, not a 1: bool is refused where an int is expected
         self._check_size()  # first: the checks below may compute with the sizes
         if self.out_dims < 2:
@@ -163,7 +167,7 @@ class CTMConfig:
         computed from the sizes alone: a model of 10^12 neurons is refused here, not by torch's arithmetic."""
         D, d, M, C = self.d_model, self.d_input, self.memory_length, self.in_channels
         first_layer = 3 * C if self.backbone.startswith("resnet") else {  # weights reading the input channels
-            "tutorial": 9 * C * d, "tutorial-s2d": 36 * C * d, "shallow-wide": 9 * C * 4096, "parity": 0,
+            "tutorial": 9 * C * d, "tutorial-s2d": 36 * C * d, "shallow-wide": 9 * C * 4096, "sign-embedding": 0,
             "none": C * d}[self.backbone]
         parts = (  # (what, fields, values): each part's largest weights, plus its per-pair decays and indices
             ("the synapses", ("d_model", "d_input"), (d + D) * D * (2 if self.synapse_depth == 1 else 1)),
@@ -198,14 +202,15 @@ class CTMConfig:
         if self.positional_embedding != "none" and self.backbone == "none":
             raise ValueError(f"CTMConfig.positional_embedding {self.positional_embedding!r} needs a backbone "
                              f"(backbone 'none' has no feature map to embed positions of)")
-        if self.backbone == "parity" and self.positional_embedding not in ("none", "custom-rotational-1d"):
+        if self.backbone == "sign-embedding" and self.positional_embedding not in ("none", "custom-rotational-1d"):
             raise ValueError(f"CTMConfig.positional_embedding {self.positional_embedding!r} is for image "
-                             f"features; the parity backbone's sequence takes 'custom-rotational-1d' or 'none'")
-        if one_d and self.backbone not in ("parity",):
+                             f"features; the sign-embedding backbone's sequence takes 'custom-rotational-1d' or "
+                             f"'none'")
+        if one_d and self.backbone != "sign-embedding":
             raise ValueError(f"CTMConfig.positional_embedding 'custom-rotational-1d' is for sequences; "
                              f"backbone {self.backbone!r} makes image features (use a 2-d embedding)")
-        if self.in_channels != 1 and self.backbone == "parity":
-            raise ValueError(f"CTMConfig.in_channels must be 1 with the parity backbone (its input is one "
+        if self.in_channels != 1 and self.backbone == "sign-embedding":
+            raise ValueError(f"CTMConfig.in_channels must be 1 with the sign-embedding backbone (its input is one "
                              f"sequence of +-1 per sample), got {self.in_channels}")
 
     def _check_reader(self) -> None:
@@ -243,8 +248,8 @@ class CTMConfig:
         if self.backbone.startswith("resnet"):
             depth, stages = self.backbone[len("resnet"):].split("-")
             return (64 if depth in ("18", "34") else 256) * 2 ** (int(stages) - 1)
-        return {"tutorial": self.d_input, "tutorial-s2d": self.d_input, "parity": self.d_input, "shallow-wide": 2048,
-                "none": self.in_channels}[self.backbone]
+        return {"tutorial": self.d_input, "tutorial-s2d": self.d_input, "sign-embedding": self.d_input,
+                "shallow-wide": 2048, "none": self.in_channels}[self.backbone]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -367,7 +367,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] | None = None) 
     if opts.threads:
         torch.set_num_threads(opts.threads)
     cfg = opts.model_config()
-    if cfg.backbone == "parity":
+    if cfg.backbone == "sign-embedding":
         raise ValueError("ctm bench feeds random images; the parity backbone takes +-1 sequences")
     if cfg.input_reader != "attention":
         raise ValueError(f"ctm bench feeds random images to the attention reader; CTMConfig.input_reader "

@@ -82,7 +82,7 @@ def config_from_official(state_dict: Mapping[str, Tensor], **kwargs: Any) -> CTM
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"official CTM arguments: prediction_reshaper={a['prediction_reshaper']!r} does not "
                          f"reshape out_dims={a['out_dims']} ({e})") from None
-    backbone = "parity" if a["backbone_type"] == "parity_backbone" else a["backbone_type"]
+    backbone = "sign-embedding" if a["backbone_type"] == "parity_backbone" else a["backbone_type"]
     fields = {OFFICIAL_ARGUMENTS[k]: a[k] for k in OFFICIAL_ARGUMENTS
               if k not in ("backbone_type", "prediction_reshaper", "dropout_nlm")}
     fields.update(backbone=backbone, out_positions=a["out_dims"] // classes, nlm_temperature=True,
@@ -100,9 +100,9 @@ def official_arguments(config: CTMConfig) -> dict[str, Any]:
     batch; ValueError for a config it cannot build."""
     if config.backbone.startswith("tutorial"):
         raise ValueError(f"the official implementation has no {config.backbone!r} backbone; choose a ResNet, "
-                         "shallow-wide, parity or none")
+                         "shallow-wide, sign-embedding or none")
     a = {name: getattr(config, field) for name, field in OFFICIAL_ARGUMENTS.items()}
-    a.update(backbone_type="parity_backbone" if config.backbone == "parity" else config.backbone,
+    a.update(backbone_type="parity_backbone" if config.backbone == "sign-embedding" else config.backbone,
              prediction_reshaper=[-1] if config.out_positions == 1 else
              [config.out_positions, config.out_dims // config.out_positions])
     return a

@@ -11,7 +11,8 @@ Each takes the input batch and returns features (B, d_backbone, *grid), with d_b
 * `resnet<depth>-<stages>`: a ResNet of depth 18, 34, 50, 101 or 152 cut after 1..4 stages, with a 3x3 stem
   (stride 1) and a 1x1 convolution in front that maps the input's channels to 3, as the official CTM has it;
 * `shallow-wide`: one strided and one grouped 3x3 convolution, each with a GLU and BatchNorm, 2048 wide;
-* `parity`: an embedding of each +-1 entry of a sequence (B, L) -> (B, d_input, L);
+* `sign-embedding`: an embedding of each +-1 entry of a sequence (B, L) -> (B, d_input, L) (the official
+  parity model's backbone; "parity" in runs of earlier versions);
 * `none`: the input itself (B, in_channels, ...).
 """
 
@@ -50,12 +51,12 @@ def build_backbone(c: CTMConfig) -> nn.Module:
             nn.Conv2d(c.in_channels, 4096, kernel_size=3, stride=2, padding=1), nn.GLU(dim=1), nn.BatchNorm2d(2048),
             nn.Conv2d(2048, 4096, kernel_size=3, padding=1, groups=32), nn.GLU(dim=1), nn.BatchNorm2d(2048),
         )
-    if c.backbone == "parity":
-        return ParityEmbedding(c.d_input)
+    if c.backbone == "sign-embedding":
+        return SignEmbedding(c.d_input)
     return nn.Identity()
 
 
-class ParityEmbedding(nn.Module):
+class SignEmbedding(nn.Module):
     """A sequence of +-1 (B, L) -> one learned vector per entry, channels first (B, d, L)."""
 
     def __init__(self, d: int) -> None:

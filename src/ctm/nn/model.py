@@ -427,7 +427,7 @@ class ContinuousThoughtMachine(nn.Module):
     def check_backbone_input(self, x: Tensor) -> None:
         """`check_input` for what the backbone takes (the attention reader's input, a schedule's attend phase)."""
         backbone = self.config.backbone
-        if backbone == "parity":
+        if backbone == "sign-embedding":
             return self._check_sequence(x)
         c = self.config.in_channels
         if not isinstance(x, Tensor):
@@ -468,7 +468,8 @@ class ContinuousThoughtMachine(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"expected a torch.Tensor of shape (B, L), got {type(x).__name__}")
         if x.dim() != 2 or x.shape[0] < 1:
-            raise ValueError(f"the parity backbone takes sequences of +-1 of shape (B, L), got {tuple(x.shape)}")
+            raise ValueError(f"the sign-embedding backbone takes sequences of +-1 of shape (B, L), got "
+                             f"{tuple(x.shape)}")
 
 
 CTM = ContinuousThoughtMachine

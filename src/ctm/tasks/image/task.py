@@ -105,8 +105,8 @@ class ImageTask(Task):
         return {"in_channels": train_set.shape[0], "out_dims": train_set.num_classes}
 
     def check_config(self, model_config: CTMConfig, train_config: TrainConfig) -> None:
-        if model_config.backbone == "parity" or model_config.out_positions != 1:
-            raise ValueError("the image task trains image classifiers: CTMConfig.backbone 'parity' and "
+        if model_config.backbone == "sign-embedding" or model_config.out_positions != 1:
+            raise ValueError("the image task trains image classifiers: CTMConfig.backbone 'sign-embedding' and "
                              "CTMConfig.out_positions above 1 are for sequence tasks (train them with --task "
                              "parity, or from Python with ctm.CTM(config).forward_tokens)")
 

@@ -193,7 +193,7 @@ class ParityTask(Task):
                 f"{len(test_set)} test sequences, 2 classes at each of {self.length} positions")
 
     def model_fields(self, train_set: ParitySequences) -> dict[str, Any]:
-        return {"backbone": "parity", "positional_embedding": "custom-rotational-1d", "in_channels": 1,
+        return {"backbone": "sign-embedding", "positional_embedding": "custom-rotational-1d", "in_channels": 1,
                 "out_positions": self.length, "out_dims": 2 * self.length}
 
     def check_config(self, model_config: CTMConfig, train_config: TrainConfig) -> None:

@@ -13,6 +13,7 @@ import json
 import torch
 
 from ctm.config import option
+from ctm.pictures.figures import Panel
 from ctm.tasks import Example, Preset, Task
 
 
@@ -111,14 +112,47 @@ class ArgmaxTask(Task):
     def metrics(self, model_config) -> ArgmaxMetrics:
         return ArgmaxMetrics()
 
-    def pick_example(self, model, data, index=None) -> Example:
+    def pick_example(self, model, data, index=None, label=None) -> Example:
+        if label is not None:
+            raise ValueError("the argmax task has no labels to pick by")
         return Example(index or 0, "the first row" if not index else "")
 
+    def thinking_panels(self, output, inputs, targets, data):
+        return [Bars(inputs[0, 0].cpu().numpy(), output.predictions[0].argmax(0).cpu().numpy())]
+
     def viewer_data(self, model, data, n, *, threshold):
+        from ctm.pictures.viewer import track
+
         x, y = data.batch(torch.arange(min(n, len(data))))
-        return {"kind": self.name, "samples": [{"index": i, "numbers": x[i, 0].tolist(), "target": int(y[i])}
-                                               for i in range(len(y))]}
+        page, tracked = track(model, x, self.name, threshold=threshold)
+        answers = tracked.logits.argmax(2)  # (B, T)
+        for i, sample in enumerate(page["samples"]):
+            sample.update(numbers=[round(v, 3) for v in x[i, 0].tolist()], target=int(y[i]),
+                          answers=answers[i].tolist())
+        return page
 
     def viewer_script(self) -> str:
-        return ("CTM.renderers[" + json.dumps(self.name) + "] = {draw(panel, sample, tick) {"
-                " panel.textContent = 'numbers: ' + sample.numbers.map(v => v.toFixed(2)).join(' '); }};")
+        return ("CTM.renderers[" + json.dumps(self.name) + "] = {"
+                "init(data) { this.p = CTM.panel('numbers', 'the largest is the answer'); },"
+                "draw(s, t) { this.p.body.textContent = s.numbers.map(v => v.toFixed(2)).join(' ') +"
+                " ' -> position ' + s.answers[t]; },"
+                "summary(s) { return 'target ' + s.target; },"
+                "heading(s, t) { return 'answer ' + s.answers[t]; },"
+                "answer(s, t) { return String(s.answers[t]); } };")
+
+
+class Bars(Panel):
+    """The GIF's panel: the numbers as bars, the one the model picks at this tick in colour."""
+
+    def __init__(self, numbers, answers) -> None:
+        self.numbers, self.answers = numbers, answers
+
+    def setup(self, fig, area) -> None:
+        ax = fig.add_subplot(area)
+        self.bars = ax.bar(range(len(self.numbers)), self.numbers, color="#999999")
+        ax.set_title("numbers")
+
+    def update(self, t):
+        for i, bar in enumerate(self.bars):
+            bar.set_color("#2e9d4a" if i == self.answers[t] else "#999999")
+        return list(self.bars)

@@ -12,7 +12,7 @@ Each takes the input batch and returns features (B, d_backbone, *grid), with d_b
   (stride 1) and a 1x1 convolution in front that maps the input's channels to 3, as the official CTM has it;
 * `shallow-wide`: one strided and one grouped 3x3 convolution, each with a GLU and BatchNorm, 2048 wide;
 * `sign-embedding`: an embedding of each +-1 entry of a sequence (B, L) -> (B, d_input, L) (the official
-  parity model's backbone; "parity" in runs of earlier versions);
+  parity model's backbone; named parity in runs of earlier versions);
 * `none`: the input itself (B, in_channels, ...).
 """
 

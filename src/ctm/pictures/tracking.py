@@ -7,7 +7,7 @@ panels' data (`Task.viewer_data`). Numbers are rounded so 100 samples stay a few
 
 The page's data (the JSON `ctm.pictures.viewer.viewer_html` inlines) is::
 
-    {"format": 2, "kind": <the renderer's name, e.g. "image", "parity">, "title": str, "source": str,
+    {"format": 2, "kind": <the renderer's name: its task's>, "title": str, "source": str,
      "ticks": T, "neurons": [K neuron indices], "threshold": float,
      "samples": [{"index": int, "certainty": [T], "traces": [T][K], "most_certain_tick": int,
                   "right": bool (optional: its answer at the most certain tick is right), ...the task's fields}],

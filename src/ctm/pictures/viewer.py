@@ -39,7 +39,7 @@ def viewer_data(model: ContinuousThoughtMachine, images: torch.Tensor, targets: 
                 indices: Sequence[int] | None = None, *, title: str = "CTM", source: str = "",
                 class_names: Sequence[str] | None = None, n_neurons: int = DEFAULT_NEURONS,
                 threshold: float = DEFAULT_THRESHOLD, batch_size: int = 50) -> dict[str, Any]:
-    """What the viewer page shows for images (B, C, H, W) in [0, 1] with their targets (kind "image").
+    """What the viewer page shows for images (B, C, H, W) in [0, 1] with their targets (the image task's page).
 
     `indices` are the samples' numbers in their dataset (shown in the picker; default 0..B-1). The
     `n_neurons` neurons whose post-activations vary most over ticks are traced. Returns a JSON-ready dict.
@@ -87,7 +87,9 @@ def viewer_html(data: dict[str, Any], script: str | None = None) -> str:
     """
     page = (ASSETS / "viewer.html").read_text(encoding="utf-8")
     if script is None:
-        script = task_script(str(data.get("kind", "image")))
+        from ..tasks import DEFAULT_TASK
+
+        script = task_script(str(data.get("kind", DEFAULT_TASK)))  # pages of format 1 were the default task's
     code = "\n".join(((ASSETS / "viewer.js").read_text(encoding="utf-8"), script, "CTM.start();\n"))
     slots = {
         "{{TITLE}}": str(data.get("title", "CTM")).replace("&", "&amp;").replace("<", "&lt;"),

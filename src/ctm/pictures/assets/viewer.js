@@ -75,7 +75,7 @@ const CTM = (function () {
 
   function start() {
     const DATA = JSON.parse($("ctm-data").textContent);
-    const T = DATA.ticks, KIND = DATA.kind || "image";
+    const T = DATA.ticks, KIND = DATA.kind;
     const R = renderers[KIND] || fallback(KIND);
     const samples = DATA.samples.map((s, pos) => Object.assign(s, { pos }));
     const state = { pos: 0, tick: 0, playing: null, threshold: DATA.threshold, filter: "all" };

@@ -183,9 +183,9 @@ def test_config_from_dict_rejects_unknown_keys():
     (torch.rand(2, 1, 3, 28), "images must be at least 4x4"),
     (torch.rand(0, 1, 28, 28), "at least one image"),
     (torch.zeros(2, 1, 28, 28, dtype=torch.uint8), r"floating-point .* x.float\(\) / 255"),
-    (torch.rand(2, 1, 28, 28, dtype=torch.float64), r"expected torch.float32 images .* got torch.float64; use x.to"),
-    (torch.rand(2, 1, 28, 28).half(), r"expected torch.float32 images .* got torch.float16"),
-    (torch.rand(2, 1, 28, 28).bfloat16(), r"expected torch.float32 images .* got torch.bfloat16"),
+    (torch.rand(2, 1, 28, 28, dtype=torch.float64), r"expected torch.float32 inputs .* got torch.float64; use x.to"),
+    (torch.rand(2, 1, 28, 28).half(), r"expected torch.float32 inputs .* got torch.float16"),
+    (torch.rand(2, 1, 28, 28).bfloat16(), r"expected torch.float32 inputs .* got torch.bfloat16"),
 ])
 def test_wrong_input_errors(x, message):
     with pytest.raises(ValueError, match=message):

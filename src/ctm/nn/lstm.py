@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..config import MAX_PART_SIZE, CTMConfig, check_fields, option
 from .backbones import build_backbone
-from .model import ContinuousThoughtMachine, CrossAttention, TickOutput
+from .model import ContinuousThoughtMachine, CrossAttention, TickModel, TickOutput
 from .positional import build_positional_embedding
 from .readers import AttentionInputs, AttentionReader
 
@@ -76,7 +76,7 @@ class LSTMState(NamedTuple):
     c: Tensor  # (B, H) cell state
 
 
-class LSTMBaseline(nn.Module):
+class LSTMBaseline(TickModel):
     """An LSTM that thinks for `config.iterations` ticks over the CTM's tokens (module docstring).
 
     `forward(x, track=False)` returns a `CTMOutput` like `ContinuousThoughtMachine.forward`: predictions
@@ -85,20 +85,6 @@ class LSTMBaseline(nn.Module):
 
     #: The fast engine is the CTM's; the LSTM always runs this module's plain autograd path.
     fast_backward: bool = False
-
-    # The CTM's own forward, tick loop, input encoder and helpers, reused as they are: besides `tick` and
-    # `start` they read only `config`, `reader`, `backbone`, `positional_embedding` and `kv_proj`, built the
-    # same way here, and `fast_backward` (False: the engine's dispatch never applies).
-    forward = ContinuousThoughtMachine.forward
-    forward_tokens = ContinuousThoughtMachine.forward_tokens
-    think = ContinuousThoughtMachine.think
-    compute_features = ContinuousThoughtMachine.compute_features
-    certainty = ContinuousThoughtMachine.certainty
-    full_precision = ContinuousThoughtMachine.full_precision
-    check_input = ContinuousThoughtMachine.check_input
-    check_backbone_input = ContinuousThoughtMachine.check_backbone_input
-    _check_sequence = staticmethod(ContinuousThoughtMachine._check_sequence)
-    num_parameters = ContinuousThoughtMachine.num_parameters
 
     def __init__(self, config: CTMConfig | None = None, hidden: int | None = None) -> None:
         super().__init__()
@@ -146,11 +132,6 @@ class LSTMBaseline(nn.Module):
     def dtype(self) -> torch.dtype:
         """The precision of the parameters (what inputs must match)."""
         return self.start_hidden.dtype
-
-    def _check_dtype(self, x: Tensor) -> None:
-        if x.dtype != self.dtype:
-            raise ValueError(f"expected {self.dtype} inputs (the model's parameters are {self.dtype}), got "
-                             f"{x.dtype}; use x.to({self.dtype}), or model.to({x.dtype})")
 
     def clamp_decay_(self) -> None:
         """Nothing to clamp: the LSTM has no synchronisation decays (kept so training treats both alike)."""

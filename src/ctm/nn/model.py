@@ -238,7 +238,145 @@ class TickOutput(NamedTuple):
 # ---------------------------------------------------------------------------------------------- the model
 
 
-class ContinuousThoughtMachine(nn.Module):
+class TickModel(nn.Module):
+    """What every model that thinks in ticks shares (the CTM, the LSTM baseline): the input encoder
+    (`compute_features`: backbone -> positional embedding -> key/value tokens), the reader of its input
+    (`self.reader`, `ctm.nn.readers`), the tick loop (`forward`, `forward_tokens`), adaptive halting (`think`)
+    and the checks of an input batch. A subclass builds `config`, `reader`, `backbone`, `positional_embedding`
+    and `kv_proj`, and gives `start(tokens)`, `tick(state, inputs, t)` and `dtype`."""
+
+    #: True: forward runs on the fast engine (`ctm.nn.engine`) where it applies (the CTM's); False: always the
+    #: readable path with plain autograd.
+    fast_backward: bool = False
+    config: CTMConfig
+
+    def forward(self, x: Any, track: bool = False) -> CTMOutput:
+        """Run T ticks on a batch of inputs: images (B, C, H, W), or what the backbone takes; with
+        input_reader direct vectors (B, d_input), with schedule a list of `ctm.nn.readers.Phase`."""
+        self.check_input(x)
+        if engine.applies(self):
+            return engine.forward(self, x, track)
+        tokens, grid = self.reader.encode(x, self.compute_features)  # e.g. tokens (B, N, d_input)
+        with self.full_precision(x):  # under autocast only the backbone runs in low precision
+            return self.forward_tokens(tokens, track, grid)
+
+    def forward_tokens(self, tokens: Any, track: bool = False, grid: tuple[int, int] | None = None
+                       ) -> CTMOutput:
+        """The core: T ticks attending over key/value tokens (B, N, d_input) from any input encoder (or
+        reading what the reader takes: direct vectors (B, d_input), a schedule with encoded attend phases)."""
+        state, inputs = self.start(tokens)
+        ticks = []
+        for t in range(self.reader.ticks(tokens)):
+            state, out = self.tick(state, inputs, t)
+            ticks.append(out)
+        predictions = torch.stack([o.logits for o in ticks], -1)  # (B, C, T)
+        certainties = torch.stack([o.certainty for o in ticks], -1)  # (B, 2, T)
+        tracking = None
+        if track:
+            def stacked(name: str) -> Tensor:  # (T, B, ...)
+                return torch.stack([getattr(o, name).detach() for o in ticks])
+
+            tracking = Tracking(stacked("pre_activations"), stacked("post_activations"), stacked("attention"),
+                                stacked("synchronisation_out"), stacked("synchronisation_action"),
+                                grid or (1, ticks[0].attention.shape[-1]))
+        return CTMOutput(predictions, certainties, ticks[-1].synchronisation_out, tracking)
+
+    def think(self, x: Tensor, halt_certainty: float, max_ticks: int | None = None):
+        """Adaptive computation: each sample thinks until its certainty reaches `halt_certainty`; see
+        `ctm.halting.think`. Returns a `ThinkOutput`."""
+        from .halting import think
+
+        return think(self, x, halt_certainty, max_ticks)
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def compute_features(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """The input encoder: a batch -> (B, N, d_input) key/value tokens and their grid (H', W'); a
+        sequence's L tokens are the grid (1, L)."""
+        features = self.backbone(x)  # (B, d_backbone, H', W') or (B, d_backbone, L)
+        if self.positional_embedding is not None:
+            features = features + self.positional_embedding(features)
+        grid = tuple(features.shape[2:])
+        grid = grid if len(grid) == 2 else (1, math.prod(grid))
+        return self.kv_proj(features.flatten(2).transpose(1, 2)), grid
+
+    def certainty(self, logits: Tensor) -> Tensor:
+        """(B, C) logits -> (B, 2) certainty; with several output positions the normalised entropy is the
+        mean over the positions of each one's entropy over its classes."""
+        P = self.config.out_positions
+        if P == 1:
+            return certainty(logits)
+        ne = normalised_entropy(logits.unflatten(-1, (P, -1))).mean(-1)  # (B,)
+        return torch.stack((ne, 1 - ne), -1)
+
+    def full_precision(self, x: Any):
+        """A context in which autocast is off, so the ticks run in the parameters' precision."""
+        device = device_of(x)
+        if device.type in ("cpu", "cuda"):
+            return torch.autocast(device.type, enabled=False)
+        return contextlib.nullcontext()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision of the parameters (what inputs must match)."""
+        return next(self.parameters()).dtype
+
+    def check_input(self, x: Any) -> None:
+        """Raise a ValueError naming what is wrong with an input batch, before any torch op sees it."""
+        self.reader.check_input(x, self)
+
+    def check_backbone_input(self, x: Tensor) -> None:
+        """`check_input` for what the backbone takes (the attention reader's input, a schedule's attend phase)."""
+        backbone = self.config.backbone
+        if backbone == "sign-embedding":
+            return self._check_sequence(x)
+        c = self.config.in_channels
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor of shape (B, {c}, H, W), got {type(x).__name__}")
+        if backbone == "none":  # any number of grid dimensions
+            if x.dim() < 3 or x.shape[1] != c:
+                raise ValueError(f"expected input of shape (B, {c}, ...) with backbone 'none' "
+                                 f"(CTMConfig.in_channels={c}), got shape {tuple(x.shape)}")
+            if not x.is_floating_point():
+                raise ValueError(f"expected a floating-point input tensor, got {x.dtype}")
+            return self._check_dtype(x)
+        if x.dim() != 4:
+            hint = " (add a batch dimension: x.unsqueeze(0))" if x.dim() == 3 else ""
+            raise ValueError(f"expected input of shape (B, {c}, H, W), got shape {tuple(x.shape)}{hint}")
+        b, ch, h, w = x.shape
+        if ch != c:
+            raise ValueError(
+                f"expected {c} input channel(s) (CTMConfig.in_channels), got {ch} in shape {tuple(x.shape)}")
+        if b < 1:
+            raise ValueError("expected a batch of at least one image, got an empty batch")
+        if backbone.startswith("tutorial") and (h < 4 or w < 4):
+            raise ValueError(f"images must be at least 4x4 (the {backbone} backbone halves them twice), got {h}x{w}")
+        if backbone == "tutorial-s2d" and (h % 2 or w % 2):
+            raise ValueError(f"the tutorial-s2d backbone stacks 2x2 pixels into channels: images need an even "
+                             f"height and width, got {h}x{w} (resize them, e.g. --image-size)")
+        if not x.is_floating_point():
+            raise ValueError(f"expected a floating-point image tensor, got {x.dtype} (use x.float() / 255)")
+        return self._check_dtype(x)
+
+    def _check_dtype(self, x: Tensor) -> None:
+        dtype = self.dtype
+        if x.dtype != dtype:
+            raise ValueError(f"expected {dtype} inputs (the model's parameters are {dtype}), got {x.dtype}; use "
+                             f"x.to({dtype}), or model.to({x.dtype}) for a model in that precision")
+
+    @staticmethod
+    def _check_sequence(x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor of shape (B, L), got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[0] < 1:
+            raise ValueError(f"the sign-embedding backbone takes sequences of +-1 of shape (B, L), got "
+                             f"{tuple(x.shape)}")
+
+
+class ContinuousThoughtMachine(TickModel):
     """A CTM: an input encoder (backbone -> positional embedding -> key/value tokens), then T ticks of
     attention, synapses, neuron-level models and synchronisation over the tokens (`forward_tokens`). How a
     tick reads its input is the reader's (`CTMConfig.input_reader`, `ctm.nn.readers`).
@@ -317,64 +455,7 @@ class ContinuousThoughtMachine(nn.Module):
         _, synch_out = self.synch_out(z, None, r_out)
         return TickState(z, trace, None, synch_out), TickInputs(read, r_action, r_out)
 
-    def forward(self, x: Any, track: bool = False) -> CTMOutput:
-        """Run T ticks on a batch of inputs: images (B, C, H, W), or what the backbone takes; with
-        input_reader direct vectors (B, d_input), with schedule a list of `ctm.nn.readers.Phase`."""
-        self.check_input(x)
-        if engine.applies(self):
-            return engine.forward(self, x, track)
-        tokens, grid = self.reader.encode(x, self.compute_features)  # e.g. tokens (B, N, d_input)
-        with self.full_precision(x):  # under autocast only the backbone runs in low precision
-            return self.forward_tokens(tokens, track, grid)
-
-    def forward_tokens(self, tokens: Any, track: bool = False, grid: tuple[int, int] | None = None
-                       ) -> CTMOutput:
-        """The core: T ticks attending over key/value tokens (B, N, d_input) from any input encoder (or
-        reading what the reader takes: direct vectors (B, d_input), a schedule with encoded attend phases)."""
-        state, inputs = self.start(tokens)
-        ticks = []
-        for t in range(self.reader.ticks(tokens)):
-            state, out = self.tick(state, inputs, t)
-            ticks.append(out)
-        predictions = torch.stack([o.logits for o in ticks], -1)  # (B, C, T)
-        certainties = torch.stack([o.certainty for o in ticks], -1)  # (B, 2, T)
-        tracking = None
-        if track:
-            def stacked(name: str) -> Tensor:  # (T, B, ...)
-                return torch.stack([getattr(o, name).detach() for o in ticks])
-
-            tracking = Tracking(stacked("pre_activations"), stacked("post_activations"), stacked("attention"),
-                                stacked("synchronisation_out"), stacked("synchronisation_action"),
-                                grid or (1, ticks[0].attention.shape[-1]))
-        return CTMOutput(predictions, certainties, ticks[-1].synchronisation_out, tracking)
-
-    def think(self, x: Tensor, halt_certainty: float, max_ticks: int | None = None):
-        """Adaptive computation: each sample thinks until its certainty reaches `halt_certainty`; see
-        `ctm.halting.think`. Returns a `ThinkOutput`."""
-        from .halting import think
-
-        return think(self, x, halt_certainty, max_ticks)
-
     # ------------------------------------------------------------------------------------------ helpers
-
-    def compute_features(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """The input encoder: a batch -> (B, N, d_input) key/value tokens and their grid (H', W'); a
-        sequence's L tokens are the grid (1, L)."""
-        features = self.backbone(x)  # (B, d_backbone, H', W') or (B, d_backbone, L)
-        if self.positional_embedding is not None:
-            features = features + self.positional_embedding(features)
-        grid = tuple(features.shape[2:])
-        grid = grid if len(grid) == 2 else (1, math.prod(grid))
-        return self.kv_proj(features.flatten(2).transpose(1, 2)), grid
-
-    def certainty(self, logits: Tensor) -> Tensor:
-        """(B, C) logits -> (B, 2) certainty; with several output positions the normalised entropy is the
-        mean over the positions of each one's entropy over its classes."""
-        P = self.config.out_positions
-        if P == 1:
-            return certainty(logits)
-        ne = normalised_entropy(logits.unflatten(-1, (P, -1))).mean(-1)  # (B,)
-        return torch.stack((ne, 1 - ne), -1)
 
     def decay_rates(self) -> tuple[Tensor, Tensor]:
         """The decays of the action and the output pairs, clamped to [0, MAX_DECAY].
@@ -392,15 +473,9 @@ class ContinuousThoughtMachine(nn.Module):
         rate_action, rate_out = self.decay_rates()
         return None if rate_action is None else torch.exp(-rate_action), torch.exp(-rate_out)
 
-    def full_precision(self, x: Any):
-        """A context in which autocast is off, so the ticks run in the parameters' precision."""
-        device = device_of(x)
-        if device.type in ("cpu", "cuda"):
-            return torch.autocast(device.type, enabled=False)
-        return contextlib.nullcontext()
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.start_trace.dtype
 
     def extra_repr(self) -> str:
         return f"parameters={self.num_parameters():,}"
@@ -420,56 +495,6 @@ class ContinuousThoughtMachine(nn.Module):
         """
         return optimizer.register_step_post_hook(lambda *_: self.clamp_decay_())
 
-    def check_input(self, x: Any) -> None:
-        """Raise a ValueError naming what is wrong with an input batch, before any torch op sees it."""
-        self.reader.check_input(x, self)
-
-    def check_backbone_input(self, x: Tensor) -> None:
-        """`check_input` for what the backbone takes (the attention reader's input, a schedule's attend phase)."""
-        backbone = self.config.backbone
-        if backbone == "sign-embedding":
-            return self._check_sequence(x)
-        c = self.config.in_channels
-        if not isinstance(x, Tensor):
-            raise TypeError(f"expected a torch.Tensor of shape (B, {c}, H, W), got {type(x).__name__}")
-        if backbone == "none":  # any number of grid dimensions
-            if x.dim() < 3 or x.shape[1] != c:
-                raise ValueError(f"expected input of shape (B, {c}, ...) with backbone 'none' "
-                                 f"(CTMConfig.in_channels={c}), got shape {tuple(x.shape)}")
-            if not x.is_floating_point():
-                raise ValueError(f"expected a floating-point input tensor, got {x.dtype}")
-            return self._check_dtype(x)
-        if x.dim() != 4:
-            hint = " (add a batch dimension: x.unsqueeze(0))" if x.dim() == 3 else ""
-            raise ValueError(f"expected input of shape (B, {c}, H, W), got shape {tuple(x.shape)}{hint}")
-        b, ch, h, w = x.shape
-        if ch != c:
-            raise ValueError(
-                f"expected {c} input channel(s) (CTMConfig.in_channels), got {ch} in shape {tuple(x.shape)}")
-        if b < 1:
-            raise ValueError("expected a batch of at least one image, got an empty batch")
-        if backbone.startswith("tutorial") and (h < 4 or w < 4):
-            raise ValueError(f"images must be at least 4x4 (the {backbone} backbone halves them twice), got {h}x{w}")
-        if backbone == "tutorial-s2d" and (h % 2 or w % 2):
-            raise ValueError(f"the tutorial-s2d backbone stacks 2x2 pixels into channels: images need an even "
-                             f"height and width, got {h}x{w} (resize them, e.g. --image-size)")
-        if not x.is_floating_point():
-            raise ValueError(f"expected a floating-point image tensor, got {x.dtype} (use x.float() / 255)")
-        return self._check_dtype(x)
-
-    def _check_dtype(self, x: Tensor) -> None:
-        dtype = self.start_trace.dtype
-        if x.dtype != dtype:
-            raise ValueError(f"expected {dtype} images (the model's parameters are {dtype}), got {x.dtype}; use "
-                             f"x.to({dtype}), or model.to({x.dtype}) for a model in that precision")
-
-    @staticmethod
-    def _check_sequence(x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"expected a torch.Tensor of shape (B, L), got {type(x).__name__}")
-        if x.dim() != 2 or x.shape[0] < 1:
-            raise ValueError(f"the sign-embedding backbone takes sequences of +-1 of shape (B, L), got "
-                             f"{tuple(x.shape)}")
 
 
 CTM = ContinuousThoughtMachine

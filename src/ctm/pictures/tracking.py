@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
+from ..training.batches import eval_mode
+
 if TYPE_CHECKING:
     from ..nn.model import ContinuousThoughtMachine
 
@@ -60,11 +62,9 @@ def scaled_u8(a: np.ndarray) -> np.ndarray:
 @torch.inference_mode()
 def _forward(model: ContinuousThoughtMachine, inputs: torch.Tensor, batch_size: int) -> Tracked:
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     parts: dict[str, list[np.ndarray]] = {"logits": [], "certainty": [], "attention": [], "post": []}
     grid = (1, 1)
-    try:
+    with eval_mode(model):
         for x in inputs.split(batch_size):
             out = model(x.to(device=device, dtype=torch.float32), track=True)
             tr = out.tracking
@@ -73,8 +73,6 @@ def _forward(model: ContinuousThoughtMachine, inputs: torch.Tensor, batch_size: 
             parts["certainty"].append(out.certainties[:, 1].float().cpu().numpy())
             parts["attention"].append(tr.attention.float().mean(2).permute(1, 0, 2).cpu().numpy())
             parts["post"].append(tr.post_activations.float().permute(1, 0, 2).cpu().numpy())
-    finally:
-        model.train(was_training)
     # float64 before rounding: a rounded float32 prints as 0.09300000220537186 in JSON.
     arrays = {k: np.concatenate(v).astype(np.float64) for k, v in parts.items()}
     return Tracked(arrays["logits"], arrays["certainty"], arrays["attention"], arrays["post"], grid)

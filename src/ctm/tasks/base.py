@@ -346,13 +346,10 @@ def tracked_forward(model: ContinuousThoughtMachine, inputs: Tensor, track: bool
     its dtype); the model's mode is restored after."""
     parameter = next(model.parameters())
     inputs = inputs.to(device=parameter.device, dtype=parameter.dtype if inputs.is_floating_point() else None)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            return model(inputs, track=track)
-    finally:
-        model.train(was_training)
+    from ..training.batches import eval_mode
+
+    with eval_mode(model), torch.inference_mode():
+        return model(inputs, track=track)
 
 
 #: task name -> Task subclass

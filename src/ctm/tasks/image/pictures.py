@@ -28,6 +28,7 @@ from ...pictures.figures import (
     _colour_bar,
     save_gif,
 )
+from ...training.batches import eval_mode
 from ..base import Example, tracked_forward
 
 if TYPE_CHECKING:
@@ -361,18 +362,13 @@ def pick_thinking_example(model: ContinuousThoughtMachine, dataset: ImageDataset
     if n < 1:
         raise ValueError("pick_thinking_example needs at least one sample")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     probs, certainty = [], []
-    try:
-        with torch.inference_mode():
-            for idx in torch.arange(n).split(batch_size):
-                x, _ = dataset.batch(idx)
-                out = model(x.to(device))
-                probs.append(out.predictions.float().softmax(1).cpu().numpy())  # (b, C, T)
-                certainty.append(out.certainties[:, 1].float().cpu().numpy())  # (b, T)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for idx in torch.arange(n).split(batch_size):
+            x, _ = dataset.batch(idx)
+            out = model(x.to(device))
+            probs.append(out.predictions.float().softmax(1).cpu().numpy())  # (b, C, T)
+            certainty.append(out.certainties[:, 1].float().cpu().numpy())  # (b, T)
     p, c = np.concatenate(probs), np.concatenate(certainty)
     labels = np.asarray(dataset.labels[:n].cpu())
     score = 0.5 * np.abs(np.diff(p, axis=2)).sum(axis=(1, 2))  # (n,)

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 import ctm
-from ctm.data.images import load_dataset
 from ctm.pretrained import BUNDLE_DIR, RECORD_FILE, load_pretrained, pretrained_test_slice, save_bundle, write_json
 from ctm.runs.checkpoint import load_model, read_metrics
+from ctm.tasks import task_from_record
 from ctm.training.evaluate import evaluate
+from ctm.training.loop import TrainConfig
 
 
 def main() -> None:
@@ -31,8 +32,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, payload = load_model(args.run_dir)
-    test = load_dataset(payload["dataset"]["name"], "test", download=False)
-    full = evaluate(model, test)
+    task = task_from_record(payload)
+    test = task.eval_data("test", TrainConfig.from_dict(payload["train"]), recorded=payload.get("dataset"))
+    full = evaluate(model, test, task=task)
     metrics = read_metrics(args.run_dir)
     record = {
         "name": args.name,
@@ -46,9 +48,12 @@ def main() -> None:
         "test_accuracy_last_tick": full.accuracy_last_tick,
         "test_n": full.n,
         "slice_n": args.slice,
+        **({} if full.sequence_accuracy is None else {"test_sequence_accuracy": full.sequence_accuracy}),
     }
-    out = save_bundle(args.run_dir, BUNDLE_DIR / args.name, test, args.slice, record)
-    bundled = evaluate(load_pretrained(args.name), pretrained_test_slice(args.name))
+    # a task whose test data are files ships a slice of them; one that generates its data ships none
+    shipped = test if hasattr(test, "images") else None
+    out = save_bundle(args.run_dir, BUNDLE_DIR / args.name, shipped, args.slice, record)
+    bundled = evaluate(load_pretrained(args.name), pretrained_test_slice(args.name), task=task)
     record |= {"slice_accuracy": bundled.accuracy, "slice_accuracy_last_tick": bundled.accuracy_last_tick}
     write_json(out / RECORD_FILE, record)
     print(json.dumps(record, indent=2))

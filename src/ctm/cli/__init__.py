@@ -704,7 +704,8 @@ def _serve(view, out: Path, port: int):
 
 
 def cmd_pretrained(args: argparse.Namespace) -> int:
-    from ..pretrained import list_pretrained
+    from ..pretrained import SLICE_FILE, list_pretrained, pretrained_config
+    from ..tasks import task_from_record
 
     infos = list_pretrained()
     if not infos:
@@ -713,9 +714,12 @@ def cmd_pretrained(args: argparse.Namespace) -> int:
     for info in infos:
         r = info.record
         size = sum(info.files.values()) / 1024
-        print(f"{info.name}: {info.dataset}, {r.get('parameters', '?')} parameters, test accuracy "
-              f"{r['test_accuracy']:.4f} (n={r['test_n']}), {r['slice_accuracy']:.4f} on the shipped slice of "
-              f"{r['slice_n']} test images; {size:.0f} KB")
+        task = task_from_record(pretrained_config(info.name))
+        whole = (f", {r['test_sequence_accuracy']:.4f} whole sequences" if "test_sequence_accuracy" in r else "")
+        print(printable(f"{info.name}: {info.dataset}, {r.get('parameters', '?')} parameters, test accuracy "
+                        f"{r['test_accuracy']:.4f}{whole} (n={r['test_n']}), {r['slice_accuracy']:.4f} on the "
+                        f"{'shipped slice of' if SLICE_FILE in info.files else 'first'} {r['slice_n']} test "
+                        f"{task.sample_noun}; {size:.0f} KB"))
         print(f"  trained with: {r['command']}")
         print(f"  use: ctm view --pretrained {info.name} | ctm viz --pretrained {info.name} | "
               f"ctm eval --pretrained {info.name} | ctm.load_pretrained({info.name!r})")

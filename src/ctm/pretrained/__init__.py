@@ -3,7 +3,9 @@
 Each bundled model is a folder next to this file:
   config.json         the run's config (model, train, dataset), as in a run directory
   model.safetensors   weights and buffers
-  test_slice.safetensors  the first test images (uint8 (n, C, H, W)) and labels (uint8 (n,))
+  test_slice.safetensors  the first test images (uint8 (n, C, H, W)) and labels (uint8 (n,)); only for a task
+                      whose test data are files (a task that generates its data, e.g. parity, ships none: its
+                      slice is the first `slice_n` samples it generates)
   record.json         the command that trained it and its measured accuracy (full test set and slice)
 No pickle: weights and samples are safetensors, the rest JSON.
 """
@@ -53,7 +55,7 @@ def _bundle(name: str) -> Path:
     if not name or os.sep in name or "/" in name or not (path / CONFIG_FILE).is_file():
         known = ", ".join(i.name for i in list_pretrained()) or "none"
         raise PretrainedError(f"no bundled model named {name!r} (bundled: {known})")
-    for file in (MODEL_FILE, SLICE_FILE, RECORD_FILE):
+    for file in (MODEL_FILE, RECORD_FILE):
         if not (path / file).is_file():
             raise PretrainedError(f"bundled model {name!r} is incomplete: {path / file} is missing")
     return path
@@ -115,43 +117,74 @@ def shipped_data_found(name: str) -> bool:
     fall back to the samples shipped with it)."""
     from ..data.sources import DATASETS, find_dataset
 
-    dataset = (_read_json(_bundle(name) / CONFIG_FILE).get("dataset") or {}).get("name")
+    path = _bundle(name)
+    if not (path / SLICE_FILE).is_file():  # its task generates its data: found anywhere
+        return True
+    dataset = (_read_json(path / CONFIG_FILE).get("dataset") or {}).get("name")
     spec = DATASETS.get(dataset)
     return spec is not None and find_dataset(dataset, files=spec.splits["test"]) is not None
 
 
 def pretrained_test_slice(name: str):
-    """The test samples shipped with a bundled model, as an `ImageDataset` (split "test-slice")."""
+    """The test samples shipped with a bundled model, as an `ImageDataset` (split "test-slice"); for a task
+    that generates its data, the first `slice_n` samples of its test data (record.json)."""
     from safetensors.torch import load_file
 
     from ..data.images import ImageDataset
 
     path = _bundle(name)
-    tensors = load_file(str(path / SLICE_FILE))
     config = _read_json(path / CONFIG_FILE)
+    if not (path / SLICE_FILE).is_file():
+        from ..tasks import task_from_record
+        from ..training.loop import TrainConfig
+
+        task = task_from_record(config)
+        data = task.eval_data("test", TrainConfig.from_dict(config["train"]))
+        return First(data, int(_read_json(path / RECORD_FILE).get("slice_n", 500)))
+    tensors = load_file(str(path / SLICE_FILE))
     return ImageDataset(tensors["images"], tensors["labels"].long(), int(config["model"]["out_dims"]),
                         name=config["dataset"]["name"], split="test-slice", source=str(path / SLICE_FILE))
+
+
+class First:
+    """The first `n` samples of a dataset (split "test-slice"), for a bundle whose task generates its data."""
+
+    def __init__(self, data, n: int) -> None:
+        self.data, self.n = data, min(int(n), len(data))
+        self.name, self.source, self.split = data.name, data.source, "test-slice"
+        self.class_names = getattr(data, "class_names", ())
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self, idx):
+        return self.data.batch(idx)
+
+    def to(self, device) -> First:
+        return First(self.data.to(device), self.n)
 
 
 def save_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], test_data, n_slice: int,
                 record: dict[str, Any]) -> Path:
     """Make a bundle folder from a run directory: its config and weights, the first `n_slice` samples of
-    `test_data` (an `ImageDataset`) and `record` (written as record.json). Returns the folder."""
+    `test_data` (an `ImageDataset`; None for a task that generates its data) and `record` (written as
+    record.json). Returns the folder."""
     from safetensors.torch import save_file
 
     from ..runs.checkpoint import load_model
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model, payload = load_model(run_dir)
-    if int(test_data.labels.max()) > 255:
+    if test_data is not None and int(test_data.labels.max()) > 255:
         raise ValueError("labels above 255 do not fit the slice's uint8 labels")
     payload = {k: v for k, v in payload.items() if k != "dataset"} | {
         "dataset": {"name": payload["dataset"]["name"]}}  # no machine-specific data paths
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    sample = {"images": test_data.images[:n_slice].contiguous(),
-              "labels": test_data.labels[:n_slice].to(torch.uint8).contiguous()}
     atomic_write(out_dir / MODEL_FILE, lambda tmp: save_file(state, tmp))
-    atomic_write(out_dir / SLICE_FILE, lambda tmp: save_file(sample, tmp))
+    if test_data is not None:
+        sample = {"images": test_data.images[:n_slice].contiguous(),
+                  "labels": test_data.labels[:n_slice].to(torch.uint8).contiguous()}
+        atomic_write(out_dir / SLICE_FILE, lambda tmp: save_file(sample, tmp))
     write_json(out_dir / CONFIG_FILE, payload)
     write_json(out_dir / RECORD_FILE, record)
     return out_dir

@@ -35,20 +35,13 @@ __all__ = ["DEFAULT_NEURONS", "DEFAULT_THRESHOLD", "Tracked", "serve", "task_scr
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
-def viewer_data(model: ContinuousThoughtMachine, images: torch.Tensor, targets: Sequence[int],
-                indices: Sequence[int] | None = None, *, title: str = "CTM", source: str = "",
-                class_names: Sequence[str] | None = None, n_neurons: int = DEFAULT_NEURONS,
-                threshold: float = DEFAULT_THRESHOLD, batch_size: int = 50) -> dict[str, Any]:
-    """What the viewer page shows for images (B, C, H, W) in [0, 1] with their targets (the image task's page).
-
-    `indices` are the samples' numbers in their dataset (shown in the picker; default 0..B-1). The
-    `n_neurons` neurons whose post-activations vary most over ticks are traced. Returns a JSON-ready dict.
-    (The image task's `ctm.tasks.image.viewer.image_viewer_data`; other tasks build theirs with `track`.)
-    """
+def viewer_data(model: ContinuousThoughtMachine, images: torch.Tensor, targets: Sequence[int], *args: Any,
+                **kwargs: Any) -> dict[str, Any]:
+    """What the viewer page shows for images (B, C, H, W) in [0, 1] with their targets: the image task's page,
+    `ctm.tasks.image.viewer.image_viewer_data` (see it for the options); other tasks build theirs with `track`."""
     from ..tasks.image.viewer import image_viewer_data
 
-    return image_viewer_data(model, images, targets, indices, title=title, source=source, class_names=class_names,
-                             n_neurons=n_neurons, threshold=threshold, batch_size=batch_size)
+    return image_viewer_data(model, images, targets, *args, **kwargs)
 
 
 def task_script(kind: str) -> str:

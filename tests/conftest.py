@@ -68,3 +68,15 @@ def isolated_rng():
     with torch.random.fork_rng():
         yield
     np.random.set_state(numpy_state)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _task_registry():
+    """Tasks a test module registers (`register_task`, `--task module:Class`) leave with it: the next
+    module sees the built-in tasks only."""
+    from ctm.tasks import TASKS
+
+    before = dict(TASKS)
+    yield
+    TASKS.clear()
+    TASKS.update(before)

@@ -668,7 +668,9 @@ def cmd_view(args: argparse.Namespace) -> int:
     page = task.viewer_data(model, data, args.samples, threshold=args.threshold)
     page["title"] = f"ctm view: {args.pretrained or Path(args.run_dir).name}"
     if data.split == "test-slice":
-        page["source"] = f"the test slice shipped with {args.pretrained}"
+        from ..pretrained import slice_description
+
+        page["source"] = slice_description(args.pretrained, task)
     out = Path(args.out) if args.out else (Path(args.run_dir) / "viewer.html" if args.pretrained is None
                                            else Path(f"ctm-view-{args.pretrained}.html"))
     view.write_viewer(page, out, task.viewer_script())

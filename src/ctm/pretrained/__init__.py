@@ -146,6 +146,13 @@ def pretrained_test_slice(name: str):
                         name=config["dataset"]["name"], split="test-slice", source=str(path / SLICE_FILE))
 
 
+def slice_description(name: str, task) -> str:
+    """What `pretrained_test_slice(name)` holds, in words."""
+    if (_bundle(name) / SLICE_FILE).is_file():
+        return f"the test slice shipped with {name}"
+    return f"the first test {task.sample_noun} of the {task.name} task"
+
+
 class First:
     """The first `n` samples of a dataset (split "test-slice"), for a bundle whose task generates its data."""
 

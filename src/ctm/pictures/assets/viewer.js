@@ -139,7 +139,7 @@ const CTM = (function () {
 
     // ---------------------------------------------------------------- charts
     function lineChart(svg, series, lo, hi, t, extra) {
-      const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), L = 36, Rm = 8, TOP = 8, B = 22;
+      const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), L = 46, Rm = 8, TOP = 8, B = 22;
       const x = (i) => L + (T === 1 ? 0 : (i / (T - 1)) * (W - L - Rm));
       const y = (v) => TOP + (1 - (v - lo) / (hi - lo || 1)) * (H - TOP - B);
       svg.textContent = "";
@@ -211,6 +211,7 @@ const CTM = (function () {
     $("threshold").addEventListener("change", (e) => {
       const v = Number(e.target.value);
       if (!Number.isFinite(v) || v < 0) { e.target.value = state.threshold; return; }
+      if (v === state.threshold) return;  // the change a blur repeats: rebuilding the list would swallow a click
       state.threshold = v;
       buildList();
       render();

@@ -169,6 +169,13 @@ def tamper_lock_hard_link(run, outside):
     os.link(outside / "victim.txt", run / ckpt.LOCK_FILE)
 
 
+def tamper_pointer_missing_beside_old_layout_files(run, outside):
+    """A migrated run of the old layout killed before its old files went, then its pointer lost."""
+    (run / ckpt.POINTER_FILE).unlink()
+    for name in (ckpt.MODEL_FILE, ckpt.STATE_FILE, ckpt.METRICS_FILE):
+        shutil.copy(run / STEP_DIR / name, run / name)
+
+
 def tamper_pointer_missing_and_checkpoint_incomplete(run, outside):
     (run / ckpt.POINTER_FILE).unlink()
     (run / STEP_DIR / ckpt.STATE_FILE).unlink()

@@ -19,7 +19,7 @@ MOVED = {
     "model": "nn.model", "models": "nn.kinds", "lstm": "nn.lstm", "backbones": "nn.backbones",
     "positional": "nn.positional", "synapses": "nn.synapses", "engine": "nn.engine", "native": "nn.native",
     "halting": "nn.halting",
-    "idx": "data.idx", "datasets": "data.sources", "data": "data.images", "folders": "data.folders",
+    "idx": "data.idx", "datasets": "data.sources", "folders": "data.folders",
     "checkpoint": "runs.checkpoint",
     "train": "training.loop", "evaluate": "training.evaluate", "losses": "training.losses",
     "distributed": "training.distributed",
@@ -32,6 +32,10 @@ MOVED = {
 MOVED_NAMES = {
     "pictures.figures": dict.fromkeys(("thinking_gif", "thinking_frames", "pick_thinking_example", "select_example",
                                        "ThinkingPick"), "tasks.image.pictures"),
+    # ctm.data was a module (now the package ctm.data): its names
+    "data": {**dict.fromkeys(("ImageDataset", "load_dataset", "load_splits", "random_affine", "DataError"),
+                             "data.images"), **dict.fromkeys(("EpochSampler", "mix_seed"), "data.sampling"),
+             "_mix_seed": "data.sampling"},
 }
 
 
@@ -48,7 +52,7 @@ def moved_name(module: str, name: str):
     if new is None:
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
     warnings.warn(f"{module}.{name} moved to ctm.{new}; import it from there", DeprecationWarning, stacklevel=3)
-    return getattr(importlib.import_module(f"ctm.{new}"), name)
+    return getattr(importlib.import_module(f"ctm.{new}"), "mix_seed" if name == "_mix_seed" else name)
 
 
 class _Alias(importlib.abc.Loader):
@@ -71,7 +75,7 @@ class _Finder(importlib.abc.MetaPathFinder):
         new = moved_to(fullname[4:])
         if new is None:
             return None
-        warnings.warn(f"{fullname} moved to {new}; import it from there", DeprecationWarning, stacklevel=3)
+        warnings.warn(f"{fullname} moved to {new}; import it from there", DeprecationWarning, stacklevel=2)
         return importlib.machinery.ModuleSpec(fullname, _Alias(new))
 
 

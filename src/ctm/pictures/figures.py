@@ -140,7 +140,7 @@ def _padded_limits(values: np.ndarray, frac: float = 0.08) -> tuple[float, float
 
 
 def __getattr__(name: str) -> Any:  # names that moved to a task's pictures (ctm/_moved.py)
-    from .._moved import moved_name
+    from ctm._moved import moved_name  # absolute: the import system probes this while an alias is set up
 
     return moved_name(__name__, name)
 

@@ -264,9 +264,9 @@ def current_checkpoint(run_dir: str | os.PathLike[str]) -> Checkpoint | None:
             seen = (step, name)
         raise RunDirError(f"{run_dir / POINTER_FILE} names {CHECKPOINTS_DIR}/{seen[1]}, which is missing; the run's "
                           f"checkpoint was deleted")
-    if os.path.lexists(run_dir / MODEL_FILE):  # the old layout: files at the top level
+    folders = _step_folders(checkpoints)  # before the old layout: a migrated run may keep its old files
+    if not folders and os.path.lexists(run_dir / MODEL_FILE):  # the old layout: files at the top level
         return Checkpoint(run_dir, None)
-    folders = _step_folders(checkpoints)
     if folders:
         step, path = folders[-1]
         raise RunDirError(f"{run_dir} has no {POINTER_FILE}, but holds {len(folders)} checkpoint folder"
@@ -293,9 +293,9 @@ def recover_pointer(run_dir: str | os.PathLike[str]) -> Checkpoint | None:
     when there is nothing to recover. Deletes nothing. Only the run's writer (holding its lock) may call this.
     """
     run_dir = Path(run_dir)
-    if os.path.lexists(run_dir / POINTER_FILE) or os.path.lexists(run_dir / MODEL_FILE):
+    if os.path.lexists(run_dir / POINTER_FILE):
         return None
-    folders = _step_folders(_checkpoints_dir(run_dir))
+    folders = _step_folders(_checkpoints_dir(run_dir))  # (a run of the old layout's files has none)
     if not folders:
         return None
     from ..nn.kinds import run_model_kind, run_model_options
@@ -649,6 +649,7 @@ def save_checkpoint(run_dir: str | os.PathLike[str], model: ContinuousThoughtMac
         if os.path.lexists(stale) and not _remove_checkpoint_folder(stale):
             raise CheckpointWriteError(f"{stale} is in the way of step {step}'s checkpoint and holds what ctm did "
                                        f"not write there (or is a link); move it out of the run and resume")
+    published: list[bool] = []  # set once the pointer names the new checkpoint
     try:
         # Everything is serialised first, so a failure to write is an OSError of our own writes.
         weights = _safetensors_bytes(model, step)
@@ -671,12 +672,14 @@ def save_checkpoint(run_dir: str | os.PathLike[str], model: ContinuousThoughtMac
         os.replace(tmp, final)
         _fsync_dir(checkpoints)
         _fault("dir-renamed")
-        _publish(run_dir, step, name, before_replace=lambda: _fault("pointer-written"))
+        _publish(run_dir, step, name, before_replace=lambda: _fault("pointer-written"), published=published)
         _fault("pointer-replaced")
     except OSError as e:
         _remove_checkpoint_folder(tmp)
-        if _read_pointer_or_none(run_dir) != (step, name):
-            _remove_checkpoint_folder(final)
+        if published:  # the pointer names it: a failure after the replace (syncing the folder) keeps it
+            raise CheckpointWriteError(f"the checkpoint of step {step} in {run_dir} is published, but syncing "
+                                       f"{run_dir} failed ({e.strerror or e}); it may not survive a power loss") from None
+        _remove_checkpoint_folder(final)
         kept = (f"the previous checkpoint (step {checkpoint_step(run_dir)}) is intact and resumable"
                 if previous is not None else "no checkpoint was saved before")
         reason = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
@@ -688,19 +691,16 @@ def save_checkpoint(run_dir: str | os.PathLike[str], model: ContinuousThoughtMac
     return final
 
 
-def _publish(run_dir: Path, step: int, name: str, before_replace: Callable[[], None] | None = None) -> None:
-    """Make checkpoint.json name checkpoints/`name` (atomic replace, then the folder synced)."""
+def _publish(run_dir: Path, step: int, name: str, before_replace: Callable[[], None] | None = None,
+             published: list[bool] | None = None) -> None:
+    """Make checkpoint.json name checkpoints/`name` (atomic replace, then the folder synced); `published` gets a
+    True once the replace is done."""
     pointer = json.dumps({"step": step, "dir": f"{CHECKPOINTS_DIR}/{name}"}) + "\n"
     atomic_write(run_dir / POINTER_FILE, lambda t: Path(t).write_text(pointer, encoding="utf-8"),
                  before_replace=before_replace)
+    if published is not None:
+        published.append(True)
     _fsync_dir(run_dir)
-
-
-def _read_pointer_or_none(run_dir: Path) -> tuple[int, str] | None:
-    try:
-        return _read_pointer(run_dir)
-    except (OSError, RunDirError):
-        return None
 
 
 def _unlink_regular(path: Path) -> bool:
@@ -743,7 +743,8 @@ def remove_leftovers(run_dir: str | os.PathLike[str]) -> None:
         for entry in checkpoints.iterdir():
             if current is not None and entry == current.path:
                 continue
-            if _TMP_NAME.fullmatch(entry.name) or (current is not None and _CHECKPOINT_NAME.fullmatch(entry.name)):
+            published = current is not None and current.step is not None  # a pointer names a folder
+            if _TMP_NAME.fullmatch(entry.name) or (published and _CHECKPOINT_NAME.fullmatch(entry.name)):
                 _remove_checkpoint_folder(entry)
     for name in (CONFIG_FILE, POINTER_FILE):  # only ours, of writers no longer running (`ctm viz` may be writing)
         _io.remove_stale_temps(run_dir / name)

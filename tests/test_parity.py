@@ -264,3 +264,21 @@ def test_predict_on_a_parity_run_reads_sequences(parity8, tmp_path, capsys):
         assert run_cli("predict", parity8, *argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("ctm predict: error: ") and message in err, err
+
+
+def test_a_task_record_that_contradicts_the_model_is_one_line(parity8, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(parity8, run)
+    payload = json.loads((run / "config.json").read_text())
+    payload["task"]["length"] = 16  # the model answers at 8 positions
+    (run / "config.json").write_text(json.dumps(payload))
+    capsys.readouterr()
+    assert run_cli("eval", run, "--threads", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "parity task has length 16, but its model answers at 8 positions" in err[0], err
+    payload["task"]["length"] = 10**30
+    (run / "config.json").write_text(json.dumps(payload))
+    assert run_cli("eval", run, "--threads", "1") == 2
+    assert "is above 65,536" in capsys.readouterr().err

@@ -175,3 +175,41 @@ def test_no_module_outside_the_tasks_names_a_task():
 def test_the_check_would_see_a_task_branch(tmp_path):
     assert TASK_NAMES.search('if task.name == "image":') and TASK_NAMES.search("isinstance(task, ImageTask)")
     assert TASK_NAMES.search("from ..tasks.parity import X") and not TASK_NAMES.search("images (B, C, H, W)")
+
+
+def test_a_run_naming_a_module_imports_it_only_when_asked(run, tmp_path, capsys):
+    """A run may come from someone else: ctm imports no code because its config.json names it."""
+    import shutil
+    import sys
+
+    from ctm.tasks import TASKS
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    registered = TASKS.pop("argmax")
+    try:
+        capsys.readouterr()
+        assert cli("eval", copy, "--threads", "1") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "comes from toy_task:ArgmaxTask, and ctm imports no code a run names: pass " \
+            "--task toy_task:ArgmaxTask" in err[0], err
+        assert cli("eval", copy, "--task", "toy_task:ArgmaxTask", "--json", "--threads", "1") == 0
+        assert json.loads(capsys.readouterr().out)["n"] == 96
+        payload = json.loads((copy / "config.json").read_text())
+        payload["task"] = {"name": "zen", "import": "this:Zen"}  # importing `this` prints the Zen of Python
+        (copy / "config.json").write_text(json.dumps(payload))
+        assert "this" not in sys.modules
+        assert cli("eval", copy, "--threads", "1") == 2
+        assert "comes from this:Zen, and ctm imports no code a run names" in capsys.readouterr().err
+        assert "this" not in sys.modules
+    finally:
+        TASKS["argmax"] = registered
+
+
+def test_a_task_s_own_presets_are_offered(tmp_path, capsys):
+    assert cli("train", *TASK, "--preset", "argmax", "--steps", 2, "--eval-every", 2, "--no-progress", "--threads", 1,
+               "--out", tmp_path / "run") == 0
+    capsys.readouterr()
+    assert cli("train", *TASK, "--preset", "nosuch", "--steps", 2, "--out", tmp_path / "other") == 2
+    err = capsys.readouterr().err
+    assert "--preset nosuch: no such recipe" in err and "argmax" in err

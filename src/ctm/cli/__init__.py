@@ -91,6 +91,14 @@ def _add_parser(sub, name: str, description: str) -> argparse.ArgumentParser:
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def _add_task_flag(p) -> None:
+    """--task on the commands that read a run: the task of a run trained with --task module:Class, which ctm
+    imports only when asked."""
+    p.add_argument("--task", metavar="MODULE:CLASS", default=None,
+                   help="the task of a run trained with --task module:Class (ctm imports no code a run names; say "
+                        "it here)")
+
+
 def _add_runtime_flags(p) -> None:
     """--device and --threads, the same on every computing subcommand."""
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps "
@@ -135,7 +143,7 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--model", choices=sorted(MODEL_KINDS), default=None, dest="model_kind",
                    help="the model: ctm (default) or lstm (the paper's LSTM baseline: the same tokens, ticks and "
                         "loss, its width matched to the CTM's parameter count); the run records it")
-    p.add_argument("--preset", choices=list(PRESETS), default=None,
+    p.add_argument("--preset", metavar="NAME", default=None,
                    help="; ".join(f"{name}: {preset.summary}" for name, preset in PRESETS.items()).replace("%", "%%")
                    + " (default: default, or the task's own, e.g. parity)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (a larger --steps extends it)")
@@ -173,6 +181,7 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
     p.add_argument("--batch-size", type=_positive_int, default=500, help="images per forward (default 500)")
     _add_runtime_flags(p)
+    _add_task_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", action="store_true", help="write RUN_DIR/ticks.png (accuracy and certainty per tick)")
     halt = p.add_mutually_exclusive_group()
@@ -201,6 +210,7 @@ def _add_viz_parser(sub) -> None:
     p.add_argument("--out", metavar="FILE.gif", help="where to write (default RUN_DIR/thinking-<split>-<index>.gif)")
     p.add_argument("--fps", type=float, default=5, help="frames per second, 0.1 to 100 (default 5)")
     _add_runtime_flags(p)
+    _add_task_flag(p)
 
 
 def _add_predict_parser(sub) -> None:
@@ -224,6 +234,7 @@ def _add_predict_parser(sub) -> None:
                         "most certain tick of all)")
     p.add_argument("--json", action="store_true", help="one JSON object per input")
     _add_runtime_flags(p)
+    _add_task_flag(p)
 
 
 def _add_run_data_dir(p: argparse.ArgumentParser, more: str = "") -> None:
@@ -253,6 +264,7 @@ def _add_view_parser(sub) -> None:
     p.add_argument("--serve", action="store_true", help="also serve the page on 127.0.0.1 until Ctrl-C")
     p.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000; 0: any free port)")
     _add_runtime_flags(p)
+    _add_task_flag(p)
 
 
 def _add_pretrained_parser(sub) -> None:
@@ -455,6 +467,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         task_class = task_class or resolve_task(DEFAULT_TASK)
         task = task_class(**_task_options(task_class, args.task_option))
         preset = args.preset or task.default_preset
+        if preset not in tr.PRESETS:  # a task's own (--task module:Class) are known once it is imported
+            known = ", ".join(tr.PRESETS)
+            raise CLIError(f"--preset {preset}: no such recipe (these are: {known})" if args.preset else
+                           f"the {task.name} task's default recipe {preset!r} is not among its presets ({known}); "
+                           f"give --preset")
         if tr.PRESETS[preset].task != task.name:
             raise CLIError(f"--preset {preset} is a recipe for the {tr.PRESETS[preset].task} task, not for "
                            f"{task.name}; leave --preset out for {task.name}'s own ({task.default_preset})")
@@ -790,12 +807,6 @@ def _eval_data(args: argparse.Namespace, payload: dict, task, model_config):
     return data, dataset_name
 
 
-def _named_classes(data) -> tuple[str, ...]:
-    """The class names `ctm eval` lists accuracy by: those of a dataset whose classes are not just numbered."""
-    names = data.class_names
-    return names if names and names != tuple(str(i) for i in range(len(names))) else ()
-
-
 def _json_line(payload: dict) -> str:
     """Valid JSON always: a NaN or infinite number (a model with NaN weights) becomes null."""
     def finite(v):
@@ -1004,6 +1015,10 @@ def _run(args: argparse.Namespace) -> int:
     from ..training.loop import NonFiniteLossError
 
     try:
+        if args.command != "train" and getattr(args, "task", None) is not None:
+            from ..tasks import resolve_task
+
+            resolve_task(args.task)  # registered: the run's record of it is then found
         return COMMANDS[args.command](args)
     except (CLIError, RunDirError, DataError, ValueError) as e:
         if os.environ.get("CTM_DEBUG"):

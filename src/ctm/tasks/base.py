@@ -420,10 +420,15 @@ def task_from_record(payload: Mapping[str, Any]) -> Task:
         raise ValueError(f"config.json: 'task' must be an object with a 'name', got {record!r}")
     where = record.get("import")
     if where is not None:
+        # A run may come from someone else: the code it names is imported only when the user says so (`--task
+        # module:Class`, or `resolve_task` from Python), never because a config.json asks.
         if not isinstance(where, str):
             raise ValueError(f"config.json: 'task.import' must be a string module:Class, got {where!r}")
-        if record["name"] not in TASKS:
-            cls = resolve_task(where)
-            if cls.name != record["name"]:
-                raise ValueError(f"config.json: task {where} is named {cls.name!r}, the run records {record['name']!r}")
+        cls = TASKS.get(record["name"])
+        if cls is None:
+            raise ValueError(f"the run's task {record['name']!r} comes from {where}, and ctm imports no code a run "
+                             f"names: pass --task {where} (from Python, ctm.tasks.resolve_task({where!r}) first)")
+        if f"{cls.__module__}:{cls.__qualname__}" != where:
+            raise ValueError(f"the run's task {record['name']!r} comes from {where}, but the task of that name here "
+                             f"is {cls.__module__}:{cls.__qualname__}")
     return make_task(record["name"], **{k: v for k, v in record.items() if k not in ("name", "import")})

@@ -139,6 +139,11 @@ class TickMetrics:
             sums[end + K:end + 2 * K] += torch.bincount(targets, minlength=K)
         sums[-1] += b
 
+    def to(self, device: torch.device | str) -> TickMetrics:
+        """Keep the sums on `device` (a rank with no samples still all-reduces there)."""
+        self.sums = self.sums.to(device)
+        return self
+
     def reduce(self, dist_info: DistInfo) -> None:
         self.sums = all_reduce_sum(self.sums, dist_info)
 
@@ -182,6 +187,8 @@ def evaluate(model: ContinuousThoughtMachine, dataset, batch_size: int = 500,
     device = next(model.parameters()).device if device is None else torch.device(device)
     loss_fn = task.loss if task is not None else certainty_loss
     metrics = task.metrics(model.config) if task is not None else TickMetrics(model.config)
+    if callable(getattr(metrics, "to", None)):
+        metrics.to(device)
     if getattr(metrics, "class_names", "absent") is None and getattr(dataset, "class_names", None):
         metrics.class_names = list(dataset.class_names)
     shard = torch.tensor_split(torch.arange(len(dataset)), dist_info.world_size)[dist_info.rank]

@@ -490,7 +490,7 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
                 metrics.append({
                     "step": step, "epoch": round(step / steps_per_epoch, 4),
                     "train_loss": loss_sum / n, "train_tick_loss": tick_sum / n, "train_accuracy": acc_sum / n,
-                    **{f"test_{k}": v for k, v in last_eval.scalars().items()},
+                    **{f"test_{k}": _scalar(k, v) for k, v in last_eval.scalars().items()},
                     "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(elapsed, 3),
                 })
                 running.zero_()
@@ -583,6 +583,17 @@ def _set_rng_state(state: dict[str, torch.Tensor] | None, dev: torch.device, pat
         first = (str(e).strip().splitlines() or [""])[0][:160]
         raise ckpt.RunDirError(f"{path}: field 'rng_state' is not a random generator's state ({first}); the run "
                                f"cannot be resumed") from None
+
+
+def _scalar(name: str, value: Any) -> float:
+    """A task's metric as the number metrics.jsonl records (a tensor, numpy or Python number; not a bool)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"the task's metric {name!r} must be a number, got {value!r} (Metrics.result().scalars())"
+                         ) from None
 
 
 def _describe(loss: float, acc: float, ev: EvalResult | None, step: int | None = None) -> str:

@@ -44,6 +44,8 @@ TEST_SIZE = 10_000
 TEST_STREAM = 0x7E57
 #: nominal samples per "epoch" of the training stream (it never repeats within a run)
 STREAM_EPOCH = 2**40
+#: the longest sequence the task generates (the paper's parity is 64 long)
+MAX_LENGTH = 2**16
 #: the thinking GIF picks among this many first test sequences
 GIF_POOL = 200
 
@@ -130,6 +132,10 @@ class StreamSampler:
 class ParityOptions:
     length: int = option(16, "parity: sequence length L (the model answers at every position)", min=2)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.length, int) and self.length > MAX_LENGTH:
+            raise ValueError(f"ParityOptions.length {self.length} is above {MAX_LENGTH:,}; choose a shorter sequence")
+
 
 PRESETS: dict[str, Preset] = {
     # Cumulative parity of length 16 (docs/training.md, "Parity"): 20 ticks, 256 neurons with 32 random
@@ -195,6 +201,12 @@ class ParityTask(Task):
     def model_fields(self, train_set: ParitySequences) -> dict[str, Any]:
         return {"backbone": "sign-embedding", "positional_embedding": "custom-rotational-1d", "in_channels": 1,
                 "out_positions": self.length, "out_dims": 2 * self.length}
+
+    def check_eval_data(self, model_config: CTMConfig, data: ParitySequences, name: str) -> None:
+        if model_config.out_positions != self.length or model_config.out_dims != 2 * self.length:
+            raise ValueError(f"the run's parity task has length {self.length}, but its model answers at "
+                             f"{model_config.out_positions} positions (out_dims {model_config.out_dims}); was "
+                             f"config.json edited?")
 
     def check_config(self, model_config: CTMConfig, train_config: TrainConfig) -> None:
         if train_config.augment:

@@ -70,6 +70,17 @@ def isolated_rng():
     np.random.set_state(numpy_state)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """A module's tests compute on one thread (numbers recorded, or runs compared, on one); restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _task_registry():
     """Tasks a test module registers (`register_task`, `--task module:Class`) leave with it: the next

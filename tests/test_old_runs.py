@@ -32,13 +32,8 @@ def data(tmp_path_factory) -> Path:
     return make_synthetic(tmp_path_factory.mktemp("data"), **EXPECTED["data"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The numbers were recorded on one thread (`ctm eval --threads 1` sets the process's thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The numbers were recorded on one thread (`ctm eval --threads 1` sets the process's thread count).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_cli(*args) -> int:

@@ -80,13 +80,8 @@ def run_cli(*args) -> int:
     return main([str(a) for a in args])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The forked children compute on one thread (see `_child`); so do the runs they are compared with."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The forked children compute on one thread (see `_child`); so do the runs they are compared with.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def threads() -> list[str]:

@@ -34,8 +34,7 @@ MOVED_NAMES = {
                                        "ThinkingPick"), "tasks.image.pictures"),
     # ctm.data was a module (now the package ctm.data): its names
     "data": {**dict.fromkeys(("ImageDataset", "load_dataset", "load_splits", "random_affine", "DataError"),
-                             "data.images"), **dict.fromkeys(("EpochSampler", "mix_seed"), "data.sampling"),
-             "_mix_seed": "data.sampling"},
+                             "data.images"), **dict.fromkeys(("EpochSampler", "mix_seed"), "data.sampling")},
 }
 
 
@@ -52,7 +51,7 @@ def moved_name(module: str, name: str):
     if new is None:
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
     warnings.warn(f"{module}.{name} moved to ctm.{new}; import it from there", DeprecationWarning, stacklevel=3)
-    return getattr(importlib.import_module(f"ctm.{new}"), "mix_seed" if name == "_mix_seed" else name)
+    return getattr(importlib.import_module(f"ctm.{new}"), name)
 
 
 class _Alias(importlib.abc.Loader):

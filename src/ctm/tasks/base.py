@@ -221,8 +221,7 @@ class Task:
     def augment(self, inputs: Any, seed: int) -> Any:
         """A training batch's inputs distorted from generator seed `seed` (`TrainConfig.augment`; default:
         the task has no augmentation)."""
-        raise ValueError(f"TrainConfig.augment distorts images; the {self.name} task has no augmentation (leave it "
-                         f"off)")
+        raise ValueError(f"TrainConfig.augment distorts images; the {self.name} task has none (leave it off)")
 
     def tick_loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
         """The mean loss over ticks (and samples): what `TrainConfig.tick_loss_weight` adds to the objective,

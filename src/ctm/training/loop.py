@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._signals import StopFlag
-from ..config import CTMConfig, check_fields, option
+from ..config import BACKBONE_ALIASES, CTMConfig, check_fields, option
 from ..data.folders import folder_path, parse_image_size
 from ..data.sampling import mix_seed
 from ..nn.kinds import model_options, run_model_kind, run_model_options
@@ -204,13 +204,9 @@ def build_model_config(model_config: CTMConfig, dataset: Dataset, task: Task | N
 def check_data_fields(requested: Mapping[str, Any], dataset: Dataset, task: Task | None = None) -> None:
     """ValueError naming the CTMConfig field when a requested value contradicts what the task fixes."""
     task = task or make_task(DEFAULT_TASK)
-    fixed = task.model_fields(dataset)
-    try:  # the same values as today's config names them (a task may give a backbone's name of earlier versions)
-        fixed = CTMConfig.from_dict({**CTMConfig().to_dict(), **fixed}).to_dict()
-    except (TypeError, ValueError):
-        pass
     for name, value in task.model_fields(dataset).items():
-        if name in requested and requested[name] not in (value, fixed[name]):
+        today = BACKBONE_ALIASES.get(value, value) if name == "backbone" else value  # a name of earlier versions
+        if name in requested and requested[name] not in (value, today):
             source = task.fixes_fields_from or f"the {task.name} task"
             raise ValueError(f"CTMConfig.{name}={requested[name]} contradicts {source}: "
                              f"{dataset.name or 'the dataset'} gives {name}={value} (leave it out: training "

@@ -432,9 +432,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..tasks import DEFAULT_TASK, resolve_task, task_from_record
 
     model_changes, train_changes = given(args, CTMConfig), given(args, tr.TrainConfig)
-    if model_changes.get("input_reader", "attention") != "attention":
-        raise CLIError(f"--input-reader {model_changes['input_reader']}: ctm train's tasks feed images or sequences "
-                       f"to the attention reader; train the direct and schedule readers from Python")
     folder = folder_path(train_changes.get("dataset", ""))
     if folder is not None:  # recorded absolute, so eval and --resume find it from anywhere
         _check_path_text("--dataset", str(folder))
@@ -825,7 +822,7 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str, task
     import torch
     from tqdm.auto import tqdm
 
-    from ..training.evaluate import DEFAULT_HALT_SWEEP, evaluate_halting, timed_evaluate
+    from ..training.evaluate import DEFAULT_HALT_SWEEP, timed_evaluate
 
     taus = [args.halt_certainty] if args.halt_certainty is not None else list(args.halt_sweep or DEFAULT_HALT_SWEEP)
     if args.halt_certainty is not None:
@@ -843,7 +840,7 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str, task
     results = []
     bar = tqdm(taus, desc="halting thresholds", disable=args.json or len(taus) == 1, leave=False)
     for tau in bar:
-        results.append(evaluate_halting(model, data, tau, args.batch_size, max_ticks=args.max_ticks))
+        results.append(task.halting(model, data, tau, args.batch_size, max_ticks=args.max_ticks))
     if args.halt_sweep is not None:
         from ..pictures.figures import save_halting_plot
 

@@ -6,8 +6,10 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["EpochSampler", "mix_seed"]
+__all__ = ["STREAM_EPOCH", "EpochSampler", "StreamSampler", "mix_seed"]
 
+#: nominal samples per "epoch" of a generated training stream (it never repeats within a run)
+STREAM_EPOCH = 2**40
 
 
 def mix_seed(seed: int, epoch: int) -> int:
@@ -98,3 +100,22 @@ class EpochSampler:
     def __iter__(self) -> Iterator[torch.Tensor]:
         """Batches of epoch 0 (use `batches(epoch)` to choose the epoch)."""
         return self.batches(0)
+
+
+class StreamSampler:
+    """Consecutive indices of an endless stream: global batch s is indices s*B .. (s+1)*B - 1, rank r taking
+    its contiguous share. Epochs are nominal (`STREAM_EPOCH` samples)."""
+
+    def __init__(self, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"global batch_size {batch_size} must be divisible by world_size {world_size}")
+        self.batch_size, self.rank, self.local = batch_size, rank, batch_size // world_size
+
+    def __len__(self) -> int:
+        return STREAM_EPOCH // self.batch_size
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        first = epoch * len(self) + start
+        for step in range(first, (epoch + 1) * len(self)):
+            begin = step * self.batch_size + self.rank * self.local
+            yield torch.arange(begin, begin + self.local)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..nn.model import ContinuousThoughtMachine
     from ..nn.outputs import CTMOutput
     from ..training.distributed import DistInfo
-    from ..training.evaluate import EvalResult
+    from ..training.evaluate import EvalResult, HaltingResult
     from ..training.loop import TrainConfig
 
 
@@ -87,7 +87,8 @@ class Metrics(Protocol):
     The result has `loss` (the task's own loss, averaged over samples), `accuracy` (the headline figure the
     progress line shows) and `n`; `to_dict()` (what `ctm eval --json` prints), `scalars()` (the figures a
     metrics.jsonl row records, as test_<key>), `lines()` (what `ctm eval` prints) and `summary()` (the end of
-    `ctm train`'s last line)."""
+    `ctm train`'s last line). An accumulator with `needs_inputs = True` gets the batch's inputs too,
+    `update(output, targets, loss, tick, inputs)`."""
 
     def update(self, output: CTMOutput, targets: Any, loss: Tensor, tick: Tensor) -> None: ...
 
@@ -243,6 +244,14 @@ class Task:
         from ..training.evaluate import TickMetrics
 
         return TickMetrics(model_config, noun=self.sample_noun)
+
+    def halting(self, model: ContinuousThoughtMachine, data: Dataset, halt_certainty: float,
+                batch_size: int = 500, max_ticks: int | None = None) -> HaltingResult:
+        """`ctm eval --halt-*` at one threshold: adaptive computation as this task defines it (default:
+        `model.think`, each sample stopping once its certainty reaches the threshold)."""
+        from ..training.evaluate import evaluate_halting
+
+        return evaluate_halting(model, data, halt_certainty, batch_size, max_ticks=max_ticks)
 
     # ---------------------------------------------------------------------------------------- pictures
 

@@ -197,7 +197,10 @@ def evaluate(model: ContinuousThoughtMachine, dataset, batch_size: int = 500,
             x, y = to_device(dataset.batch(idx), device)
             out = model(x)
             loss, tick = loss_fn(out.predictions, out.certainties, y)
-            metrics.update(out, y, loss, tick)
+            if getattr(metrics, "needs_inputs", False):  # e.g. sorting's wait times against the input's gaps
+                metrics.update(out, y, loss, tick, x)
+            else:
+                metrics.update(out, y, loss, tick)
     metrics.reduce(dist_info)
     return metrics.result()
 

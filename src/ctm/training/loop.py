@@ -313,9 +313,9 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
                                            recorded=ckpt.read_config(run_dir).get("dataset") if resume else None)
     check_data_fields(model_config.to_dict() if resume else {}, train_set, task)
     model_config = build_model_config(model_config, train_set, task)
-    if model_config.input_reader != "attention":
-        raise ValueError(f"CTMConfig.input_reader {model_config.input_reader!r}: the tasks feed images or "
-                         f"sequences to the attention reader (train other readers from Python)")
+    if model_config.input_reader != task.model_fields(train_set).get("input_reader", "attention"):
+        raise ValueError(f"CTMConfig.input_reader {model_config.input_reader!r}: the {task.name} task feeds its "
+                         f"inputs to the attention reader (leave it out; the sort task uses 'direct')")
     task.check_config(model_config, train_config)
     train_set, test_set = train_set.to(dev), test_set.to(dev)
     if train_config.batch_size % (info.world_size * train_config.grad_accum):

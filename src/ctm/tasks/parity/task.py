@@ -19,7 +19,7 @@ the threshold.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ...config import CTMConfig, option
-from ...data.sampling import mix_seed
+from ...data.sampling import STREAM_EPOCH, StreamSampler, mix_seed
 from ..base import Example, Preset, Task, register_task
 
 if TYPE_CHECKING:
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 TEST_SIZE = 10_000
 #: the stream of the test set (its seeds have the lowest bit 1; training seeds have it 0)
 TEST_STREAM = 0x7E57
-#: nominal samples per "epoch" of the training stream (it never repeats within a run)
-STREAM_EPOCH = 2**40
 #: the longest sequence the task generates (the paper's parity is 64 long)
 MAX_LENGTH = 2**16
 #: the thinking GIF picks among this many first test sequences
@@ -107,25 +105,6 @@ class ParitySequences:
         moved = ParitySequences(self.length, self.n, self.stream, self.split, device)
         moved._held = self._held
         return moved
-
-
-class StreamSampler:
-    """Consecutive indices of an endless stream: global batch s is indices s*B .. (s+1)*B - 1, rank r taking
-    its contiguous share. Epochs are nominal (`STREAM_EPOCH` samples)."""
-
-    def __init__(self, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
-        if batch_size % world_size:
-            raise ValueError(f"global batch_size {batch_size} must be divisible by world_size {world_size}")
-        self.batch_size, self.rank, self.local = batch_size, rank, batch_size // world_size
-
-    def __len__(self) -> int:
-        return STREAM_EPOCH // self.batch_size
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[Tensor]:
-        first = epoch * len(self) + start
-        for step in range(first, (epoch + 1) * len(self)):
-            begin = step * self.batch_size + self.rank * self.local
-            yield torch.arange(begin, begin + self.local)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -182,8 +182,12 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=500, help="images per forward (default 500)")
     _add_runtime_flags(p)
     _add_task_flag(p)
+    p.add_argument("--task-option", metavar="KEY=VALUE", action="append", default=[], dest="task_option",
+                   help="evaluate on the run's task with one option changed, e.g. --task-option std=2 (a sort run "
+                        "on a wider spread); repeat for several. Options that fix the model must match the run")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--plot", action="store_true", help="write RUN_DIR/ticks.png (accuracy and certainty per tick)")
+    p.add_argument("--plot", action="store_true", help="write RUN_DIR/ticks.png (the task's figure of the "
+                                                      "evaluation; for images accuracy and certainty per tick)")
     halt = p.add_mutually_exclusive_group()
     halt.add_argument("--halt-certainty", type=float, metavar="TAU",
                       help="adaptive computation: each sample stops at its first tick with certainty >= TAU; "
@@ -227,8 +231,11 @@ def _add_predict_parser(sub) -> None:
                    help="a parity run's input: + for +1 and - for -1, as many as the run's length (repeatable); "
                         "write --sequence=-+... for one that starts with -")
     p.add_argument("--sequence-file", metavar="FILE",
-                   help="a text file of sequences, one per line (blank lines and lines starting with # skipped; "
-                        "- reads standard input)")
+                   help="a text file of inputs, one per line: + and - sequences (parity), numbers (sort); blank "
+                        "lines and lines starting with # skipped; - reads standard input")
+    p.add_argument("--numbers", action="append", nargs="+", default=[], metavar="X",
+                   help="a sort run's input: as many numbers as it sorts, e.g. --numbers 0.3 -1.2 2.5 0 "
+                        "(repeatable, one sample each)")
     p.add_argument("--halt-certainty", type=float, metavar="TAU",
                    help="answer at the first tick whose certainty reaches TAU, a fraction in [0, 1] (default: the "
                         "most certain tick of all)")
@@ -759,7 +766,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(f"--max-ticks {args.max_ticks} exceeds the model's {model.config.iterations} ticks")
     from ..tasks import task_from_record
 
-    task = task_from_record(payload)
+    task = _with_task_options(task_from_record(payload), args.task_option)
     data, dataset_name = _eval_data(args, payload, task, model.config)
     data = data.to(device)
     if args.halt_certainty is not None or args.halt_sweep is not None:
@@ -774,6 +781,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for line in result.lines():
         print(line)
     return 0
+
+
+def _with_task_options(task, pairs: list[str]):
+    """The run's task with `--task-option` pairs changed (ctm eval on another spread, size, ...)."""
+    if not pairs:
+        return task
+    record = {k: v for k, v in task.record().items() if k not in ("name", "import")}
+    try:
+        return type(task)(**{**record, **_task_options(type(task), pairs)})
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"--task-option: {e}") from None
 
 
 def _eval_data(args: argparse.Namespace, payload: dict, task, model_config):
@@ -888,10 +906,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.halt_certainty is not None:
         _check_halt_certainty(args.halt_certainty)
-    texts = [*args.inputs, *args.sequence, *(_read_lines(args.sequence_file) if args.sequence_file else [])]
+    texts = [*args.inputs, *args.sequence, *(" ".join(numbers) for numbers in args.numbers),
+             *(_read_lines(args.sequence_file) if args.sequence_file else [])]
     if not texts:
-        raise CLIError("nothing to predict: give image files (an image run), or sequences (a parity run: as "
-                       "arguments, --sequence SEQ or --sequence-file FILE)")
+        raise CLIError("nothing to predict: give image files (an image run), sequences (a parity run: as "
+                       "arguments, --sequence SEQ or --sequence-file FILE), or numbers (a sort run: --numbers X X "
+                       "...)")
     task = task_from_record(read_config(args.run_dir))
     _set_threads(args.threads)
     run = load_run(args.run_dir, resolve_device(args.device))
@@ -900,10 +920,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         output = model(batch.to(device=next(model.parameters()).device, dtype=next(model.parameters()).dtype))
     ticks = [None] * len(names)
-    if args.halt_certainty is not None:  # as ctm.think: the first tick whose certainty reaches it, else the last
-        reached = output.certainties[:, 1] >= args.halt_certainty  # (B, T)
-        last = reached.shape[1] - 1
-        ticks = [int(row.nonzero()[0]) if row.any() else last for row in reached]
+    if args.halt_certainty is not None:  # the task's halting rule (by default ctm.think's)
+        ticks = task.halt_ticks(output, args.halt_certainty)
     for row, (name, tick) in enumerate(zip(names, ticks, strict=True)):
         if args.json:
             print(_json_line(task.prediction_record(output, row, name, run.data.class_names, tick=tick)))

@@ -253,6 +253,14 @@ class Task:
 
         return evaluate_halting(model, data, halt_certainty, batch_size, max_ticks=max_ticks)
 
+    def halt_ticks(self, output: CTMOutput, halt_certainty: float) -> list[int]:
+        """The tick (0-based) each sample of a full forward's `output` answers at when halting at
+        `halt_certainty` (`ctm predict --halt-certainty`; default: as `model.think`, the first tick whose
+        certainty reaches it, else the last)."""
+        reached = output.certainties[:, 1] >= halt_certainty  # (B, T)
+        last = reached.shape[1] - 1
+        return [int(row.nonzero()[0]) if row.any() else last for row in reached]
+
     # ---------------------------------------------------------------------------------------- pictures
 
     def pick_example(self, model: ContinuousThoughtMachine, data: Dataset,

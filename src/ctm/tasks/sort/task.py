@@ -363,6 +363,13 @@ class SortTask(Task):
 
         return sort_halting(model, data, halt_certainty, batch_size, max_ticks)
 
+    def halt_ticks(self, output: CTMOutput, halt_certainty: float) -> list[int]:
+        """The tick (0-based) each sample stops at by `halting`'s rule."""
+        from .halting import halting_ticks
+
+        n = output.predictions.shape[1] - 1
+        return (halting_ticks(output.predictions, output.certainties[:, 1], n, halt_certainty) - 1).tolist()
+
     # ---------------------------------------------------------------------------------------- predict
 
     def parse_inputs(self, texts: Sequence[str], run: Run) -> tuple[Tensor, list[str]]:

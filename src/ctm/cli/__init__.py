@@ -143,8 +143,9 @@ def _add_train_parser(sub) -> None:
                         + "; ".join(_task_options_help(cls) for cls in sorted(TASKS.values(), key=lambda t: t.name)
                                     if dataclasses.fields(cls.Options)).replace("%", "%%"))
     p.add_argument("--model", choices=sorted(MODEL_KINDS), default=None, dest="model_kind",
-                   help="the model: ctm (default) or lstm (the paper's LSTM baseline: the same tokens, ticks and "
-                        "loss, its width matched to the CTM's parameter count); the run records it")
+                   help="the model: ctm (default) or lstm (the paper's LSTM baseline: the same tokens (or, for the "
+                        "sort task, the same input at every tick), ticks and loss, its width matched to the CTM's "
+                        "parameter count); the run records it")
     p.add_argument("--preset", metavar="NAME", default=None,
                    help="; ".join(f"{name}: {preset.summary}" for name, preset in PRESETS.items()).replace("%", "%%")
                    + " (default: default, or the task's own, e.g. parity)")

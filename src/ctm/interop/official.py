@@ -194,8 +194,8 @@ def from_official_state_dict(state_dict: Mapping[str, Tensor], model: str = "ctm
     argument ctm does not support, or a state dict that does not fit them, raises a one-line ValueError.
     """
     config = config_from_official(state_dict, model, **kwargs)
-    model = ContinuousThoughtMachine(config)
-    ours = model.state_dict()
+    net = ContinuousThoughtMachine(config)
+    ours = net.state_dict()
     converted: dict[str, Tensor] = {}
     unexpected = []
     for name, tensor in state_dict.items():
@@ -221,8 +221,8 @@ def from_official_state_dict(state_dict: Mapping[str, Tensor], model: str = "ctm
                          + (f"unexpected keys {sorted(unexpected)}; " if unexpected else "")
                          + (f"missing keys {missing}" if missing else ""))
     with torch.no_grad():
-        model.load_state_dict(converted)
-    return model
+        net.load_state_dict(converted)
+    return net
 
 
 def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:

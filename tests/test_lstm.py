@@ -287,3 +287,128 @@ def test_a_bad_model_options_record_is_one_line(tmp_path, capsys, options):
     err = capsys.readouterr().err
     assert "'model_options' of model kind lstm must be an object of its options (hidden: a non-negative integer" \
         in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------- the direct reader (sorting)
+
+
+def sort_config(n: int = 6, ticks: int = 7, **changes) -> CTMConfig:
+    """The sort task's model at small sizes: n numbers fed directly at every tick, n indices and a blank out."""
+    fields = dict(iterations=ticks, d_model=24, d_input=n, memory_length=4, n_synch_out=8, memory_hidden_dims=3,
+                  out_dims=n + 1, backbone="none", input_reader="direct", neuron_selection="random-pairing")
+    return CTMConfig(**{**fields, **changes})
+
+
+def test_direct_reader_feeds_the_input_to_the_cell_at_every_tick():
+    torch.manual_seed(7)
+    model = LSTMBaseline(sort_config(), 10)
+    assert model.q_proj is model.attention is model.kv_proj is model.positional_embedding is None
+    assert not any(k.startswith(("q_proj", "attention", "kv_proj")) for k in model.state_dict())
+    with torch.no_grad():  # no zero bias hides a missing term
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(3, 6)
+    out = model(x, track=True)
+    assert out.predictions.shape == (3, 7, 7) and out.certainties.shape == (3, 2, 7)
+    assert out.tracking.attention.shape == (7, 3, 1, 0) and out.tracking.pre_activations.shape == (7, 3, 10)
+    # the plain loop: (h, c) <- cell(x, (h, c)); logits <- head(h)
+    h, c = model.start_hidden.expand(3, -1), model.start_cell.expand(3, -1)
+    logits = []
+    for _ in range(7):
+        h, c = model.cell(x, (h, c))
+        logits.append(model.output_projector(h))
+    torch.testing.assert_close(out.predictions, torch.stack(logits, -1))
+    torch.testing.assert_close(out.synchronisation_out, h)
+
+    from ctm.tasks.sort import sort_loss
+
+    sort_loss(out.predictions, x.argsort(1)).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+    with pytest.raises(ValueError, match=r"input_reader 'direct' takes vectors of shape \(B, 6\)"):
+        model(torch.randn(3, 5))
+    with pytest.raises(ValueError, match=r"input_reader 'direct' takes torch.float32 vectors"):
+        model(torch.randn(3, 6, dtype=torch.float64))
+    model.eval()
+    with torch.no_grad():
+        full = model(x)
+    thought = model.think(x, 2.0)  # never certain enough: the last tick
+    torch.testing.assert_close(thought.logits, full.predictions[..., -1])
+
+
+@pytest.mark.parametrize("config", [sort_config(),
+                                    sort_config(30, ticks=40, d_model=256, memory_length=10, memory_hidden_dims=4,
+                                                n_synch_out=32),  # the sort task's recipe
+                                    sort_config(30, ticks=50, d_model=512, synapse_depth=4, memory_length=25,
+                                                memory_hidden_dims=4, n_synch_out=32,
+                                                nlm_temperature=True)])  # the official sort model
+def test_direct_width_matches_the_direct_ctms_parameter_count(config):
+    n_ctm = ContinuousThoughtMachine(config).num_parameters()
+    H = lstm_width_for(config)
+    model = LSTMBaseline(config)
+    assert model.hidden == H and model.num_parameters() == lstm_parameters(config, H)
+    assert abs(model.num_parameters() - n_ctm) / n_ctm < 0.03
+    # the cell reads the d_input numbers, not an attention output: 4H (d_input + H) + 8H, a head, h_0 and c_0
+    d, C = config.d_input, config.out_dims
+    assert model.num_parameters() == 4 * H * (d + H) + 8 * H + (H + 1) * C + 2 * H
+
+
+def test_the_lstm_refuses_the_schedule_reader():
+    with pytest.raises(ValueError, match="^CTMConfig.input_reader 'schedule': the LSTM baseline reads its input"):
+        LSTMBaseline(CTMConfig(iterations=4, d_model=16, d_input=6, out_dims=4, input_reader="schedule"), 8)
+
+
+def test_ctm_train_task_sort_model_lstm_trains_and_evaluates_from_the_command_line(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+
+    def ctm(*args):
+        done = subprocess.run([sys.executable, "-m", "ctm", *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    out = ctm("train", "--task", "sort", "--task-option", "n=4", "--ticks", "8", "--model", "lstm", "--steps", "50",
+              "--threads", "1", "--no-progress", "--out", run)
+    assert "model: LSTM baseline" in out and "Finished 50 steps" in out
+    payload = json.loads((run / "config.json").read_text())
+    assert payload["model_kind"] == "lstm" and payload["task"] == {"name": "sort", "n": 4, "mean": 0.0, "std": 1.0}
+    assert payload["model"]["input_reader"] == "direct" and payload["model"]["d_input"] == 4
+    result = json.loads(ctm("eval", run, "--json", "--threads", "1"))
+    assert result["n"] == 10_000 and 0 <= result["sequence_accuracy"] <= result["accuracy"] <= 1
+    assert len(result["per_tick_certainty"]) == 8 and result["loss"] > 0
+    answer = json.loads(ctm("predict", run, "0.5 -1 2 0.1", "--json", "--threads", "1"))
+    assert answer["numbers"] == [0.5, -1.0, 2.0, 0.1] and answer["ticks"] == 8
+
+
+SORT_LSTM_RUN = ["train", "--task", "sort", "--model", "lstm", "--task-option", "n=3", "--ticks", "5", "--d-model",
+                 "16", "--memory-length", "3", "--n-synch-out", "6", "--memory-hidden-dims", "2", "--batch-size", "16",
+                 "--lr", "3e-3", "--warmup-steps", "0", "--schedule", "constant", "--eval-every", "4",
+                 "--eval-batch-size", "2000", "--threads", "1", "--no-progress"]
+
+
+def test_a_sort_lstm_run_resumes_as_a_straight_run(tmp_path):
+    from safetensors.torch import load_file
+
+    from ctm.runs import checkpoint as ckpt
+
+    assert _cli(*SORT_LSTM_RUN, "--steps", "8", "--out", tmp_path / "straight") == 0
+    assert _cli(*SORT_LSTM_RUN, "--steps", "4", "--out", tmp_path / "resumed") == 0
+    assert _cli("train", "--resume", tmp_path / "resumed", "--steps", "8", "--threads", "1", "--no-progress") == 0
+    a = load_file(str(ckpt.current_checkpoint(tmp_path / "straight").path / ckpt.MODEL_FILE))
+    b = load_file(str(ckpt.current_checkpoint(tmp_path / "resumed").path / ckpt.MODEL_FILE))
+    assert a.keys() == b.keys() and "cell.weight_ih" in a and not any(k.startswith("q_proj") for k in a)
+    assert a["cell.weight_ih"].shape[1] == 3  # the cell reads the 3 numbers
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+    rows = [ckpt.read_metrics(run) for run in (tmp_path / "straight", tmp_path / "resumed")]
+    assert [r["step"] for r in rows[1]] == [4, 8]
+    assert rows[1][-1]["test_loss"] == pytest.approx(rows[0][-1]["test_loss"], abs=1e-6)

@@ -82,7 +82,9 @@ EXAMPLES = {
   ctm view --pretrained mnist""",
     "convert-official": """examples:
   ctm convert-official official.pt --args args.json --out runs/official --dataset mnist
-  ctm eval runs/official --halt-certainty 0.9""",
+  ctm eval runs/official --halt-certainty 0.9
+  ctm convert-official sort.pt --args sort_args.json --out runs/official-sort --model sort
+  ctm predict runs/official-sort --numbers 0.3,-1.2,...""",
 }
 
 
@@ -141,8 +143,9 @@ def _add_train_parser(sub) -> None:
                         + "; ".join(_task_options_help(cls) for cls in sorted(TASKS.values(), key=lambda t: t.name)
                                     if dataclasses.fields(cls.Options)).replace("%", "%%"))
     p.add_argument("--model", choices=sorted(MODEL_KINDS), default=None, dest="model_kind",
-                   help="the model: ctm (default) or lstm (the paper's LSTM baseline: the same tokens, ticks and "
-                        "loss, its width matched to the CTM's parameter count); the run records it")
+                   help="the model: ctm (default) or lstm (the paper's LSTM baseline: the same tokens (or, for the "
+                        "sort task, the same input at every tick), ticks and loss, its width matched to the CTM's "
+                        "parameter count); the run records it")
     p.add_argument("--preset", metavar="NAME", default=None,
                    help="; ".join(f"{name}: {preset.summary}" for name, preset in PRESETS.items()).replace("%", "%%")
                    + " (default: default, or the task's own, e.g. parity)")
@@ -289,6 +292,10 @@ def _add_convert_official_parser(sub) -> None:
                    help="a JSON object of the official ContinuousThoughtMachine constructor's arguments")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory to write (new or empty)")
     p.add_argument("--dataset", help="the dataset the run evaluates on by default (e.g. mnist)")
+    p.add_argument("--model", choices=("ctm", "sort"), default="ctm",
+                   help="the official class the weights are from: ctm (models/ctm.py ContinuousThoughtMachine, the "
+                        "default) or sort (models/ctm_sort.py ContinuousThoughtMachineSORT: the run is a sort task "
+                        "run of N = out_dims - 1 numbers from N(0, 1))")
 
 
 def _add_bench_parser(sub) -> None:
@@ -972,16 +979,40 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
         raise CLIError(f"--args {args.args}: {e.strerror or e}") from None
     if not isinstance(arguments, dict):
         raise CLIError(f"--args {args.args} must hold a JSON object of the official constructor's arguments")
-    model = from_official_state_dict(load_official_state_dict(args.state_dict), **arguments)
-    out.mkdir(parents=True, exist_ok=True)
-    extra = {"official": {"arguments": arguments, "state_dict": str(Path(args.state_dict).resolve())}}
-    if args.dataset:
+    if args.model == "sort" and args.dataset:
+        raise CLIError("--dataset does not apply to --model sort: the sort task generates its numbers")
+    model = from_official_state_dict(load_official_state_dict(args.state_dict), args.model, **arguments)
+    extra: dict = {"official": {"arguments": arguments, "state_dict": str(Path(args.state_dict).resolve())}}
+    if args.model == "sort":
+        extra["official"]["model"] = "sort"
+        extra.update(_official_sort_records(model.config))
+    elif args.dataset:
         extra["dataset"] = {"name": args.dataset}
+    out.mkdir(parents=True, exist_ok=True)
     write_config(out, model.config, extra)
     save_weights(out, model, step=0)
-    print(printable(f"Wrote {out}: {model.num_parameters():,} parameters, {model.config.iterations} ticks "
-                    f"(backbone {model.config.backbone}, {model.config.neuron_selection} synchronisation)"))
+    c = model.config
+    what = f"sorts {c.d_input} numbers" if args.model == "sort" else f"backbone {c.backbone}"
+    print(printable(f"Wrote {out}: {model.num_parameters():,} parameters, {c.iterations} ticks "
+                    f"({what}, {c.neuron_selection} synchronisation)"))
     return 0
+
+
+def _official_sort_records(config) -> dict:
+    """config.json's "task" and "dataset" of a converted official sort model: the sort task of N = d_input
+    numbers from N(0, 1), the official data, which the model must emit N + 1 classes for."""
+    from ..tasks.sort import SortTask
+    from ..training.loop import TrainConfig
+
+    n = config.d_input
+    if config.out_dims != n + 1 or config.out_positions != 1:
+        given = f"out_dims={config.out_dims}" + (f" in {config.out_positions} positions" if config.out_positions > 1
+                                                  else "")
+        raise CLIError(f"--model sort: the official sort model of N={n} numbers emits out_dims={n + 1} classes (the "
+                       f"N indices and the blank) at one position; the arguments give {given}")
+    task = SortTask(n=n, mean=0.0, std=1.0)
+    test = task.load("test", TrainConfig(dataset="sort"))  # nothing drawn until read
+    return {"task": task.record(), "dataset": task.dataset_record(test, None)}
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "predict": cmd_predict, "view": cmd_view,

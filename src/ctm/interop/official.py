@@ -1,9 +1,15 @@
-"""Load weights of the official CTM implementation (SakanaAI/continuous-thought-machines, `models/ctm.py`).
+"""Load weights of the official CTM implementation (SakanaAI/continuous-thought-machines).
 
 `from_official_state_dict(state_dict, **kwargs)` takes the official `ContinuousThoughtMachine`'s
 `state_dict()` and the arguments its constructor was called with, and returns a ctm model computing the same
 function: the same predictions, certainties, synchronisation and gradients. The official names map to
 `CTMConfig` fields as in `OFFICIAL_ARGUMENTS` (and the README's table).
+
+`model=` names the official class (`OFFICIAL_MODELS`): "ctm", the default, is `models/ctm.py`
+`ContinuousThoughtMachine`; "sort" is `models/ctm_sort.py` `ContinuousThoughtMachineSORT`, the sort model,
+whose input (B, N) goes to the synapses at every tick: ctm's `input_reader="direct"` with backbone "none". It
+takes the same arguments but fixes heads=0, n_synch_action=0, backbone 'none' and positional embedding 'none'
+(`SORT_IGNORED`: accepted, whatever they say); its input width N is read from the synapses' weights.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ OFFICIAL_ARGUMENTS = {
     "prediction_reshaper": "out_positions", "dropout": "dropout", "dropout_nlm": "nlm_dropout",
     "neuron_select_type": "neuron_selection", "n_random_pairing_self": "n_self_pairs",
 }
+#: the official classes conversion reads, by the name `model=` takes
+OFFICIAL_MODELS = {"ctm": "models/ctm.py ContinuousThoughtMachine",
+                   "sort": "models/ctm_sort.py ContinuousThoughtMachineSORT"}
+#: the arguments ContinuousThoughtMachineSORT takes and ignores (it has no attention, backbone or positions)
+SORT_IGNORED = ("heads", "n_synch_action", "backbone_type", "positional_embedding_type")
 # The official constructor's defaults; the other arguments are required.
 OFFICIAL_DEFAULTS = {"prediction_reshaper": [-1], "dropout": 0, "dropout_nlm": None,
                      "neuron_select_type": "random-pairing", "n_random_pairing_self": 0}
@@ -65,29 +76,47 @@ def ctm_name(official_name: str) -> str:
     return official_name
 
 
-def config_from_official(state_dict: Mapping[str, Tensor], **kwargs: Any) -> CTMConfig:
-    """The `CTMConfig` of an official model built with `kwargs`; in_channels is read from the weights."""
+def config_from_official(state_dict: Mapping[str, Tensor], model: str = "ctm", **kwargs: Any) -> CTMConfig:
+    """The `CTMConfig` of the official model `model` ("ctm" or "sort", `OFFICIAL_MODELS`) built with `kwargs`;
+    in_channels (sort: d_input) is read from the weights."""
+    if model not in OFFICIAL_MODELS:
+        raise ValueError(f"unknown official model {model!r}; choose "
+                         + " or ".join(f"{k!r} ({v})" for k, v in OFFICIAL_MODELS.items()))
     unknown = sorted(set(kwargs) - set(OFFICIAL_ARGUMENTS))
     missing = sorted(set(OFFICIAL_ARGUMENTS) - set(OFFICIAL_DEFAULTS) - set(kwargs))
     if unknown or missing:
         raise ValueError("official CTM arguments: " + "; ".join(
             ([f"unknown {unknown}"] if unknown else []) + ([f"missing {missing}"] if missing else [])))
     a = {**OFFICIAL_DEFAULTS, **kwargs}
-    unsupported = [f"{name}={a[name]!r}" for name in ("heads", "n_synch_action") if a[name] == 0]
-    if unsupported:
-        raise ValueError(f"official CTM arguments not supported by ctm: {', '.join(unsupported)} "
-                         f"(a CTM without attention)")
+    if model == "ctm":
+        unsupported = [f"{name}={a[name]!r}" for name in ("heads", "n_synch_action") if a[name] == 0]
+        if unsupported:
+            raise ValueError(f"official CTM arguments not supported by ctm: {', '.join(unsupported)} "
+                             f"(a CTM without attention; the official sort model's weights convert with "
+                             f"model='sort')")
+        if state_dict and "attention.in_proj_weight" not in state_dict and any(
+                k.startswith("synapses.") for k in state_dict):
+            raise ValueError("official state dict has no attention weights (attention.in_proj_weight): the official "
+                             "sort model's (ContinuousThoughtMachineSORT)? convert it with model='sort' "
+                             "(ctm convert-official --model sort)")
     try:
         classes = torch.empty(a["out_dims"]).reshape(a["prediction_reshaper"]).shape[-1]
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"official CTM arguments: prediction_reshaper={a['prediction_reshaper']!r} does not "
                          f"reshape out_dims={a['out_dims']} ({e})") from None
-    backbone = "sign-embedding" if a["backbone_type"] == "parity_backbone" else a["backbone_type"]
+    ignored = SORT_IGNORED if model == "sort" else ()
     fields = {OFFICIAL_ARGUMENTS[k]: a[k] for k in OFFICIAL_ARGUMENTS
-              if k not in ("backbone_type", "prediction_reshaper", "dropout_nlm")}
-    fields.update(backbone=backbone, out_positions=a["out_dims"] // classes, nlm_temperature=True,
-                  nlm_dropout=a["dropout"] if a["dropout_nlm"] is None else a["dropout_nlm"],
-                  in_channels=_in_channels(state_dict, backbone))
+              if k not in ("backbone_type", "prediction_reshaper", "dropout_nlm", *ignored)}
+    fields.update(out_positions=a["out_dims"] // classes, nlm_temperature=True,
+                  nlm_dropout=a["dropout"] if a["dropout_nlm"] is None else a["dropout_nlm"])
+    if model == "sort":
+        if "attention.in_proj_weight" in state_dict:
+            raise ValueError("official state dict has attention weights (attention.in_proj_weight): an official "
+                             "ContinuousThoughtMachine's, not the sort model's; convert it without model='sort'")
+        fields.update(backbone="none", input_reader="direct", d_input=_sort_inputs(state_dict, a))
+    else:
+        backbone = "sign-embedding" if a["backbone_type"] == "parity_backbone" else a["backbone_type"]
+        fields.update(backbone=backbone, in_channels=_in_channels(state_dict, backbone))
     try:
         return CTMConfig(**fields)
     except (TypeError, ValueError) as e:
@@ -95,9 +124,12 @@ def config_from_official(state_dict: Mapping[str, Tensor], **kwargs: Any) -> CTM
 
 
 def official_arguments(config: CTMConfig) -> dict[str, Any]:
-    """The official constructor's arguments for `config` (the reverse of `config_from_official`). The official
-    model always has NLM temperatures, has no tutorial backbone, and takes its input channels from its first
-    batch; ValueError for a config it cannot build."""
+    """The official constructor's arguments for `config` (the reverse of `config_from_official`); for a config
+    with input_reader "direct", those of the official sort model (`official_model(config)`: "sort"), with
+    heads=0 and n_synch_action=0 as it fixes them. The official model always has NLM temperatures, has no
+    tutorial backbone, and takes its input channels from its first batch; ValueError for a config it cannot
+    build."""
+    model = official_model(config)
     if config.backbone.startswith("tutorial"):
         raise ValueError(f"the official implementation has no {config.backbone!r} backbone; choose a ResNet, "
                          "shallow-wide, sign-embedding or none")
@@ -105,7 +137,39 @@ def official_arguments(config: CTMConfig) -> dict[str, Any]:
     a.update(backbone_type="parity_backbone" if config.backbone == "sign-embedding" else config.backbone,
              prediction_reshaper=[-1] if config.out_positions == 1 else
              [config.out_positions, config.out_dims // config.out_positions])
+    if model == "sort":
+        a.update(heads=0, n_synch_action=0, backbone_type="none", positional_embedding_type="none")
     return a
+
+
+def official_model(config: CTMConfig) -> str:
+    """The official class (`OFFICIAL_MODELS`) that builds `config`: "sort" for input_reader "direct", "ctm"
+    for attention; ValueError for the schedule reader (the official QAMNIST model does not convert)."""
+    if config.input_reader == "schedule":
+        raise ValueError("the official QAMNIST model (input_reader 'schedule') does not convert; ctm converts the "
+                         "official ContinuousThoughtMachine and ContinuousThoughtMachineSORT")
+    return "sort" if config.input_reader == "direct" else "ctm"
+
+
+def _sort_inputs(state_dict: Mapping[str, Tensor], arguments: Mapping[str, Any]) -> int:
+    """The width N of the official sort model's input, read from its synapses' first layer (which takes the
+    input and the d_model activations); it must be the d_input argument (the official script's out_dims - 1)."""
+    first = "synapses.1.weight" if arguments["synapse_depth"] == 1 else "synapses.first_projection.0.weight"
+    weight = state_dict.get(first)
+    if weight is None:
+        raise ValueError(f"official state dict: no {first} (expected an official ContinuousThoughtMachineSORT's "
+                         f"state_dict() after one forward, which initialises its lazy layers, built with "
+                         f"synapse_depth={arguments['synapse_depth']})")
+    d_model = arguments["d_model"]
+    width = int(weight.shape[1]) - d_model if weight.dim() == 2 else 0
+    if width < 1:
+        raise ValueError(f"official state dict: {first} has shape {tuple(weight.shape)}; the sort model's synapses "
+                         f"read N inputs and d_model={d_model} activations")
+    if width != arguments["d_input"]:
+        raise ValueError(f"official sort arguments: d_input={arguments['d_input']!r}, but the weights read {width} "
+                         f"numbers ({first} takes {weight.shape[1]} = N + d_model {d_model}); the official sort "
+                         f"script passes d_input=out_dims-1, the N it sorts")
+    return width
 
 
 def _in_channels(state_dict: Mapping[str, Tensor], backbone: str) -> int:
@@ -120,15 +184,18 @@ def _in_channels(state_dict: Mapping[str, Tensor], backbone: str) -> int:
     return int(state_dict[first].shape[1])
 
 
-def from_official_state_dict(state_dict: Mapping[str, Tensor], **kwargs: Any) -> ContinuousThoughtMachine:
+def from_official_state_dict(state_dict: Mapping[str, Tensor], model: str = "ctm",
+                             **kwargs: Any) -> ContinuousThoughtMachine:
     """A ctm model computing what the official model built with `kwargs` and holding `state_dict` computes.
 
+    `model` names the official class: "ctm" (`ContinuousThoughtMachine`, the default) or "sort"
+    (`ContinuousThoughtMachineSORT`: a ctm model with input_reader "direct", which takes (B, N) numbers).
     `kwargs` are the official constructor's arguments (`iterations=..., backbone_type=..., ...`); an
     argument ctm does not support, or a state dict that does not fit them, raises a one-line ValueError.
     """
-    config = config_from_official(state_dict, **kwargs)
-    model = ContinuousThoughtMachine(config)
-    ours = model.state_dict()
+    config = config_from_official(state_dict, model, **kwargs)
+    net = ContinuousThoughtMachine(config)
+    ours = net.state_dict()
     converted: dict[str, Tensor] = {}
     unexpected = []
     for name, tensor in state_dict.items():
@@ -154,8 +221,8 @@ def from_official_state_dict(state_dict: Mapping[str, Tensor], **kwargs: Any) ->
                          + (f"unexpected keys {sorted(unexpected)}; " if unexpected else "")
                          + (f"missing keys {missing}" if missing else ""))
     with torch.no_grad():
-        model.load_state_dict(converted)
-    return model
+        net.load_state_dict(converted)
+    return net
 
 
 def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:

@@ -6,8 +6,8 @@ new kind taking the same CTMConfig and returning the same `CTMOutput` registers 
 and its module says what to record with a `model_options()` method.
 
 * `ctm`: the Continuous Thought Machine (`ctm.model`);
-* `lstm`: the paper's LSTM baseline (`ctm.lstm`): the same tokens and ticks, its width matched to the CTM's
-  parameter count unless `hidden` is given.
+* `lstm`: the paper's LSTM baseline (`ctm.lstm`): the same tokens (with input_reader "direct", the same input
+  vector at every tick) and ticks, its width matched to the CTM's parameter count unless `hidden` is given.
 """
 
 from __future__ import annotations

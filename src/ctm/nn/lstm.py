@@ -9,6 +9,11 @@ width chosen so both have about the same number of parameters. Per tick t (`LSTM
 The tokens are the CTM's: the same backbone, positional embedding and key/value projection (`ctm.backbones`,
 `ctm.positional`), built from the same `CTMConfig`; the start states h_0 and c_0 are learned.
 
+With input_reader "direct" (the sort task's: no backbone, no attention) step 1 reads nothing from h_t: the
+input vector (B, d_input) itself is the cell's input at every tick, as the CTM's direct reader feeds it to the
+synapses; the model has no q_proj, attention or kv_proj, and tracked attention is empty, (B, 1, 0). The
+schedule reader is refused.
+
 What cannot apply: there is no synchronisation (no neuron pairs, no decays). The tick reports, in the CTM's
 `TickOutput` fields, the vectors that play its roles: `synchronisation_action` is h_t (what the query is
 read from), `synchronisation_out` is h_{t+1} (what the output head reads), `pre_activations` the cell state
@@ -33,7 +38,7 @@ from ..config import MAX_PART_SIZE, CTMConfig, check_fields, option
 from .backbones import build_backbone
 from .model import ContinuousThoughtMachine, CrossAttention, TickModel, TickOutput
 from .positional import build_positional_embedding
-from .readers import AttentionInputs, AttentionReader
+from .readers import AttentionInputs, AttentionReader, DirectInputs, DirectReader
 
 
 @dataclass(frozen=True)
@@ -92,19 +97,23 @@ class LSTMBaseline(TickModel):
         if not isinstance(config, CTMConfig):
             raise TypeError(f"config must be a CTMConfig, got {type(config).__name__}")
         self.config = c = config
-        if c.input_reader != "attention":
-            raise ValueError(f"CTMConfig.input_reader {c.input_reader!r}: the LSTM baseline reads its tokens with "
-                             f"attention only (input_reader 'attention')")
+        if c.input_reader not in ("attention", "direct"):
+            raise ValueError(f"CTMConfig.input_reader {c.input_reader!r}: the LSTM baseline reads its input with "
+                             f"attention or directly (input_reader 'attention' or 'direct'), not a schedule")
         self.lstm_config = LSTMConfig(0 if hidden is None else hidden).resolved(c)
         H = self.hidden = self.lstm_config.hidden
-        # The input encoder, as the CTM builds it: backbone -> positional embedding -> tokens (B, N, d_input).
+        attends = c.input_reader == "attention"
+        # The input encoder, as the CTM builds it: backbone -> positional embedding -> tokens (B, N, d_input)
+        # (direct: backbone 'none', the input goes to the cell as it is).
         self.backbone = build_backbone(c)
         self.positional_embedding = build_positional_embedding(c.positional_embedding, c.d_backbone)
-        self.kv_proj = nn.Sequential(nn.Linear(c.d_backbone, c.d_input), nn.LayerNorm(c.d_input))
+        self.kv_proj = nn.Sequential(nn.Linear(c.d_backbone, c.d_input), nn.LayerNorm(c.d_input)) if attends else None
         # The core.
-        self.q_proj = nn.Linear(H, c.d_input)
-        self.attention = CrossAttention(c.d_input, c.heads, c.dropout)
-        self.reader = AttentionReader(self.q_proj, self.attention, c.iterations)  # the query from h_t
+        self.q_proj = nn.Linear(H, c.d_input) if attends else None
+        self.attention = CrossAttention(c.d_input, c.heads, c.dropout) if attends else None
+        # attention: the query from h_t; direct: the input vector at every tick
+        self.reader = AttentionReader(self.q_proj, self.attention, c.iterations) if attends else \
+            DirectReader(c.d_input, c.iterations)
         self.cell = nn.LSTMCell(c.d_input, H)
         self.output_projector = nn.Linear(H, c.out_dims)
         bound = math.sqrt(1 / H)
@@ -113,15 +122,17 @@ class LSTMBaseline(TickModel):
 
     # ------------------------------------------------------------------------------------------ the tick
 
-    def tick(self, state: LSTMState, inputs: AttentionInputs, t: int) -> tuple[LSTMState, TickOutput]:
+    def tick(self, state: LSTMState, inputs: AttentionInputs | DirectInputs, t: int
+             ) -> tuple[LSTMState, TickOutput]:
         """Internal tick t (from 0): the four steps of the module docstring."""
-        o, attention = self.reader.read(state.h, inputs, t)  # (B, d_input), (B, heads, N)
+        o, attention = self.reader.read(state.h, inputs, t)  # (B, d_input), (B, heads, N) (direct: (B, 1, 0))
         h, c = self.cell(o, (state.h, state.c))  # (B, H) each
         logits = self.output_projector(h)  # (B, C)
         return LSTMState(h, c), TickOutput(logits, self.certainty(logits), c, h, attention, state.h, h)
 
-    def start(self, tokens: Tensor) -> tuple[LSTMState, AttentionInputs]:
-        """Before the first tick: keys/values of the tokens (B, N, d_input) and the learned start state."""
+    def start(self, tokens: Tensor) -> tuple[LSTMState, AttentionInputs | DirectInputs]:
+        """Before the first tick: keys/values of the tokens (B, N, d_input) (direct: the input (B, d_input))
+        and the learned start state."""
         inputs = self.reader.start(tokens, self.start_hidden.dtype)
         B = tokens.shape[0]
         return LSTMState(self.start_hidden.expand(B, -1), self.start_cell.expand(B, -1)), inputs

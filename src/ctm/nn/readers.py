@@ -150,7 +150,7 @@ class DirectReader(nn.Module):
         self.d_input, self.iterations = d_input, iterations
 
     def check_input(self, x: Any, model: nn.Module) -> None:
-        check_vectors(x, self.d_input, model.start_trace.dtype, "input_reader 'direct' takes")
+        check_vectors(x, self.d_input, model.dtype, "input_reader 'direct' takes")
 
     def encode(self, x: Tensor, features: Callable) -> tuple[Tensor, Grid]:
         return x, (1, 0)
@@ -192,7 +192,7 @@ class ScheduleReader(AttentionReader):
             if p.kind == "attend":
                 model.check_backbone_input(p.inputs)
             else:
-                check_vectors(p.inputs, self.d_input, model.start_trace.dtype, f"schedule phase {i} ('direct') takes")
+                check_vectors(p.inputs, self.d_input, model.dtype, f"schedule phase {i} ('direct') takes")
             if batch is not None and p.inputs.shape[0] != batch:
                 raise ValueError(f"schedule phase {i} has a batch of {p.inputs.shape[0]}, phase 0 of {batch}")
             batch = p.inputs.shape[0]

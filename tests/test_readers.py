@@ -391,7 +391,7 @@ def test_the_command_line_trains_and_benches_the_attention_reader_only(capsys, t
     from ctm.cli import main
 
     assert main(["train", "--input-reader", "direct", "--out", str(tmp_path / "run")]) == 2
-    assert "--input-reader direct: ctm train's tasks feed images or sequences" in capsys.readouterr().err
+    assert "--input-reader direct: the image task feeds its inputs to the attention reader" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
     assert main(["bench", "--input-reader", "schedule"]) == 2
     assert "--input-reader schedule: ctm bench feeds random images" in capsys.readouterr().err

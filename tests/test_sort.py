@@ -216,6 +216,9 @@ def test_a_tiny_model_learns_to_sort_four_numbers_and_evaluates(tmp_path, capsys
     # halting: sequences that stop once complete and certain
     halted = eval_json(run, "--halt-certainty", "0.5", capsys=capsys)
     assert halted["mean_ticks"] <= 8 and 0 <= halted["sequence_accuracy"] <= 1
+    capsys.readouterr()
+    assert run_cli("eval", run, "--halt-sweep", "0.5", "0.9", "--threads", "1") == 0
+    assert "full run: 8 ticks" in capsys.readouterr().out and (run / "halting.png").is_file()
     # predict: the order of numbers given on the command line
     capsys.readouterr()
     assert run_cli("predict", run, "--numbers", "0.5", "-1.5", "2", "0", "--json", "--threads", "1") == 0

@@ -477,6 +477,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         task_class = task_class or resolve_task(DEFAULT_TASK)
         task = task_class(**_task_options(task_class, args.task_option))
+        reader = model_changes.get("input_reader", "attention")
+        if reader != "attention" and "input_reader" not in task.fixed_fields:
+            raise CLIError(f"--input-reader {reader}: the {task.name} task feeds its inputs to the attention reader "
+                           f"(leave it out; the sort task chooses 'direct' itself)")
         preset = args.preset or task.default_preset
         if preset not in tr.PRESETS:  # a task's own (--task module:Class) are known once it is imported
             known = ", ".join(tr.PRESETS)

@@ -652,7 +652,7 @@ def halting_figure(sweep: Sequence[Mapping[str, Any] | Any], full: Mapping[str, 
         ticks = np.asarray([r["mean_ticks"] for r in rows], dtype=np.float64)
         acc = np.asarray([r["accuracy"] for r in rows], dtype=np.float64) * 100
         taus = [float(r["halt_certainty"]) for r in rows]
-        T = len(full["per_tick_accuracy"])
+        T = len(full.get("per_tick_accuracy") or full["per_tick_certainty"])
         acc_full = float(full["accuracy"]) * 100
     except KeyError as e:
         raise ValueError(f"halting or evaluation result lacks {e.args[0]!r}") from None

@@ -224,7 +224,8 @@ class HaltingResult:
     def header(self, full: EvalResult, wall_full: float) -> list[str]:
         """The table head `ctm eval --halt-*` prints above the rows of a sweep (`row`)."""
         per = self.sequence_accuracy is not None
-        return [f"n={full.n}, full run: {len(full.per_tick_accuracy)} ticks, accuracy (most certain) "
+        ticks = len(full.per_tick_certainty)  # (every task's result has it; sorting's has no per-tick accuracy)
+        return [f"n={full.n}, full run: {ticks} ticks, accuracy (most certain) "
                 f"{full.accuracy:.4f}" + (f" per position, {full.sequence_accuracy:.4f} whole sequences" if per else "")
                 + f", {wall_full:.2f} s",
                 "  threshold  accuracy  vs full (pp)  mean ticks  wall s  wall / full" + ("  sequences" if per else "")]

@@ -29,13 +29,14 @@ from torch import Tensor
 
 from ...config import CTMConfig, option
 from ...data.sampling import STREAM_EPOCH, StreamSampler, mix_seed
-from ..base import Preset, Task, register_task
+from ..base import Example, Preset, Task, register_task
 from .ctc import ctc_loss_over_ticks, decode, element_hits, sequence_hits
 
 if TYPE_CHECKING:
     from ...inference import Run
     from ...nn.model import ContinuousThoughtMachine
     from ...nn.outputs import CTMOutput
+    from ...pictures.figures import TaskPanels
     from ...training.distributed import DistInfo
     from ...training.evaluate import HaltingResult
     from ...training.loop import TrainConfig
@@ -49,6 +50,8 @@ MAX_N = 4096
 #: the gap between an element and the previous one in the sorted order, binned for the wait-time figure
 GAP_BIN = 0.025
 GAP_BINS = 24  # the last bin holds every gap from (GAP_BINS - 1) * GAP_BIN up
+#: the thinking GIF picks among this many first test samples
+GIF_POOL = 200
 
 
 def sample_seed(stream: int, index: int, test: bool) -> int:
@@ -395,3 +398,33 @@ class SortTask(Task):
         from .pictures import save_eval_plot
 
         save_eval_plot(result, path)
+
+    # ---------------------------------------------------------------------------------------- pictures
+
+    def pick_example(self, model: ContinuousThoughtMachine, data: SortNumbers, index: int | None = None,
+                     label: int | None = None) -> Example:
+        """Of the first GIF_POOL test samples, one sorted right whose waits between emissions vary most, else
+        the one with the most elements placed right."""
+        from .pictures import pick_example
+
+        if label is not None:
+            return super().pick_example(model, data, index, label)  # says why not
+        return pick_example(model, data, index, GIF_POOL)
+
+    def thinking_panels(self, output: CTMOutput, inputs: Tensor, targets: Tensor, data: SortNumbers) -> TaskPanels:
+        """The numbers, the class emitted at each tick so far, the sorted list decoded so far
+        (`ctm.tasks.sort.pictures`)."""
+        from .pictures import thinking_panels
+
+        return thinking_panels(output, inputs, targets)
+
+    def viewer_data(self, model: ContinuousThoughtMachine, data: SortNumbers, n: int, *,
+                    threshold: float) -> dict[str, Any]:
+        from .viewer import dataset_viewer_data
+
+        return dataset_viewer_data(model, data, n, threshold=threshold)
+
+    def viewer_script(self) -> str:
+        from .viewer import script
+
+        return script()

@@ -287,7 +287,12 @@ def test_the_sort_page_shows_the_order_tick_by_tick(browser, tmp_path):
                 now = s["order"][s["emitted_at"].index(t)] if t in s["emitted_at"] else -1
                 assert int(page.get_attribute("#sort-tick", "data-now")) == now
             assert page.locator("#emitted .raster-mark").count() == len(s["order"])
-            assert page.text_content("#halt-info").startswith("halts at tick ")
+            # sorting halts once the order is complete and certain (SortTask.halting), not on certainty alone
+            tau = payload["threshold"]
+            halt = next((t for t in range(T) if sum(1 for at in s["emitted_at"] if at <= t) >= N
+                         and s["certainty"][t] >= tau), T - 1)
+            assert page.text_content("#halt-info").startswith(f"halts at tick {halt + 1}")
+        assert "wrong after all ticks" in page.text_content("#meta")
         page.select_option("#filter", "wrong")
         assert page.locator("#samples li").count() == sum(1 for s in payload["samples"] if not s["right"]) or \
             page.text_content("#samples li") == "no sample matches"

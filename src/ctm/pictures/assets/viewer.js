@@ -12,6 +12,9 @@
 //     heading(s, t),   // the title line after "sample #N · ": what was asked and the answer at tick t
 //     answer(s, t),    // the answer at tick t, short: "halts at tick 5, answering <answer>"
 //     thumbnail(s),    // optional: a small <canvas> for the picker
+//     haltTick(s, tau), // optional: the tick (0-based) s stops at with threshold tau, when the task halts by
+//                      // more than its certainty (default: the first tick whose certainty reaches tau, else the last)
+//     judged,          // optional: how the task's "right" is judged (default "at the most certain tick")
 //   };
 //
 // summary, heading and answer return text: a string, a Node, or an array of them.
@@ -85,9 +88,11 @@ const CTM = (function () {
 
     // Halting: the first tick whose certainty reaches the threshold (else the last), 0-based.
     function haltTick(s, tau) {
+      if (R.haltTick) return R.haltTick(s, tau);
       for (let t = 0; t < T; t++) if (s.certainty[t] >= tau) return t;
       return T - 1;
     }
+    const judgedAt = R.judged || "at the most certain tick";
 
     // ---------------------------------------------------------------- sample list
     function order() {
@@ -116,7 +121,7 @@ const CTM = (function () {
         const ticks = haltTick(s, state.threshold) + 1, plural = ticks === 1 ? "" : "s";
         summary.append(...parts(R.summary(s)));
         text.append(`#${s.index}: `, summary, ` \u00b7 ${ticks} tick${plural}`);
-        li.title = `sample ${s.index}: ${summary.textContent} at its most certain tick; halts after ${ticks} ` +
+        li.title = `sample ${s.index}: ${summary.textContent} ${judgedAt}; halts after ${ticks} ` +
           `tick${plural} at threshold ${state.threshold}`;
         if (thumb) li.append(thumb);
         li.append(text);
@@ -175,7 +180,8 @@ const CTM = (function () {
         el("path", { d: `M${x(h)},${y(s.certainty[h]) - 7} l6,7 l-6,7 l-6,-7 z`, fill: "#c08a00", id: "halt-marker" }, svg);
       });
       const reached = s.certainty[h] >= tau;
-      $("halt-info").replaceChildren(`halts at tick ${h + 1}` + (reached ? "" : " (never reaches it: the last tick)") +
+      const never = R.haltTick ? h === T - 1 && !reached : !reached;
+      $("halt-info").replaceChildren(`halts at tick ${h + 1}` + (never ? " (never reaches it: the last tick)" : "") +
         ", answering ", ...parts(R.answer(s, h)));
       const traces = DATA.neurons.map((_, k) => ({ values: s.traces.map((row) => row[k]),
                                                    colour: TRACE_COLOURS[k % TRACE_COLOURS.length], width: 1.2 }));
@@ -203,7 +209,7 @@ const CTM = (function () {
     const judged = samples.filter((s) => s.right !== undefined);
     const wrong = judged.filter((s) => s.right === false).length;
     $("meta").textContent = `${samples.length} samples${DATA.source ? " of " + DATA.source : ""}, ${T} ticks` +
-      (judged.length ? `; ${wrong} wrong at the most certain tick` : "");
+      (judged.length ? `; ${wrong} wrong ${judgedAt}` : "");
     $("tick-slider").max = T;
     $("tick-slider").addEventListener("input", (e) => { stop(); setTick(Number(e.target.value) - 1); });
     $("play").addEventListener("click", () => (state.playing === null ? play() : stop()));

@@ -171,6 +171,12 @@ CTM.renderers.sort = (function () {
       }
       return c;
     },
+    judged: "after all ticks",
+    // Sorting halts once the order is complete (N emitted) and the tick's certainty reaches tau (SortTask.halting).
+    haltTick(s, tau) {
+      for (let t = 0; t < T; t++) if (emittedBy(s, t) >= N && s.certainty[t] >= tau) return t;
+      return T - 1;
+    },
     summary(s) {
       return span(s.right ? "" : "wrong", `${s.placed}/${N} placed ${mark(s.right)}`);
     },

@@ -96,8 +96,8 @@ def test_registry_and_records():
     assert isinstance(task_from_record({}), ImageTask)  # runs from before tasks
     assert task_from_record({"task": {"name": "parity", "length": 7}}).options.length == 7
     assert make_task("parity").record() == {"name": "parity", "length": 16}
-    with pytest.raises(ValueError, match="unknown task 'sort'; choose one of image, parity"):
-        make_task("sort")
+    with pytest.raises(ValueError, match="unknown task 'shuffle'; choose one of image, parity, sort"):
+        make_task("shuffle")
     with pytest.raises(ValueError, match=r"task 'parity' has no option\(s\) \['size'\]"):
         make_task("parity", size=3)
     with pytest.raises(ValueError, match="ParityOptions.length must be an integer >= 2, got 1"):
@@ -110,7 +110,7 @@ def test_registry_and_records():
 
 
 @pytest.mark.parametrize("record, message", [
-    ({"task": {"name": "sort"}}, "config.json: invalid task record: unknown task 'sort'"),
+    ({"task": {"name": "shuffle"}}, "config.json: invalid task record: unknown task 'shuffle'"),
     ({"task": "parity"}, "config.json: invalid task record: config.json: 'task' must be an object with a 'name'"),
     ({"model_kind": "gru"}, "config.json: unknown 'model_kind' 'gru'; this ctm builds ctm"),
 ])

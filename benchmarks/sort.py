@@ -42,10 +42,12 @@ MODELS = ("ctm", "lstm")
 SPREADS = ((0.0, 0.5), (0.0, 2.0), (1.0, 1.0))  # (mean, std) evaluated besides the training spread N(0, 1)
 
 
-def train_command(model: str, steps: int | str, out: Path, args: argparse.Namespace) -> list[str]:
+def train_command(model: str, steps: int | str, out: Path, args: argparse.Namespace, evals: int = 1) -> list[str]:
+    """One `ctm train` run, evaluating `evals` times (the calibration once, at its end: so the two calibration
+    runs differ by their steps alone)."""
+    every = max(1, int(steps) // evals) if str(steps).isdigit() else steps
     cmd = [*CTM, "train", "--task", "sort", "--model", model, "--task-option", f"n={args.n}", "--steps", str(steps),
-           "--eval-every", str(max(1, int(steps) // 6)) if str(steps).isdigit() else str(steps), "--seed",
-           str(args.seed), "--out", str(out), "--no-progress"]
+           "--eval-every", str(every), "--seed", str(args.seed), "--out", str(out), "--no-progress"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     return cmd + list(args.extra)
@@ -79,7 +81,7 @@ def benchmark_one(model: str, args: argparse.Namespace) -> dict:
             timed = [(n, _run(train_command(model, n, Path(tmp) / f"k{n}", args))[0]) for n in (k, 2 * k)]
         step_s = step_time(*timed)
         steps = steps_for(args.budget_s, step_s)
-    wall, output = _run(train_command(model, steps, run_dir, args))
+    wall, output = _run(train_command(model, steps, run_dir, args, evals=args.evals))
     main = _json(eval_command(run_dir, args, "--plot"))
     spreads = [{"mean": m, "std": s, **{k: v for k, v in _json(eval_command(
         run_dir, args, "--task-option", f"mean={m}", "--task-option", f"std={s}")).items()
@@ -123,6 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=1800.0, help="seconds of training per model (default 1800)")
     parser.add_argument("--steps", type=int, default=None, help="train this many steps instead (no calibration)")
     parser.add_argument("--calibration-steps", type=int, default=20, help="the calibration times K and 2K steps")
+    parser.add_argument("--evals", type=int, default=6, help="evaluations during each run (the test curve)")
     parser.add_argument("--halt-certainty", type=float, default=0.9, help="the halting threshold evaluated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each run (0: torch's default)")
@@ -132,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     args = parser.parse_args(argv)
     args.extra = extra
-    for name in ("n", "budget_s", "calibration_steps", "jobs"):
+    for name in ("n", "budget_s", "calibration_steps", "jobs", "evals"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     return args
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.dry_run:
         for model in args.models:
-            print(shlex.join(train_command(model, args.steps or "STEPS", args.out / model, args)))
+            print(shlex.join(train_command(model, args.steps or "STEPS", args.out / model, args, args.evals)))
             print(shlex.join(eval_command(args.out / model, args, "--plot")))
         return 0
     seed_ms = None if args.no_seed else seed_step_ms(args.threads or None)

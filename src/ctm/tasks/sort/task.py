@@ -254,11 +254,11 @@ def wait_gaps(d: Any, hits: Tensor, inputs: Tensor, targets: Tensor) -> tuple[Te
 
 PRESETS: dict[str, Preset] = {
     # docs/training.md, "Sorting": the recipe measured within 30 minutes of a 2-core CPU.
-    "sort": Preset("sort", dict(dataset="sort", steps=10000, batch_size=64, lr=1e-3, adam_eps=1e-8,
-                                weight_decay=0.0, warmup_steps=500, schedule="cosine", min_lr_ratio=0.0,
-                                grad_clip=1.0, eval_every=1000, eval_batch_size=500, augment=False,
+    "sort": Preset("sort", dict(dataset="sort", steps=10000, batch_size=64, lr=2e-2, adam_eps=1e-8,
+                                weight_decay=0.0, warmup_steps=200, schedule="cosine", min_lr_ratio=0.0,
+                                grad_clip=1.0, eval_every=1000, eval_batch_size=1000, augment=False,
                                 tick_loss_weight=0.0),
-                   dict(iterations=40, d_model=256, memory_length=10, memory_hidden_dims=4, n_synch_out=32,
+                   dict(iterations=40, d_model=256, memory_length=10, memory_hidden_dims=4, n_synch_out=256,
                         neuron_selection="random-pairing"),
                    summary="the sorting recipe (the default of --task sort)"),
     # The official tasks/sort/train.py defaults (100k iterations on a GPU there): for reference and conversion.

@@ -124,7 +124,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=30, help="numbers to sort (default 30, the official N)")
     parser.add_argument("--budget-s", type=float, default=1800.0, help="seconds of training per model (default 1800)")
     parser.add_argument("--steps", type=int, default=None, help="train this many steps instead (no calibration)")
-    parser.add_argument("--calibration-steps", type=int, default=20, help="the calibration times K and 2K steps")
+    parser.add_argument("--calibration-steps", type=int, default=100,
+                        help="the calibration times K and 2K steps (default 100: fewer are dominated by the first "
+                             "steps' start-up)")
     parser.add_argument("--evals", type=int, default=6, help="evaluations during each run (the test curve)")
     parser.add_argument("--halt-certainty", type=float, default=0.9, help="the halting threshold evaluated")
     parser.add_argument("--seed", type=int, default=0)

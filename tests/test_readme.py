@@ -59,7 +59,13 @@ def small(argv: list[str]) -> list[str]:
         if "--steps" in argv:
             argv[argv.index("--steps") + 1] = "6"
         return argv
-    if "--task" in argv and argv[argv.index("--task") + 1] != "image":  # its task fixes the token encoder
+    task = argv[argv.index("--task") + 1] if "--task" in argv else "image"
+    if task == "sort":  # no attention: only the core's sizes, and at least a tick per number
+        n = next((int(a[2:]) for a in argv if a.startswith("n=")), 30)
+        return [*argv, "--steps", "4", "--eval-every", "2", "--batch-size", "16", "--warmup-steps", "1",
+                "--ticks", str(n + 2), "--d-model", "24", "--memory-length", "4", "--n-synch-out", "8",
+                "--memory-hidden-dims", "4"]
+    if task != "image":  # its task fixes the token encoder
         image_flags = {"--positional-embedding", "--backbone"}  # flags with a value such a task sets
         drop = {i + k for i, a in enumerate(SMALL_TRAIN) if a in image_flags for k in (0, 1)}
         return [*argv, *(a for i, a in enumerate(SMALL_TRAIN) if i not in drop and a != "--no-augment")]

@@ -56,12 +56,15 @@ EXAMPLES = {
   ctm train --task parity                    # cumulative parity of +-1 sequences of length 16
   ctm train --task parity --task-option length=8 --ticks 20 --steps 2000
   ctm train --task parity --model lstm       # the paper's LSTM baseline, as many parameters as the CTM
+  ctm train --task sort                      # emit the order of 30 numbers over the ticks (CTC)
+  ctm train --task sort --task-option n=8 --ticks 12 --steps 1500
   torchrun --nproc-per-node 2 -m ctm train --batch-size 256""",
     "eval": """examples:
   ctm eval runs/mnist-20261129-101500
   ctm eval RUN --json --plot                 # machine-readable; RUN/ticks.png
   ctm eval RUN --halt-certainty 0.9          # adaptive computation at one threshold
   ctm eval RUN --halt-sweep                  # several thresholds, RUN/halting.png
+  ctm eval SORT_RUN --task-option std=2      # a sort run on numbers twice as spread
   ctm eval --pretrained mnist                # the bundled model (on its shipped test images without MNIST)""",
     "viz": """examples:
   ctm viz RUN                                # an image the model thinks about -> RUN/thinking-test-<index>.gif
@@ -76,7 +79,8 @@ EXAMPLES = {
   ctm predict RUN digit.png photo.jpg        # an image run: image files
   ctm predict RUN *.png --halt-certainty 0.9 --json
   ctm predict PARITY_RUN ++-+--+-            # a parity run: sequences of + and -, as long as its length
-  ctm predict PARITY_RUN --sequence=-+-++--- --sequence-file sequences.txt""",
+  ctm predict PARITY_RUN --sequence=-+-++--- --sequence-file sequences.txt
+  ctm predict SORT_RUN --numbers 0.3 -1.2 2.5 0.1 --json   # a sort run: its N numbers -> order, waits""",
     "pretrained": """examples:
   ctm pretrained                             # name, accuracy, size and the command that trained each
   ctm view --pretrained mnist""",
@@ -225,7 +229,8 @@ def _add_predict_parser(sub) -> None:
                                     "any size (converted to the run's channels and input size) -> class, "
                                     "probability and the tick of the answer; for a parity run, sequences of + and - "
                                     "-> the parity at every position (0 even, 1 odd), with the tick and certainty "
-                                    "of the answer (the most certain tick, or the halting tick).")
+                                    "of the answer (the most certain tick, or the halting tick); for a sort run, "
+                                    "N numbers -> the order that sorts them and the ticks waited before each.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by ctm train")
     p.add_argument("inputs", metavar="INPUT", nargs="*",
                    help="image files (an image run), or sequences of + and - (a parity run; one that starts with "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -226,9 +227,14 @@ def test_a_tiny_model_learns_to_sort_four_numbers_and_evaluates(tmp_path, capsys
     assert answer["numbers"] == [0.5, -1.5, 2.0, 0.0] and answer["order"] == [1, 3, 0, 2] and answer["complete"]
     assert len(answer["waits"]) == len(answer["emitted_at"]) == 4
     assert run_cli("predict", run, "--numbers", "1", "2", "--threads", "1") == 2
-    assert "has 2 numbers; this run sorts 4 at a time" in capsys.readouterr().err
+    assert "the numbers: 2 numbers given; this run sorts 4 at a time" in capsys.readouterr().err
     assert run_cli("eval", run, "--task-option", "n=5", "--threads", "1") == 2
     assert "sorts the N it was built for" in capsys.readouterr().err
+    # a reader that stops early (`| head`) ends the command quietly, not with a path error
+    import subprocess
+    proc = subprocess.run(f"{shlex.quote(sys.executable)} -m ctm eval {shlex.quote(str(run))} --threads 1 | head -1",
+                          shell=True, capture_output=True, text=True)
+    assert proc.stdout.startswith("sort test: n=10000") and proc.stderr == "", proc.stderr
 
 
 def test_a_sort_run_resumed_after_a_stop_equals_a_straight_run(tmp_path):

@@ -1088,6 +1088,12 @@ def _run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         print(f"ctm {args.command}: {printable_lines(_in_flags(args.command, e))}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of our output went away (`ctm eval RUN | head`): stop quietly
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (nothing more reaches the closed pipe at exit)
+        except OSError:
+            pass
+        return 141  # 128 + SIGPIPE, as a shell reports a process its pipe stopped
     except OSError as e:  # a path that cannot be written or read: unwritable, read-only, a file for a folder
         if os.environ.get("CTM_DEBUG"):
             raise

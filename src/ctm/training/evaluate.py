@@ -225,8 +225,12 @@ class HaltingResult:
         """The table head `ctm eval --halt-*` prints above the rows of a sweep (`row`)."""
         per = self.sequence_accuracy is not None
         ticks = len(full.per_tick_certainty)  # (every task's result has it; sorting's has no per-tick accuracy)
-        return [f"n={full.n}, full run: {ticks} ticks, accuracy (most certain) "
-                f"{full.accuracy:.4f}" + (f" per position, {full.sequence_accuracy:.4f} whole sequences" if per else "")
+        if isinstance(full, EvalResult):  # answers read at each sample's most certain tick
+            what = f"accuracy (most certain) {full.accuracy:.4f}" + (" per position" if per else "")
+        else:  # a task's own result (sorting: its decoded order)
+            what = f"accuracy {full.accuracy:.4f}" + (" per element" if per else "")
+        return [f"n={full.n}, full run: {ticks} ticks, {what}"
+                + (f", {full.sequence_accuracy:.4f} whole sequences" if per else "")
                 + f", {wall_full:.2f} s",
                 "  threshold  accuracy  vs full (pp)  mean ticks  wall s  wall / full" + ("  sequences" if per else "")]
 

@@ -36,7 +36,7 @@ def parse_numbers(texts: Sequence[str], n: int) -> tuple[Tensor, list[str]]:
                 raise ValueError(f"{where}: {p!r} is not a finite number")
             values.append(v)
         if len(values) != n:
-            raise ValueError(f"{where} has {len(values)} numbers; this run sorts {n} at a time")
+            raise ValueError(f"{where}: {len(values)} numbers given; this run sorts {n} at a time")
         rows.append(values)
         names.append(" ".join(parts))
     return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), n), names

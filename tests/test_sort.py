@@ -214,6 +214,8 @@ def test_a_tiny_model_learns_to_sort_four_numbers_and_evaluates(tmp_path, capsys
     # the spread generalisation: the same run on numbers ten times wider and shifted
     wide = eval_json(run, "--task-option", "std=10", "--task-option", "mean=5", capsys=capsys)
     assert wide["n"] == TEST_SIZE and wide["accuracy"] != r["accuracy"]
+    assert wide["task"] == {"name": "sort", "n": 4, "mean": 5.0, "std": 10.0} and r["task"]["std"] == 1.0
+    assert wide["wait_by_gap"][1]["gap"] == pytest.approx(0.25)  # the gap bins follow the spread
     # halting: sequences that stop once complete and certain
     halted = eval_json(run, "--halt-certainty", "0.5", capsys=capsys)
     assert halted["mean_ticks"] <= 8 and 0 <= halted["sequence_accuracy"] <= 1
@@ -226,6 +228,10 @@ def test_a_tiny_model_learns_to_sort_four_numbers_and_evaluates(tmp_path, capsys
     answer = json.loads(capsys.readouterr().out)
     assert answer["numbers"] == [0.5, -1.5, 2.0, 0.0] and answer["order"] == [1, 3, 0, 2] and answer["complete"]
     assert len(answer["waits"]) == len(answer["emitted_at"]) == 4
+    assert run_cli("predict", run, "--numbers", "1", "2", "3", "1e39", "--threads", "1") == 2
+    assert "'1e39' is not a finite float32 number" in capsys.readouterr().err
+    assert run_cli("predict", run, "1", "2", "3", "4", "--threads", "1") == 2  # each its own sample: hint
+    assert "give one sample's numbers together: --numbers X X ..." in capsys.readouterr().err
     assert run_cli("predict", run, "--numbers", "1", "2", "--threads", "1") == 2
     assert "the numbers: 2 numbers given; this run sorts 4 at a time" in capsys.readouterr().err
     assert run_cli("eval", run, "--task-option", "n=5", "--threads", "1") == 2
@@ -267,3 +273,17 @@ def test_sort_flags_that_make_no_sense_are_refused_in_one_line(tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "run" / "checkpoint.json").exists()
+
+
+def test_a_model_with_fewer_ticks_than_numbers_is_refused_at_evaluation(tmp_path, capsys):
+    """CTC cannot place N indices in fewer ticks: such a model (built from Python, or edited) is refused in one
+    line instead of evaluated with an impossible loss."""
+    run = tmp_path / "run"
+    config = tr.make_train_config("sort", batch_size=8, lr=1e-3, warmup_steps=0, steps=1, eval_every=1,
+                                  eval_batch_size=2000)
+    tr.train(run, ctm.CTMConfig(**{**SORT_MODEL, "iterations": 6}), config, task=make_task("sort", n=4))
+    payload = json.loads((run / "config.json").read_text())
+    payload["model"]["iterations"] = 3
+    (run / "config.json").write_text(json.dumps(payload))
+    assert run_cli("eval", run, "--threads", "1") == 2
+    assert "CTMConfig.iterations (3) is below the 4 numbers to sort" in capsys.readouterr().err

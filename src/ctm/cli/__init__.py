@@ -197,8 +197,9 @@ def _add_eval_parser(sub) -> None:
                                                       "evaluation; for images accuracy and certainty per tick)")
     halt = p.add_mutually_exclusive_group()
     halt.add_argument("--halt-certainty", type=float, metavar="TAU",
-                      help="adaptive computation: each sample stops at its first tick with certainty >= TAU; "
-                           "reports accuracy, mean ticks and wall time against the full-T evaluation")
+                      help="adaptive computation: each sample stops at its first tick with certainty >= TAU (a sort "
+                           "run: once its order is complete and that certain, read off one full forward); reports "
+                           "accuracy, mean ticks and wall time against the full-T evaluation")
     halt.add_argument("--halt-sweep", type=float, nargs="*", metavar="TAU",
                       help="evaluate several thresholds (default: a built-in list), print a table and write "
                            "RUN_DIR/halting.png")
@@ -233,8 +234,9 @@ def _add_predict_parser(sub) -> None:
                                     "N numbers -> the order that sorts them and the ticks waited before each.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by ctm train")
     p.add_argument("inputs", metavar="INPUT", nargs="*",
-                   help="image files (an image run), or sequences of + and - (a parity run; one that starts with "
-                        "- goes in --sequence=...)")
+                   help="image files (an image run), sequences of + and - (a parity run; one that starts with "
+                        "- goes in --sequence=...), or a sort run's numbers quoted as one argument (\"0.3 -1.2 ...\"; "
+                        "or --numbers)")
     p.add_argument("--sequence", action="append", default=[], metavar="SEQ",
                    help="a parity run's input: + for +1 and - for -1, as many as the run's length (repeatable); "
                         "write --sequence=-+... for one that starts with -")
@@ -243,10 +245,12 @@ def _add_predict_parser(sub) -> None:
                         "lines and lines starting with # skipped; - reads standard input")
     p.add_argument("--numbers", action="append", nargs="+", default=[], metavar="X",
                    help="a sort run's input: as many numbers as it sorts, e.g. --numbers 0.3 -1.2 2.5 0 "
-                        "(repeatable, one sample each)")
+                        "(repeatable, one sample each; quote a sample with negative e-notation: --numbers "
+                        "\"0.3 -1e-3 2 0\")")
     p.add_argument("--halt-certainty", type=float, metavar="TAU",
                    help="answer at the first tick whose certainty reaches TAU, a fraction in [0, 1] (default: the "
-                        "most certain tick of all)")
+                        "most certain tick of all; a sort run: once its order is complete and that certain, by "
+                        "default the order of all ticks)")
     p.add_argument("--json", action="store_true", help="one JSON object per input")
     _add_runtime_flags(p)
     _add_task_flag(p)
@@ -791,7 +795,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.plot:
         task.plot_eval(result, Path(args.run_dir or ".") / "ticks.png")
     if args.json:
-        print(_json_line({"dataset": dataset_name, "split": data.split, **result.to_dict()}))
+        print(_json_line({"dataset": dataset_name, "split": data.split, "task": task.record(), **result.to_dict()}))
         return 0
     print(printable(f"{dataset_name} {data.split}: n={result.n}"))
     for line in result.lines():
@@ -856,6 +860,7 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str, task
     import torch
     from tqdm.auto import tqdm
 
+    from ..tasks import Task
     from ..training.evaluate import DEFAULT_HALT_SWEEP, timed_evaluate
 
     taus = [args.halt_certainty] if args.halt_certainty is not None else list(args.halt_sweep or DEFAULT_HALT_SWEEP)
@@ -869,7 +874,9 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str, task
     with torch.inference_mode():
         x, _ = data.batch(torch.arange(min(args.batch_size, len(data))))
         model(x)
-        model.think(x, taus[0], args.max_ticks)
+        own_halting = type(task).halting is not Task.halting  # a task's own rule (sorting) times a full pass
+        if not own_halting:
+            model.think(x, taus[0], args.max_ticks)
     full, wall_full = timed_evaluate(model, data, args.batch_size, task=task)
     results = []
     bar = tqdm(taus, desc="halting thresholds", disable=args.json or len(taus) == 1, leave=False)
@@ -880,7 +887,7 @@ def _eval_halting(args: argparse.Namespace, model, data, dataset_name: str, task
 
         plot_path = Path(args.run_dir or ".") / "halting.png"
         replaced = " (replacing the earlier one)" if plot_path.exists() else ""
-        save_halting_plot(results, full, wall_full, plot_path)
+        save_halting_plot(results, full, None if own_halting else wall_full, plot_path)  # no wall panel: not saved
     if args.json:
         if args.halt_certainty is not None:
             r = results[0]
@@ -1020,6 +1027,10 @@ def _official_sort_records(config) -> dict:
         raise CLIError(f"--model sort: the official sort model of N={n} numbers emits out_dims={n + 1} classes (the "
                        f"N indices and the blank) at one position; the arguments give {given}")
     task = SortTask(n=n, mean=0.0, std=1.0)
+    try:
+        task.check_ticks(config)
+    except ValueError as e:
+        raise CLIError(f"--model sort: {e}") from None
     test = task.load("test", TrainConfig(dataset="sort"))  # nothing drawn until read
     return {"task": task.record(), "dataset": task.dataset_record(test, None)}
 

@@ -313,9 +313,10 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
                                            recorded=ckpt.read_config(run_dir).get("dataset") if resume else None)
     check_data_fields(model_config.to_dict() if resume else {}, train_set, task)
     model_config = build_model_config(model_config, train_set, task)
-    if model_config.input_reader != task.model_fields(train_set).get("input_reader", "attention"):
+    expected = task.model_fields(train_set).get("input_reader", "attention")
+    if model_config.input_reader != expected:
         raise ValueError(f"CTMConfig.input_reader {model_config.input_reader!r}: the {task.name} task feeds its "
-                         f"inputs to the attention reader (leave it out; the sort task uses 'direct')")
+                         f"inputs to the {expected!r} reader (leave it out)")
     task.check_config(model_config, train_config)
     train_set, test_set = train_set.to(dev), test_set.to(dev)
     if train_config.batch_size % (info.world_size * train_config.grad_accum):

@@ -14,6 +14,8 @@
 //     thumbnail(s),    // optional: a small <canvas> for the picker
 //     haltTick(s, tau), // optional: the tick (0-based) s stops at with threshold tau, when the task halts by
 //                      // more than its certainty (default: the first tick whose certainty reaches tau, else the last)
+//     haltMet(s, tau, t), // optional, with haltTick: whether tick t meets the task's halting rule (else the page
+//                      // says the sample never does and stops at the last tick)
 //     judged,          // optional: how the task's "right" is judged (default "at the most certain tick")
 //   };
 //
@@ -180,7 +182,7 @@ const CTM = (function () {
         el("path", { d: `M${x(h)},${y(s.certainty[h]) - 7} l6,7 l-6,7 l-6,-7 z`, fill: "#c08a00", id: "halt-marker" }, svg);
       });
       const reached = s.certainty[h] >= tau;
-      const never = R.haltTick ? h === T - 1 && !reached : !reached;
+      const never = R.haltMet ? !R.haltMet(s, tau, h) : !reached;
       $("halt-info").replaceChildren(`halts at tick ${h + 1}` + (never ? " (never reaches it: the last tick)" : "") +
         ", answering ", ...parts(R.answer(s, h)));
       const traces = DATA.neurons.map((_, k) => ({ values: s.traces.map((row) => row[k]),

@@ -184,8 +184,9 @@ class ParityTask(Task):
     def check_eval_data(self, model_config: CTMConfig, data: ParitySequences, name: str) -> None:
         if model_config.out_positions != self.length or model_config.out_dims != 2 * self.length:
             raise ValueError(f"the run's parity task has length {self.length}, but its model answers at "
-                             f"{model_config.out_positions} positions (out_dims {model_config.out_dims}); was "
-                             f"config.json edited?")
+                             f"{model_config.out_positions} positions (out_dims {model_config.out_dims}); a parity "
+                             f"model reads the length it was built for (was config.json edited, or --task-option "
+                             f"length given?)")
 
     def plot_eval(self, result: EvalResult, path: Path) -> None:
         from .pictures import save_accuracy_plot

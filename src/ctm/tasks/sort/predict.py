@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ...nn.outputs import CTMOutput
 
 _SEPARATORS = re.compile(r"[\s,;]+")
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def parse_numbers(texts: Sequence[str], n: int) -> tuple[Tensor, list[str]]:
@@ -32,11 +33,14 @@ def parse_numbers(texts: Sequence[str], n: int) -> tuple[Tensor, list[str]]:
             except ValueError:
                 raise ValueError(f"{where}: {p[:40]!r} is not a number; give {n} numbers, e.g. --numbers 0.3 -1.2 "
                                  f"...") from None
-            if not math.isfinite(v):
-                raise ValueError(f"{where}: {p!r} is not a finite number")
+            if not math.isfinite(v) or abs(v) > FLOAT32_MAX:
+                raise ValueError(f"{where}: {p[:40]!r} is not a finite float32 number (at most {FLOAT32_MAX:.3g} in "
+                                 f"size)")
             values.append(v)
         if len(values) != n:
-            raise ValueError(f"{where}: {len(values)} numbers given; this run sorts {n} at a time")
+            hint = (" (give one sample's numbers together: --numbers X X ..., or quoted, \"X X ...\")"
+                    if len(values) == 1 and len(texts) == n else "")
+            raise ValueError(f"{where}: {len(values)} numbers given; this run sorts {n} at a time{hint}")
         rows.append(values)
         names.append(" ".join(parts))
     return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), n), names

@@ -30,7 +30,7 @@ from torch import Tensor
 from ...config import CTMConfig, option
 from ...data.sampling import STREAM_EPOCH, StreamSampler, mix_seed
 from ..base import Example, Preset, Task, register_task
-from .ctc import ctc_loss_over_ticks, decode, element_hits, sequence_hits
+from .ctc import decode, element_hits, sequence_hits, sort_loss
 
 if TYPE_CHECKING:
     from ...inference import Run
@@ -48,8 +48,8 @@ TEST_STREAM = 0x50F7
 #: the most numbers one sample may hold
 MAX_N = 4096
 #: the gap between an element and the previous one in the sorted order, binned for the wait-time figure
-GAP_BIN = 0.025
-GAP_BINS = 24  # the last bin holds every gap from (GAP_BINS - 1) * GAP_BIN up
+GAP_BIN = 0.025  # times the spread's std: the bins follow the numbers' scale (`ctm eval --task-option std=S`)
+GAP_BINS = 24  # the last bin holds every gap from (GAP_BINS - 1) * GAP_BIN * std up
 #: the thinking GIF picks among this many first test samples
 GIF_POOL = 200
 
@@ -113,8 +113,8 @@ class SortNumbers:
 class SortOptions:
     n: int = option(30, "sort: how many numbers each sample holds (the official N_to_sort)", min=2)
     mean: float = option(0.0, "sort: the mean of the normal the numbers are drawn from")
-    std: float = option(1.0, "sort: the standard deviation of that normal (evaluate other spreads with "
-                              "ctm eval --task-option std=S)", min=0.0)
+    std: float = option(1.0, "sort: the standard deviation of that normal, above 0 (evaluate other spreads with "
+                              "ctm eval --task-option std=S)")
 
     def __post_init__(self) -> None:
         if isinstance(self.n, int) and self.n > MAX_N:
@@ -139,7 +139,7 @@ class SortResult:
     sequence_accuracy: float  # samples whose whole decoded order is right
     complete: float  # samples that emitted exactly N elements
     mean_emitted: float  # elements emitted per sample
-    mean_last_emission: float  # the tick (1-based) of a sample's last emission, averaged
+    mean_last_emission: float  # the tick (1-based) of a sample's last emission, over the samples that emitted
     per_position_accuracy: list[float]  # [i]: the i-th smallest element right
     per_tick_certainty: list[float]  # mean certainty at each tick
     per_tick_emissions: list[float]  # share of samples emitting at each tick
@@ -172,8 +172,9 @@ class SortResult:
         if rows:
             out.append("  gap to the previous value   mean ticks waited   elements")
             for w in rows:
-                last = w["gap"] >= (GAP_BINS - 1) * GAP_BIN - 1e-9
-                span = f">= {w['gap']:.3f}" if last else f"{w['gap']:.3f}-{w['gap'] + GAP_BIN:.3f}"
+                width = self.wait_by_gap[1]["gap"] - self.wait_by_gap[0]["gap"]
+                last = w is self.wait_by_gap[-1]
+                span = f">= {w['gap']:.3f}" if last else f"{w['gap']:.3f}-{w['gap'] + width:.3f}"
                 out.append(f"  {span:>25}   {w['wait']:17.2f}   {w['n']:8d}")
         return out
 
@@ -183,14 +184,16 @@ class SortMetrics:
 
     needs_inputs = True  # `update` takes the batch's inputs too (the gaps between sorted values)
 
-    def __init__(self, config: CTMConfig, noun: str = "samples") -> None:
+    def __init__(self, config: CTMConfig, noun: str = "samples", std: float = 1.0) -> None:
         self.T, self.N, self.noun = config.iterations, config.out_dims - 1, noun
+        self.gap_bin = GAP_BIN * std  # the width of a gap bin in the numbers' units
         T, N = self.T, self.N
         # [loss, elements right, sequences right, complete, emitted, last emission, per position (N),
-        #  certainty per tick (T), emitting per tick (T), wait sums per gap bin (G), elements per gap bin (G), n]
+        #  certainty per tick (T), emitting per tick (T), wait sums per gap bin (G), elements per gap bin (G),
+        #  samples that emitted anything, n]
         self._pos, self._cert, self._emit = 6, 6 + N, 6 + N + T
         self._wait, self._count = 6 + N + 2 * T, 6 + N + 2 * T + GAP_BINS
-        self.sums = torch.zeros(self._count + GAP_BINS + 1, dtype=torch.float64)
+        self.sums = torch.zeros(self._count + GAP_BINS + 2, dtype=torch.float64)  # ..., samples that emitted, n
 
     def to(self, device: torch.device | str) -> SortMetrics:
         self.sums = self.sums.to(device)
@@ -208,13 +211,14 @@ class SortMetrics:
         sums[2] += sequence_hits(d.order, d.count, targets).sum()
         sums[3] += (d.count == N).sum()
         sums[4] += d.count.sum()
-        sums[5] += (d.ticks.max(1).values + 1).clamp(min=0).sum()
+        sums[5] += (d.ticks.max(1).values + 1).clamp(min=0).sum()  # (0 for a sample that emitted nothing)
+        sums[-2] += (d.count > 0).sum()
         sums[self._pos:self._pos + N] += hits.double().sum(0)
         sums[self._cert:self._cert + T] += output.certainties[:, 1].double().sum(0)
         sums[self._emit:self._emit + T] += d.emitted.double().sum(0)
         if inputs is not None:
             waits, gaps = wait_gaps(d, hits, inputs, targets)
-            bins = (gaps / GAP_BIN).floor().long().clamp(0, GAP_BINS - 1)
+            bins = (gaps / self.gap_bin).floor().long().clamp(0, GAP_BINS - 1)
             sums[self._wait:self._wait + GAP_BINS] += torch.bincount(bins, weights=waits.double(), minlength=GAP_BINS)
             sums[self._count:self._count + GAP_BINS] += torch.bincount(bins, minlength=GAP_BINS)
         sums[-1] += b
@@ -230,11 +234,12 @@ class SortMetrics:
         waits, counts = s[self._wait:self._wait + GAP_BINS], s[self._count:self._count + GAP_BINS]
         return SortResult(
             loss=s[0].item() / n, accuracy=s[1].item() / n, sequence_accuracy=s[2].item() / n,
-            complete=s[3].item() / n, mean_emitted=s[4].item() / n, mean_last_emission=s[5].item() / n,
+            complete=s[3].item() / n, mean_emitted=s[4].item() / n,
+            mean_last_emission=s[5].item() / max(s[-2].item(), 1),
             per_position_accuracy=(s[self._pos:self._pos + N] / n).tolist(),
             per_tick_certainty=(s[self._cert:self._cert + T] / n).tolist(),
             per_tick_emissions=(s[self._emit:self._emit + T] / n).tolist(),
-            wait_by_gap=[{"gap": round(i * GAP_BIN, 6), "wait": (w / c).item() if c else None, "n": int(c)}
+            wait_by_gap=[{"gap": round(i * self.gap_bin, 6), "wait": (w / c).item() if c else None, "n": int(c)}
                          for i, (w, c) in enumerate(zip(waits, counts, strict=True))],
             n=n, noun=self.noun)
 
@@ -326,6 +331,10 @@ class SortTask(Task):
 
     def check_config(self, model_config: CTMConfig, train_config: TrainConfig) -> None:
         super().check_config(model_config, train_config)
+        self.check_ticks(model_config)
+
+    def check_ticks(self, model_config: CTMConfig) -> None:
+        """ValueError unless the model has a tick for every number (CTC emits at most one index per tick)."""
         if model_config.iterations < self.size:
             raise ValueError(f"CTMConfig.iterations ({model_config.iterations}) is below the {self.size} numbers to "
                              f"sort: CTC emits at most one index per tick; give at least {self.size} ticks")
@@ -335,19 +344,19 @@ class SortTask(Task):
             raise ValueError(f"the run's sort task has n={self.size}, but its model reads {model_config.d_input} "
                              f"numbers and emits {model_config.out_dims} classes; a sort model sorts the N it was "
                              f"built for (was config.json edited, or --task-option n given?)")
+        self.check_ticks(model_config)
 
     # ------------------------------------------------------------------------------------ loss, metrics
 
     def loss(self, predictions: Tensor, certainties: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """The official sort_loss (CTC over all ticks per element, averaged); the tick read is the last (the
         decoding reads them all)."""
-        per_sample = ctc_loss_over_ticks(predictions, targets) / targets.shape[1]
         last = torch.full((targets.shape[0],), predictions.shape[-1] - 1, dtype=torch.long, device=targets.device)
-        return per_sample.mean(), last
+        return sort_loss(predictions, targets), last
 
     def tick_loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
         """The CTC loss already reads every tick: the same loss (`TrainConfig.tick_loss_weight` scales it)."""
-        return (ctc_loss_over_ticks(predictions, targets) / targets.shape[1]).mean()
+        return sort_loss(predictions, targets)
 
     def batch_accuracy(self, predictions: Tensor, targets: Tensor, tick: Tensor) -> float:
         """Elements in their right place in the decoded order."""
@@ -355,7 +364,7 @@ class SortTask(Task):
         return element_hits(d.order, targets).float().mean().item()
 
     def metrics(self, model_config: CTMConfig) -> SortMetrics:
-        return SortMetrics(model_config, noun=self.sample_noun)
+        return SortMetrics(model_config, noun=self.sample_noun, std=self.options.std)
 
     def halting(self, model: ContinuousThoughtMachine, data: SortNumbers, halt_certainty: float,
                 batch_size: int = 500, max_ticks: int | None = None) -> HaltingResult:

@@ -173,8 +173,9 @@ CTM.renderers.sort = (function () {
     },
     judged: "after all ticks",
     // Sorting halts once the order is complete (N emitted) and the tick's certainty reaches tau (SortTask.halting).
+    haltMet(s, tau, t) { return emittedBy(s, t) >= N && s.certainty[t] >= tau; },
     haltTick(s, tau) {
-      for (let t = 0; t < T; t++) if (emittedBy(s, t) >= N && s.certainty[t] >= tau) return t;
+      for (let t = 0; t < T; t++) if (this.haltMet(s, tau, t)) return t;
       return T - 1;
     },
     summary(s) {

@@ -50,7 +50,8 @@ def test_eval_reports_the_task_s_own_loss_and_metrics(run, capsys):
     capsys.readouterr()
     assert cli("eval", run, "--json", "--threads", "1") == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"dataset", "split", "loss", "accuracy", "position_error", "n"}
+    assert set(result) == {"dataset", "split", "task", "loss", "accuracy", "position_error", "n"}
+    assert result["task"]["name"] == "argmax"  # the task record evaluated (with its options)
     assert result["n"] == 96 and result["dataset"] == "argmax"
     # the same numbers by hand: the task's loss (cross-entropy at the last tick) on the whole test set
     model, payload = ckpt.load_model(run)

@@ -133,7 +133,7 @@ def test_an_image_run_records_its_task_and_evaluates_as_before(tmp_path, capsys)
     capsys.readouterr()
     assert main(["eval", str(run), "--json", "--threads", "1"]) == 0
     keys = set(json.loads(capsys.readouterr().out))
-    assert keys == {"dataset", "split", "loss", "accuracy", "accuracy_last_tick", "per_tick_accuracy",
+    assert keys == {"dataset", "split", "task", "loss", "accuracy", "accuracy_last_tick", "per_tick_accuracy",
                     "per_tick_certainty", "most_certain_tick_histogram", "n", "per_class_accuracy", "per_class_n",
                     "class_names"}  # what main's image evaluation reports: no parity keys
 

@@ -8,8 +8,9 @@
 
 Every (model, ticks) pair gets the same wall-clock budget of training. A calibration first times two short
 runs of `ctm train` (--calibration-steps K and 2K steps; the difference of their wall times removes start-up
-and the final evaluation) to get the time per step; the real run then gets steps = budget / step time, so
-its cosine schedule completes. Each run is a fresh process:
+and the final evaluation; a 2-step run before them absorbs one-off costs such as cold caches) to get the time
+per step; the real run then gets steps = budget / step time, so its cosine schedule completes. Each run is a
+fresh process:
 
     ctm train --task parity --model {ctm,lstm} --ticks T --task-option length=L --steps N --out OUT/<model>-T<T> ...
     ctm eval OUT/<model>-T<T> --json        # `accuracy` (per bit) and `sequence_accuracy`
@@ -111,6 +112,7 @@ def benchmark_one(model: str, ticks: int, args: argparse.Namespace) -> dict:
     else:
         k = args.calibration_steps
         with tempfile.TemporaryDirectory(prefix="parity-calibration-") as tmp:
+            _run(train_command(model, ticks, 2, Path(tmp) / "warm-up", **common))  # one-off costs, not timed
             timed = [(n, _run(train_command(model, ticks, n, Path(tmp) / f"k{n}", **common))[0]) for n in (k, 2 * k)]
         step_s = step_time(*timed)
         steps = steps_for(args.budget_s, step_s)

@@ -287,3 +287,21 @@ def test_a_model_with_fewer_ticks_than_numbers_is_refused_at_evaluation(tmp_path
     (run / "config.json").write_text(json.dumps(payload))
     assert run_cli("eval", run, "--threads", "1") == 2
     assert "CTMConfig.iterations (3) is below the 4 numbers to sort" in capsys.readouterr().err
+
+
+def test_the_benchmark_script_runs_the_sort_task_for_both_models():
+    """benchmarks/sort.py --dry-run: the commands it would run (the benchmark itself takes an hour)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "sort.py"
+    proc = subprocess.run([sys.executable, str(script), "--dry-run", "--steps", "600", "--n", "8"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    trains = [line for line in lines if " train " in line]
+    assert len(trains) == 2 and all("--task sort" in t and "--task-option n=8" in t and "--steps 600" in t
+                                    and "--eval-every 100" in t and "--threads 1" in t for t in trains)
+    assert "--model ctm" in trains[0] and "--model lstm" in trains[1]
+    assert sum(" eval " in line and "--plot" in line for line in lines) == 2
+    bad = subprocess.run([sys.executable, str(script), "--dry-run", "--budget-s", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--budget-s must be positive" in bad.stderr

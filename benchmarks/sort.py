@@ -26,15 +26,13 @@ import argparse
 import json
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from parity import parameters_from, step_time, steps_for  # noqa: E402  (the same calibration)
+from parity import _run, parameters_from, step_time, steps_for  # noqa: E402  (the same calibration)
 from train_mnist import seed_step_ms  # noqa: E402
 
 CTM = [sys.executable, "-m", "ctm"]
@@ -55,16 +53,6 @@ def train_command(model: str, steps: int | str, out: Path, args: argparse.Namesp
 
 def eval_command(run_dir: Path, args: argparse.Namespace, *flags: str) -> list[str]:
     return [*CTM, "eval", str(run_dir), "--json", *flags] + (["--threads", str(args.threads)] if args.threads else [])
-
-
-def _run(cmd: list[str]) -> tuple[float, str]:
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"{shlex.join(cmd)} failed with exit code {proc.returncode}")
-    return wall, proc.stdout + proc.stderr
 
 
 def _json(cmd: list[str]) -> dict:

@@ -1,4 +1,5 @@
-"""Shared test helpers: a tiny CTM configuration, a synthetic MNIST-shaped dataset, a folder of drawn shapes."""
+"""Shared test helpers: a tiny CTM configuration, a synthetic MNIST-shaped dataset, a folder of drawn shapes, the
+CLI run in-process (`run_cli`, `eval_json`)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,22 @@ def cli_error(capsys, *args) -> str:
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
     return lines[0]
+
+
+def run_cli(*args) -> int:
+    """`ctm` with these arguments, in this process: its exit code (argparse's refusals included)."""
+    from ctm.cli import main
+
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as e:  # argparse's refusals
+        return e.code
+
+
+def eval_json(run: Path, *flags, capsys) -> dict:
+    """`ctm eval RUN --json` (one thread, with `flags`): its JSON object."""
+    import json
+
+    capsys.readouterr()
+    assert run_cli("eval", run, "--json", "--threads", "1", *flags) == 0
+    return json.loads(capsys.readouterr().out)

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY
+from helpers import TINY, eval_json, run_cli
 from safetensors.torch import load_file
 
 import ctm
-from ctm.cli import main
 from ctm.nn import engine
 from ctm.runs import checkpoint as ckpt
 from ctm.tasks import make_task
@@ -27,19 +26,6 @@ PARITY_FLAGS = ["--ticks", "6", "--d-model", "32", "--d-input", "16", "--heads",
                 "--neuron-selection", "random-pairing"]
 LEARN_FLAGS = ["--batch-size", "64", "--lr", "1e-3", "--warmup-steps", "0", "--schedule", "constant",
                "--threads", "1", "--no-progress"]
-
-
-def run_cli(*args) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as e:  # argparse's refusals
-        return e.code
-
-
-def eval_json(run: Path, *flags, capsys) -> dict:
-    capsys.readouterr()
-    assert run_cli("eval", run, "--json", "--threads", "1", *flags) == 0
-    return json.loads(capsys.readouterr().out)
 
 
 def test_targets_are_the_cumulative_parity_of_the_minus_ones():

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import eval_json, run_cli
 from safetensors.torch import load_file
 
 import ctm
-from ctm.cli import main
 from ctm.runs import checkpoint as ckpt
 from ctm.tasks import make_task
 from ctm.tasks.sort.ctc import decode, element_hits, sequence_hits, sort_loss
@@ -30,19 +30,6 @@ SORT_MODEL = dict(iterations=8, d_model=64, memory_length=4, memory_hidden_dims=
 SORT_FLAGS = ["--ticks", "8", "--d-model", "64", "--memory-length", "4", "--memory-hidden-dims", "4",
               "--n-synch-out", "16", "--neuron-selection", "random-pairing"]
 LEARN_FLAGS = ["--batch-size", "64", "--lr", "1e-2", "--warmup-steps", "50", "--threads", "1", "--no-progress"]
-
-
-def run_cli(*args) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as e:  # argparse's refusals
-        return e.code
-
-
-def eval_json(run: Path, *flags, capsys) -> dict:
-    capsys.readouterr()
-    assert run_cli("eval", run, "--json", "--threads", "1", *flags) == 0
-    return json.loads(capsys.readouterr().out)
 
 
 @pytest.fixture(scope="module")

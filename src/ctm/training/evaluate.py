@@ -248,28 +248,32 @@ def _sync(device: torch.device) -> None:
 @torch.inference_mode()
 def evaluate_halting(model: ContinuousThoughtMachine, dataset, halt_certainty: float,
                      batch_size: int = 500, device: torch.device | str | None = None,
-                     max_ticks: int | None = None) -> HaltingResult:
+                     max_ticks: int | None = None, answer=None) -> HaltingResult:
     """Run `model.think(x, halt_certainty, max_ticks)` in eval mode over every sample of `dataset`.
 
     With several output positions a sample halts as one: when the model's certainty (the mean over its
-    positions, `model.certainty`) reaches the threshold."""
+    positions, `model.certainty`) reaches the threshold. `answer(model, x, y, halt_certainty, max_ticks)` replaces
+    `model.think` for a task's own halting rule (`Task.halting`): it returns each sample's hits (b, P) bool, whether
+    it is wholly right (b,) bool, its certainty (b,) and the tick it stopped at (b,), 1-based."""
     if len(dataset) == 0:
         raise ValueError(f"cannot evaluate on an empty dataset ({dataset!r})")
     device = next(model.parameters()).device if device is None else torch.device(device)
     T = model.config.iterations if max_ticks is None else max_ticks
+    answer = answer or _think_answer
     correct = certainty = whole = 0.0
+    positions = 1
     histogram = torch.zeros(T, dtype=torch.long)
     with eval_mode(model):
         _sync(device)
         start = time.perf_counter()
         for idx in torch.arange(len(dataset)).split(batch_size):
             x, y = to_device(dataset.batch(idx), device)
-            out = model.think(x, halt_certainty, max_ticks)
-            hits = (out.prediction == y).reshape(len(idx), -1)  # (b, P)
+            hits, right, reached, stopped = answer(model, x, y, halt_certainty, max_ticks)  # (b, P), (b,) x 3
+            positions = hits.shape[1]
             correct += hits.double().mean(1).sum().item()
-            whole += hits.all(1).sum().item()
-            certainty += out.certainty.double().sum().item()
-            histogram += torch.bincount(out.ticks - 1, minlength=T).cpu()
+            whole += right.sum().item()
+            certainty += reached.double().sum().item()
+            histogram += torch.bincount(stopped - 1, minlength=T).cpu()
         _sync(device)
         wall = time.perf_counter() - start
     n = len(dataset)
@@ -282,8 +286,15 @@ def evaluate_halting(model: ContinuousThoughtMachine, dataset, halt_certainty: f
         mean_certainty=certainty / n,
         wall_s=wall,
         n=n,
-        sequence_accuracy=whole / n if model.config.out_positions > 1 else None,
+        sequence_accuracy=whole / n if positions > 1 else None,
     )
+
+
+def _think_answer(model: ContinuousThoughtMachine, x, y, halt_certainty: float, max_ticks: int | None):
+    """`evaluate_halting`'s default: each sample's answer where `model.think` stops it."""
+    out = model.think(x, halt_certainty, max_ticks)
+    hits = (out.prediction == y).reshape(len(y), -1)  # (b, P)
+    return hits, hits.all(1), out.certainty, out.ticks
 
 
 def timed_evaluate(model: ContinuousThoughtMachine, dataset, batch_size: int = 500,

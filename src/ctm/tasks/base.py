@@ -209,7 +209,8 @@ class Task:
     def check_config(self, model_config: CTMConfig, train_config: TrainConfig) -> None:
         """ValueError naming the field when a config does not fit the task (default: TrainConfig.augment needs
         the task's `augment`)."""
-        if train_config.augment and type(self).augment is Task.augment:
+        if train_config.augment and type(self).augment is Task.augment \
+                and type(self).augment_batch is Task.augment_batch:
             self.augment(None, 0)  # says why, in one line
 
     # ------------------------------------------------------------------------------------ loss, metrics
@@ -223,6 +224,12 @@ class Task:
         """A training batch's inputs distorted from generator seed `seed` (`TrainConfig.augment`; default:
         the task has no augmentation)."""
         raise ValueError(f"TrainConfig.augment distorts images; the {self.name} task has none (leave it off)")
+
+    def augment_batch(self, inputs: Any, targets: Any, seed: int) -> tuple[Any, Any]:
+        """A training batch distorted from generator seed `seed` (`TrainConfig.augment`), inputs and targets
+        together (default: `augment` on the inputs; a task whose targets follow the distortion, such as a maze's
+        moves under a rotation, overrides this)."""
+        return self.augment(inputs, seed), targets
 
     def tick_loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
         """The mean loss over ticks (and samples): what `TrainConfig.tick_loss_weight` adds to the objective,

@@ -191,6 +191,8 @@ def evaluate(model: ContinuousThoughtMachine, dataset, batch_size: int = 500,
         metrics.to(device)
     if getattr(metrics, "class_names", "absent") is None and getattr(dataset, "class_names", None):
         metrics.class_names = list(dataset.class_names)
+    if getattr(metrics, "needs_model", False):  # e.g. a maze re-applies the model where its route stopped short
+        metrics.model = model
     shard = torch.tensor_split(torch.arange(len(dataset)), dist_info.world_size)[dist_info.rank]
     with eval_mode(model):
         for idx in shard.split(batch_size):

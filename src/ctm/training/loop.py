@@ -528,7 +528,7 @@ def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Ta
         if cfg.augment:
             # Seeded from (seed, step, first index): augmentation needs no saved RNG state and a sample is
             # augmented the same way whichever rank or micro-batch it lands in.
-            x = task.augment(x, mix_seed(cfg.seed, step * 1_000_003 + int(micro[0])))
+            x, y = task.augment_batch(x, y, mix_seed(cfg.seed, step * 1_000_003 + int(micro[0])))
         # DDP all-reduces gradients on the last micro-batch only.
         sync = contextlib.nullcontext() if i == len(micro_batches) - 1 or not hasattr(net, "no_sync") \
             else net.no_sync()

@@ -156,13 +156,13 @@ def read_route(image: np.ndarray) -> tuple[Maze, list[int]]:
     visited = {start}
     y, x = start
     while (y, x) != goal:
-        for move, (dy, dx) in enumerate(MOVES):
-            p = (y + dy, x + dx)
-            if 0 <= p[0] < h and 0 <= p[1] < w and p not in visited and (path[p] or p == goal):
-                break
-        else:
+        steps = [(move, (y + dy, x + dx)) for move, (dy, dx) in enumerate(MOVES)]
+        ahead = [(move, p) for move, p in steps
+                 if 0 <= p[0] < h and 0 <= p[1] < w and p not in visited and (path[p] or p == goal)]
+        if not ahead:
             raise MazeError(f"the blue route from the start at {start} does not reach the goal at {goal} (it stops "
                             f"at {(y, x)} after {len(moves)} moves)")
+        move, p = ahead[0]  # the official order: up, down, left, right
         moves.append(move)
         visited.add(p)
         y, x = p

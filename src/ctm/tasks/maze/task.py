@@ -43,6 +43,8 @@ TEST_SIZE = 1000
 TEST_STREAM = 0x3A2E
 #: the largest maze the task generates (cells a side)
 MAX_CELLS = 255
+#: how many applications re-application allows by default on mazes larger than those trained on
+AUTO_REAPPLY = 20
 #: the probability of each of the official augmentation's transforms (a quarter turn, each flip)
 AUGMENT_P = 0.5
 
@@ -56,8 +58,9 @@ class MazeOptions:
                                   "fits, 2 cells^2 - 2); longer routes are cut, as the official code does", min=0)
     lookahead: int = option(LOOKAHEAD, "maze: how many steps beyond the correct prefix the curriculum trains "
                                        "(the official cirriculum_lookahead)", min=1)
-    reapply: int = option(20, "maze: the most times evaluation and predict apply the model to one maze, moving the "
-                              "start to where the last route ended (the official analysis); 1: once", min=1)
+    reapply: int = option(0, "maze: the most times evaluation and predict apply the model to one maze, moving the "
+                             "start to where the last route ended (the official analysis); 0: once on mazes of the "
+                             f"size trained on, up to {AUTO_REAPPLY} times on larger ones", min=0)
 
     def __post_init__(self) -> None:
         if isinstance(self.cells, int) and self.cells > MAX_CELLS:
@@ -171,8 +174,10 @@ class MazeMetrics:
     needs_inputs = True  # the walls, start and goal come from the inputs
     needs_model = True  # re-application runs the model again (`reapply` > 1)
 
-    def __init__(self, config: CTMConfig, reapply_times: int = 1, noun: str = "mazes") -> None:
-        self.T, self.reapply_times, self.noun = config.iterations, reapply_times, noun
+    def __init__(self, config: CTMConfig, reapply: int = 0, trained_side: int | None = None,
+                 noun: str = "mazes") -> None:
+        self.T, self.reapply, self.trained_side, self.noun = config.iterations, reapply, trained_side, noun
+        self.reapply_times = max(reapply, 1)  # the most applications any batch was allowed (MazeResult.reapply)
         self.model: ContinuousThoughtMachine | None = None
         # [loss, steps right, route steps right, route steps, solved, reapplied solved, applications, wall,
         #  correct prefix, per-tick accuracy (T), per-tick solved (T), per-tick certainty (T), n]
@@ -210,14 +215,22 @@ class MazeMetrics:
             per = walk_batch(floor.repeat_interleave(T, 0), start.repeat_interleave(T, 0),
                              goal.repeat_interleave(T, 0), every)
             sums[9 + T:9 + 2 * T] += per.solved.reshape(B, T).double().sum(0)
-            if self.reapply_times > 1 and self.model is not None:
-                solved, applications, _ = reapply(self.model, inputs, self.reapply_times, output)
+            times = self.times(inputs.shape[-1])
+            self.reapply_times = max(self.reapply_times, times)
+            if times > 1 and self.model is not None:
+                solved, applications, _ = reapply(self.model, inputs, times, output)
                 sums[5] += solved.sum()
                 sums[6] += applications.sum()
             else:
                 sums[5] += w.solved.sum()
                 sums[6] += B
         sums[-1] += B
+
+    def times(self, side: int) -> int:
+        """How many applications a maze picture `side` pixels wide gets (`MazeOptions.reapply`)."""
+        if self.reapply:
+            return self.reapply
+        return AUTO_REAPPLY if self.trained_side is not None and side > self.trained_side else 1
 
     def reduce(self, dist_info: DistInfo) -> None:
         from ...training.distributed import all_reduce_sum
@@ -289,7 +302,17 @@ class MazeTask(Task):
             return Path(dataset[len("folder:"):])
         return None
 
+    #: the picture side the model was trained on (from the run's dataset record, else this task's size)
+    _trained: int | None = None
+
+    @property
+    def trained_side(self) -> int:
+        return self._trained or 2 * self.cells + 1
+
     def _route_length(self, recorded: Mapping[str, Any] | None) -> int:
+        shape = (recorded or {}).get("shape")
+        if isinstance(shape, list) and len(shape) == 3 and isinstance(shape[-1], int):
+            self._trained = shape[-1]
         if recorded and isinstance(recorded.get("route_length"), int):
             return recorded["route_length"]
         return self.route_length
@@ -395,7 +418,7 @@ class MazeTask(Task):
         return ((preds == targets) & on_route).sum().item() / max(on_route.sum().item(), 1)
 
     def metrics(self, model_config: CTMConfig) -> MazeMetrics:
-        return MazeMetrics(model_config, self.options.reapply, noun=self.sample_noun)
+        return MazeMetrics(model_config, self.options.reapply, self.trained_side, noun=self.sample_noun)
 
     def augment_batch(self, inputs: Tensor, targets: Tensor, seed: int) -> tuple[Tensor, Tensor]:
         """The official augmentation: each maze turned a quarter (either way) with probability 1/2, then flipped

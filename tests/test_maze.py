@@ -166,6 +166,19 @@ def test_generated_mazes_are_perfect_and_solve_finds_their_route(cells):
         assert route == tree_path(maze) and len(route) <= make_task("maze", cells=cells).route_length
 
 
+@pytest.mark.parametrize("options, message", [
+    (dict(cells=1), "cells must be an integer >= 2"),
+    (dict(cells=300), "cells 300 is above 255"),
+    (dict(lookahead=0), "lookahead must be a positive integer"),
+    (dict(reapply=0), "reapply must be a positive integer"),
+    (dict(route_length=-1), "route_length must be a non-negative integer"),
+])
+def test_bad_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        make_task("maze", **options)
+    assert make_task("maze", cells=4).route_length == 30 and make_task("maze", route_length=9).route_length == 9
+
+
 def test_solve_refuses_a_goal_behind_walls():
     with pytest.raises(MazeError, match="cannot be reached"):
         solve(maze_from(["#####", "#S#G#", "#####"]))
@@ -574,6 +587,7 @@ def test_a_tiny_model_learns_two_by_two_mazes(trained, capsys):
 
 
 def test_evaluating_larger_mazes_keeps_the_runs_route_length(trained, capsys):
+    r0 = eval_json(trained, capsys=capsys)
     r = eval_json(trained, "--task-option", "cells=3", capsys=capsys)
     assert r["n"] == TEST_SIZE and r["task"]["cells"] == 3
     test = GeneratedMazes(3, 6, TEST_SIZE, TEST_STREAM, "test")
@@ -582,6 +596,9 @@ def test_evaluating_larger_mazes_keeps_the_runs_route_length(trained, capsys):
     assert 0 < r["solve_rate"] <= short < 1  # one application of 6 moves reaches no goal further away
     assert r["reapplied_solve_rate"] > r["solve_rate"] and r["mean_applications"] > 1
     assert r["reapply"] == 20
+    assert eval_json(trained, "--task-option", "route_length=6", capsys=capsys)["solve_rate"] == r0["solve_rate"]
+    line = cli_error(capsys, "eval", trained, "--task-option", "route_length=10", "--threads", "1")
+    assert "the run's model outputs 6 route steps; --task-option route_length=10 cannot change that" in line
 
 
 def test_folder_data_give_the_same_evaluation_as_the_generated_test_set(trained, tmp_path, capsys):

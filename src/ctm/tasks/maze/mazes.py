@@ -192,7 +192,8 @@ def from_input(x: Tensor) -> Maze:
 class Walk:
     """A predicted route walked from the start: `solved` (it ends on the goal without entering a wall),
     `cells` the pixels it visited (the start first; the move into a wall is not taken), `wall` (the index of the
-    move that entered a wall, else None) and `moves` (the moves taken, up to the first wait or the goal)."""
+    move that entered a wall, else None) and `moves` (the moves taken, up to the first wait or wall; a walk goes
+    on past the goal)."""
 
     solved: bool
     cells: list[tuple[int, int]]

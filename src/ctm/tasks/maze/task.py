@@ -394,6 +394,9 @@ class MazeTask(Task):
                              f"{model_config.input_reader!r} does not apply (leave it at attention)")
 
     def check_eval_data(self, model_config: CTMConfig, data: GeneratedMazes | MazeImages, name: str) -> None:
+        if self.options.route_length not in (0, model_config.out_positions):
+            raise ValueError(f"the run's model outputs {model_config.out_positions} route steps; --task-option "
+                             f"route_length={self.options.route_length} cannot change that (longer routes are cut)")
         if model_config.out_positions != data.route_length or model_config.out_dims != 5 * data.route_length:
             raise ValueError(f"the model outputs {model_config.out_positions} route steps, but {name} has routes of "
                              f"{data.route_length}")

@@ -14,6 +14,7 @@ import errno
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -88,7 +89,10 @@ EXAMPLES = {
   ctm convert-official official.pt --args args.json --out runs/official --dataset mnist
   ctm eval runs/official --halt-certainty 0.9
   ctm convert-official sort.pt --args sort_args.json --out runs/official-sort --model sort
-  ctm predict runs/official-sort --numbers 0.3,-1.2,...""",
+  ctm predict runs/official-sort --numbers 0.3,-1.2,...
+  ctm convert-official ctm-maze-large/ --out runs/maze-large  # the Hugging Face layout: config.json + model.safetensors
+  ctm convert-official hf:SakanaAI/ctm-maze-large --out runs/maze-large  # downloaded (pip install 'torch-ctm[hub]')
+  ctm eval runs/maze-large --task-option cells=15""",
 }
 
 
@@ -266,7 +270,9 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a run directory written by ctm train (or use "
                                                                   "--pretrained)")
     p.add_argument("--pretrained", metavar="NAME",
-                   help="a model bundled with ctm instead of a run (see ctm pretrained)")
+                   help="a model bundled with ctm instead of a run (see ctm pretrained), or official weights in the "
+                        "Hugging Face layout: hf:OWNER/NAME (e.g. hf:SakanaAI/ctm-maze-large; needs "
+                        "pip install 'torch-ctm[hub]') or a folder of config.json and model.safetensors")
 
 
 def _add_view_parser(sub) -> None:
@@ -296,9 +302,13 @@ def _add_convert_official_parser(sub) -> None:
                     "(SakanaAI/continuous-thought-machines) and its constructor's arguments into a ctm run directory "
                     "that ctm eval, viz and predict read.")
     p.add_argument("state_dict", metavar="STATE_DICT.pt",
-                   help="the official model's state_dict() (or a checkpoint holding it as model_state_dict)")
-    p.add_argument("--args", required=True, metavar="ARGS.json",
-                   help="a JSON object of the official ContinuousThoughtMachine constructor's arguments")
+                   help="the official model's state_dict() (or a checkpoint holding it as model_state_dict); or a "
+                        "folder in the Hugging Face layout (config.json of the constructor's arguments + "
+                        "model.safetensors), or hf:OWNER/NAME to download one (pip install 'torch-ctm[hub]'): no "
+                        "--args then. A maze model (prediction_reshaper [L, 5], 3 channels) becomes a maze task run")
+    p.add_argument("--args", metavar="ARGS.json",
+                   help="a JSON object of the official ContinuousThoughtMachine constructor's arguments (needed for a "
+                        ".pt state dict)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory to write (new or empty)")
     p.add_argument("--dataset", help="the dataset the run evaluates on by default (e.g. mnist)")
     p.add_argument("--model", choices=("ctm", "sort"), default="ctm",
@@ -555,10 +565,33 @@ def _new_run_dir(name: str) -> Path:
     return run_dir
 
 
+def _hub_source(args: argparse.Namespace) -> bool:
+    """Whether --pretrained names official weights in the Hugging Face layout (hf:OWNER/NAME or such a folder)
+    rather than a model bundled with ctm."""
+    from ..interop.hub import HF_PREFIX, is_hub_folder
+
+    name = getattr(args, "pretrained", None)
+    return name is not None and (name.startswith(HF_PREFIX) or is_hub_folder(name))
+
+
+def _bundled(args: argparse.Namespace) -> bool:
+    """Whether --pretrained names a model bundled with ctm (which ships its test slice)."""
+    return args.pretrained is not None and not _hub_source(args)
+
+
+def _source_label(args: argparse.Namespace) -> str:
+    """--pretrained as a file-name part: hf:SakanaAI/ctm-maze-large -> ctm-maze-large."""
+    return re.sub(r"[^\w.-]+", "-", Path(args.pretrained.removeprefix("hf:")).name or "model")
+
+
 def _load_source(args: argparse.Namespace, device="cpu"):
     """(model, config payload) of RUN_DIR or of --pretrained NAME."""
     if (args.run_dir is None) == (args.pretrained is None):
         raise CLIError("give a run directory or --pretrained NAME (one of them; ctm pretrained lists the names)")
+    if _hub_source(args):
+        from ..interop.hub import load_hub_model
+
+        return load_hub_model(args.pretrained, device)
     if args.pretrained is not None:
         from ..pretrained import load_pretrained, pretrained_config
 
@@ -573,7 +606,7 @@ def _samples_for(args: argparse.Namespace, payload: dict, split: str = "test"):
     else the run's task's `split` (`Task.load`, read as the run recorded its data)."""
     from ..tasks import task_from_record
 
-    if args.pretrained is not None and args.data_dir is None and split == "test":
+    if _bundled(args) and args.data_dir is None and split == "test":
         from ..pretrained import pretrained_test_slice
 
         return pretrained_test_slice(args.pretrained)
@@ -594,7 +627,7 @@ def _recorded_train_config(args: argparse.Namespace, payload: dict):
             return TrainConfig.from_dict(train)
         except (TypeError, ValueError) as e:
             raise CLIError(f"{args.run_dir or args.pretrained}: config.json 'train': {e}") from None
-    return TrainConfig(dataset=_run_dataset(args.run_dir, payload))
+    return TrainConfig(dataset=_run_dataset(args.run_dir or args.pretrained, payload))
 
 
 def _write_run_pictures(run_dir: Path, data_dir: str | None, step: int) -> int:
@@ -683,7 +716,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
     if args.pretrained is None:
         out = Path(args.out or Path(args.run_dir) / f"thinking-{args.split}-{example.index}.gif")
     else:
-        out = Path(args.out or f"thinking-{args.pretrained}-{example.index}.gif")
+        out = Path(args.out or f"thinking-{_source_label(args)}-{example.index}.gif")
     what = task.thinking_gif(model, data, out, fps=args.fps, example=example)
     if what is None:
         raise CLIError(f"the {task.name} task draws no thinking GIF yet")
@@ -713,7 +746,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
         page["source"] = slice_description(args.pretrained, task)
     out = Path(args.out) if args.out else (Path(args.run_dir) / "viewer.html" if args.pretrained is None
-                                           else Path(f"ctm-view-{args.pretrained}.html"))
+                                           else Path(f"ctm-view-{_source_label(args)}.html"))
     view.write_viewer(page, out, task.viewer_script())
     n, source = len(page["samples"]), page.get("source") or task.name
     print(printable(f"Wrote {out} ({out.stat().st_size / 1024:.0f} KB, {n} samples of {source}) in "
@@ -819,10 +852,10 @@ def _eval_data(args: argparse.Namespace, payload: dict, task, model_config):
     the task reads them), or for a bundled model without its files the test slice shipped with it."""
     from ..runs.checkpoint import run_dataset_name
 
-    if args.slice and args.pretrained is None:
-        raise CLIError("--slice needs --pretrained (and the test split)")
+    if args.slice and not _bundled(args):
+        raise CLIError("--slice needs --pretrained NAME of a bundled model (and the test split)")
     dataset_name = args.dataset or run_dataset_name(payload) or task.name
-    if args.pretrained is not None and args.dataset is None and args.split == "test":
+    if _bundled(args) and args.dataset is None and args.split == "test":
         from ..pretrained import pretrained_test_slice, shipped_data_found
 
         if args.slice or (args.data_dir is None and not shipped_data_found(args.pretrained)):
@@ -985,6 +1018,13 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CLIError(f"--out {out} exists and is not an empty folder; give a new run directory")
+    from ..interop.hub import HF_PREFIX
+
+    if args.state_dict.startswith(HF_PREFIX) or Path(args.state_dict).is_dir():
+        return _convert_hub(args, out)
+    if args.args is None:
+        raise CLIError(f"{args.state_dict}: a .pt state dict needs --args ARGS.json (the official constructor's "
+                       f"arguments); a folder in the Hugging Face layout (config.json + model.safetensors) needs none")
     from .._io import read_json
 
     try:
@@ -1011,6 +1051,45 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
     what = f"sorts {c.d_input} numbers" if args.model == "sort" else f"backbone {c.backbone}"
     print(printable(f"Wrote {out}: {model.num_parameters():,} parameters, {c.iterations} ticks "
                     f"({what}, {c.neuron_selection} synchronisation)"))
+    return 0
+
+
+def _convert_hub(args: argparse.Namespace, out: Path) -> int:
+    """ctm convert-official of a folder in the Hugging Face layout or hf:OWNER/NAME (`ctm.interop.hub`)."""
+    from ..interop.hub import convert_hub, is_hub_folder, is_run_config
+    from ..runs.checkpoint import save_weights, write_config
+
+    if args.model != "ctm":
+        raise CLIError(f"--model {args.model}: the Hugging Face layout holds an official ContinuousThoughtMachine "
+                       f"(models/ctm.py); convert other official models from their .pt state dict with --args")
+    if args.args is not None:
+        raise CLIError(f"--args does not apply to {args.state_dict}: its config.json holds the arguments")
+    folder = Path(args.state_dict)
+    if folder.is_dir() and not is_hub_folder(folder):
+        from .._io import read_json
+
+        config = folder / "config.json"
+        if config.is_file() and is_run_config(read_json(config, error=CLIError)):
+            raise CLIError(f"{folder} is a ctm run directory already (its config.json has a 'model' section); ctm "
+                           f"eval, viz and predict read it as it is")
+        if not (folder / "model.safetensors").is_file() or not config.is_file():
+            raise CLIError(f"{folder} is a folder but not an official model in the Hugging Face layout "
+                           f"(config.json of the constructor's arguments + model.safetensors)")
+    model, extra = convert_hub(args.state_dict)
+    if args.dataset:
+        if "task" in extra:
+            raise CLIError("--dataset does not apply to a maze model: the maze task generates its mazes (evaluate "
+                           "official pictures with ctm eval RUN --dataset folder:PATH)")
+        extra["dataset"] = {"name": args.dataset}
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, model.config, extra)
+    save_weights(out, model, step=0)
+    c = model.config
+    task = extra.get("task")
+    what = (f"maze task: routes of {c.out_positions} steps, mazes of {task['cells']}x{task['cells']} cells"
+            if task else f"backbone {c.backbone}")
+    print(printable(f"Wrote {out}: {model.num_parameters():,} parameters, {c.iterations} ticks ({what}, "
+                    f"{c.neuron_selection} synchronisation)"))
     return 0
 
 

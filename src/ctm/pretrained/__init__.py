@@ -89,15 +89,24 @@ def pretrained_record(name: str) -> dict[str, Any]:
 
 def load_pretrained(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu"
                     ) -> ContinuousThoughtMachine:
-    """A bundled model by name ("mnist"), or the model of a run directory, in eval mode on `device`.
+    """A bundled model by name ("mnist"), the model of a run directory, or official weights in the Hugging Face
+    layout, in eval mode on `device`.
 
     A string naming a bundled model means that model, even where a folder of that name exists; a Path, a
-    string with a separator, or any other existing folder is a run directory.
+    string with a separator, or any other existing folder is a run directory, unless it holds an official model
+    in the Hugging Face layout (config.json of the official constructor's arguments + model.safetensors, e.g. a
+    download of SakanaAI/ctm-maze-large), which is converted (`ctm.interop.hub`). "hf:OWNER/NAME" downloads
+    such a folder from the Hub (`pip install 'torch-ctm[hub]'`).
     """
     from safetensors.torch import load_file
 
+    from ..interop.hub import HF_PREFIX, is_hub_folder, load_hub_model
+
     text = str(name_or_path)
     is_name = not isinstance(name_or_path, os.PathLike) and "/" not in text and os.sep not in text
+    if (isinstance(name_or_path, str) and text.startswith(HF_PREFIX)) or (
+            not (is_name and (BUNDLE_DIR / text / CONFIG_FILE).is_file()) and is_hub_folder(text)):
+        return load_hub_model(name_or_path, device)[0]
     if not (is_name and (BUNDLE_DIR / text / CONFIG_FILE).is_file()) and (not is_name or Path(text).is_dir()):
         from ..runs.checkpoint import load_model
 

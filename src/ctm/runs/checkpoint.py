@@ -150,7 +150,10 @@ def _is_int(v: Any) -> bool:
 def _check_config(payload: Any, path: Path) -> None:
     """Types of every section and field ctm reads from config.json (the dataclasses check their own)."""
     if not isinstance(payload, dict) or "model" not in payload:
-        raise RunDirError(f"{path} is not a ctm run config: it has no 'model' section")
+        hub = isinstance(payload, dict) and "d_model" in payload and "iterations" in payload
+        raise RunDirError(f"{path} is not a ctm run config: it has no 'model' section" + (
+            "; it holds an official model's arguments (the Hugging Face layout): use --pretrained "
+            f"{path.parent} or ctm convert-official {path.parent} --out RUN_DIR" if hub else ""))
     for section in ("model", "train", "dataset"):
         if section in payload and not isinstance(payload[section], dict):
             raise RunDirError(f"{path}: '{section}' must be an object, got {type(payload[section]).__name__}")
@@ -678,7 +681,8 @@ def save_checkpoint(run_dir: str | os.PathLike[str], model: ContinuousThoughtMac
         _remove_checkpoint_folder(tmp)
         if published:  # the pointer names it: a failure after the replace (syncing the folder) keeps it
             raise CheckpointWriteError(f"the checkpoint of step {step} in {run_dir} is published, but syncing "
-                                       f"{run_dir} failed ({e.strerror or e}); it may not survive a power loss") from None
+                                       f"{run_dir} failed ({e.strerror or e}); it may not survive a power "
+                                       f"loss") from None
         _remove_checkpoint_folder(final)
         kept = (f"the previous checkpoint (step {checkpoint_step(run_dir)}) is intact and resumable"
                 if previous is not None else "no checkpoint was saved before")

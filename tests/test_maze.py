@@ -170,7 +170,7 @@ def test_generated_mazes_are_perfect_and_solve_finds_their_route(cells):
     (dict(cells=1), "cells must be an integer >= 2"),
     (dict(cells=300), "cells 300 is above 255"),
     (dict(lookahead=0), "lookahead must be a positive integer"),
-    (dict(reapply=0), "reapply must be a positive integer"),
+    (dict(reapply=-1), "reapply must be a non-negative integer"),
     (dict(route_length=-1), "route_length must be a non-negative integer"),
 ])
 def test_bad_options_are_refused(options, message):

@@ -81,7 +81,8 @@ EXAMPLES = {
   ctm predict RUN *.png --halt-certainty 0.9 --json
   ctm predict PARITY_RUN ++-+--+-            # a parity run: sequences of + and -, as long as its length
   ctm predict PARITY_RUN --sequence=-+-++--- --sequence-file sequences.txt
-  ctm predict SORT_RUN --numbers 0.3 -1.2 2.5 0.1 --json   # a sort run: its N numbers -> order, waits""",
+  ctm predict SORT_RUN --numbers 0.3 -1.2 2.5 0.1 --json   # a sort run: its N numbers -> order, waits
+  ctm predict MAZE_RUN maze.png big.png --out routes/      # a maze run: the route, re-applied on large mazes""",
     "pretrained": """examples:
   ctm pretrained                             # name, accuracy, size and the command that trained each
   ctm view --pretrained mnist""",
@@ -235,7 +236,9 @@ def _add_predict_parser(sub) -> None:
                                     "probability and the tick of the answer; for a parity run, sequences of + and - "
                                     "-> the parity at every position (0 even, 1 odd), with the tick and certainty "
                                     "of the answer (the most certain tick, or the halting tick); for a sort run, "
-                                    "N numbers -> the order that sorts them and the ticks waited before each.")
+                                    "N numbers -> the order that sorts them and the ticks waited before each; for a "
+                                    "maze run, official-format maze pictures of any size -> the route walked "
+                                    "(re-applying the model), the cells visited and whether it solves the maze.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by ctm train")
     p.add_argument("inputs", metavar="INPUT", nargs="*",
                    help="image files (an image run), sequences of + and - (a parity run; one that starts with "
@@ -256,6 +259,10 @@ def _add_predict_parser(sub) -> None:
                         "most certain tick of all; a sort run: once its order is complete and that certain, by "
                         "default the order of all ticks)")
     p.add_argument("--json", action="store_true", help="one JSON object per input")
+    p.add_argument("--out", metavar="FILE_OR_DIR",
+                   help="write each answer drawn as a picture, for tasks that draw theirs (a maze run: the maze with "
+                        "the route walked, in blue): a .png file for one input, else a folder (made when missing) "
+                        "of INPUT-route.png files")
     _add_runtime_flags(p)
     _add_task_flag(p)
 
@@ -953,8 +960,6 @@ def _check_halt_certainty(tau: float) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
-
     from ..inference import load_run
     from ..runs.checkpoint import read_config
     from ..tasks import task_from_record
@@ -966,24 +971,69 @@ def cmd_predict(args: argparse.Namespace) -> int:
              *(_read_lines(args.sequence_file) if args.sequence_file else [])]
     if not texts:
         raise CLIError("nothing to predict: give image files (an image run), sequences (a parity run: as "
-                       "arguments, --sequence SEQ or --sequence-file FILE), or numbers (a sort run: --numbers X X "
-                       "...)")
+                       "arguments, --sequence SEQ or --sequence-file FILE), numbers (a sort run: --numbers X X "
+                       "...) or maze pictures (a maze run)")
     task = task_from_record(read_config(args.run_dir))
+    if args.out is not None:
+        _check_path_text("--out", args.out)
     _set_threads(args.threads)
     run = load_run(args.run_dir, resolve_device(args.device))
-    batch, names = task.parse_inputs(texts, run)
-    model = run.model
-    with torch.inference_mode():
-        output = model(batch.to(device=next(model.parameters()).device, dtype=next(model.parameters()).dtype))
-    ticks = [None] * len(names)
-    if args.halt_certainty is not None:  # the task's halting rule (by default ctm.think's)
-        ticks = task.halt_ticks(output, args.halt_certainty)
-    for row, (name, tick) in enumerate(zip(names, ticks, strict=True)):
+    predictions = task.predict(run, texts, halt_certainty=args.halt_certainty)
+    outs = _prediction_outs(args.out, predictions, task.name, texts) if args.out is not None else {}
+    for row, p in enumerate(predictions):
+        where = outs.get(row)
+        if where is not None:
+            _write_picture(p.picture, where)
         if args.json:
-            print(_json_line(task.prediction_record(output, row, name, run.data.class_names, tick=tick)))
+            print(_json_line({**p.record, "out": str(where)} if where is not None else p.record))
         else:
-            print(printable(task.describe_prediction(output, row, name, run.data.class_names, tick=tick)))
+            print(printable(p.line))
+            if where is not None:
+                print(printable(f"  wrote {where}"))
     return 0
+
+
+def _prediction_outs(out: str, predictions: list, task_name: str, inputs: list[str]) -> dict[int, Path]:
+    """Where `ctm predict --out OUT` writes each answer's picture: OUT itself for one input when it ends in .png,
+    else OUT/<input's stem>-route.png (a folder, made when missing); never over an input."""
+    if any(p.picture is None for p in predictions):
+        raise CLIError(f"--out writes the answers drawn as pictures; the {task_name} task draws none")
+    path = Path(out)
+    if path.suffix.lower() == ".png" and not path.is_dir():
+        if len(predictions) != 1:
+            raise CLIError(f"--out {path} is one file, for one input; give a folder for {len(predictions)}")
+        if not path.parent.is_dir():
+            raise CLIError(f"--out {path}: folder {path.parent} does not exist")
+        places = {0: path}
+    else:
+        if path.exists() and not path.is_dir():
+            raise CLIError(f"--out {path} is a file; give a folder (or a .png file name for one input)")
+        path.mkdir(parents=True, exist_ok=True)
+        places, taken = {}, set()
+        for row, p in enumerate(predictions):
+            stem = Path(p.name).stem or "answer"
+            name, k = f"{stem}-route.png", 2
+            while name in taken:
+                name, k = f"{stem}-route-{k}.png", k + 1
+            taken.add(name)
+            places[row] = path / name
+    given = {Path(i).resolve() for i in inputs if Path(i).exists()}
+    for where in places.values():
+        if where.resolve() in given:
+            raise CLIError(f"--out {where} is one of the inputs; give another name")
+    return places
+
+
+def _write_picture(picture, path: Path) -> None:
+    """An RGB uint8 picture (H, W, 3) as a PNG file, atomically."""
+    import numpy as np
+
+    from .._io import atomic_write
+    from ..data.folders import _require_pillow
+
+    Image = _require_pillow()
+    image = Image.fromarray(np.ascontiguousarray(picture, dtype=np.uint8), "RGB")
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _read_lines(path: str) -> list[str]:

@@ -11,6 +11,7 @@ from .base import (
     Dataset,
     Example,
     Metrics,
+    Prediction,
     Preset,
     Sampler,
     Task,
@@ -24,5 +25,6 @@ from .maze.task import MazeTask
 from .parity.task import ParityTask
 from .sort.task import SortTask
 
-__all__ = ["DEFAULT_TASK", "TASKS", "Dataset", "Example", "ImageTask", "MazeTask", "Metrics", "ParityTask", "Preset",
-           "Sampler", "SortTask", "Task", "make_task", "register_task", "resolve_task", "task_from_record"]
+__all__ = ["DEFAULT_TASK", "TASKS", "Dataset", "Example", "ImageTask", "MazeTask", "Metrics", "ParityTask",
+           "Prediction", "Preset", "Sampler", "SortTask", "Task", "make_task", "register_task", "resolve_task",
+           "task_from_record"]

@@ -81,6 +81,17 @@ class Example(NamedTuple):
     reason: str
 
 
+class Prediction(NamedTuple):
+    """One input's answer in `ctm predict` (`Task.predict`): the name it is printed under, the line printed, the
+    `--json` object and, for a task that draws its answer, that picture (H, W, 3) uint8 RGB (what `--out`
+    writes; None: the task draws none)."""
+
+    name: str
+    line: str
+    record: dict[str, Any]
+    picture: Any = None
+
+
 class Metrics(Protocol):
     """One evaluation's accumulator: `update` with every batch, `reduce` once across ranks, then `result`.
 
@@ -356,6 +367,24 @@ class Task:
         """What `ctm predict --json` prints for that sample: one JSON-ready dict (default: the name and
         `describe_prediction`'s line)."""
         return {"input": name, "prediction": self.describe_prediction(output, row, name, class_names, tick=tick)}
+
+    def predict(self, run: Run, texts: Sequence[str], *, halt_certainty: float | None = None) -> list[Prediction]:
+        """`ctm predict`: the answers to its inputs `texts` for `run`, one `Prediction` each. Default: one forward
+        of `parse_inputs`'s batch, each row answered at its most certain tick (at `halt_ticks` with
+        `halt_certainty`), printed as `describe_prediction` and `prediction_record` say. A task whose answer
+        needs more than one forward (a maze's re-application) or draws a picture overrides this."""
+        batch, names = self.parse_inputs(texts, run)
+        model = run.model
+        parameter = next(model.parameters())
+        with torch.inference_mode():
+            output = model(batch.to(device=parameter.device, dtype=parameter.dtype))
+        ticks: list[int | None] = [None] * len(names)
+        if halt_certainty is not None:  # the task's halting rule (by default ctm.think's)
+            ticks = list(self.halt_ticks(output, halt_certainty))
+        class_names = run.data.class_names
+        return [Prediction(name, self.describe_prediction(output, row, name, class_names, tick=tick),
+                           self.prediction_record(output, row, name, class_names, tick=tick))
+                for row, (name, tick) in enumerate(zip(names, ticks, strict=True))]
 
     def plot_eval(self, result: EvalResult, path: Path) -> None:
         """`ctm eval --plot`: accuracy and certainty per tick."""

@@ -17,7 +17,7 @@ model again, up to `reapply` times (`reapplied_solve_rate`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,14 +26,16 @@ from torch import Tensor
 
 from ...config import CTMConfig, option
 from ...data.sampling import STREAM_EPOCH, StreamSampler
-from ..base import Preset, Task, register_task
+from ..base import Example, Prediction, Preset, Task, register_task
 from .data import GeneratedMazes, MazeImages, list_pngs
 from .loss import LOOKAHEAD, maze_loss
 from .mazes import WAIT, MazeError, maze_tensors, route_length_for, transform, walk_batch
 
 if TYPE_CHECKING:
+    from ...inference import Run
     from ...nn.model import ContinuousThoughtMachine
     from ...nn.outputs import CTMOutput
+    from ...pictures.figures import TaskPanels
     from ...training.distributed import DistInfo
     from ...training.loop import TrainConfig
 
@@ -45,6 +47,8 @@ TEST_STREAM = 0x3A2E
 MAX_CELLS = 255
 #: how many applications re-application allows by default on mazes larger than those trained on
 AUTO_REAPPLY = 20
+#: the test mazes `ctm viz` and thinking.gif pick among
+GIF_POOL = 200
 #: the probability of each of the official augmentation's transforms (a quarter turn, each flip)
 AUGMENT_P = 0.5
 
@@ -439,3 +443,63 @@ class MazeTask(Task):
             xs.append(x)
             ys.append(y)
         return torch.stack(xs), torch.stack(ys).to(targets.device)
+
+    # ---------------------------------------------------------------------------------------- predict
+
+    def parse_inputs(self, texts: Sequence[str], run: Run) -> tuple[Tensor, list[str]]:
+        """Official-format maze pictures (.png; a blue route optional) of one size as one batch, named by their
+        paths (`ctm.tasks.maze.predict`)."""
+        from .predict import parse_files
+
+        return parse_files(texts)
+
+    def predict(self, run: Run, texts: Sequence[str], *, halt_certainty: float | None = None) -> list[Prediction]:
+        """`ctm predict`: each maze picture (any size; a blue route optional) solved with re-application, up to
+        the task's `reapply` applications (so mazes larger than trained are solved as the official analysis does);
+        its line, its record (moves, cells, solved, applications) and the maze with the route drawn (`--out`)."""
+        from .predict import line, picture, read_files, record, solve_mazes
+
+        if halt_certainty is not None:
+            raise ValueError("--halt-certainty does not apply to the maze task: each application reads its most "
+                             "certain tick, as evaluation does")
+        read = read_files(texts)
+        answers = solve_mazes(run.model, [m for m, _ in read], self.options.reapply or AUTO_REAPPLY)
+        return [Prediction(name, line(name, maze, given, a), record(name, maze, given, a), picture(maze, a))
+                for name, (maze, given), a in zip(texts, read, answers, strict=True)]
+
+    def plot_eval(self, result: MazeResult, path: Path) -> None:
+        """`ctm eval --plot`: route-step accuracy, solve rate and certainty per tick."""
+        from .pictures import save_eval_plot
+
+        save_eval_plot(result, path)
+
+    # ---------------------------------------------------------------------------------------- pictures
+
+    def pick_example(self, model: ContinuousThoughtMachine, data: GeneratedMazes | MazeImages,
+                     index: int | None = None, label: int | None = None) -> Example:
+        """Of the first GIF_POOL test mazes, one solved with the longest route, else the one with the longest
+        correct prefix."""
+        from .pictures import pick_example
+
+        if label is not None:
+            return super().pick_example(model, data, index, label)  # says why not
+        return pick_example(model, data, index, GIF_POOL)
+
+    def thinking_panels(self, output: CTMOutput, inputs: Tensor, targets: Tensor,
+                        data: GeneratedMazes | MazeImages) -> TaskPanels:
+        """The maze, the attention over it, the route predicted at each tick with its wrong moves marked
+        (`ctm.tasks.maze.pictures`)."""
+        from .pictures import thinking_panels
+
+        return thinking_panels(output, inputs, targets)
+
+    def viewer_data(self, model: ContinuousThoughtMachine, data: GeneratedMazes | MazeImages, n: int, *,
+                    threshold: float) -> dict[str, Any]:
+        from .viewer import dataset_viewer_data
+
+        return dataset_viewer_data(model, data, n, threshold=threshold)
+
+    def viewer_script(self) -> str:
+        from .viewer import script
+
+        return script()

@@ -530,7 +530,7 @@ def test_metrics_count_solved_short_wall_and_per_tick():
     x = torch.stack([to_input(m) for m in mazes])
     out = ctm.nn.outputs.CTMOutput(logits_for(moves), certainties, torch.zeros(4, 1))
     config = ctm.CTMConfig(iterations=T)
-    metrics = MazeMetrics(config, reapply_times=5)
+    metrics = MazeMetrics(config, reapply=5)
     metrics.model = RouteModel(L=L, k=L)
     metrics.update(out, y, torch.tensor(0.25), torch.full((4,), T - 1), x)
     r = metrics.result()
@@ -576,7 +576,7 @@ def trained(tmp_path_factory):
 
 def test_a_tiny_model_learns_two_by_two_mazes(trained, capsys):
     record = json.loads((trained / "config.json").read_text())
-    assert record["task"] == {"name": "maze", "cells": 2, "route_length": 0, "lookahead": 5, "reapply": 20}
+    assert record["task"] == {"name": "maze", "cells": 2, "route_length": 0, "lookahead": 5, "reapply": 0}
     assert record["dataset"]["route_length"] == 6 and record["dataset"]["shape"] == [3, 5, 5]
     assert record["model"]["out_positions"] == 6 and record["model"]["out_dims"] == 30
     r = eval_json(trained, capsys=capsys)

@@ -1,11 +1,14 @@
 """Official maze weights in the Hugging Face layout (SakanaAI/ctm-maze-large: config.json of the constructor's
 arguments + model.safetensors, as PyTorchModelHubMixin writes them): `ctm convert-official FOLDER`,
 `ctm.load_pretrained(FOLDER)` and `hf:OWNER/NAME` (download monkeypatched: no network in the tests) give a maze
-task model computing what the official model computes."""
+task model computing what the official model computes. The published maze checkpoints read pictures in [0, 1], the
+maze task feeds [-1, 1]: by default the range is folded in, and the converted model on x computes what the official
+model computes on (x + 1) / 2."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import sys
@@ -67,9 +70,11 @@ def official_hub_folder(official, folder: Path, arguments: dict, side: int, extr
     return model
 
 
-def assert_same(theirs, ours, x, rtol=1e-4, atol=1e-4):
+def assert_same(theirs, ours, x, rtol=1e-4, atol=1e-4, folded=True):
+    """The official model on x in [0, 1] ((x + 1) / 2 of the picture x in [-1, 1], `folded`: the published
+    checkpoints' legacy range, which conversion folds in by default) or on x itself, and ctm's on x."""
     with torch.no_grad():
-        predictions, certainties, _ = theirs(x)
+        predictions, certainties, _ = theirs((x + 1) / 2 if folded else x)
         out = ours(x)
     scale = predictions.abs().max().item()
     torch.testing.assert_close(out.predictions, predictions, rtol=rtol, atol=atol * max(1.0, scale))
@@ -101,7 +106,9 @@ def test_convert_official_of_a_hub_folder_writes_a_maze_run(small_folder, tmp_pa
     assert run_cli("convert-official", folder, "--out", run) == 0
     out = capsys.readouterr().out
     assert "maze task: routes of 6 steps" in out and "mazes of 19x19 cells" in out  # "small": 39x39 pictures
+    assert "pixel range 0..1 folded" in out
     payload = json.loads((run / "config.json").read_text())
+    assert payload["official"]["pixel_range"] == "0..1" and payload["official"]["folded"] is True
     assert payload["task"]["name"] == "maze" and payload["task"]["route_length"] == 6
     assert payload["task"]["cells"] == 19 and payload["dataset"]["route_length"] == 6
     assert payload["official"]["arguments"]["prediction_reshaper"] == [6, 5]
@@ -202,6 +209,84 @@ def test_maze_names_give_the_maze_size():
     assert hub.maze_cells("my-model") == hub.DEFAULT_CELLS == 7
 
 
+def test_the_legacy_pixel_range_folds_into_the_first_convolution_exactly(small_folder):
+    """In float64: the official model on (x + 1) / 2 and the converted model (folded by default) on x agree to
+    rounding; the 1x1 rgb convolution holds W / 2 and b + (W / 2) summed over the input channels."""
+    from ctm.interop.official import fold_pixel_range
+
+    folder, theirs = small_folder
+    ours, plain = ctm.load_pretrained(folder), ctm.load_pretrained(folder, pixel_range="-1..1")
+    w, b = plain.backbone.rgb.weight, plain.backbone.rgb.bias
+    torch.testing.assert_close(ours.backbone.rgb.weight, w / 2, rtol=0, atol=0)
+    torch.testing.assert_close(ours.backbone.rgb.bias, b + w.sum(dim=(1, 2, 3)) / 2)
+    folded = fold_pixel_range(plain.state_dict())  # a state dict too: a new one
+    assert torch.equal(folded["backbone.rgb.weight"], ours.backbone.rgb.weight)
+    assert torch.equal(plain.backbone.rgb.weight, w)
+    x = maze_like(3, 15).double()
+    theirs64 = copy.deepcopy(theirs).double()
+    with torch.no_grad():
+        predictions, certainties, _ = theirs64((x + 1) / 2)
+        out = ours.double()(x)
+        unfolded = plain.double()(x)
+    predictions, certainties = predictions.double(), certainties.double()  # computed in float64, stored in float32
+    torch.testing.assert_close(out.predictions, predictions, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.certainties, certainties, rtol=0, atol=1e-5)
+    assert (unfolded.predictions - predictions).abs().max() > 1e-4  # the range matters, unfolded
+
+
+def test_a_maze_model_trained_on_minus_one_to_one_converts_as_is(small_folder, tmp_path, capsys):
+    from ctm.runs.checkpoint import load_model
+
+    folder, theirs = small_folder
+    assert_same(theirs, ctm.load_pretrained(folder, pixel_range="-1..1"), maze_like(2, 15), folded=False)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert run_cli("convert-official", folder, "--out", run, "--pixel-range", "-1..1") == 0
+    assert "folded" not in capsys.readouterr().out
+    payload = json.loads((run / "config.json").read_text())
+    assert payload["official"]["pixel_range"] == "-1..1" and payload["official"]["folded"] is False
+    model, _ = load_model(run)
+    assert_same(theirs, model.eval(), maze_like(2, 15), folded=False)
+    assert run_cli("convert-official", folder, "--out", tmp_path / "r2", "--pixel-range", "0..1") == 0
+    assert_same(theirs, ctm.load_pretrained(tmp_path / "r2"), maze_like(2, 15))  # the default, said
+    with pytest.raises(ValueError, match="pixel range '0..255': choose '0..1' or '-1..1'"):
+        ctm.load_pretrained(folder, pixel_range="0..255")
+
+
+def test_the_pixel_range_is_refused_for_anything_but_a_maze_model(official, tmp_path, capsys):
+    from ctm.interop.official import fold_pixel_range
+
+    arguments = {**MAZE_SMALL, "out_dims": 10, "prediction_reshaper": [-1]}
+    torch.manual_seed(0)
+    official_hub_folder(official, tmp_path / "classifier", arguments, 15)
+    capsys.readouterr()
+    for given in ("0..1", "-1..1"):
+        assert run_cli("convert-official", tmp_path / "classifier", "--out", tmp_path / "run",
+                       "--pixel-range", given) == 2
+        err = capsys.readouterr().err.strip()
+        assert "applies to official maze models only" in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="applies to official maze models only"):
+        ctm.load_pretrained(tmp_path / "classifier", pixel_range="0..1")
+    assert ctm.load_pretrained(tmp_path / "classifier").config.out_dims == 10  # not given: converted as is
+    assert run_cli("convert-official", tmp_path / "sd.pt", "--args", tmp_path / "a.json", "--out", tmp_path / "run",
+                   "--pixel-range", "0..1") == 2
+    err = capsys.readouterr().err.strip()
+    assert "--pixel-range applies to official maze models in the Hugging Face layout" in err
+    assert len(err.splitlines()) == 1
+    with pytest.raises(ValueError, match="pixel_range applies to official maze weights"):
+        ctm.load_pretrained("mnist", pixel_range="0..1")
+    # a maze model without a ResNet backbone: no 1x1 input convolution to fold into, named in one line
+    official_hub_folder(official, tmp_path / "maze-none", {**MAZE_SMALL, "backbone_type": "none"}, 15)
+    with pytest.raises(ValueError, match="cannot be folded.*pixel range '-1..1'"):
+        ctm.load_pretrained(tmp_path / "maze-none")
+    assert ctm.load_pretrained(tmp_path / "maze-none", pixel_range="-1..1").config.backbone == "none"
+    for target in (ctm.ContinuousThoughtMachine(ctm.CTMConfig(backbone="none")), {"w": torch.zeros(1)}):
+        with pytest.raises(ValueError, match="cannot be folded") as e:
+            fold_pixel_range(target)
+        assert len(str(e.value).splitlines()) == 1
+
+
 def test_the_official_maze_large_model_converts_and_computes_the_same(official, tmp_path, one_thread):
     """The full maze-large configuration (32 M parameters, 75 ticks; about 5 s a forward on one core)."""
     torch.manual_seed(0)
@@ -219,4 +304,5 @@ def test_the_official_maze_large_model_converts_and_computes_the_same(official, 
             c.neuron_selection, c.out_positions, c.out_dims, c.in_channels) == (
         75, 2048, 512, 16, 8, 25, "resnet34-2", "first-last", 100, 500, 3)
     assert model.num_parameters() == sum(p.numel() for p in theirs.parameters())
-    assert_same(theirs, model, maze_like(1, 99))
+    assert json.loads((run / "config.json").read_text())["official"]["pixel_range"] == "0..1"
+    assert_same(theirs, model, maze_like(1, 99))  # the official model on (x + 1) / 2: the legacy range folded

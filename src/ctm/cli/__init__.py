@@ -93,6 +93,7 @@ EXAMPLES = {
   ctm predict runs/official-sort --numbers 0.3,-1.2,...
   ctm convert-official ctm-maze-large/ --out runs/maze-large  # the Hugging Face layout: config.json + model.safetensors
   ctm convert-official hf:SakanaAI/ctm-maze-large --out runs/maze-large  # downloaded (pip install 'torch-ctm[hub]')
+  ctm convert-official my-maze/ --out runs/my-maze --pixel-range -1..1  # a maze model trained on [-1, 1]: as is
   ctm eval runs/maze-large --task-option cells=15""",
 }
 
@@ -322,6 +323,11 @@ def _add_convert_official_parser(sub) -> None:
                    help="the official class the weights are from: ctm (models/ctm.py ContinuousThoughtMachine, the "
                         "default) or sort (models/ctm_sort.py ContinuousThoughtMachineSORT: the run is a sort task "
                         "run of N = out_dims - 1 numbers from N(0, 1))")
+    p.add_argument("--pixel-range", choices=("0..1", "-1..1"), default=None,
+                   help="for a maze model in the Hugging Face layout: the range of the pictures it was trained on. "
+                        "0..1 (the default: the published official maze checkpoints' legacy range) is folded into "
+                        "its first 1x1 convolution so that the run reads the maze task's pictures in [-1, 1]; "
+                        "-1..1 converts as is")
 
 
 def _add_bench_parser(sub) -> None:
@@ -1072,6 +1078,9 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
 
     if args.state_dict.startswith(HF_PREFIX) or Path(args.state_dict).is_dir():
         return _convert_hub(args, out)
+    if args.pixel_range is not None:
+        raise CLIError(f"--pixel-range applies to official maze models in the Hugging Face layout (config.json + "
+                       f"model.safetensors); {args.state_dict} is a .pt state dict, converted as is")
     if args.args is None:
         raise CLIError(f"{args.state_dict}: a .pt state dict needs --args ARGS.json (the official constructor's "
                        f"arguments); a folder in the Hugging Face layout (config.json + model.safetensors) needs none")
@@ -1125,7 +1134,7 @@ def _convert_hub(args: argparse.Namespace, out: Path) -> int:
         if not (folder / "model.safetensors").is_file() or not config.is_file():
             raise CLIError(f"{folder} is a folder but not an official model in the Hugging Face layout "
                            f"(config.json of the constructor's arguments + model.safetensors)")
-    model, extra = convert_hub(args.state_dict)
+    model, extra = convert_hub(args.state_dict, args.pixel_range)
     if args.dataset:
         if "task" in extra:
             raise CLIError("--dataset does not apply to a maze model: the maze task generates its mazes (evaluate "
@@ -1136,7 +1145,8 @@ def _convert_hub(args: argparse.Namespace, out: Path) -> int:
     save_weights(out, model, step=0)
     c = model.config
     task = extra.get("task")
-    what = (f"maze task: routes of {c.out_positions} steps, mazes of {task['cells']}x{task['cells']} cells"
+    folded = ", pixel range 0..1 folded to read -1..1" if extra["official"].get("folded") else ""
+    what = (f"maze task: routes of {c.out_positions} steps, mazes of {task['cells']}x{task['cells']} cells{folded}"
             if task else f"backbone {c.backbone}")
     print(printable(f"Wrote {out}: {model.num_parameters():,} parameters, {c.iterations} ticks ({what}, "
                     f"{c.neuron_selection} synchronisation)"))
@@ -1168,8 +1178,20 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "predict": cmd
             "pretrained": cmd_pretrained, "convert-official": cmd_convert_official}
 
 
+def _joined_pixel_range(argv: list[str]) -> list[str]:
+    """argv with `--pixel-range -1..1` written `--pixel-range=-1..1`: argparse takes a value starting with "-"
+    that is not a plain number for an option."""
+    out: list[str] = []
+    for a in argv:
+        if out and out[-1] == "--pixel-range" and a == "-1..1":
+            out[-1] = f"--pixel-range={a}"
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _joined_pixel_range(list(sys.argv[1:] if argv is None else argv))
     retain_freed_memory()  # steps reuse their pages instead of faulting them in again (ctm._malloc)
     if argv[:1] == ["bench"]:  # the benchmark parses its own flags (the same as benchmarks/speed.py)
         from .bench import main as bench_main

@@ -14,6 +14,10 @@ A ctm run directory (or a bundled model) has a config.json too, but with a "mode
 `pip install 'torch-ctm[hub]'`), into a ctm model and the config.json payload a run of it records: a model whose
 prediction_reshaper is [L, 5] with attention over 3 input channels is the maze task's (route_length L; the maze
 size from the model's name where it says, else `DEFAULT_CELLS`); others record no task (the image task's).
+The published official maze checkpoints were trained on pictures in [0, 1] (legacy scaling, which the official
+analysis assumes), ctm's maze task feeds [-1, 1]: a maze model's pixel range (`PIXEL_RANGES`, "0..1" unless
+told) is folded into its first convolution (`fold_pixel_range`), so the converted model reads the task's
+pictures and computes what the official model computed on the same pictures in [0, 1]; "-1..1" converts as is.
 `ctm convert-official FOLDER --out RUN` writes that run directory, `ctm.load_pretrained(FOLDER or "hf:...")`
 returns the model, and `--pretrained hf:OWNER/NAME` reads it in ctm eval, viz and view.
 """
@@ -25,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .official import OFFICIAL_ARGUMENTS, from_official_state_dict
+from .official import OFFICIAL_ARGUMENTS, fold_pixel_range, from_official_state_dict
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -43,6 +47,10 @@ DEFAULT_CELLS = 7
 #: the maze pictures each official maze dataset holds, by the word in the model's name (`tasks/mazes/train.py`:
 #: 39x39 for mazes-small and mazes-medium, 99x99 for mazes-large, the size the mixin's dummy forward uses)
 MAZE_SIDES = {"large": 99, "medium": 39, "small": 39}
+#: the pixel ranges an official maze model may have been trained on; the first, the published checkpoints'
+#: legacy range, is folded into the model so that it reads the maze task's pictures in [-1, 1]
+PIXEL_RANGES = ("0..1", "-1..1")
+MAZE_PIXEL_RANGE = PIXEL_RANGES[0]
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
@@ -182,24 +190,42 @@ def maze_records(config, cells: int) -> dict[str, Any]:
     return {"task": task.record(), "dataset": task.dataset_record(test, None)}
 
 
-def convert_hub(source: str | os.PathLike[str]):
+def convert_hub(source: str | os.PathLike[str], pixel_range: str | None = None):
     """(ctm model, the extra sections of its run's config.json) of a Hub-layout folder or "hf:OWNER/NAME": the
-    "official" record (arguments and where they came from), and for a maze model "task" and "dataset"."""
+    "official" record (arguments and where they came from), and for a maze model "task" and "dataset".
+
+    `pixel_range` is the range of the pictures a maze model was trained on (`PIXEL_RANGES`; None: "0..1", the
+    published checkpoints' legacy range): "0..1" is folded into the model (`fold_pixel_range`) so that it reads
+    the maze task's pictures in [-1, 1], "-1..1" converts as is; the "official" record notes it. HubError for a
+    pixel_range given for a model that is not a maze model."""
+    if pixel_range is not None and pixel_range not in PIXEL_RANGES:
+        raise HubError(f"pixel range {pixel_range!r}: choose " + " or ".join(repr(r) for r in PIXEL_RANGES))
     folder, name = hub_folder(source)
     arguments, state = read_hub_folder(folder)
     model = from_official_state_dict(state, "ctm", **arguments)
     where = os.fspath(source) if str(source).startswith(HF_PREFIX) else str(folder.resolve())
     extra: dict[str, Any] = {"official": {"arguments": arguments, "hub": where}}
     if is_maze_model(model.config):
+        trained = pixel_range or MAZE_PIXEL_RANGE
+        if trained == "0..1":
+            try:
+                fold_pixel_range(model)
+            except ValueError as e:
+                raise HubError(f"{where}: a maze model read as trained on pictures in [0, 1] (the default), but {e}; "
+                               f"convert a model trained on [-1, 1] with pixel range '-1..1'") from None
+        extra["official"].update(pixel_range=trained, folded=trained == "0..1")
         extra.update(maze_records(model.config, maze_cells(name)))
+    elif pixel_range is not None:
+        raise HubError(f"a pixel range applies to official maze models only (prediction_reshaper [L, 5] over 3 "
+                       f"channels), which ctm's maze task feeds [-1, 1]; {where} is not one")
     return model, extra
 
 
-def load_hub_model(source: str | os.PathLike[str], device="cpu"):
+def load_hub_model(source: str | os.PathLike[str], device="cpu", pixel_range: str | None = None):
     """(model in eval mode on `device`, the config.json payload a run of it records) of a Hub-layout folder or
-    "hf:OWNER/NAME"."""
+    "hf:OWNER/NAME"; a maze model's `pixel_range` is folded as `convert_hub` says."""
     from .. import __version__
 
-    model, extra = convert_hub(source)
+    model, extra = convert_hub(source, pixel_range)
     payload = {"ctm_version": __version__, "model": model.config.to_dict(), **extra}
     return model.to(device).eval(), payload

@@ -282,3 +282,46 @@ def _pairs(state_dict: Mapping[str, Tensor], side: str, config: CTMConfig) -> di
         i, j = torch.triu_indices(left.numel(), left.numel())
         left, right = left[i], right[j]
     return {f"synch_{side}.left": left.clone(), f"synch_{side}.right": right.clone()}
+
+
+#: the input channels' convolution of a ResNet backbone, which `fold_pixel_range` rewrites
+RGB_WEIGHT, RGB_BIAS = "backbone.rgb.weight", "backbone.rgb.bias"
+
+
+def fold_pixel_range(target):
+    """Make a model trained on pictures in [0, 1] read pictures in [-1, 1] and compute the same, exactly.
+
+    The official ResNet backbones (ctm's resnet*) start with a 1x1 convolution without padding (`initial_rgb`,
+    ctm's `backbone.rgb`): W x01 + b with x01 = (x + 1) / 2 is (W / 2) x + (b + (W / 2) summed over the input
+    channels), so the weight is halved and the bias takes the rest. The published official maze checkpoints are
+    legacy ones, trained on [0, 1] (`tasks/mazes/analysis/run.py --legacy_scaling`), and ctm's maze task feeds
+    [-1, 1]. `target` is a ctm model (rewritten in place and returned) or its state dict (a new dict returned);
+    a one-line ValueError where it has no such convolution."""
+    if isinstance(target, torch.nn.Module):
+        backbone = getattr(getattr(target, "config", None), "backbone", None)
+        state = target.state_dict()
+        if RGB_WEIGHT not in state or not str(backbone).startswith("resnet"):
+            raise ValueError(f"the pixel range cannot be folded into a model with backbone {backbone!r}: only a "
+                             f"ResNet backbone starts with the 1x1 convolution (backbone.rgb) it folds into")
+        weight, bias = _folded(state[RGB_WEIGHT], state.get(RGB_BIAS))
+        with torch.no_grad():
+            target.get_parameter(RGB_WEIGHT).copy_(weight)
+            target.get_parameter(RGB_BIAS).copy_(bias)
+        return target
+    if not isinstance(target, Mapping):
+        raise ValueError(f"the pixel range folds into a ctm model or its state dict, not a {type(target).__name__}")
+    if RGB_WEIGHT not in target:
+        raise ValueError(f"the pixel range cannot be folded into this state dict: it has no {RGB_WEIGHT}, the 1x1 "
+                         f"convolution only a ResNet backbone starts with")
+    weight, bias = _folded(target[RGB_WEIGHT], target.get(RGB_BIAS))
+    return {**target, RGB_WEIGHT: weight, RGB_BIAS: bias}
+
+
+def _folded(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(W / 2, b + (W / 2) 1) of a 1x1 convolution's weight (out, in, 1, 1) and bias (out,)."""
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (1, 1) or bias is None or tuple(bias.shape) != weight.shape[:1]:
+        raise ValueError(f"the pixel range cannot be folded: {RGB_WEIGHT} {tuple(weight.shape)} with "
+                         f"{'no bias' if bias is None else f'bias {tuple(bias.shape)}'} is not a 1x1 convolution "
+                         f"with a bias")
+    half = weight.detach() / 2
+    return half.clone(), (bias.detach().double() + half.double().sum(dim=(1, 2, 3))).to(bias.dtype)

@@ -87,8 +87,8 @@ def pretrained_record(name: str) -> dict[str, Any]:
     return _read_json(_bundle(name) / RECORD_FILE)
 
 
-def load_pretrained(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu"
-                    ) -> ContinuousThoughtMachine:
+def load_pretrained(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu", *,
+                    pixel_range: str | None = None) -> ContinuousThoughtMachine:
     """A bundled model by name ("mnist"), the model of a run directory, or official weights in the Hugging Face
     layout, in eval mode on `device`.
 
@@ -97,6 +97,12 @@ def load_pretrained(name_or_path: str | os.PathLike[str], device: str | torch.de
     in the Hugging Face layout (config.json of the official constructor's arguments + model.safetensors, e.g. a
     download of SakanaAI/ctm-maze-large), which is converted (`ctm.interop.hub`). "hf:OWNER/NAME" downloads
     such a folder from the Hub (`pip install 'torch-ctm[hub]'`).
+
+    An official maze model reads pictures in [-1, 1], as ctm's maze task feeds them: the published official maze
+    checkpoints were trained on [0, 1] (legacy scaling), so by default (`pixel_range` None or "0..1") that range
+    is folded into the model's first 1x1 convolution, which computes on x what the official model computes on
+    (x + 1) / 2; `pixel_range="-1..1"` converts it as is (as `ctm convert-official --pixel-range`). ValueError
+    for `pixel_range` given for anything but official maze weights in the Hugging Face layout.
     """
     from safetensors.torch import load_file
 
@@ -106,7 +112,10 @@ def load_pretrained(name_or_path: str | os.PathLike[str], device: str | torch.de
     is_name = not isinstance(name_or_path, os.PathLike) and "/" not in text and os.sep not in text
     if (isinstance(name_or_path, str) and text.startswith(HF_PREFIX)) or (
             not (is_name and (BUNDLE_DIR / text / CONFIG_FILE).is_file()) and is_hub_folder(text)):
-        return load_hub_model(name_or_path, device)[0]
+        return load_hub_model(name_or_path, device, pixel_range)[0]
+    if pixel_range is not None:
+        raise ValueError(f"pixel_range applies to official maze weights in the Hugging Face layout; {text} is a "
+                         f"ctm run or bundled model, which reads the pictures it was trained on")
     if not (is_name and (BUNDLE_DIR / text / CONFIG_FILE).is_file()) and (not is_name or Path(text).is_dir()):
         from ..runs.checkpoint import load_model
 

@@ -262,7 +262,7 @@ PRESETS: dict[str, Preset] = {
                                 grad_clip=1.0, eval_every=1000, eval_batch_size=250, augment=False,
                                 tick_loss_weight=0.0),
                    dict(iterations=30, d_model=256, d_input=64, heads=4, memory_length=10, memory_hidden_dims=4,
-                        n_synch_out=128, n_synch_action=64, neuron_selection="random-pairing",
+                        n_synch_out=1024, n_synch_action=64, neuron_selection="random-pairing",
                         backbone="resnet18-1", positional_embedding="none"),
                    summary="the maze recipe (the default of --task maze)"),
     # The official small maze run (tasks/mazes/README.md; 12-24 hours without a GPU there).

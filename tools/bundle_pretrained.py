@@ -22,6 +22,9 @@ from ctm.tasks import task_from_record
 from ctm.training.evaluate import evaluate
 from ctm.training.loop import TrainConfig
 
+#: figures recorded beside accuracy where the task's evaluation has them
+EXTRA = ("accuracy_last_tick", "sequence_accuracy", "solve_rate", "route_accuracy")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,16 +48,18 @@ def main() -> None:
         "train_wall_s": metrics[-1].get("elapsed_s") if metrics else None,
         "machine": f"{platform.machine()}, torch {torch.__version__}, ctm {ctm.__version__}",
         "test_accuracy": full.accuracy,
-        "test_accuracy_last_tick": full.accuracy_last_tick,
         "test_n": full.n,
         "slice_n": args.slice,
-        **({} if full.sequence_accuracy is None else {"test_sequence_accuracy": full.sequence_accuracy}),
+        # the task's other headline figures (classification: the last tick's; parity: whole sequences; a maze:
+        # solve rate and route accuracy)
+        **{f"test_{key}": getattr(full, key) for key in EXTRA if getattr(full, key, None) is not None},
     }
     # a task whose test data are files ships a slice of them; one that generates its data ships none
     shipped = test if hasattr(test, "images") else None
     out = save_bundle(args.run_dir, BUNDLE_DIR / args.name, shipped, args.slice, record)
     bundled = evaluate(load_pretrained(args.name), pretrained_test_slice(args.name), task=task)
-    record |= {"slice_accuracy": bundled.accuracy, "slice_accuracy_last_tick": bundled.accuracy_last_tick}
+    record |= {"slice_accuracy": bundled.accuracy,
+               **{f"slice_{key}": getattr(bundled, key) for key in EXTRA if getattr(bundled, key, None) is not None}}
     write_json(out / RECORD_FILE, record)
     print(json.dumps(record, indent=2))
 

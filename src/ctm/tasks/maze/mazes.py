@@ -131,7 +131,7 @@ def cells_visited(start: tuple[int, int], moves: list[int]) -> list[tuple[int, i
     return out
 
 
-def _find(image: np.ndarray, colour: tuple[int, int, int], name: str) -> tuple[int, int]:
+def find_pixel(image: np.ndarray, colour: tuple[int, int, int], name: str) -> tuple[int, int]:
     where = np.argwhere((image == colour).all(axis=2))
     if len(where) == 0:
         raise MazeError(f"no {name} pixel (pure {'red' if colour == START else 'green'} {colour})")
@@ -147,7 +147,7 @@ def read_route(image: np.ndarray) -> tuple[Maze, list[int]]:
     goal, or the blue path does not lead from one to the other."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise MazeError(f"expected an RGB picture (H, W, 3) of bytes, got {image.dtype} {tuple(image.shape)}")
-    start, goal = _find(image, START, "start"), _find(image, GOAL, "goal")
+    start, goal = find_pixel(image, START, "start"), find_pixel(image, GOAL, "goal")
     path = (image == PATH).all(axis=2)
     walls = (image == WALL).all(axis=2)
     floor = ~walls
@@ -184,7 +184,7 @@ def to_input(maze: Maze) -> Tensor:
 def from_input(x: Tensor) -> Maze:
     """The maze of a model input (3, H, W) in [-1, 1] (as `to_input` makes, or a re-application's moved start)."""
     image = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    start, goal = _find(image, START, "start"), _find(image, GOAL, "goal")
+    start, goal = find_pixel(image, START, "start"), find_pixel(image, GOAL, "goal")
     return Maze(~(image == WALL).all(axis=2), start, goal)
 
 

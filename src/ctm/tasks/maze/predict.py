@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .mazes import GOAL, PATH, START, WALL, Maze, MazeError, _find, cells_visited, read_route, render, to_input
+from .mazes import GOAL, PATH, START, WALL, Maze, MazeError, cells_visited, find_pixel, read_route, render, to_input
 
 #: a move's letter in the printed line
 LETTERS = "UDLR"
@@ -42,7 +42,7 @@ def read_maze(image: np.ndarray) -> tuple[Maze, list[int] | None]:
             return read_route(image)
         except MazeError as e:
             raise MazeError(f"{e}; remove the blue pixels to predict on the maze alone") from None
-    start, goal = _find(image, START, "start"), _find(image, GOAL, "goal")
+    start, goal = find_pixel(image, START, "start"), find_pixel(image, GOAL, "goal")
     return Maze(~(image == WALL).all(axis=2), start, goal), None
 
 

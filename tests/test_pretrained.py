@@ -89,7 +89,7 @@ def test_cli_lists_the_bundled_models(capsys):
     assert main(["pretrained"]) == 0
     out = capsys.readouterr().out
     record = pretrained_record("mnist")
-    assert out.startswith("mnist: mnist")
+    assert out.startswith("maze: maze") and "\nmnist: mnist" in out  # sorted by name
     assert record["command"] in out and f"{record['test_accuracy']:.4f}" in out
 
 
@@ -141,3 +141,24 @@ def test_the_wheel_takes_the_bundles_and_the_viewer_assets():
     assert len(data_files) >= 9 and package / "tasks" / "parity" / "viewer.js" in data_files
     for path in data_files:
         assert any(path.relative_to(package).match(pattern) for pattern in patterns), path
+
+
+def test_the_bundled_maze_model_solves_what_its_record_says_and_shows_its_thinking(no_data, capsys):
+    """The maze bundle ships no data (its task generates mazes): eval, view and viz work anywhere, and its solve rate
+    on the first test mazes is the record's."""
+    record = pretrained_record("maze")
+    assert record["command"].startswith("ctm train --task maze") and record["slice_n"] == 200
+    assert ctm.load_pretrained("maze").config.out_positions == 96  # 7 x 7 cells: every route fits
+    assert main(["eval", "--pretrained", "maze", "--json", "--threads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == record["test_n"] == 1000 and result["task"]["name"] == "maze"  # the mazes are generated
+    assert result["solve_rate"] == pytest.approx(record["test_solve_rate"], abs=1 / 1000 + 1e-12)
+    assert result["route_accuracy"] == pytest.approx(record["test_route_accuracy"], abs=1e-3)
+    assert main(["eval", "--pretrained", "maze", "--slice", "--json", "--threads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 200 and result["solve_rate"] == pytest.approx(record["slice_solve_rate"], abs=1 / 200 + 1e-12)
+    assert main(["view", "--pretrained", "maze", "--samples", "8", "--threads", "1"]) == 0
+    assert "8 samples of the first test mazes of the maze task" in capsys.readouterr().out
+    assert '"kind":"maze"' in (Path(no_data) / "ctm-view-maze.html").read_text()
+    main(["pretrained"])
+    assert "maze: maze, 860780 parameters, solve rate 0.2640, route steps 0.5230 (n=1000)" in capsys.readouterr().out

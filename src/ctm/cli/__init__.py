@@ -805,8 +805,13 @@ def cmd_pretrained(args: argparse.Namespace) -> int:
         size = sum(info.files.values()) / 1024
         task = task_from_record(pretrained_config(info.name))
         whole = (f", {r['test_sequence_accuracy']:.4f} whole sequences" if "test_sequence_accuracy" in r else "")
-        print(printable(f"{info.name}: {info.dataset}, {r.get('parameters', '?')} parameters, test accuracy "
-                        f"{r['test_accuracy']:.4f}{whole} (n={r['test_n']}), {r['slice_accuracy']:.4f} on the "
+        if isinstance(r.get("test_solve_rate"), float):  # a maze: the solve rate, and the route steps right
+            headline = (f"solve rate {r['test_solve_rate']:.4f}, route steps {r.get('test_route_accuracy', 0.0):.4f}")
+            on_slice = r.get("slice_solve_rate", r["slice_accuracy"])
+        else:
+            headline, on_slice = f"test accuracy {r['test_accuracy']:.4f}{whole}", r["slice_accuracy"]
+        print(printable(f"{info.name}: {info.dataset}, {r.get('parameters', '?')} parameters, {headline} "
+                        f"(n={r['test_n']}), {on_slice:.4f} on the "
                         f"{'shipped slice of' if SLICE_FILE in info.files else 'first'} {r['slice_n']} test "
                         f"{task.sample_noun}; {size:.0f} KB"))
         print(f"  trained with: {r['command']}")

@@ -137,14 +137,17 @@ def reapply(model: ContinuousThoughtMachine, x: Tensor, times: int, output: CTMO
         -> tuple[Tensor, Tensor, list[list[Tensor]]]:
     """Solve the mazes x (B, 3, H, W) by applying the model up to `times` times, as the official analysis: walk the
     most certain tick's route from the start; where it does not end on the goal but got somewhere, move the start
-    there and apply the model again. Returns solved (B,) bool, the applications made (B,), and each maze's routes
-    (the moves taken, one tensor per application). `output` is the model's output on x, when already computed."""
+    there and apply the model again, unless it ended where an earlier application started (the model is
+    deterministic: from there it would go round the same loop). Returns solved (B,) bool, the applications made
+    (B,), and each maze's routes (the moves taken, one tensor per application). `output` is the model's output on x,
+    when already computed."""
     floor, start, goal = maze_tensors(x)
     B = x.shape[0]
     solved = torch.zeros(B, dtype=torch.bool, device=x.device)
     applications = torch.zeros(B, dtype=torch.long, device=x.device)
     routes: list[list[Tensor]] = [[] for _ in range(B)]
     active = (start >= 0).all(1) & (goal >= 0).all(1)
+    starts = [{tuple(p)} for p in start.tolist()]  # where each maze's applications started
     x = x.clone()
     for attempt in range(times):
         rows = active.nonzero().squeeze(1)
@@ -160,9 +163,13 @@ def reapply(model: ContinuousThoughtMachine, x: Tensor, times: int, output: CTMO
         for i, r in enumerate(rows.tolist()):
             routes[r].append(moves[i, :int(w.steps[i])].cpu())
         solved[rows] = w.solved
-        moved = (w.end != start[rows]).any(1) & ~w.solved  # got somewhere, not to the goal: go on from there
+        ends = w.end.tolist()
+        # got somewhere new, not to the goal: go on from there
+        moved = torch.tensor([tuple(e) not in starts[r] for e, r in zip(ends, rows.tolist(), strict=True)],
+                             dtype=torch.bool, device=x.device) & ~w.solved
         for i in moved.nonzero().squeeze(1).tolist():
             r = int(rows[i])
+            starts[r].add(tuple(ends[i]))
             (y0, x0), (y1, x1) = start[r].tolist(), w.end[i].tolist()
             x[r, :, y0, x0] = 1.0  # the old start becomes floor
             x[r, :, y1, x1] = torch.tensor([1.0, -1.0, -1.0], dtype=x.dtype)  # the new start, red
@@ -256,8 +263,9 @@ class MazeMetrics:
 # ----------------------------------------------------------------------------------------------- presets
 
 PRESETS: dict[str, Preset] = {
-    # docs/training.md, "Mazes": the recipe searched for 7 x 7-cell mazes on a 2-core CPU.
-    "maze": Preset("maze", dict(dataset="maze", steps=4000, batch_size=64, lr=1e-3, adam_eps=1e-8,
+    # docs/training.md, "Mazes": 6948 steps filled 30 minutes of one core of a 2-core CPU beside the LSTM run on
+    # the other (python benchmarks/maze.py).
+    "maze": Preset("maze", dict(dataset="maze", steps=6948, batch_size=64, lr=1e-3, adam_eps=1e-8,
                                 weight_decay=0.0, warmup_steps=200, schedule="cosine", min_lr_ratio=0.0,
                                 grad_clip=1.0, eval_every=1000, eval_batch_size=250, augment=False,
                                 tick_loss_weight=0.0),

@@ -25,7 +25,8 @@ from ctm.tasks.maze import Maze, MazeError, generate, read_route, render, solve,
 from ctm.tasks.maze.data import GeneratedMazes, MazeImages, list_pngs
 from ctm.tasks.maze.loss import maze_loss
 from ctm.tasks.maze.mazes import WAIT, from_input, maze_tensors, pad_route, to_input, transform, walk_batch
-from ctm.tasks.maze.task import TEST_SIZE, TEST_STREAM, MazeMetrics, reapply
+from ctm.tasks.maze.solving import reapply
+from ctm.tasks.maze.task import TEST_SIZE, TEST_STREAM, MazeMetrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

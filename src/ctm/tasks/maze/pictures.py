@@ -290,7 +290,7 @@ def pick_example(model: ContinuousThoughtMachine, data: Any, index: int | None =
     import torch
 
     from .mazes import maze_tensors, walk_batch
-    from .task import chosen_moves
+    from .solving import chosen_moves
 
     if index is not None:
         if not 0 <= index < len(data):

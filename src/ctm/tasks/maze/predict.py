@@ -80,7 +80,7 @@ def solve_mazes(model: Any, mazes: Sequence[Maze], times: int) -> list[dict[str,
     """Apply `model` to each maze with re-application (up to `times` applications, `task.reapply`), the mazes of
     one size in one batch; each maze's answer: moves, cells, solved, applications."""
     from ...training.batches import eval_mode
-    from .task import reapply
+    from .solving import reapply
 
     answers: list[dict[str, Any] | None] = [None] * len(mazes)
     groups: dict[tuple[int, int], list[int]] = {}

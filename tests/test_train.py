@@ -422,3 +422,30 @@ def test_bf16_training_runs_the_backbone_in_bfloat16_and_records_it(synthetic, t
         trained = [d for d in seen[:2]]  # the first training step's two convolutions
         assert trained == [torch.bfloat16 if flag == "--bf16" else torch.float32] * 2
         assert all(torch.isfinite(t).all() for t in weights(out).values())
+
+
+def test_a_run_records_data_found_through_ctm_data_dir_so_its_commands_work_in_a_new_shell(tmp_path, monkeypatch,
+                                                                                          capsys):
+    parent = tmp_path / "shared"
+    make_synthetic(parent / "mnist", n_train=128, n_test=48)
+    run = tmp_path / "run"
+    monkeypatch.setenv("CTM_DATA_DIR", str(parent))
+    assert run_cli("train", "--dataset", "mnist", "--out", run, "--steps", "2", "--batch-size", "32",
+                   "--eval-every", "2", "--no-progress", *TINY_FLAGS) == 0
+    record = json.loads((run / ckpt.CONFIG_FILE).read_text())["dataset"]
+    assert record["data_dir"] == str((parent / "mnist").resolve()) and record["data_dir_from"] == "CTM_DATA_DIR"
+    monkeypatch.delenv("CTM_DATA_DIR")  # a new shell: resume and eval find the same files
+    capsys.readouterr()
+    assert run_cli("eval", run, "--json") == 0 and json.loads(capsys.readouterr().out)["n"] == 48
+    assert run_cli("train", "--resume", run, "--steps", "3", "--no-progress") == 0
+    assert ckpt.weights_step(run) == 3
+    # the data moved and the variable follows them: found again where a new run would look, not "gone"
+    parent.rename(tmp_path / "moved")
+    monkeypatch.setenv("CTM_DATA_DIR", str(tmp_path / "moved"))
+    capsys.readouterr()
+    assert run_cli("eval", run, "--json") == 0 and json.loads(capsys.readouterr().out)["n"] == 48
+    # with --data-dir the record stays what the user chose, and no "data_dir_from"
+    run2 = tmp_path / "run2"
+    assert run_cli("train", "--data-dir", tmp_path / "moved" / "mnist", "--out", run2, "--steps", "2",
+                   "--batch-size", "32", "--eval-every", "2", "--no-progress", *TINY_FLAGS) == 0
+    assert "data_dir_from" not in json.loads((run2 / ckpt.CONFIG_FILE).read_text())["dataset"]

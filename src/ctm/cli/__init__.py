@@ -395,8 +395,11 @@ def _data_dir_for(run_dir: str | Path, payload: dict, data_dir: str | None, data
     run trained on other files than the standard ones never silently continues or evaluates on those)."""
     if data_dir is not None or dataset is not None:
         return data_dir
-    recorded = (payload.get("dataset") or {}).get("data_dir")
+    record = payload.get("dataset") or {}
+    recorded = record.get("data_dir")
     if recorded and not Path(recorded).is_dir():
+        if record.get("data_dir_from") == "CTM_DATA_DIR":  # found through the variable, not chosen: look again
+            return None
         raise CLIError(f"{run_dir} was trained on the files in --data-dir {recorded}, which is gone; pass "
                        f"--data-dir with the same data")
     return recorded

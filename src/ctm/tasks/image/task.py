@@ -3,6 +3,7 @@ image. The task of every run that records none (all runs written before tasks ex
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,19 @@ PRESETS: dict[str, Preset] = {
                       summary="the best image model and recipe we found for 10 minutes on a 2-core CPU "
                               "(99.5% MNIST)"),
 }
+
+
+#: the environment variable a dataset's parent folder may come from (`ctm.data.sources`)
+DATA_DIR_ENV = "CTM_DATA_DIR"
+
+
+def env_data_dir(data: ImageDataset) -> str | None:
+    """The folder `data`'s files were read from when $CTM_DATA_DIR led there ($CTM_DATA_DIR/<name>), else None."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if not env or data.record.get("kind") == "folder" or not data.source:
+        return None
+    source = Path(data.source).resolve()
+    return str(source) if source == (Path(env) / data.name).resolve() else None
 
 
 @register_task
@@ -111,8 +125,13 @@ class ImageTask(Task):
                              "parity, or from Python with ctm.CTM(config).forward_tokens)")
 
     def dataset_record(self, train_set: ImageDataset, data_dir: str | None) -> dict[str, Any]:
+        """config.json's "dataset" section. `data_dir` is --data-dir; without it, files found through $CTM_DATA_DIR
+        are recorded too ("data_dir_from": "CTM_DATA_DIR"), so that the commands the run prints (resume, eval)
+        find the same files in a shell without that variable."""
+        found = None if data_dir else env_data_dir(train_set)
         return {"name": train_set.name, "source": train_set.source,
-                "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+                "data_dir": str(Path(data_dir).resolve()) if data_dir else found,
+                **({"data_dir_from": DATA_DIR_ENV} if found else {}),
                 "shape": list(train_set.shape), "num_classes": train_set.num_classes, **train_set.record}
 
     def load_splits(self, train_config: TrainConfig, data_dir: str | None = None, *,
@@ -133,6 +152,9 @@ class ImageTask(Task):
         super().check_dataset_record(record)
         if "data_dir" in record and not isinstance(record["data_dir"], (str, type(None))):
             raise ValueError(f"'dataset.data_dir' must be str or null, got {type(record['data_dir']).__name__}")
+        if "data_dir_from" in record and record["data_dir_from"] != DATA_DIR_ENV:
+            raise ValueError(f"'dataset.data_dir_from' must be {DATA_DIR_ENV!r} where present, got "
+                             f"{record['data_dir_from']!r}")
 
     def describe_data(self, train_set: ImageDataset, test_set: ImageDataset) -> str:
         shape = "x".join(str(n) for n in train_set.shape)

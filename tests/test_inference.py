@@ -232,7 +232,29 @@ def test_predict_never_opens_a_fifo(trained, tmp_path, capsys):
         with pytest.raises(ValueError, match="pipe.png: not a regular file"):
             ctm.predict(ctm.load_run(trained[0]), [fifo])
         assert main(["predict", str(trained[0]), str(fifo)]) == 2
-        assert capsys.readouterr().err.strip() == f"ctm predict: error: {fifo}: not a regular file; give image files"
+        assert capsys.readouterr().err.strip() == (f"ctm predict: error: {fifo}: not a regular file; give image files "
+                                                   f"or folders of them")
     finally:
         done.set()
         watchdog.join()
+
+
+def test_predict_takes_folders_and_globs_and_names_swapped_arguments(trained, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((12, 12), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    run = str(trained[0])
+    assert main(["predict", run, str(folder), "--json"]) == 0
+    by_folder = [json.loads(line)["file"] for line in capsys.readouterr().out.splitlines()]
+    assert by_folder == [str(folder / f"{i}.png") for i in range(3)]  # sorted, the text file left out
+    assert main(["predict", run, str(folder / "[01].png"), "--json"]) == 0  # a pattern the shell did not expand
+    assert [json.loads(line)["file"] for line in capsys.readouterr().out.splitlines()] == by_folder[:2]
+    for argv, message in (([str(folder / "0.png"), run], "the run directory comes first, ctm predict RUN_DIR INPUT"),
+                          ([run, str(folder / "9*.png")], "the pattern matches no file"),
+                          ([run, str(tmp_path)], "a folder with no PNG/JPEG/BMP files in it")):
+        assert main(["predict", *argv]) == 2
+        assert message in capsys.readouterr().err

@@ -113,8 +113,11 @@ def test_a_tiny_parity_ctm_learns_length_4_through_the_cli(tmp_path, capsys):
     metrics = ckpt.read_metrics(run)
     assert metrics[-1]["test_sequence_accuracy"] == pytest.approx(result["sequence_accuracy"])
     # eval --plot draws the accuracy per position and tick
+    capsys.readouterr()
     assert run_cli("eval", run, "--plot", "--threads", "1") == 0
     assert (run / "ticks.png").stat().st_size > 1000
+    assert capsys.readouterr().out.splitlines()[-1] == f"Wrote {run / 'ticks.png'}"  # it says where
+    assert eval_json(run, "--plot", capsys=capsys)["plot"] == str(run / "ticks.png")
     # halting: a sequence stops when its certainty (the mean over positions) reaches the threshold
     halted = eval_json(run, "--halt-certainty", "0.5", capsys=capsys)
     assert 1 <= halted["mean_ticks"] < 6 and halted["sequence_accuracy_full"] == result["sequence_accuracy"]

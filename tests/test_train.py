@@ -335,6 +335,19 @@ def test_cli_flag_errors_are_one_line(capsys):
     assert "--threads 100000 is far more" in cli_error(capsys, "train", "--threads", "100000")
     assert "--dist-timeout must be a positive" in cli_error(capsys, "train", "--dist-timeout", "0")
     assert "--fps must be between" in cli_error(capsys, "viz", "nowhere", "--fps", "0.001")
+    # flags are never abbreviated: --step is not --steps
+    for argv, flag in ((["train", "--step", "100"], "--step 100"), (["eval", "nowhere", "--jso"], "--jso")):
+        with pytest.raises(SystemExit) as e:
+            run_cli(*argv)
+        assert e.value.code == 2 and f"unrecognized arguments: {flag} " in capsys.readouterr().err
+
+
+def test_the_startup_line_says_when_an_epoch_leaves_much_of_a_small_set_out(synthetic, tmp_path, capsys):
+    assert run_cli("train", "--data-dir", synthetic, "--out", tmp_path / "run", "--steps", "2", "--batch-size",
+                   "700", "--eval-every", "2", "--no-progress", *TINY_FLAGS) == 0
+    out = capsys.readouterr().out  # the synthetic set has 1200 training images
+    assert "(2.00 epochs of 1 step: each uses 700 of the 1200 training samples, the rest wait for a later epoch; " \
+           "a batch size that divides 1200 uses them all)" in out, out
 
 
 def test_ctm_bench_takes_the_benchmark_flags(capsys):

@@ -846,14 +846,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.halt_certainty is not None or args.halt_sweep is not None:
         return _eval_halting(args, model, data, dataset_name, task)
     result = evaluate(model, data, args.batch_size, task=task)
-    if args.plot:
-        task.plot_eval(result, Path(args.run_dir or ".") / "ticks.png")
+    plot = Path(args.run_dir or ".") / "ticks.png" if args.plot else None
+    if plot is not None:
+        task.plot_eval(result, plot)
     if args.json:
-        print(_json_line({"dataset": dataset_name, "split": data.split, "task": task.record(), **result.to_dict()}))
+        print(_json_line({"dataset": dataset_name, "split": data.split, "task": task.record(), **result.to_dict(),
+                          **({"plot": str(plot)} if plot is not None else {})}))
         return 0
     print(printable(f"{dataset_name} {data.split}: n={result.n}"))
     for line in result.lines():
         print(line)
+    if plot is not None:
+        print(printable(f"Wrote {plot}"))
     return 0
 
 
@@ -975,7 +979,7 @@ def _check_halt_certainty(tau: float) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..inference import load_run
-    from ..runs.checkpoint import read_config
+    from ..runs.checkpoint import CONFIG_FILE, read_config
     from ..tasks import task_from_record
     from ..training.loop import resolve_device
 
@@ -987,6 +991,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CLIError("nothing to predict: give image files (an image run), sequences (a parity run: as "
                        "arguments, --sequence SEQ or --sequence-file FILE), numbers (a sort run: --numbers X X "
                        "...) or maze pictures (a maze run)")
+    run_path = Path(args.run_dir)
+    if run_path.is_file() and any(Path(t, CONFIG_FILE).is_file() for t in texts):  # `ctm predict x.png RUN`
+        raise CLIError(f"{args.run_dir} is a file and a run directory comes after it: the run directory comes first, "
+                       f"ctm predict RUN_DIR INPUT ...")
     task = task_from_record(read_config(args.run_dir))
     if args.out is not None:
         _check_path_text("--out", args.out)

@@ -98,7 +98,12 @@ def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Flag errors as one line, like the command's own checks (argparse prints its whole usage block)."""
+    """Flag errors as one line, like the command's own checks (argparse prints its whole usage block). Flags are
+    never abbreviated: `--step 100` is an error, not `--steps 100`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")

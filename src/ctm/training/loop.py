@@ -622,6 +622,11 @@ def _startup_lines(run_dir: Path, resume: bool, step: int, model: ContinuousThou
     ranks = f", {info.world_size} ranks" if info.enabled else ""
     # the epochs of an endless stream (the parity task's) are nominal: not worth a figure
     epochs = f" ({cfg.steps / steps_per_epoch:.2f} epochs)" if steps_per_epoch < 2**30 else ""
+    n_train, used = len(train_set), steps_per_epoch * cfg.batch_size  # (the global batch)
+    if steps_per_epoch < 2**30 and used < 0.9 * n_train:  # drop_last leaves much of a small set out of each epoch
+        epochs = (f" ({cfg.steps / steps_per_epoch:.2f} epochs of {steps_per_epoch} step"
+                  f"{'s' if steps_per_epoch != 1 else ''}: each uses {used} of the {n_train} training samples, "
+                  f"the rest wait for a later epoch; a batch size that divides {n_train} uses them all)")
     # A run shortened by its steps alone keeps its recipe's warm-up: say what that does to the learning rate.
     short = (f": more than the steps, so the learning rate reaches only {cfg.steps}/{cfg.warmup_steps} of it"
              if cfg.warmup_steps > cfg.steps else "")

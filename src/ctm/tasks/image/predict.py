@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,16 +14,42 @@ if TYPE_CHECKING:
     from ...nn.outputs import CTMOutput
 
 
+def expand(paths: Sequence[str]) -> list[str]:
+    """The image files `paths` name: a file as given; a folder, its PNG/JPEG/BMP files (sorted, not descending into
+    subfolders); a glob pattern that names no file itself (`digits/*.png`, quoted so the shell leaves it), its
+    matches (sorted). A missing path, an empty folder or pattern, or a path that is neither a regular file nor a
+    folder (a FIFO, socket or device) is refused unopened, in one line."""
+    from ...data.folders import EXTENSIONS
+
+    out: list[str] = []
+    for path in paths:
+        p = Path(path)
+        if not p.exists() and glob.has_magic(path):
+            matches = sorted(m for m in glob.glob(path) if Path(m).is_file())
+            if not matches:
+                raise ValueError(f"{path}: the pattern matches no file")
+            out += matches
+        elif p.is_dir():
+            files = sorted(str(f) for f in p.iterdir()
+                           if f.suffix.lower() in EXTENSIONS and not f.name.startswith(".") and f.is_file())
+            if not files:
+                raise ValueError(f"{path}: a folder with no PNG/JPEG/BMP files in it")
+            out += files
+        elif not p.exists():
+            raise ValueError(f"{path}: no such file")
+        elif not p.is_file():
+            raise ValueError(f"{path}: not a regular file; give image files or folders of them")
+        else:
+            out.append(path)
+    return out
+
+
 def parse_files(paths: Sequence[str], run: Run) -> tuple[Tensor, list[str]]:
-    """PNG/JPEG/BMP files of any size -> a batch at the run's channels and input size, named by their paths.
-    A missing path or one that is not a regular file (a folder, FIFO, socket or device) is refused unopened."""
+    """PNG/JPEG/BMP files of any size (folders and glob patterns of them: `expand`) -> a batch at the run's
+    channels and input size, named by their paths."""
     from ...data.convert import images_to_batch
 
-    for path in paths:
-        if not Path(path).exists():
-            raise ValueError(f"{path}: no such file")
-        if not Path(path).is_file():
-            raise ValueError(f"{path}: not a regular file; give image files")
+    paths = expand(paths)
     if run.data.shape is None:
         raise ValueError(f"{run.path} does not record its input size; use ctm.predict(..., size=(H, W)) in Python")
     return images_to_batch(list(paths), run.config.in_channels, run.data.shape[1:]), list(paths)

@@ -516,6 +516,8 @@ MALFORMED = {
     "metrics step not a number": (RESUME, write_metrics_line('{"step": "x"}'), "line 2: field 'step' must be"),
     "metrics value a string": (RESUME, write_metrics_line('{"step": 1, "test_loss": "x"}'),
                                "field 'test_loss' must be a number"),
+    "metrics loss trace malformed": (RESUME, write_metrics_line('{"step": 1, "train_loss_trace": [[1, "x"]]}'),
+                                     "field 'train_loss_trace' must be a list of at most 10,000 [step, loss] pairs"),
     "weights int32": (EVAL, weights_as(torch.int32), "is stored as I32, but the model holds F32"),
     "weights bool": (EVAL, weights_as(torch.bool), "is stored as BOOL"),
     "weights float16": (EVAL, weights_as(torch.float16), "is stored as F16"),

@@ -344,6 +344,36 @@ def test_curves(tmp_path, n):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
 
 
+def test_curves_draw_the_training_loss_between_evaluations_smoothed():
+    rows = metric_rows(2)
+    rows[0]["train_loss_trace"] = [[10 * k, 3.0 - 0.02 * k] for k in range(1, 11)]
+    rows[1]["train_loss_trace"] = [[100 + 10 * k, 2.0 - 0.01 * k] for k in range(1, 11)] + [[5, "bad"], "x"]
+    fig = viz.curves_figure(rows)
+    loss_lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert {"train (smoothed)", "train (mean since the last evaluation)", "test (evaluations)"} <= set(loss_lines)
+    smoothed = loss_lines["train (smoothed)"]
+    assert list(smoothed.get_xdata()) == [10 * k for k in range(1, 21)]  # the malformed points left out
+    ys = smoothed.get_ydata()
+    assert ys[0] == pytest.approx(2.98) and all(ys[1:] < ys[:-1])  # debiased, falling
+    dots = loss_lines["train (mean since the last evaluation)"]
+    assert dots.get_linestyle() == "None" and list(dots.get_xdata()) == [100, 200]
+
+
+def test_training_logs_the_loss_trace_in_each_metrics_row(tmp_path):
+    from ctm.runs.checkpoint import read_metrics
+    from ctm.training import loop as tr
+
+    run = tmp_path / "run"
+    cfg = tr.TrainConfig(dataset="parity", steps=8, batch_size=8, eval_every=4, eval_batch_size=64)
+    tr.train(run, ctm.CTMConfig(iterations=2, d_model=16, d_input=8, memory_length=2, n_synch_out=4,
+                                n_synch_action=4, memory_hidden_dims=2),
+             cfg, task=ctm.tasks.make_task("parity", length=4))
+    rows = read_metrics(run)
+    assert [[p[0] for p in r["train_loss_trace"]] for r in rows] == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert all(r["train_loss"] == pytest.approx(sum(p[1] for p in r["train_loss_trace"]) / 4, rel=1e-4)
+               for r in rows)
+
+
 def test_curves_errors():
     with pytest.raises(ValueError, match="no metrics"):
         viz.curves_figure([])

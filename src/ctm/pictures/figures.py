@@ -516,6 +516,31 @@ def _series(metrics: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray,
     return np.asarray(xs), np.asarray(ys)
 
 
+def _trace(metrics: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """The (step, training loss) points the rows' "train_loss_trace" lists hold, in step order; malformed points
+    (a run directory may come from anyone) are left out."""
+    points = []
+    for row in metrics:
+        trace = row.get("train_loss_trace")
+        if not isinstance(trace, list):
+            continue
+        for p in trace[:10_000]:
+            if (isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                            and math.isfinite(v) for v in p)):
+                points.append((float(p[0]), float(p[1])))
+    points.sort()
+    return np.asarray([p[0] for p in points]), np.asarray([p[1] for p in points])
+
+
+def _smoothed(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
+    """An exponential moving average, debiased at the start (as TensorBoard's smoothing)."""
+    out, average = np.empty_like(values), 0.0
+    for i, v in enumerate(values):
+        average = weight * average + (1 - weight) * v
+        out[i] = average / (1 - weight ** (i + 1))
+    return out
+
+
 def _style_axes(ax) -> None:
     ax.grid(color="#e8e8e8", linewidth=0.8)
     ax.set_axisbelow(True)
@@ -535,6 +560,11 @@ def curves_figure(metrics: Sequence[Mapping[str, Any]]) -> Figure:
     fig = _new_figure((10.0, 4.0), 100)
     ax_loss, ax_acc = fig.subplots(1, 2)
     plotted = False
+    steps, losses = _trace(metrics)
+    if steps.size >= 2:  # the training loss between evaluations: faint as logged, bold smoothed
+        ax_loss.plot(steps, losses, color=TRAIN_COLOUR, alpha=0.25, linewidth=0.8)
+        ax_loss.plot(steps, _smoothed(losses), color=TRAIN_COLOUR, linewidth=1.6, label="train (smoothed)")
+        plotted = True
     for ax, kind, scale in ((ax_loss, "loss", 1.0), (ax_acc, "accuracy", 100.0)):
         for split, colour in (("train", TRAIN_COLOUR), ("test", TEST_COLOUR)):
             xs, ys = _series(metrics, f"{split}_{kind}")
@@ -543,7 +573,13 @@ def curves_figure(metrics: Sequence[Mapping[str, Any]]) -> Figure:
             plotted = True
             style = {"linestyle": "none", "marker": "o", "markersize": 7} if xs.size == 1 else \
                 {"linewidth": 1.8, "marker": "o" if xs.size <= 25 else None, "markersize": 3.5}
-            ax.plot(xs, ys * scale, color=colour, label=split, **style)
+            label = split
+            if kind == "loss" and split == "train" and steps.size >= 2:  # the trace has the line: the means as dots
+                style = {"linestyle": "none", "marker": "o", "markersize": 4}
+                label = "train (mean since the last evaluation)"
+            elif split == "test":
+                label = "test (evaluations)"
+            ax.plot(xs, ys * scale, color=colour, label=label, zorder=3, **style)
         _style_axes(ax)
         ax.set_xlim(left=0)
         ax.set_xlabel("step", fontsize=10)

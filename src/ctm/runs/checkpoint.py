@@ -571,6 +571,19 @@ def load_trainer_state(run_dir: Path) -> dict[str, Any]:
     return _reading(Path(run_dir), read)
 
 
+#: the metrics row field holding the training loss between evaluations ([step, loss] pairs; curves.png draws them)
+TRACE_FIELD = "train_loss_trace"
+MAX_TRACE_POINTS = 10_000
+
+
+def _is_trace(value: Any) -> bool:
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    return isinstance(value, list) and len(value) <= MAX_TRACE_POINTS and all(
+        isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and number(p[1]) for p in value)
+
+
 def _parse_metrics(text: str, path: Path) -> list[dict[str, Any]]:
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -589,7 +602,11 @@ def _parse_metrics(text: str, path: Path) -> list[dict[str, Any]]:
             raise RunDirError(f"{path} line {number}: field 'step' must be a non-negative integer, got "
                               f"{row.get('step')!r}; fix or delete that line")
         for key, value in row.items():
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            if key == TRACE_FIELD:
+                if not _is_trace(value):
+                    raise RunDirError(f"{path} line {number}: field {key!r} must be a list of at most "
+                                      f"{MAX_TRACE_POINTS:,} [step, loss] pairs of numbers; fix or delete that line")
+            elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise RunDirError(f"{path} line {number}: field {key!r} must be a number, got {value!r}")
         rows.append(row)
     return rows

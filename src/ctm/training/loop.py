@@ -431,6 +431,10 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
     # on the host for the progress bar, all ranks' for metrics.jsonl).
     running = torch.zeros(4, dtype=torch.float64, device=dev)
     interval = [0.0, 0.0, 0]  # certainty loss, accuracy, steps
+    # The training loss between evaluations, in up to TRACE_POINTS means (this rank's) for curves.png.
+    trace_every = max(1, train_config.eval_every // TRACE_POINTS)
+    trace: list[list[float]] = []
+    trace_sum = [0.0, 0]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -471,6 +475,10 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
             step += 1
             running += torch.tensor([loss_value, tick_value, acc_value, 1.0], dtype=torch.float64, device=dev)
             interval = [interval[0] + loss_value, interval[1] + acc_value, interval[2] + 1]
+            trace_sum = [trace_sum[0] + loss_value, trace_sum[1] + 1]
+            if step % trace_every == 0:
+                trace.append([step, round(trace_sum[0] / trace_sum[1], 6)])
+                trace_sum = [0.0, 0]
             if bar is not None:
                 bar.update(1)
                 bar.set_description(_describe(interval[0] / interval[2], interval[1] / interval[2], last_eval),
@@ -489,7 +497,9 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
                     "train_loss": loss_sum / n, "train_tick_loss": tick_sum / n, "train_accuracy": acc_sum / n,
                     **{f"test_{k}": _scalar(k, v) for k, v in last_eval.scalars().items()},
                     "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(elapsed, 3),
+                    "train_loss_trace": trace,
                 })
+                trace, trace_sum = [], [0.0, 0]
                 running.zero_()
                 interval = [0.0, 0.0, 0]
                 save()
@@ -507,6 +517,10 @@ def _train(run_dir: Path, model_config: CTMConfig, train_config: TrainConfig, ta
     if bar is not None:
         bar.close()
     return TrainResult(run_dir, step, interrupted, last_eval if not interrupted else None, metrics, flag.signum)
+
+
+#: training-loss points each metrics.jsonl row keeps (the means of about eval_every / TRACE_POINTS steps each)
+TRACE_POINTS = 50
 
 
 def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: Dataset,

@@ -350,13 +350,12 @@ def test_curves_draw_the_training_loss_between_evaluations_smoothed():
     rows[1]["train_loss_trace"] = [[100 + 10 * k, 2.0 - 0.01 * k] for k in range(1, 11)] + [[5, "bad"], "x"]
     fig = viz.curves_figure(rows)
     loss_lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
-    assert {"train (smoothed)", "train (mean since the last evaluation)", "test (evaluations)"} <= set(loss_lines)
+    assert {"train (smoothed)", "test (evaluations)"} <= set(loss_lines) and "train" not in loss_lines
     smoothed = loss_lines["train (smoothed)"]
     assert list(smoothed.get_xdata()) == [10 * k for k in range(1, 21)]  # the malformed points left out
     ys = smoothed.get_ydata()
     assert ys[0] == pytest.approx(2.98) and all(ys[1:] < ys[:-1])  # debiased, falling
-    dots = loss_lines["train (mean since the last evaluation)"]
-    assert dots.get_linestyle() == "None" and list(dots.get_xdata()) == [100, 200]
+    assert list(loss_lines["test (evaluations)"].get_xdata()) == [100, 200]
 
 
 def test_training_logs_the_loss_trace_in_each_metrics_row(tmp_path):

@@ -532,7 +532,7 @@ def _trace(metrics: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray
     return np.asarray([p[0] for p in points]), np.asarray([p[1] for p in points])
 
 
-def _smoothed(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
+def _smoothed(values: np.ndarray, weight: float = 0.8) -> np.ndarray:
     """An exponential moving average, debiased at the start (as TensorBoard's smoothing)."""
     out, average = np.empty_like(values), 0.0
     for i, v in enumerate(values):
@@ -573,12 +573,9 @@ def curves_figure(metrics: Sequence[Mapping[str, Any]]) -> Figure:
             plotted = True
             style = {"linestyle": "none", "marker": "o", "markersize": 7} if xs.size == 1 else \
                 {"linewidth": 1.8, "marker": "o" if xs.size <= 25 else None, "markersize": 3.5}
-            label = split
-            if kind == "loss" and split == "train" and steps.size >= 2:  # the trace has the line: the means as dots
-                style = {"linestyle": "none", "marker": "o", "markersize": 4}
-                label = "train (mean since the last evaluation)"
-            elif split == "test":
-                label = "test (evaluations)"
+            if kind == "loss" and split == "train" and steps.size >= 2:
+                continue  # the trace draws it (a row's mean since the last evaluation is the trace's mean there)
+            label = "test (evaluations)" if split == "test" else split
             ax.plot(xs, ys * scale, color=colour, label=label, zorder=3, **style)
         _style_axes(ax)
         ax.set_xlim(left=0)

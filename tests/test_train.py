@@ -462,3 +462,29 @@ def test_a_run_records_data_found_through_ctm_data_dir_so_its_commands_work_in_a
     assert run_cli("train", "--data-dir", tmp_path / "moved" / "mnist", "--out", run2, "--steps", "2",
                    "--batch-size", "32", "--eval-every", "2", "--no-progress", *TINY_FLAGS) == 0
     assert "data_dir_from" not in json.loads((run2 / ckpt.CONFIG_FILE).read_text())["dataset"]
+
+
+@pytest.mark.parametrize("command", ["eval", "viz", "predict", "view"])
+def test_every_command_that_runs_a_model_says_when_it_first_builds_the_cpp_loops(command, monkeypatch, capsys):
+    from ctm.nn import native
+
+    built = []
+    monkeypatch.setattr(native, "enabled", lambda: True)
+    monkeypatch.setattr(native, "is_built", lambda: False)
+    monkeypatch.setattr(native, "ops", lambda: built.append(True))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main([command, "no-such-run", *(["x.png"] if command == "predict" else [])]) == 2
+    err = capsys.readouterr().err
+    assert built == [True] and err.startswith("building ctm's C++ tick loop (once per machine, about 20 s)...\n")
+
+
+def test_ctmconfig_preset_is_the_model_ctm_train_builds(synthetic, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", "--data-dir", synthetic, "--out", run, "--steps", "1", "--eval-every", "1",
+                   "--batch-size", "16", "--no-progress") == 0  # no model flags: the default preset
+    trained = ctm.CTMConfig.from_dict(json.loads((run / ckpt.CONFIG_FILE).read_text())["model"])
+    assert ctm.CTMConfig.preset() == trained == ctm.CTMConfig.preset("default", out_dims=10)
+    assert ctm.CTMConfig.preset("tutorial") == ctm.CTMConfig()  # CTMConfig() is the tutorial's model
+    assert ctm.CTMConfig.preset("maze", out_dims=480, out_positions=96, in_channels=3).backbone == "resnet18-1"
+    with pytest.raises(ValueError, match="unknown preset 'nope'; choose one of default, maze,"):
+        ctm.CTMConfig.preset("nope")

@@ -1190,6 +1190,8 @@ def _official_sort_records(config) -> dict:
     return {"task": task.record(), "dataset": task.dataset_record(test, None)}
 
 
+#: the commands besides train that run a model (and so may first build the C++ tick loops)
+MODEL_COMMANDS = ("eval", "viz", "predict", "view")
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "predict": cmd_predict, "view": cmd_view,
             "pretrained": cmd_pretrained, "convert-official": cmd_convert_official}
 
@@ -1252,6 +1254,8 @@ def _run(args: argparse.Namespace) -> int:
             from ..tasks import resolve_task
 
             resolve_task(args.task)  # registered: the run's record of it is then found
+        if args.command in MODEL_COMMANDS:  # the first command after install builds the C++ loops: say so
+            _build_native_announced()
         return COMMANDS[args.command](args)
     except (CLIError, RunDirError, DataError, ValueError) as e:
         if os.environ.get("CTM_DEBUG"):

@@ -488,3 +488,17 @@ def test_ctmconfig_preset_is_the_model_ctm_train_builds(synthetic, tmp_path):
     assert ctm.CTMConfig.preset("maze", out_dims=480, out_positions=96, in_channels=3).backbone == "resnet18-1"
     with pytest.raises(ValueError, match="unknown preset 'nope'; choose one of default, maze,"):
         ctm.CTMConfig.preset("nope")
+
+
+def test_ctm_eval_shows_progress_over_its_batches_on_a_terminal(synthetic, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert run_cli("train", "--data-dir", synthetic, "--out", run, "--steps", "1", "--eval-every", "1",
+                   "--batch-size", "16", "--no-progress", *TINY_FLAGS) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert run_cli("eval", run, "--batch-size", "100", "--json") == 0
+    captured = capsys.readouterr()
+    assert "evaluating 300 images" in captured.err and json.loads(captured.out)["n"] == 300
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert run_cli("eval", run, "--batch-size", "100", "--json") == 0
+    assert capsys.readouterr().err == ""  # no bar in a log

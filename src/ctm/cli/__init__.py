@@ -845,7 +845,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = data.to(device)
     if args.halt_certainty is not None or args.halt_sweep is not None:
         return _eval_halting(args, model, data, dataset_name, task)
-    result = evaluate(model, data, args.batch_size, task=task)
+    result = evaluate(model, data, args.batch_size, task=task, progress=sys.stderr.isatty())
     plot = Path(args.run_dir or ".") / "ticks.png" if args.plot else None
     if plot is not None:
         task.plot_eval(result, plot)

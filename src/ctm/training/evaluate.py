@@ -174,12 +174,13 @@ class TickMetrics:
 @torch.inference_mode()
 def evaluate(model: ContinuousThoughtMachine, dataset, batch_size: int = 500,
              device: torch.device | str | None = None, dist_info: DistInfo | None = None,
-             task: Task | None = None):
+             task: Task | None = None, progress: bool = False):
     """Run the model in eval mode over every sample of `dataset` (in order) and summarise with `task`'s loss and
     metrics (`Task.loss`, `Task.metrics`; without a task: the certainty loss and `TickMetrics`).
 
     With `dist_info` of several ranks, each rank evaluates a contiguous shard and the sums are
-    all-reduced, so every rank returns the result for the whole dataset.
+    all-reduced, so every rank returns the result for the whole dataset. `progress`: a progress bar (on stderr)
+    over the batches, for an evaluation of more than one.
     """
     dist_info = dist_info or DistInfo()
     if len(dataset) == 0:
@@ -194,8 +195,15 @@ def evaluate(model: ContinuousThoughtMachine, dataset, batch_size: int = 500,
     if getattr(metrics, "needs_model", False):  # e.g. a maze re-applies the model where its route stopped short
         metrics.model = model
     shard = torch.tensor_split(torch.arange(len(dataset)), dist_info.world_size)[dist_info.rank]
+    batches = shard.split(batch_size)
+    if progress and len(batches) > 1:
+        from tqdm.auto import tqdm
+
+        noun = getattr(metrics, "noun", "samples")
+        batches = tqdm(batches, desc=f"evaluating {len(shard)} {noun}", unit="batch", leave=False,
+                       dynamic_ncols=True)
     with eval_mode(model):
-        for idx in shard.split(batch_size):
+        for idx in batches:
             x, y = to_device(dataset.batch(idx), device)
             out = model(x)
             loss, tick = loss_fn(out.predictions, out.certainties, y)

@@ -162,3 +162,28 @@ def test_the_bundled_maze_model_solves_what_its_record_says_and_shows_its_thinki
     assert '"kind":"maze"' in (Path(no_data) / "ctm-view-maze.html").read_text()
     main(["pretrained"])
     assert "maze: maze, 860780 parameters, solve rate 0.2640, route steps 0.5230 (n=1000)" in capsys.readouterr().out
+
+
+def test_predict_takes_a_bundled_model(no_data, capsys):
+    from PIL import Image
+
+    from ctm.tasks.maze import generate, render
+
+    data = pretrained_test_slice("mnist")
+    images, _ = data.batch(torch.arange(3))
+    for i in range(3):  # the shipped test images as PNG files: predicted as the bundled model sees them directly
+        Image.fromarray((images[i, 0] * 255).round().to(torch.uint8).numpy()).save(f"digit{i}.png")
+    assert main(["predict", "--pretrained", "mnist", "digit0.png", "digit1.png", "digit2.png", "--json"]) == 0
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [g["file"] for g in got] == ["digit0.png", "digit1.png", "digit2.png"]
+    model = ctm.load_pretrained("mnist")
+    for g, image in zip(got, images, strict=True):
+        out = model(image[None])
+        tick = int(out.certainties[0, 1].argmax())
+        assert g["label"] == int(out.predictions[0, :, tick].argmax()) and g["tick"] == tick + 1
+    Image.fromarray(render(generate(7, seed=3))).save("maze.png")
+    assert main(["predict", "--pretrained", "maze", "maze.png", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["file"] == "maze.png" and record["applications"] >= 1 and isinstance(record["solved"], bool)
+    assert main(["predict", "--pretrained", "nope", "x.png"]) == 2
+    assert "no bundled model named 'nope' (bundled: maze, mnist, parity)" in capsys.readouterr().err

@@ -54,6 +54,26 @@ class Prediction(NamedTuple):
     certainty: float  # 1 - normalised entropy at that tick
 
 
+def _known_shape(path: Path, dataset: str | None) -> tuple[int, int, int] | None:
+    """The input size of a run that does not record one (a bundled model, a converted official run): the images
+    of a bundle's shipped test slice, else that of the IDX datasets ctm knows (MNIST and Fashion-MNIST: 1x28x28)."""
+    from .data.sources import DATASETS
+    from .pretrained import SLICE_FILE
+
+    slice_file = path / SLICE_FILE
+    if slice_file.is_file() and not slice_file.is_symlink():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(slice_file), "pt") as f:
+                shape = f.get_slice("images").get_shape()
+            if len(shape) == 4 and all(isinstance(n, int) and n > 0 for n in shape[1:]):
+                return tuple(shape[1:])  # type: ignore[return-value]
+        except Exception:  # a damaged slice: fall through to what the dataset's name says
+            pass
+    return (1, 28, 28) if dataset in DATASETS else None
+
+
 def load_run(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Run:
     """Load the run directory at `path`: the model in eval mode on `device`, its configs and data description."""
     from .data.sources import DATASETS
@@ -76,7 +96,7 @@ def load_run(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
         names = spec.class_names if spec is not None and len(spec.class_names) == c.out_dims else None
     shape = dataset.get("shape")  # (C, H, W), recorded by ctm train
     shape = tuple(shape) if isinstance(shape, list) and len(shape) == 3 and all(
-        isinstance(n, int) and n > 0 for n in shape) else None
+        isinstance(n, int) and n > 0 for n in shape) else _known_shape(path, name)
     data_dir = dataset.get("data_dir") if isinstance(dataset.get("data_dir"), str) else None
     data = DataInfo(name, tuple(names) if names else tuple(str(i) for i in range(c.out_dims)), shape, data_dir)
     return Run(model, c, train_config, data, path)

@@ -240,7 +240,10 @@ def _add_predict_parser(sub) -> None:
                                     "N numbers -> the order that sorts them and the ticks waited before each; for a "
                                     "maze run, official-format maze pictures of any size -> the route walked "
                                     "(re-applying the model), the cells visited and whether it solves the maze.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by ctm train")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by ctm train (with --pretrained "
+                                                        "NAME: the first input)")
+    p.add_argument("--pretrained", metavar="NAME", help="a model bundled with ctm instead of a run (see ctm "
+                                                        "pretrained): ctm predict --pretrained mnist digit.png")
     p.add_argument("inputs", metavar="INPUT", nargs="*",
                    help="image files (an image run), sequences of + and - (a parity run; one that starts with "
                         "- goes in --sequence=...), or a sort run's numbers quoted as one argument (\"0.3 -1.2 ...\"; "
@@ -985,7 +988,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.halt_certainty is not None:
         _check_halt_certainty(args.halt_certainty)
-    texts = [*args.inputs, *args.sequence, *(" ".join(numbers) for numbers in args.numbers),
+    inputs = list(args.inputs)
+    if args.pretrained is not None:  # the positional RUN_DIR is then the first input
+        from ..pretrained import BUNDLE_DIR, pretrained_config
+
+        pretrained_config(args.pretrained)  # a bundled model's name (one line naming the bundled ones if not)
+        inputs.insert(0, args.run_dir)
+        args.run_dir = str(BUNDLE_DIR / args.pretrained)
+    texts = [*inputs, *args.sequence, *(" ".join(numbers) for numbers in args.numbers),
              *(_read_lines(args.sequence_file) if args.sequence_file else [])]
     if not texts:
         raise CLIError("nothing to predict: give image files (an image run), sequences (a parity run: as "

@@ -478,16 +478,16 @@ def test_every_command_that_runs_a_model_says_when_it_first_builds_the_cpp_loops
     assert built == [True] and err.startswith("building ctm's C++ tick loop (once per machine, about 20 s)...\n")
 
 
-def test_ctmconfig_preset_is_the_model_ctm_train_builds(synthetic, tmp_path):
+def test_model_preset_is_the_model_ctm_train_builds(synthetic, tmp_path):
     run = tmp_path / "run"
     assert run_cli("train", "--data-dir", synthetic, "--out", run, "--steps", "1", "--eval-every", "1",
                    "--batch-size", "16", "--no-progress") == 0  # no model flags: the default preset
     trained = ctm.CTMConfig.from_dict(json.loads((run / ckpt.CONFIG_FILE).read_text())["model"])
-    assert ctm.CTMConfig.preset() == trained == ctm.CTMConfig.preset("default", out_dims=10)
-    assert ctm.CTMConfig.preset("tutorial") == ctm.CTMConfig()  # CTMConfig() is the tutorial's model
-    assert ctm.CTMConfig.preset("maze", out_dims=480, out_positions=96, in_channels=3).backbone == "resnet18-1"
+    assert ctm.model_preset() == trained == ctm.model_preset("default", out_dims=10)
+    assert ctm.model_preset("tutorial") == ctm.CTMConfig()  # CTMConfig() is the tutorial's model
+    assert ctm.model_preset("maze", out_dims=480, out_positions=96, in_channels=3).backbone == "resnet18-1"
     with pytest.raises(ValueError, match="unknown preset 'nope'; choose one of default, maze,"):
-        ctm.CTMConfig.preset("nope")
+        ctm.model_preset("nope")
 
 
 def test_ctm_eval_shows_progress_over_its_batches_on_a_terminal(synthetic, tmp_path, monkeypatch, capsys):

@@ -23,7 +23,7 @@ _EXPORTS = {
     "accuracy": "training.losses", "certainty_loss": "training.losses", "per_tick_cross_entropy": "training.losses",
     "ThinkOutput": "nn.halting", "think": "nn.halting", "Phase": "nn.readers",
     "Prediction": "inference", "Run": "inference", "load_run": "inference", "predict": "inference",
-    "list_pretrained": "pretrained", "load_pretrained": "pretrained",
+    "list_pretrained": "pretrained", "load_pretrained": "pretrained", "model_preset": "tasks.base",
     "config_from_seed_state_dict": "interop.tutorial", "from_seed_state_dict": "interop.tutorial",
     "config_from_official": "interop.official", "from_official_state_dict": "interop.official",
 }
@@ -32,7 +32,7 @@ __all__ = [
     "Tracking",
     "accuracy", "certainty", "certainty_loss", "config_from_official", "config_from_seed_state_dict",
     "from_official_state_dict", "from_seed_state_dict", "list_pretrained", "load_pretrained", "load_run",
-    "normalised_entropy", "per_tick_cross_entropy", "predict", "think",
+    "model_preset", "normalised_entropy", "per_tick_cross_entropy", "predict", "think",
 ]
 
 
@@ -62,4 +62,5 @@ if TYPE_CHECKING:
     from .nn.model import CTM, ContinuousThoughtMachine, CTMOutput, Tracking, certainty, normalised_entropy
     from .nn.readers import Phase
     from .pretrained import list_pretrained, load_pretrained
+    from .tasks.base import model_preset
     from .training.losses import accuracy, certainty_loss, per_tick_cross_entropy

@@ -279,18 +279,6 @@ class CTMConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    @classmethod
-    def preset(cls, name: str = "default", **changes: Any) -> CTMConfig:
-        """The model of the recipe `ctm train --preset NAME` trains (default: "default", the model `ctm train` builds
-        without flags; `CTMConfig()` is the seed tutorial's model, the "tutorial" preset), with `changes`. The fields
-        a task's data fix (out_dims, in_channels, out_positions, ...) keep CTMConfig's defaults unless given."""
-        from .tasks import TASKS
-
-        found = {n: p for task in TASKS.values() for n, p in task.presets.items()}
-        if name not in found:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(sorted(found))}")
-        return cls(**{**found[name].model, **changes})
-
 
 def _synch_size(selection: str, n: int) -> int:
     """n random pairs, or all pairs i <= j of n neurons."""

@@ -16,6 +16,7 @@ from .base import (
     Sampler,
     Task,
     make_task,
+    model_preset,
     register_task,
     resolve_task,
     task_from_record,
@@ -26,5 +27,6 @@ from .parity.task import ParityTask
 from .sort.task import SortTask
 
 __all__ = ["DEFAULT_TASK", "TASKS", "Dataset", "Example", "ImageTask", "MazeTask", "Metrics", "ParityTask",
-           "Prediction", "Preset", "Sampler", "SortTask", "Task", "make_task", "register_task", "resolve_task",
+           "Prediction", "Preset", "Sampler", "SortTask", "Task", "make_task", "model_preset", "register_task",
+           "resolve_task",
            "task_from_record"]

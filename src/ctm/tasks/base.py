@@ -74,6 +74,16 @@ class Preset:
 
 
 
+def model_preset(name: str = "default", **changes: Any) -> CTMConfig:
+    """The model of the recipe `ctm train --preset NAME` trains (default: "default", the model `ctm train` builds
+    without flags; `CTMConfig()` is the seed tutorial's model, the "tutorial" preset), with `changes`. The fields a
+    task's data fix (out_dims, in_channels, out_positions, ...) keep CTMConfig's defaults unless given."""
+    found = {n: p for task in TASKS.values() for n, p in task.presets.items()}
+    if name not in found:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(sorted(found))}")
+    return CTMConfig(**{**found[name].model, **changes})
+
+
 class Example(NamedTuple):
     """A test sample a task shows (`Task.pick_example`): its index in the test set and why it was picked."""
 

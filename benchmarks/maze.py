@@ -29,12 +29,11 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from parity import _run, parameters_from, step_time, steps_for  # noqa: E402  (the same calibration)
+from parity import _run, calibrated_steps, last_json, parameters_from  # noqa: E402  (the same calibration)
 
 CTM = [sys.executable, "-m", "ctm"]
 MODELS = ("ctm", "lstm")
@@ -82,24 +81,16 @@ def seed_step_ms(threads: int | None) -> dict | None:
     return {"batch": row["batch"], "ms": row["ms_per_call"]}
 
 
-def _json(cmd: list[str]) -> dict:
-    return json.loads(_run(cmd)[1].strip().splitlines()[-1])
-
-
 def benchmark_one(model: str, args: argparse.Namespace) -> dict:
     run_dir = args.out / model
     if args.steps:
         steps, step_s = args.steps, None
     else:
-        k = args.calibration_steps
-        with tempfile.TemporaryDirectory(prefix="maze-calibration-") as tmp:
-            _run(train_command(model, 2, Path(tmp) / "warm-up", args))  # one-off costs (caches, the C++ build)
-            timed = [(n, _run(train_command(model, n, Path(tmp) / f"k{n}", args))[0]) for n in (k, 2 * k)]
-        step_s = step_time(*timed)
-        steps = steps_for(args.budget_s, step_s)
+        steps, step_s = calibrated_steps(lambda n, out: train_command(model, n, out, args), args.calibration_steps,
+                                         args.budget_s, "maze-calibration-", warm_up=2)
     wall, output = _run(train_command(model, steps, run_dir, args, evals=args.evals))
-    main = _json(eval_command(run_dir, args))
-    larger = [{"cells": c, **{k: v for k, v in _json(larger_command(run_dir, c, args)).items() if k in KEYS}}
+    main = last_json(eval_command(run_dir, args))
+    larger = [{"cells": c, **{k: v for k, v in last_json(larger_command(run_dir, c, args)).items() if k in KEYS}}
               for c in args.larger] if model in args.larger_models else []
     return {"model": model, "cells": args.cells, "parameters": parameters_from(output), "steps": steps,
             "step_s": step_s, "wall_s": round(wall, 1), **{k: main[k] for k in KEYS},

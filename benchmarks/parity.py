@@ -103,6 +103,22 @@ def _run(cmd: list[str]) -> tuple[float, str]:
     return wall, proc.stdout + proc.stderr
 
 
+def calibrated_steps(command, k: int, budget_s: float, prefix: str, warm_up: int = 2) -> tuple[int, float]:
+    """(the steps that fill `budget_s`, seconds a step): a warm-up run of `warm_up` steps takes the one-off costs
+    (caches, the C++ build), then runs of k and 2k steps are timed (`step_time`). `command(steps, out)` is the
+    `ctm train` line of a run of that many steps into folder `out`."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        _run(command(warm_up, Path(tmp) / "warm-up"))
+        timed = [(n, _run(command(n, Path(tmp) / f"k{n}"))[0]) for n in (k, 2 * k)]
+    step_s = step_time(*timed)
+    return steps_for(budget_s, step_s), step_s
+
+
+def last_json(cmd: list[str]) -> dict:
+    """The JSON object a command prints on its last line (`ctm eval --json`)."""
+    return json.loads(_run(cmd)[1].strip().splitlines()[-1])
+
+
 def benchmark_one(model: str, ticks: int, args: argparse.Namespace) -> dict:
     """Calibrate, train within the budget, evaluate: one row of the table."""
     common = dict(length=args.length, seed=args.seed, threads=args.threads, device=args.device, extra=args.extra)
@@ -110,15 +126,10 @@ def benchmark_one(model: str, ticks: int, args: argparse.Namespace) -> dict:
     if args.steps:
         steps, step_s = args.steps, None
     else:
-        k = args.calibration_steps
-        with tempfile.TemporaryDirectory(prefix="parity-calibration-") as tmp:
-            _run(train_command(model, ticks, 2, Path(tmp) / "warm-up", **common))  # one-off costs, not timed
-            timed = [(n, _run(train_command(model, ticks, n, Path(tmp) / f"k{n}", **common))[0]) for n in (k, 2 * k)]
-        step_s = step_time(*timed)
-        steps = steps_for(args.budget_s, step_s)
+        steps, step_s = calibrated_steps(lambda n, out: train_command(model, ticks, n, out, **common),
+                                         args.calibration_steps, args.budget_s, "parity-calibration-")
     wall, output = _run(train_command(model, ticks, steps, run_dir, **common))
-    _, evaluation = _run(eval_command(run_dir, threads=args.threads, device=args.device))
-    result = json.loads(evaluation.strip().splitlines()[-1])
+    result = last_json(eval_command(run_dir, threads=args.threads, device=args.device))
     return {"model": model, "ticks": ticks, "length": args.length, "parameters": parameters_from(output),
             "steps": steps, "step_s": step_s, "wall_s": round(wall, 1), "accuracy": result["accuracy"],
             "sequence_accuracy": result.get("sequence_accuracy"), "run_dir": str(run_dir)}

@@ -27,12 +27,11 @@ import json
 import platform
 import shlex
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from parity import _run, parameters_from, step_time, steps_for  # noqa: E402  (the same calibration)
+from parity import _run, calibrated_steps, last_json, parameters_from  # noqa: E402  (the same calibration)
 from train_mnist import seed_step_ms  # noqa: E402
 
 CTM = [sys.executable, "-m", "ctm"]
@@ -55,27 +54,19 @@ def eval_command(run_dir: Path, args: argparse.Namespace, *flags: str) -> list[s
     return [*CTM, "eval", str(run_dir), "--json", *flags] + (["--threads", str(args.threads)] if args.threads else [])
 
 
-def _json(cmd: list[str]) -> dict:
-    return json.loads(_run(cmd)[1].strip().splitlines()[-1])
-
-
 def benchmark_one(model: str, args: argparse.Namespace) -> dict:
     run_dir = args.out / model
     if args.steps:
         steps, step_s = args.steps, None
     else:
-        k = args.calibration_steps
-        with tempfile.TemporaryDirectory(prefix="sort-calibration-") as tmp:
-            _run(train_command(model, 5, Path(tmp) / "warm-up", args))  # one-off costs (caches, the C++ build)
-            timed = [(n, _run(train_command(model, n, Path(tmp) / f"k{n}", args))[0]) for n in (k, 2 * k)]
-        step_s = step_time(*timed)
-        steps = steps_for(args.budget_s, step_s)
+        steps, step_s = calibrated_steps(lambda n, out: train_command(model, n, out, args), args.calibration_steps,
+                                         args.budget_s, "sort-calibration-", warm_up=5)
     wall, output = _run(train_command(model, steps, run_dir, args, evals=args.evals))
-    main = _json(eval_command(run_dir, args, "--plot"))
-    spreads = [{"mean": m, "std": s, **{k: v for k, v in _json(eval_command(
+    main = last_json(eval_command(run_dir, args, "--plot"))
+    spreads = [{"mean": m, "std": s, **{k: v for k, v in last_json(eval_command(
         run_dir, args, "--task-option", f"mean={m}", "--task-option", f"std={s}")).items()
         if k in ("accuracy", "sequence_accuracy", "complete")}} for m, s in SPREADS]
-    halted = _json(eval_command(run_dir, args, "--halt-certainty", str(args.halt_certainty)))
+    halted = last_json(eval_command(run_dir, args, "--halt-certainty", str(args.halt_certainty)))
     return {"model": model, "n": args.n, "parameters": parameters_from(output), "steps": steps, "step_s": step_s,
             "wall_s": round(wall, 1), "accuracy": main["accuracy"], "sequence_accuracy": main["sequence_accuracy"],
             "complete": main["complete"], "mean_last_emission": main["mean_last_emission"],

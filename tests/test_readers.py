@@ -348,11 +348,13 @@ def test_direct_ignores_the_action_sizes_it_does_not_use():
 @pytest.mark.parametrize("schedule, error, match", [
     (lambda x, v: x, TypeError, "a non-empty list of Phase"),
     (lambda x, v: [], TypeError, "a non-empty list of Phase"),
-    (lambda x, v: [Phase("look", x, 1)], ValueError, "phase 0: kind must be 'attend' or 'direct'"),
+    (lambda x, v: [Phase("look", x, 1)], ValueError, "phase 0: kind must be one of attend, direct, token, blank"),
     (lambda x, v: [Phase("attend", x, 0)], ValueError, "phase 0: ticks must be a positive integer"),
     (lambda x, v: [Phase("attend", x, 2), Phase("direct", v[:, :3], 1)], ValueError, r"phase 1 .* \(B, 8\)"),
     (lambda x, v: [Phase("attend", x, 2), Phase("direct", v[:2], 1)], ValueError, "phase 1 has a batch of 2"),
-    (lambda x, v: [Phase("attend", x, 5), Phase("direct", v, 5)], ValueError, r"10 ticks, more than .*\(9\)"),
+    (lambda x, v: [Phase("token", torch.zeros(3, dtype=torch.long), 1)], ValueError,
+     r"phase 0 \('token'\) reads the token table, and this model has none \(CTMConfig.input_tokens is 0\)"),
+    (lambda x, v: [Phase("blank", 3, 1)], ValueError, r"phase 0 \('blank'\) takes a tensor \(B, ...\)"),
     (lambda x, v: [Phase("attend", x[:, 0], 1)], ValueError, "expected input of shape"),
 ])
 def test_a_bad_schedule_is_refused_in_one_line(schedule, error, match):
@@ -360,6 +362,52 @@ def test_a_bad_schedule_is_refused_in_one_line(schedule, error, match):
     with pytest.raises(error, match=match) as e:
         model(schedule(torch.rand(3, 1, 8, 8), torch.randn(3, 8)))
     assert "\n" not in str(e.value)
+
+
+TOKENS = dict(SCHEDULE["first-last two heads"], input_tokens=7, fixed_tokens=5)
+
+
+@pytest.mark.parametrize("ids, match", [
+    (torch.tensor([0, 7, 1]), r"ids must lie in \[0, 7\) \(CTMConfig.input_tokens\), got \[0, 7\]"),
+    (torch.tensor([-1, 0, 1]), r"ids must lie in \[0, 7\)"),
+    (torch.zeros(3), r"takes integer ids of shape \(B,\), got torch.float32 \(3,\)"),
+    (torch.zeros(3, 1, dtype=torch.long), r"takes integer ids of shape \(B,\), got torch.int64 \(3, 1\)"),
+])
+def test_bad_token_ids_are_refused_in_one_line(ids, match):
+    model = ctm.CTM(ctm.CTMConfig(**TOKENS))
+    with pytest.raises(ValueError, match=match) as e:
+        model([Phase("attend", torch.rand(3, 1, 8, 8), 1), Phase("token", ids, 1)])
+    assert "\n" not in str(e.value)
+
+
+def test_token_and_blank_phases_are_the_direct_phases_of_their_vectors():
+    torch.manual_seed(0)
+    model = ctm.CTM(ctm.CTMConfig(**TOKENS))
+    x, ids = torch.rand(3, 1, 8, 8), torch.tensor([0, 6, 3])
+    table = torch.cat((model.token_table.fixed, model.token_table.learned))  # (7, d_input)
+    ours = model([Phase("attend", x, 2), Phase("token", ids, 2), Phase("blank", ids, 3)])
+    direct = model([Phase("attend", x, 2), Phase("direct", table[ids].detach(), 2),
+                    Phase("direct", torch.zeros(3, TOKENS["d_input"]), 3)])
+    torch.testing.assert_close(ours.predictions, direct.predictions)
+    assert ours.predictions.shape == (3, 5, 7)  # any number of ticks: iterations is 9, and 7 or 12 run
+    assert model([Phase("attend", x, 6), Phase("blank", ids, 6)]).predictions.shape == (3, 5, 12)
+    ours.predictions.square().sum().backward()
+    grad = model.token_table.learned.grad  # (2, d_input): the learned rows 5 and 6; id 6 was read, id 5 not
+    assert grad[1].abs().sum() > 0 and grad[0].abs().sum() == 0
+    assert set(model.state_dict()) >= {"token_table.learned"} and "token_table.fixed" not in model.state_dict()
+    with pytest.raises(ValueError, match=r"^CTMConfig.input_tokens \(3\) applies to input_reader 'schedule'"):
+        ctm.CTMConfig(input_tokens=3)
+    with pytest.raises(ValueError, match=r"^CTMConfig.fixed_tokens \(8\) counts rows of the token table"):
+        ctm.CTMConfig(**dict(TOKENS, fixed_tokens=8))
+
+
+def test_fixed_tokens_are_the_official_index_embeddings(official):
+    modules = _official_class(official, "modules", "QAMNISTIndexEmbeddings")
+    for d in (8, 64):
+        theirs = modules(50, d)
+        ours = ctm.CTM(ctm.CTMConfig(**dict(TOKENS, d_input=d, heads=1, input_tokens=52, fixed_tokens=50)))
+        ids = torch.arange(50)
+        torch.testing.assert_close(ours.token_table(ids), theirs(ids), rtol=0, atol=0)
 
 
 def test_what_cannot_read_other_inputs_refuses_them():

@@ -96,7 +96,7 @@ def test_registry_and_records():
     assert isinstance(task_from_record({}), ImageTask)  # runs from before tasks
     assert task_from_record({"task": {"name": "parity", "length": 7}}).options.length == 7
     assert make_task("parity").record() == {"name": "parity", "length": 16}
-    with pytest.raises(ValueError, match="unknown task 'shuffle'; choose one of image, maze, parity, sort"):
+    with pytest.raises(ValueError, match="unknown task 'shuffle'; choose one of image, maze, parity, qamnist, sort"):
         make_task("shuffle")
     with pytest.raises(ValueError, match=r"task 'parity' has no option\(s\) \['size'\]"):
         make_task("parity", size=3)

@@ -78,7 +78,7 @@ MAX_PART_SIZE = 2**40
 #: The fields beyond the tutorial's model: at their defaults a config is the tutorial's architecture.
 OFFICIAL_OPTIONS = ("backbone", "positional_embedding", "neuron_selection", "n_self_pairs", "synapse_depth",
                     "deep_nlms", "nlm_layernorm", "nlm_temperature", "dropout", "nlm_dropout", "out_positions",
-                    "input_reader")
+                    "input_reader", "input_tokens", "fixed_tokens")
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,8 @@ class CTMConfig:
     backbone). The fields after in_channels are the official implementation's options.
     """
 
-    iterations: int = option(30, "internal ticks T (input_reader schedule: the most a schedule may take)",
-                             min=1)
+    iterations: int = option(30, "internal ticks T (input_reader schedule: the ticks of the longest schedule "
+                             "trained on; a schedule may take any number)", min=1)
     d_model: int = option(128, "neurons D", min=1)
     d_input: int = option(32, "width of what a tick reads (the attention output, or the direct "
                           "reader's input) and of the backbone", min=1)
@@ -129,6 +129,11 @@ class CTMConfig:
                                "the official sort model) or schedule (inputs that change over ticks, phase by "
                                "phase attended or fed directly: the official QAMNIST model)",
                                choices=INPUT_READERS)
+    input_tokens: int = option(0, "input_reader schedule: rows of the token table a Phase('token', ids) reads "
+                               "(0: none)", min=0)
+    fixed_tokens: int = option(0, "the first fixed_tokens rows of the token table are the sinusoidal embeddings "
+                               "of their index, not trained (the official QAMNIST index embeddings); the rest "
+                               "are learned", min=0)
 
     def __post_init__(self) -> None:
         if self.backbone in BACKBONE_ALIASES:  # a name of earlier versions
@@ -178,6 +183,7 @@ class CTMConfig:
             ("the attention", ("d_input",), 4 * d * d),
             ("the backbone's first layer", ("in_channels", "d_input"), first_layer),
             ("the predictions of one sample", ("out_dims", "iterations"), self.out_dims * self.iterations),
+            ("the token table", ("input_tokens", "d_input"), self.input_tokens * d),
         )
         for what, names, size in parts:
             if size > MAX_PART_SIZE:
@@ -214,7 +220,14 @@ class CTMConfig:
                              f"sequence of +-1 per sample), got {self.in_channels}")
 
     def _check_reader(self) -> None:
-        """The direct reader feeds its input (B, d_input) to the synapses as it is: no backbone, no attention."""
+        """The direct reader feeds its input (B, d_input) to the synapses as it is: no backbone, no attention.
+        Only a schedule reads tokens."""
+        if self.input_tokens and self.input_reader != "schedule":
+            raise ValueError(f"CTMConfig.input_tokens ({self.input_tokens}) applies to input_reader 'schedule' (its "
+                             f"token phases), not {self.input_reader!r}; leave it at 0")
+        if self.fixed_tokens > self.input_tokens:
+            raise ValueError(f"CTMConfig.fixed_tokens ({self.fixed_tokens}) counts rows of the token table, so it "
+                             f"must not exceed input_tokens ({self.input_tokens})")
         if self.input_reader != "direct":
             return
         if self.backbone != "none":

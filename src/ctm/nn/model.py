@@ -35,7 +35,7 @@ from . import engine
 from .backbones import build_backbone
 from .outputs import CTMOutput, Tracking, certainty, normalised_entropy
 from .positional import build_positional_embedding
-from .readers import build_reader, device_of
+from .readers import TokenTable, build_reader, device_of
 from .synapses import build_synapses
 
 MAX_DECAY = 15.0  # decay rates are clamped to [0, MAX_DECAY]
@@ -404,7 +404,9 @@ class ContinuousThoughtMachine(TickModel):
         # The core. The reader uses the model's q_proj and attention (their state-dict names predate readers).
         self.q_proj = nn.Linear(c.synch_size_action, c.d_input) if attends else None
         self.attention = CrossAttention(c.d_input, c.heads, c.dropout) if attends else None
-        self.reader = build_reader(c, self.q_proj, self.attention)
+        # A schedule's token phases read rows of the token table (e.g. QAMNIST's indices and operators).
+        self.token_table = TokenTable(c.input_tokens, c.fixed_tokens, c.d_input) if c.input_tokens else None
+        self.reader = build_reader(c, self.q_proj, self.attention, self.token_table)
         self.synapses = build_synapses(c.d_input + c.d_model, c.d_model, c.synapse_depth, c.dropout)
         self.neuron_level_models = NeuronLevelModels(
             c.memory_length, c.memory_hidden_dims, c.d_model, deep=c.deep_nlms, layernorm=c.nlm_layernorm,

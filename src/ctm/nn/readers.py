@@ -25,10 +25,15 @@ The readers:
 
   - `Phase("attend", x, ticks)`: for `ticks` ticks, attend as the attention reader does over the tokens of x
     (x as the attention reader's forward takes it: encoded by the backbone, positional embedding and kv_proj);
-  - `Phase("direct", v, ticks)`: for `ticks` ticks, feed v (B, d_input) to the synapses as it is.
+  - `Phase("direct", v, ticks)`: for `ticks` ticks, feed v (B, d_input) to the synapses as it is;
+  - `Phase("token", ids, ticks)`: for `ticks` ticks, feed row ids (B,) of the model's token table
+    (`TokenTable`, `CTMConfig.input_tokens` rows of d_input: the first `CTMConfig.fixed_tokens` the sinusoidal
+    embeddings of 0, 1, ..., the official QAMNIST index embeddings, the rest learned);
+  - `Phase("blank", x, ticks)`: for `ticks` ticks, feed zeros (nothing to read; x only gives the batch, (B, ...)).
 
-  A forward runs the schedule's total ticks T_s, 1 <= T_s <= `CTMConfig.iterations`: predictions are
-  (B, C, T_s). The action synchronisation runs at every tick (direct phases too: its decayed sums go on).
+  A forward runs the schedule's total ticks T_s, any number (`CTMConfig.iterations` is what the task trains
+  with; a longer schedule, e.g. more operations than trained on, runs as well): predictions are (B, C, T_s).
+  The action synchronisation runs at every tick (direct phases too: its decayed sums go on).
   `forward_tokens` takes the same schedule with attend phases already encoded, tokens (B, N, d_input).
   Tracked attention is (B, heads, N_max) per tick, N_max the most tokens of any attend phase: zeros in direct
   phases and past a phase's own N. `think` refuses a schedule (halting is for one input read at every tick).
@@ -36,14 +41,15 @@ The readers:
   QAMNIST (digits shown one at a time, then index and operator embeddings, then ticks to answer):
 
       schedule = [Phase("attend", digits[:, i], 10) for i in range(n_digits)]      # (B, 1, 28, 28) each
-      for index, operator in question:                                             # the task's embeddings
-          schedule += [Phase("direct", index_embedding(index), 10), Phase("direct", operator_embedding(operator), 10)]
-      schedule.append(Phase("direct", torch.zeros(B, d_input), 10))               # answering: nothing to read
+      for index, operator in question:                                             # ids (B,) each
+          schedule += [Phase("token", index, 10), Phase("token", fixed_tokens + operator, 10)]
+      schedule.append(Phase("blank", targets, 10))                                 # answering: nothing to read
       out = model(schedule)                                                        # predictions (B, C, T_s)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -54,7 +60,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from ..config import CTMConfig
 
-PHASE_KINDS = ("attend", "direct")
+PHASE_KINDS = ("attend", "direct", "token", "blank")
 Grid = tuple[int, int]
 
 
@@ -62,7 +68,7 @@ class Phase(NamedTuple):
     """One phase of a schedule (`ScheduleReader`): `ticks` ticks reading `inputs` by `kind`."""
 
     kind: str  # "attend": inputs the backbone takes (forward) or tokens (B, N, d_input) (forward_tokens)
-    inputs: Tensor  # "direct": (B, d_input), fed to the synapses as it is
+    inputs: Tensor  # "direct": (B, d_input) as it is; "token": ids (B,) of the token table; "blank": (B, ...)
     ticks: int = 1
 
 
@@ -133,7 +139,7 @@ class AttentionReader(nn.Module):
         return AttentionInputs(*self.parts[1].project_kv(tokens.to(dtype)))
 
     def read(self, s_action: Tensor, inputs: AttentionInputs, t: int) -> tuple[Tensor, Tensor]:
-        q_proj, attention = self.parts
+        q_proj, attention = self.parts[:2]
         return attention(q_proj(s_action), inputs.k, inputs.v)  # (B, d_input), (B, heads, N)
 
     def extra_repr(self) -> str:
@@ -169,14 +175,45 @@ class DirectReader(nn.Module):
         return "the input (B, d_input) as it is"
 
 
+class TokenTable(nn.Module):
+    """The vectors of input tokens, ids (B,) -> (B, d_input): `n_tokens` rows, the first `fixed` of them the
+    sinusoidal embeddings of their index (sin at even, cos at odd features; not trained: the official QAMNIST
+    index embeddings), the rest learned (initialised N(0, 1), as nn.Embedding)."""
+
+    def __init__(self, n_tokens: int, fixed: int, d_input: int) -> None:
+        super().__init__()
+        self.n_tokens, self.n_fixed = n_tokens, fixed
+        self.register_buffer("fixed", sinusoids(fixed, d_input), persistent=False)  # (fixed, d_input)
+        self.learned = nn.Parameter(torch.randn(n_tokens - fixed, d_input))  # (n_tokens - fixed, d_input)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, torch.cat((self.fixed.to(self.learned.dtype), self.learned)))  # (B, d_input)
+
+    def extra_repr(self) -> str:
+        return f"{self.n_tokens} tokens, the first {self.n_fixed} sinusoidal (fixed), d_input {self.fixed.shape[1]}"
+
+
+def sinusoids(n: int, d: int) -> Tensor:
+    """(n, d) float32: row p holds sin(p w_k) at feature 2k and cos(p w_k) at 2k + 1, w_k = 10000^(-2k/d)."""
+    position = torch.arange(n, dtype=torch.float32).unsqueeze(1)  # (n, 1)
+    w = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))  # (ceil(d/2),)
+    out = torch.zeros(n, d)
+    out[:, 0::2] = torch.sin(position * w)
+    out[:, 1::2] = torch.cos(position * w[:d // 2])
+    return out
+
+
 class ScheduleReader(AttentionReader):
-    """A schedule of phases, each attended (as `AttentionReader`) or fed directly for some ticks."""
+    """A schedule of phases, each attended (as `AttentionReader`), fed directly, looked up in the token table or
+    blank for some ticks."""
 
     kind = "schedule"
 
-    def __init__(self, q_proj: nn.Linear, attention: nn.Module, iterations: int, d_input: int) -> None:
+    def __init__(self, q_proj: nn.Linear, attention: nn.Module, iterations: int, d_input: int,
+                 tokens: TokenTable | None = None) -> None:
         super().__init__(q_proj, attention, iterations)
         self.d_input = d_input
+        self.parts = (q_proj, attention, tokens)  # held, not registered (the model's `token_table`)
 
     def check_input(self, x: Any, model: nn.Module) -> None:
         if not isinstance(x, Sequence) or isinstance(x, (str, Tensor)) or not x \
@@ -186,28 +223,48 @@ class ScheduleReader(AttentionReader):
         batch = None
         for i, p in enumerate(x):
             if p.kind not in PHASE_KINDS:
-                raise ValueError(f"schedule phase {i}: kind must be 'attend' or 'direct', got {p.kind!r}")
+                raise ValueError(f"schedule phase {i}: kind must be one of {', '.join(PHASE_KINDS)}, got {p.kind!r}")
             if isinstance(p.ticks, bool) or not isinstance(p.ticks, int) or p.ticks < 1:
                 raise ValueError(f"schedule phase {i}: ticks must be a positive integer, got {p.ticks!r}")
             if p.kind == "attend":
                 model.check_backbone_input(p.inputs)
-            else:
+            elif p.kind == "direct":
                 check_vectors(p.inputs, self.d_input, model.dtype, f"schedule phase {i} ('direct') takes")
+            elif p.kind == "token":
+                self._check_tokens(p.inputs, i)
+            elif not isinstance(p.inputs, Tensor) or p.inputs.dim() < 1:
+                raise ValueError(f"schedule phase {i} ('blank') takes a tensor (B, ...) giving the batch, got "
+                                 f"{type(p.inputs).__name__}")
             if batch is not None and p.inputs.shape[0] != batch:
                 raise ValueError(f"schedule phase {i} has a batch of {p.inputs.shape[0]}, phase 0 of {batch}")
             batch = p.inputs.shape[0]
-        total = self.ticks(x)
-        if total > self.iterations:
-            raise ValueError(f"the schedule takes {total} ticks, more than CTMConfig.iterations ({self.iterations})")
+
+    def _check_tokens(self, ids: Any, i: int) -> None:
+        table = self.parts[2]
+        if table is None:
+            raise ValueError(f"schedule phase {i} ('token') reads the token table, and this model has none "
+                             f"(CTMConfig.input_tokens is 0)")
+        if not isinstance(ids, Tensor) or ids.dim() != 1 or ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"schedule phase {i} ('token') takes integer ids of shape (B,), got "
+                             f"{getattr(ids, 'dtype', type(ids).__name__)} {tuple(getattr(ids, 'shape', ()))}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.n_tokens):
+            raise ValueError(f"schedule phase {i} ('token'): ids must lie in [0, {table.n_tokens}) "
+                             f"(CTMConfig.input_tokens), got [{int(ids.min())}, {int(ids.max())}]")
 
     def encode(self, x: Sequence[Phase], features: Callable) -> tuple[list[Phase], Grid | None]:
-        """Attend phases' inputs encoded to tokens (B, N, d_input); their grid when they all share one."""
+        """Attend phases' inputs encoded to tokens (B, N, d_input), token and blank phases to direct vectors
+        (B, d_input); the attend phases' grid when they all share one."""
         encoded, grids = [], set()
         for p in x:
             if p.kind == "attend":
                 tokens, grid = features(p.inputs)
                 p = p._replace(inputs=tokens)
                 grids.add(grid)
+            elif p.kind == "token":
+                p = Phase("direct", self.parts[2](p.inputs), p.ticks)  # (B, d_input)
+            elif p.kind == "blank":
+                p = Phase("direct", p.inputs.new_zeros(p.inputs.shape[0], self.d_input, dtype=torch.float32),
+                          p.ticks)
             encoded.append(p)
         return encoded, grids.pop() if len(grids) == 1 else None
 
@@ -226,20 +283,23 @@ class ScheduleReader(AttentionReader):
         if isinstance(phase, DirectInputs):
             x = phase.x
             return x, x.new_zeros(x.shape[0], self.parts[1].heads, inputs.width)
-        o, weights = super().read(s_action, phase, t)  # (B, d_input), (B, heads, N)
+        o, weights = AttentionReader.read(self, s_action, phase, t)  # (B, d_input), (B, heads, N)
         return o, F.pad(weights, (0, inputs.width - weights.shape[-1]))
 
     def extra_repr(self) -> str:
-        return "attend phases: query q_proj(S_action), the model's attention; direct phases as they are"
+        return ("attend phases: query q_proj(S_action), the model's attention; direct phases as they are; token "
+                "phases from the model's token_table; blank phases zeros")
 
 
-def build_reader(config: CTMConfig, q_proj: nn.Linear | None, attention: nn.Module | None) -> nn.Module:
-    """The reader `config.input_reader` names; attention and schedule use the model's q_proj and attention."""
+def build_reader(config: CTMConfig, q_proj: nn.Linear | None, attention: nn.Module | None,
+                 tokens: TokenTable | None = None) -> nn.Module:
+    """The reader `config.input_reader` names; attention and schedule use the model's q_proj and attention, a
+    schedule its token table."""
     c = config
     if c.input_reader == "direct":
         return DirectReader(c.d_input, c.iterations)
     if c.input_reader == "schedule":
-        return ScheduleReader(q_proj, attention, c.iterations, c.d_input)
+        return ScheduleReader(q_proj, attention, c.iterations, c.d_input, tokens)
     return AttentionReader(q_proj, attention, c.iterations)
 
 

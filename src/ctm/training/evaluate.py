@@ -195,7 +195,10 @@ def evaluate(model: ContinuousThoughtMachine, dataset, batch_size: int = 500,
     if getattr(metrics, "needs_model", False):  # e.g. a maze re-applies the model where its route stopped short
         metrics.model = model
     shard = torch.tensor_split(torch.arange(len(dataset)), dist_info.world_size)[dist_info.rank]
-    batches = shard.split(batch_size)
+    # A dataset whose samples come in blocks that share a structure (QAMNIST: a block's questions have one schedule)
+    # says how to batch them; the rest are cut every batch_size samples.
+    batches = dataset.split_batches(shard, batch_size) if hasattr(dataset, "split_batches") \
+        else shard.split(batch_size)
     if progress and len(batches) > 1:
         from tqdm.auto import tqdm
 

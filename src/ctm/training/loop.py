@@ -24,6 +24,7 @@ from ..config import BACKBONE_ALIASES, CTMConfig, check_fields, option
 from ..data.folders import folder_path, parse_image_size
 from ..data.sampling import mix_seed
 from ..nn.kinds import model_options, run_model_kind, run_model_options
+from ..nn.readers import device_of
 from ..runs import checkpoint as ckpt
 from ..tasks import DEFAULT_TASK, TASKS, Dataset, Preset, Task, make_task, task_from_record
 from . import distributed as dist
@@ -547,7 +548,7 @@ def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Ta
         sync = contextlib.nullcontext() if i == len(micro_batches) - 1 or not hasattr(net, "no_sync") \
             else net.no_sync()
         with sync:
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast(device_of(x).type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 out = net(x)
             loss, tick = task.loss(out.predictions, out.certainties, y)
             if cfg.tick_loss_weight > 0:

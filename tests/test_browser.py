@@ -177,6 +177,37 @@ def test_filters_and_halting_threshold(page, viewer):
     assert peaks == sorted(peaks)
 
 
+def mark(right: bool) -> str:
+    return "\u2713" if right else "\u2717"
+
+
+def test_each_verdict_names_the_tick_it_reads(page, viewer):
+    """The list's right/wrong reads the most certain tick, the heading's the tick shown: each says which, and the
+    heading repeats the list's beside its own, so the two never contradict silently."""
+    payload = viewer[1]
+    T, samples = payload["ticks"], payload["samples"]
+
+    def last(s):  # the answer at the last tick
+        return max(range(len(s["probs"][-1])), key=lambda c: s["probs"][-1][c])
+
+    # A sample right at its most certain tick and wrong at the last (or the other way), else the first.
+    pos = next((p for p, s in enumerate(samples) if s["right"] != (last(s) == s["target"])), 0)
+    s = samples[pos]
+    judged = f"at the most certain tick (tick {s['most_certain_tick'] + 1})"
+    item = f"#samples li[data-pos='{pos}']"
+    assert mark(s["right"]) in page.text_content(item)
+    assert f"{mark(s['right'])} {judged}; halts after " in page.get_attribute(item, "title")
+    assert "each sample's answer at the most certain tick" in page.text_content("#judged-note")
+    assert page.text_content("#filter option[value='wrong']") == "wrong (at the most certain tick)"
+    pick(page, pos)
+    set_tick(page, T)
+    title = page.text_content("#sample-title")
+    at_tick, _, verdict = title.partition(" · judged ")
+    assert f"tick {T}: {last(s)} (p = " in at_tick and at_tick.endswith(mark(last(s) == s["target"]))
+    assert verdict == f"{judged}: {mark(s['right'])}"
+    assert page.get_attribute("#sample-verdict", "class") == ("ok" if s["right"] else "bad")
+
+
 def test_served_page_works_too(browser, viewer):
     server = view.serve(viewer[0], port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -332,7 +363,9 @@ CTM.renderers.toy = (function () {
         pick(page, 1)
         set_tick(page, 3)
         assert page.text_content("#toy") == "<b>b at 3" and page.locator("#toy b").count() == 0
-        assert page.text_content("#sample-title") == "sample #1 · word <b>b · tick 3"
+        mc = payload["samples"][1]["most_certain_tick"]
+        assert page.text_content("#sample-title") == \
+            f"sample #1 · word <b>b · tick 3 · judged at the most certain tick (tick {mc + 1}): \u2717"
         assert page.text_content("#samples li[data-pos='2']").startswith("#2: <b>c · ")
         assert page.text_content("#meta").endswith("2 wrong at the most certain tick")
         assert page.text_content("#halt-info").endswith("answering <b>b")

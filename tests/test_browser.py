@@ -208,6 +208,58 @@ def test_each_verdict_names_the_tick_it_reads(page, viewer):
     assert page.get_attribute("#sample-verdict", "class") == ("ok" if s["right"] else "bad")
 
 
+def y_labels(page, chart: str) -> tuple[list[tuple[str, float, float]], float]:
+    """The y axis's labels of a line chart (text, left and right x of their boxes) and the plot's left x."""
+    return page.eval_on_selector(f"#{chart}", """svg => [
+        [...svg.querySelectorAll("text[text-anchor='end']")].map(t => {
+            const b = t.getBBox();
+            return [t.textContent, b.x, b.x + b.width];
+        }),
+        +svg.querySelector("line.axis").getAttribute("x1")]""")
+
+
+def test_y_labels_fit_left_of_the_plot_whatever_their_width(browser, page, viewer, tmp_path):
+    torch.manual_seed(0)
+    payload, _ = view.track(ctm.CTM(TINY), torch.rand(2, 1, 12, 12), "toy")
+    K = len(payload["neurons"])
+    for s in payload["samples"]:  # wide negative values: "-12963.7" needs far more than a fixed margin
+        s["traces"] = [[-12345.678 + 10 * t + k for k in range(K)] for t in range(payload["ticks"])]
+    wide, errors = open_page(browser, view.write_viewer(payload, tmp_path / "wide.html"))
+    try:
+        for shown in (page, wide):
+            for chart in ("traces", "certainty"):
+                labels, left = y_labels(shown, chart)
+                assert len(labels) == 3
+                for text, x0, x1 in labels:
+                    assert x0 >= 0 and x1 <= left, (chart, text, x0, x1, left)  # whole, minus sign included
+        labels, _ = y_labels(wide, "traces")
+        assert labels[0][0].startswith("-1234")
+    finally:
+        wide.close()
+    assert errors == []
+
+
+def test_the_certainty_chart_s_1_stays_clear_of_the_halting_marker(page, viewer):
+    """A sample certain at its first tick halts there: its marker sits on the plot's left edge, level with 1."""
+    samples = viewer[1]["samples"]
+    pos = max(range(len(samples)), key=lambda p: samples[p]["certainty"][0])
+    assert samples[pos]["certainty"][0] >= viewer[1]["threshold"]  # it halts at the first tick
+    pick(page, pos)
+    for threshold in (None, "0"):
+        if threshold is not None:
+            page.fill("#threshold", threshold)
+            page.dispatch_event("#threshold", "change")
+        boxes = page.eval_on_selector("#certainty", """svg => {
+            const one = [...svg.querySelectorAll("text[text-anchor='end']")].find(t => t.textContent === "1");
+            return [one, svg.querySelector("#halt-marker")].map(e => {
+                const b = e.getBBox();
+                return [b.x, b.y, b.x + b.width, b.y + b.height];
+            });
+        }""")
+        (a0, a1, a2, a3), (b0, b1, b2, b3) = boxes
+        assert a2 <= b0 or b2 <= a0 or a3 <= b1 or b3 <= a1, boxes  # apart on x or on y
+
+
 def test_served_page_works_too(browser, viewer):
     server = view.serve(viewer[0], port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -148,16 +148,33 @@ const CTM = (function () {
     }
 
     // ---------------------------------------------------------------- charts
+    // The y axis's labels end GAP left of the plot, past the halting marker's half width (6): a sample halting
+    // at the first tick has its marker on the plot's left edge, beside the "1".
+    const GAP = 10;
+
+    // The y axis's labels for values vs, measured: the plot's left margin fits the widest (a minus sign too).
+    function yLabels(svg, vs) {
+      const labels = vs.map((v) => {
+        const text = el("text", { class: "y-label", "text-anchor": "end" }, svg);
+        text.textContent = +v.toFixed(2);
+        return text;
+      });
+      const widest = Math.max(...labels.map((l) => l.getComputedTextLength() || 7 * l.textContent.length));
+      return { labels, L: Math.ceil(widest) + 2 + GAP };
+    }
+
     function lineChart(svg, series, lo, hi, t, extra) {
-      const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), L = 46, Rm = 8, TOP = 8, B = 22;
-      const x = (i) => L + (T === 1 ? 0 : (i / (T - 1)) * (W - L - Rm));
-      const y = (v) => TOP + (1 - (v - lo) / (hi - lo || 1)) * (H - TOP - B);
+      const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), Rm = 8, TOP = 8, B = 22;
       svg.textContent = "";
       svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-      for (const v of [lo, (lo + hi) / 2, hi]) {
+      const values = [lo, (lo + hi) / 2, hi], { labels, L } = yLabels(svg, values);
+      const x = (i) => L + (T === 1 ? 0 : (i / (T - 1)) * (W - L - Rm));
+      const y = (v) => TOP + (1 - (v - lo) / (hi - lo || 1)) * (H - TOP - B);
+      values.forEach((v, k) => {
         el("line", { class: "grid", x1: L, x2: W - Rm, y1: y(v), y2: y(v) }, svg);
-        el("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end" }, svg).textContent = +v.toFixed(2);
-      }
+        labels[k].setAttribute("x", L - GAP);
+        labels[k].setAttribute("y", y(v) + 4);
+      });
       el("line", { class: "axis", x1: L, x2: W - Rm, y1: H - B, y2: H - B }, svg);
       for (const i of [0, Math.floor((T - 1) / 2), T - 1]) {
         el("text", { x: x(i), y: H - 6, "text-anchor": "middle" }, svg).textContent = i + 1;

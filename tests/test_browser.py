@@ -177,6 +177,89 @@ def test_filters_and_halting_threshold(page, viewer):
     assert peaks == sorted(peaks)
 
 
+def mark(right: bool) -> str:
+    return "\u2713" if right else "\u2717"
+
+
+def test_each_verdict_names_the_tick_it_reads(page, viewer):
+    """The list's right/wrong reads the most certain tick, the heading's the tick shown: each says which, and the
+    heading repeats the list's beside its own, so the two never contradict silently."""
+    payload = viewer[1]
+    T, samples = payload["ticks"], payload["samples"]
+
+    def last(s):  # the answer at the last tick
+        return max(range(len(s["probs"][-1])), key=lambda c: s["probs"][-1][c])
+
+    # A sample right at its most certain tick and wrong at the last (or the other way), else the first.
+    pos = next((p for p, s in enumerate(samples) if s["right"] != (last(s) == s["target"])), 0)
+    s = samples[pos]
+    judged = f"at the most certain tick (tick {s['most_certain_tick'] + 1})"
+    item = f"#samples li[data-pos='{pos}']"
+    assert mark(s["right"]) in page.text_content(item)
+    assert f"{mark(s['right'])} {judged}; halts after " in page.get_attribute(item, "title")
+    assert "each sample's answer at the most certain tick" in page.text_content("#judged-note")
+    assert page.text_content("#filter option[value='wrong']") == "wrong (at the most certain tick)"
+    pick(page, pos)
+    set_tick(page, T)
+    title = page.text_content("#sample-title")
+    at_tick, _, verdict = title.partition(" · judged ")
+    assert f"tick {T}: {last(s)} (p = " in at_tick and at_tick.endswith(mark(last(s) == s["target"]))
+    assert verdict == f"{judged}: {mark(s['right'])}"
+    assert page.get_attribute("#sample-verdict", "class") == ("ok" if s["right"] else "bad")
+
+
+def y_labels(page, chart: str) -> tuple[list[tuple[str, float, float]], float]:
+    """The y axis's labels of a line chart (text, left and right x of their boxes) and the plot's left x."""
+    return page.eval_on_selector(f"#{chart}", """svg => [
+        [...svg.querySelectorAll("text[text-anchor='end']")].map(t => {
+            const b = t.getBBox();
+            return [t.textContent, b.x, b.x + b.width];
+        }),
+        +svg.querySelector("line.axis").getAttribute("x1")]""")
+
+
+def test_y_labels_fit_left_of_the_plot_whatever_their_width(browser, page, viewer, tmp_path):
+    torch.manual_seed(0)
+    payload, _ = view.track(ctm.CTM(TINY), torch.rand(2, 1, 12, 12), "toy")
+    K = len(payload["neurons"])
+    for s in payload["samples"]:  # wide negative values: "-12963.7" needs far more than a fixed margin
+        s["traces"] = [[-12345.678 + 10 * t + k for k in range(K)] for t in range(payload["ticks"])]
+    wide, errors = open_page(browser, view.write_viewer(payload, tmp_path / "wide.html"))
+    try:
+        for shown in (page, wide):
+            for chart in ("traces", "certainty"):
+                labels, left = y_labels(shown, chart)
+                assert len(labels) == 3
+                for text, x0, x1 in labels:
+                    assert x0 >= 0 and x1 <= left, (chart, text, x0, x1, left)  # whole, minus sign included
+        labels, _ = y_labels(wide, "traces")
+        assert labels[0][0].startswith("-1234")
+    finally:
+        wide.close()
+    assert errors == []
+
+
+def test_the_certainty_chart_s_1_stays_clear_of_the_halting_marker(page, viewer):
+    """A sample certain at its first tick halts there: its marker sits on the plot's left edge, level with 1."""
+    samples = viewer[1]["samples"]
+    pos = max(range(len(samples)), key=lambda p: samples[p]["certainty"][0])
+    assert samples[pos]["certainty"][0] >= viewer[1]["threshold"]  # it halts at the first tick
+    pick(page, pos)
+    for threshold in (None, "0"):
+        if threshold is not None:
+            page.fill("#threshold", threshold)
+            page.dispatch_event("#threshold", "change")
+        boxes = page.eval_on_selector("#certainty", """svg => {
+            const one = [...svg.querySelectorAll("text[text-anchor='end']")].find(t => t.textContent === "1");
+            return [one, svg.querySelector("#halt-marker")].map(e => {
+                const b = e.getBBox();
+                return [b.x, b.y, b.x + b.width, b.y + b.height];
+            });
+        }""")
+        (a0, a1, a2, a3), (b0, b1, b2, b3) = boxes
+        assert a2 <= b0 or b2 <= a0 or a3 <= b1 or b3 <= a1, boxes  # apart on x or on y
+
+
 def test_served_page_works_too(browser, viewer):
     server = view.serve(viewer[0], port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -332,7 +415,9 @@ CTM.renderers.toy = (function () {
         pick(page, 1)
         set_tick(page, 3)
         assert page.text_content("#toy") == "<b>b at 3" and page.locator("#toy b").count() == 0
-        assert page.text_content("#sample-title") == "sample #1 · word <b>b · tick 3"
+        mc = payload["samples"][1]["most_certain_tick"]
+        assert page.text_content("#sample-title") == \
+            f"sample #1 · word <b>b · tick 3 · judged at the most certain tick (tick {mc + 1}): \u2717"
         assert page.text_content("#samples li[data-pos='2']").startswith("#2: <b>c · ")
         assert page.text_content("#meta").endswith("2 wrong at the most certain tick")
         assert page.text_content("#halt-info").endswith("answering <b>b")

@@ -293,6 +293,12 @@ def test_the_sort_page_shows_the_order_tick_by_tick(browser, tmp_path):
                          and s["certainty"][t] >= tau), T - 1)
             assert page.text_content("#halt-info").startswith(f"halts at tick {halt + 1}")
         assert "wrong after all ticks" in page.text_content("#meta")
+        # its right/wrong reads the whole order: the list and the heading name the last tick
+        s = payload["samples"][shown[-1]]
+        mark = "\u2713" if s["right"] else "\u2717"
+        assert page.get_attribute(f"#samples li[data-pos='{shown[-1]}']", "title").startswith(
+            f"sample {s['index']}: {s['placed']}/{N} placed {mark} after all ticks (tick {T});")
+        assert page.text_content("#sample-title").endswith(f" · judged after all ticks (tick {T}): {mark}")
         page.select_option("#filter", "wrong")
         assert page.locator("#samples li").count() == sum(1 for s in payload["samples"] if not s["right"]) or \
             page.text_content("#samples li") == "no sample matches"

@@ -17,6 +17,7 @@
 //     haltMet(s, tau, t), // optional, with haltTick: whether tick t meets the task's halting rule (else the page
 //                      // says the sample never does and stops at the last tick)
 //     judged,          // optional: how the task's "right" is judged (default "at the most certain tick")
+//     judgedTick(s),   // optional, with judged: the tick (0-based) that "right" reads (default s.most_certain_tick)
 //   };
 //
 // summary, heading and answer return text: a string, a Node, or an array of them.
@@ -95,6 +96,8 @@ const CTM = (function () {
       return T - 1;
     }
     const judgedAt = R.judged || "at the most certain tick";
+    const judgedTick = (s) => (R.judgedTick ? R.judgedTick(s) : s.most_certain_tick);
+    const judgedText = (s) => `${judgedAt} (tick ${judgedTick(s) + 1})`;
 
     // ---------------------------------------------------------------- sample list
     function order() {
@@ -123,7 +126,7 @@ const CTM = (function () {
         const ticks = haltTick(s, state.threshold) + 1, plural = ticks === 1 ? "" : "s";
         summary.append(...parts(R.summary(s)));
         text.append(`#${s.index}: `, summary, ` \u00b7 ${ticks} tick${plural}`);
-        li.title = `sample ${s.index}: ${summary.textContent} ${judgedAt}; halts after ${ticks} ` +
+        li.title = `sample ${s.index}: ${summary.textContent} ${judgedText(s)}; halts after ${ticks} ` +
           `tick${plural} at threshold ${state.threshold}`;
         if (thumb) li.append(thumb);
         li.append(text);
@@ -145,16 +148,33 @@ const CTM = (function () {
     }
 
     // ---------------------------------------------------------------- charts
+    // The y axis's labels end GAP left of the plot, past the halting marker's half width (6): a sample halting
+    // at the first tick has its marker on the plot's left edge, beside the "1".
+    const GAP = 10;
+
+    // The y axis's labels for values vs, measured: the plot's left margin fits the widest (a minus sign too).
+    function yLabels(svg, vs) {
+      const labels = vs.map((v) => {
+        const text = el("text", { class: "y-label", "text-anchor": "end" }, svg);
+        text.textContent = +v.toFixed(2);
+        return text;
+      });
+      const widest = Math.max(...labels.map((l) => l.getComputedTextLength() || 7 * l.textContent.length));
+      return { labels, L: Math.ceil(widest) + 2 + GAP };
+    }
+
     function lineChart(svg, series, lo, hi, t, extra) {
-      const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), L = 46, Rm = 8, TOP = 8, B = 22;
-      const x = (i) => L + (T === 1 ? 0 : (i / (T - 1)) * (W - L - Rm));
-      const y = (v) => TOP + (1 - (v - lo) / (hi - lo || 1)) * (H - TOP - B);
+      const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), Rm = 8, TOP = 8, B = 22;
       svg.textContent = "";
       svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-      for (const v of [lo, (lo + hi) / 2, hi]) {
+      const values = [lo, (lo + hi) / 2, hi], { labels, L } = yLabels(svg, values);
+      const x = (i) => L + (T === 1 ? 0 : (i / (T - 1)) * (W - L - Rm));
+      const y = (v) => TOP + (1 - (v - lo) / (hi - lo || 1)) * (H - TOP - B);
+      values.forEach((v, k) => {
         el("line", { class: "grid", x1: L, x2: W - Rm, y1: y(v), y2: y(v) }, svg);
-        el("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end" }, svg).textContent = +v.toFixed(2);
-      }
+        labels[k].setAttribute("x", L - GAP);
+        labels[k].setAttribute("y", y(v) + 4);
+      });
       el("line", { class: "axis", x1: L, x2: W - Rm, y1: H - B, y2: H - B }, svg);
       for (const i of [0, Math.floor((T - 1) / 2), T - 1]) {
         el("text", { x: x(i), y: H - 6, "text-anchor": "middle" }, svg).textContent = i + 1;
@@ -168,13 +188,22 @@ const CTM = (function () {
       for (const { values, colour } of series) el("circle", { cx: x(t), cy: y(values[t]), r: 3.5, fill: colour }, svg);
     }
 
+    // The sample's right or wrong, as the list marks it, with the tick it reads: the heading's answer is that of
+    // the tick shown, which may differ.
+    function verdict(s) {
+      if (s.right === undefined) return [];
+      const mark = span(s.right ? "ok" : "bad", s.right ? "\u2713" : "\u2717");
+      mark.id = "sample-verdict";
+      return [` \u00b7 judged ${judgedText(s)}: `, mark];
+    }
+
     const TRACE_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
 
     function render() {
       const s = samples[state.pos], t = state.tick, tau = state.threshold;
       $("tick-slider").value = t + 1;
       $("tick-label").textContent = `tick ${t + 1} / ${T}`;
-      $("sample-title").replaceChildren(`sample #${s.index} \u00b7 `, ...parts(R.heading(s, t)));
+      $("sample-title").replaceChildren(`sample #${s.index} \u00b7 `, ...parts(R.heading(s, t)), ...verdict(s));
       R.draw(s, t);
       const h = haltTick(s, tau);
       lineChart($("certainty"), [{ values: s.certainty, colour: "#333", width: 2 }], 0, 1, t, (svg, x, y) => {
@@ -212,6 +241,9 @@ const CTM = (function () {
     const wrong = judged.filter((s) => s.right === false).length;
     $("meta").textContent = `${samples.length} samples${DATA.source ? " of " + DATA.source : ""}, ${T} ticks` +
       (judged.length ? `; ${wrong} wrong ${judgedAt}` : "");
+    $("judged-note").textContent = judged.length
+      ? `\u2713 \u2717: each sample's answer ${judgedAt} (hover one for its tick)` : "";
+    $("filter").querySelector("option[value='wrong']").textContent = `wrong (${judgedAt})`;
     $("tick-slider").max = T;
     $("tick-slider").addEventListener("input", (e) => { stop(); setTick(Number(e.target.value) - 1); });
     $("play").addEventListener("click", () => (state.playing === null ? play() : stop()));

@@ -172,6 +172,7 @@ CTM.renderers.sort = (function () {
       return c;
     },
     judged: "after all ticks",
+    judgedTick() { return T - 1; },
     // Sorting halts once the order is complete (N emitted) and the tick's certainty reaches tau (SortTask.halting).
     haltMet(s, tau, t) { return emittedBy(s, t) >= N && s.certainty[t] >= tau; },
     haltTick(s, tau) {

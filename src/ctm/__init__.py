@@ -23,6 +23,7 @@ _EXPORTS = {
     "accuracy": "training.losses", "certainty_loss": "training.losses", "per_tick_cross_entropy": "training.losses",
     "ThinkOutput": "nn.halting", "think": "nn.halting", "Phase": "nn.readers",
     "Prediction": "inference", "Run": "inference", "load_run": "inference", "predict": "inference",
+    "check_polarity": "inference",
     "list_pretrained": "pretrained", "load_pretrained": "pretrained", "model_preset": "tasks.base",
     "config_from_seed_state_dict": "interop.tutorial", "from_seed_state_dict": "interop.tutorial",
     "config_from_official": "interop.official", "from_official_state_dict": "interop.official",
@@ -30,7 +31,7 @@ _EXPORTS = {
 __all__ = [
     "CTM", "CTMConfig", "CTMOutput", "ContinuousThoughtMachine", "Phase", "Prediction", "Run", "ThinkOutput",
     "Tracking",
-    "accuracy", "certainty", "certainty_loss", "config_from_official", "config_from_seed_state_dict",
+    "accuracy", "certainty", "certainty_loss", "check_polarity", "config_from_official", "config_from_seed_state_dict",
     "from_official_state_dict", "from_seed_state_dict", "list_pretrained", "load_pretrained", "load_run",
     "model_preset", "normalised_entropy", "per_tick_cross_entropy", "predict", "think",
 ]
@@ -55,7 +56,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .config import CTMConfig
-    from .inference import Prediction, Run, load_run, predict
+    from .inference import Prediction, Run, check_polarity, load_run, predict
     from .interop.official import config_from_official, from_official_state_dict
     from .interop.tutorial import config_from_seed_state_dict, from_seed_state_dict
     from .nn.halting import ThinkOutput, think

@@ -79,6 +79,7 @@ EXAMPLES = {
     "predict": """examples:
   ctm predict RUN digit.png photo.jpg        # an image run: image files
   ctm predict RUN *.png --halt-certainty 0.9 --json
+  ctm predict --pretrained mnist seven.png --invert   # a dark digit on white paper: swap light and dark first
   ctm predict PARITY_RUN ++-+--+-            # a parity run: sequences of + and -, as long as its length
   ctm predict PARITY_RUN --sequence=-+-++--- --sequence-file sequences.txt
   ctm predict SORT_RUN --numbers 0.3 -1.2 2.5 0.1 --json   # a sort run: its N numbers -> order, waits
@@ -262,6 +263,11 @@ def _add_predict_parser(sub) -> None:
                    help="answer at the first tick whose certainty reaches TAU, a fraction in [0, 1] (default: the "
                         "most certain tick of all; a sort run: once its order is complete and that certain, by "
                         "default the order of all ticks)")
+    p.add_argument("--invert", action="store_true",
+                   help="an image run: swap light and dark of each picture (1 - x, pixels in [0, 1]) before "
+                        "predicting, for dark drawings on a light background given to a model trained on light on "
+                        "dark, as MNIST's (ctm predict says on stderr when a picture looks the opposite way round "
+                        "from the training data); --json says \"inverted\" per file")
     p.add_argument("--json", action="store_true", help="one JSON object per input")
     p.add_argument("--out", metavar="FILE_OR_DIR",
                    help="write each answer drawn as a picture, for tasks that draw theirs (a maze run: the maze with "
@@ -1006,11 +1012,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.run_dir} is a file and a run directory comes after it: the run directory comes first, "
                        f"ctm predict RUN_DIR INPUT ...")
     task = task_from_record(read_config(args.run_dir))
+    if args.invert and not task.invertible:
+        which = f"the bundled model {args.pretrained}" if args.pretrained is not None else args.run_dir
+        raise CLIError(f"--invert swaps light and dark of an image classifier's pictures; {which} is a {task.name} "
+                       f"run, whose inputs are not such pictures: drop --invert")
     if args.out is not None:
         _check_path_text("--out", args.out)
     _set_threads(args.threads)
     run = load_run(args.run_dir, resolve_device(args.device))
-    predictions = task.predict(run, texts, halt_certainty=args.halt_certainty)
+    predictions = task.predict(run, texts, halt_certainty=args.halt_certainty,
+                               **({"invert": True} if args.invert else {}))
     outs = _prediction_outs(args.out, predictions, task.name, texts) if args.out is not None else {}
     for row, p in enumerate(predictions):
         where = outs.get(row)
@@ -1022,7 +1033,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(printable(p.line))
             if where is not None:
                 print(printable(f"  wrote {where}"))
+    _print_warnings([p.warning for p in predictions if getattr(p, "warning", None)])
     return 0
+
+
+# ctm predict prints this many of its inputs' warnings in full, then how many more there are.
+MAX_WARNINGS = 3
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    """The inputs' warnings (a picture that looks inverted) on stderr, after the answers: all of them, or of more
+    than MAX_WARNINGS + 1, the first MAX_WARNINGS and one line for the rest."""
+    sys.stdout.flush()
+    shown = warnings if len(warnings) <= MAX_WARNINGS + 1 else warnings[:MAX_WARNINGS]
+    for warning in shown:
+        print(printable(warning), file=sys.stderr)
+    if len(shown) < len(warnings):
+        print(f"... and {len(warnings) - len(shown)} more inputs with the same warning", file=sys.stderr)
 
 
 def _prediction_outs(out: str, predictions: list, task_name: str, inputs: list[str]) -> dict[int, Path]:

@@ -94,12 +94,14 @@ class Example(NamedTuple):
 class Prediction(NamedTuple):
     """One input's answer in `ctm predict` (`Task.predict`): the name it is printed under, the line printed, the
     `--json` object and, for a task that draws its answer, that picture (H, W, 3) uint8 RGB (what `--out`
-    writes; None: the task draws none)."""
+    writes; None: the task draws none); `warning`, one line about the input that `ctm predict` prints on stderr
+    (e.g. a picture that looks inverted), or None."""
 
     name: str
     line: str
     record: dict[str, Any]
     picture: Any = None
+    warning: str | None = None
 
 
 class Metrics(Protocol):
@@ -142,6 +144,9 @@ class Task:
     fixes_fields_from: ClassVar[str | None] = None
     #: the recipes `ctm train --preset NAME` offers for this task (`default_preset` among them)
     presets: ClassVar[Mapping[str, Preset]] = {}
+    #: whether `ctm predict --invert` applies (its `predict` takes `invert=True`): pictures whose light and dark
+    #: can be swapped, as an image classifier's
+    invertible: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = self.Options(**options)
@@ -384,6 +389,12 @@ class Task:
         `halt_certainty`), printed as `describe_prediction` and `prediction_record` say. A task whose answer
         needs more than one forward (a maze's re-application) or draws a picture overrides this."""
         batch, names = self.parse_inputs(texts, run)
+        return self.predict_batch(run, batch, names, halt_certainty=halt_certainty)
+
+    def predict_batch(self, run: Run, batch: Tensor, names: Sequence[str], *,
+                      halt_certainty: float | None = None) -> list[Prediction]:
+        """`predict` on a batch `parse_inputs` made: one forward, each row answered at its most certain tick (at
+        `halt_ticks` with `halt_certainty`)."""
         model = run.model
         parameter = next(model.parameters())
         with torch.inference_mode():

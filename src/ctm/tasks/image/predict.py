@@ -76,3 +76,26 @@ def line(output: CTMOutput, row: int, name: str, class_names: Sequence[str] | No
     a = answer(output, row, class_names, tick)
     return (f"{name}: {a['class_name']} (probability {a['probability']:.3f}, tick {a['tick']} of "
             f"{output.predictions.shape[-1]}, certainty {a['certainty']:.3f})")
+
+
+def invert_batch(batch: Tensor) -> Tensor:
+    """Each picture's light and dark swapped: 1 - x, pixels in [0, 1] (`ctm predict --invert`)."""
+    return 1 - batch
+
+
+def polarity_warnings(batch: Tensor, names: Sequence[str], training_border: float | None, *,
+                      inverted: bool = False) -> list[str | None]:
+    """For each picture of `batch` (as the model gets it) whose background is clearly the opposite of the training
+    data's (`ctm.data.polarity`), the line `ctm predict` prints on stderr, naming the fix: add --invert, or, for a
+    picture that --invert turned the wrong way round, drop it; None for the others."""
+    from ...data.polarity import opposite_polarity
+
+    out: list[str | None] = []
+    for name, what in zip(names, opposite_polarity(batch, training_border), strict=True):
+        if what is None:
+            out.append(None)
+        elif inverted:
+            out.append(f"{name}: --invert made it {what}; predict it without --invert")
+        else:
+            out.append(f"{name}: {what}; predicting it inverted is likely what you want: add --invert")
+    return out

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from ...config import CTMConfig
-from ..base import Example, Preset, Task, register_task
+from ..base import Example, Prediction, Preset, Task, register_task
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -71,6 +71,7 @@ class ImageTask(Task):
     fixed_fields = ("in_channels", "out_dims")
     fixes_fields_from = "the data"
     presets = PRESETS
+    invertible = True
 
     def load(self, split: str, train_config: TrainConfig, data_dir: str | None = None,
              recorded: Mapping[str, Any] | None = None) -> ImageDataset:
@@ -127,12 +128,18 @@ class ImageTask(Task):
     def dataset_record(self, train_set: ImageDataset, data_dir: str | None) -> dict[str, Any]:
         """config.json's "dataset" section. `data_dir` is --data-dir; without it, files found through $CTM_DATA_DIR
         are recorded too ("data_dir_from": "CTM_DATA_DIR"), so that the commands the run prints (resume, eval)
-        find the same files in a shell without that variable."""
+        find the same files in a shell without that variable.
+        `border` is the training images' background (`ctm.data.polarity.dataset_border`), by which `ctm predict`
+        tells a picture drawn the other way round (dark on light for MNIST)."""
+        from ...data.polarity import dataset_border
+
         found = None if data_dir else env_data_dir(train_set)
+        border = dataset_border(train_set.images)
         return {"name": train_set.name, "source": train_set.source,
                 "data_dir": str(Path(data_dir).resolve()) if data_dir else found,
                 **({"data_dir_from": DATA_DIR_ENV} if found else {}),
-                "shape": list(train_set.shape), "num_classes": train_set.num_classes, **train_set.record}
+                "shape": list(train_set.shape), "num_classes": train_set.num_classes,
+                **({"border": border} if border is not None else {}), **train_set.record}
 
     def load_splits(self, train_config: TrainConfig, data_dir: str | None = None, *,
                     recorded: Mapping[str, Any] | None = None, resume: bool = False,
@@ -155,6 +162,10 @@ class ImageTask(Task):
         if "data_dir_from" in record and record["data_dir_from"] != DATA_DIR_ENV:
             raise ValueError(f"'dataset.data_dir_from' must be {DATA_DIR_ENV!r} where present, got "
                              f"{record['data_dir_from']!r}")
+        border = record.get("border")
+        if "border" in record and not (isinstance(border, (int, float)) and not isinstance(border, bool)
+                                       and 0 <= border <= 1):
+            raise ValueError(f"'dataset.border' must be a number in [0, 1] where present, got {border!r}")
 
     def describe_data(self, train_set: ImageDataset, test_set: ImageDataset) -> str:
         shape = "x".join(str(n) for n in train_set.shape)
@@ -203,6 +214,21 @@ class ImageTask(Task):
         from .predict import parse_files
 
         return parse_files(texts, run)
+
+    def predict(self, run: Run, texts: Sequence[str], *, halt_certainty: float | None = None,
+                invert: bool = False) -> list[Prediction]:
+        """`Task.predict`, with `invert`: each picture's light and dark swapped (1 - x, pixels in [0, 1]) before
+        the model sees it; its record says "inverted". A picture that goes in with its background the opposite of
+        the training data's gets a warning naming the fix (`ctm.tasks.image.predict.polarity_warnings`)."""
+        from .predict import invert_batch, polarity_warnings
+
+        batch, names = self.parse_inputs(texts, run)
+        if invert:
+            batch = invert_batch(batch)
+        warnings = polarity_warnings(batch, names, run.data.border, inverted=invert)
+        return [p._replace(record={**p.record, "inverted": invert}, warning=warning)
+                for p, warning in zip(self.predict_batch(run, batch, names, halt_certainty=halt_certainty),
+                                      warnings, strict=True)]
 
     def describe_prediction(self, output: CTMOutput, row: int, name: str,
                             class_names: Sequence[str] | None = None, *, tick: int | None = None) -> str:

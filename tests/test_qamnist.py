@@ -216,6 +216,18 @@ def test_the_test_set_asks_250_questions_of_each_shape(streams):
     assert counts == {(d, o): 250 for d in range(1, 5) for o in range(1, 5)}
 
 
+@pytest.mark.parametrize("options, size, each", [
+    (dict(digits=4, digits_delta=3, operations=6, operations_delta=1), 4500, 375),  # 6 x 2 shapes
+    (dict(digits=4, digits_delta=3, operations=4, operations_delta=3), 4500, 125),  # 6 x 6: more than 32 blocks
+    (dict(digits=2, digits_delta=0, operations=3, operations_delta=0), 4000, 4000),  # one shape
+])
+def test_every_shape_of_other_ranges_is_asked_as_often(options, size, each):
+    _, test = _streams(**options)
+    assert len(test) == size
+    counts = collections.Counter(test.shape_of_block(b) for b in range(size // 125))
+    assert set(counts.values()) == {each // 125}
+
+
 def test_split_batches_keeps_to_blocks_and_a_batch_across_blocks_is_refused(streams):
     train, test = streams
     idx = torch.tensor(sorted(torch.randperm(700, generator=torch.Generator().manual_seed(0))[:300].tolist()))

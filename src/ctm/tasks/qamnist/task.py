@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from ...training.evaluate import HaltingResult
     from ...training.loop import TrainConfig
 
-#: questions in the test set (and in `ctm eval --split train`, the first of the training stream)
+#: questions in the test set at least (and in `ctm eval --split train`, the first of the training stream); as many
+#: more as make every (digits, operations) of the ranges asked as often (`QAMNISTOptions.test_size`)
 TEST_SIZE = 4_000
 #: the test set's blocks: each one (digits, operations), taken in turn
 TEST_BLOCK = 125
@@ -75,6 +76,18 @@ class QAMNISTOptions:
     @property
     def operation_range(self) -> tuple[int, int]:
         return self.operations - self.operations_delta, self.operations + max(self.operations_delta, 1) - 1
+
+    @property
+    def shapes(self) -> int:
+        """How many (digits, operations) the ranges hold."""
+        (d0, d1), (o0, o1) = self.digit_range, self.operation_range
+        return (d1 - d0 + 1) * (o1 - o0 + 1)
+
+    @property
+    def test_size(self) -> int:
+        """Questions in the test set: at least TEST_SIZE, in whole rounds of TEST_BLOCK questions of each shape."""
+        rounds = -(-TEST_SIZE // (TEST_BLOCK * self.shapes))
+        return rounds * TEST_BLOCK * self.shapes
 
     @property
     def longest(self) -> int:
@@ -237,7 +250,8 @@ class QAMNISTTask(Task):
             return self._stream(self._images("train", data_dir), "train", STREAM_EPOCH, train_config.seed,
                                 train_config.batch_size)
         if split == "test":
-            return self._stream(self._images("test", data_dir), "test", TEST_SIZE, TEST_STREAM, TEST_BLOCK)
+            return self._stream(self._images("test", data_dir), "test", self.options.test_size, TEST_STREAM,
+                                TEST_BLOCK)
         raise ValueError(f"unknown split {split!r} for the qamnist task; expected train or test")
 
     def eval_data(self, split: str, train_config: TrainConfig, data_dir: str | None = None, *,
@@ -246,7 +260,7 @@ class QAMNISTTask(Task):
         if dataset is not None:
             raise ValueError("--dataset does not apply to the qamnist task: its questions are generated from MNIST")
         data = self.load(split, train_config, data_dir)
-        data.n = min(data.n, TEST_SIZE)
+        data.n = min(data.n, self.options.test_size)
         return data
 
     def sampler(self, train_set: QuestionStream, train_config: TrainConfig, rank: int = 0,

@@ -353,11 +353,6 @@ def test_direct_width_matches_the_direct_ctms_parameter_count(config):
     assert model.num_parameters() == 4 * H * (d + H) + 8 * H + (H + 1) * C + 2 * H
 
 
-def test_the_lstm_refuses_the_schedule_reader():
-    with pytest.raises(ValueError, match="^CTMConfig.input_reader 'schedule': the LSTM baseline reads its input"):
-        LSTMBaseline(CTMConfig(iterations=4, d_model=16, d_input=6, out_dims=4, input_reader="schedule"), 8)
-
-
 def test_ctm_train_task_sort_model_lstm_trains_and_evaluates_from_the_command_line(tmp_path):
     import json
     import os

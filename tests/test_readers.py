@@ -418,8 +418,8 @@ def test_what_cannot_read_other_inputs_refuses_them():
     schedule = ctm.CTM(ctm.CTMConfig(**SCHEDULE["random"]))
     with pytest.raises(ValueError, match="think halts .* input_reader 'schedule'"):
         schedule.think([Phase("direct", torch.randn(2, 6), 3)], 0.5)
-    with pytest.raises(ValueError, match="LSTM baseline reads its input with attention or directly"):
-        LSTMBaseline(ctm.CTMConfig(**SCHEDULE["random"]), 8)
+    with pytest.raises(TypeError, match="input_reader 'schedule' takes a non-empty list of Phase"):
+        LSTMBaseline(ctm.CTMConfig(**SCHEDULE["random"]), 8)(torch.randn(2, 6))  # the LSTM reads schedules too
 
 
 def test_readers_take_double_backward():

@@ -221,5 +221,7 @@ def test_missing_and_foreign_weights_are_one_line(official, tmp_path, capsys):
         attending(torch.rand(1, 3, 4, 4))
     _one_line(capsys, _convert(tmp_path, attending.state_dict(), kwargs, "--model", "sort"),
               "not the sort model's", tmp_path)
-    with pytest.raises(ValueError, match=r"^unknown official model 'qamnist'[^\n]*$"):
-        ctm.from_official_state_dict(state, model="qamnist", **kwargs)
+    with pytest.raises(ValueError, match=r"^unknown official model 'lstm'[^\n]*'qamnist'[^\n]*$"):
+        ctm.from_official_state_dict(state, model="lstm", **kwargs)
+    with pytest.raises(ValueError, match=r"^official state dict has no operator_backbone[^\n]*model='sort'"):
+        ctm.from_official_state_dict(state, model="qamnist", **kwargs)  # the sort weights are not QAMNIST's

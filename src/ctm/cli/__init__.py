@@ -92,6 +92,8 @@ EXAMPLES = {
   ctm eval runs/official --halt-certainty 0.9
   ctm convert-official sort.pt --args sort_args.json --out runs/official-sort --model sort
   ctm predict runs/official-sort --numbers 0.3,-1.2,...
+  ctm convert-official logs/qamnist/checkpoint_300000.pt --out runs/official-qamnist  # its args inside: no --args
+  ctm eval runs/official-qamnist --task-option operations=6 --task-option operations_delta=1
   ctm convert-official ctm-maze-large/ --out runs/maze-large  # the Hugging Face layout: config.json + model.safetensors
   ctm convert-official hf:SakanaAI/ctm-maze-large --out runs/maze-large  # downloaded (pip install 'torch-ctm[hub]')
   ctm convert-official my-maze/ --out runs/my-maze --pixel-range -1..1  # a maze model trained on [-1, 1]: as is
@@ -155,8 +157,8 @@ def _add_train_parser(sub) -> None:
                                     if dataclasses.fields(cls.Options)).replace("%", "%%"))
     p.add_argument("--model", choices=sorted(MODEL_KINDS), default=None, dest="model_kind",
                    help="the model: ctm (default) or lstm (the paper's LSTM baseline: the same tokens (or, for the "
-                        "sort task, the same input at every tick), ticks and loss, its width matched to the CTM's "
-                        "parameter count); the run records it")
+                        "sort task, the same input at every tick; for qamnist, the same schedule), ticks and loss, its "
+                        "width matched to the CTM's parameter count); the run records it")
     p.add_argument("--preset", metavar="NAME", default=None,
                    help="; ".join(f"{name}: {preset.summary}" for name, preset in PRESETS.items()).replace("%", "%%")
                    + " (default: default, or the task's own, e.g. parity)")
@@ -322,16 +324,20 @@ def _add_convert_official_parser(sub) -> None:
                    help="the official model's state_dict() (or a checkpoint holding it as model_state_dict); or a "
                         "folder in the Hugging Face layout (config.json of the constructor's arguments + "
                         "model.safetensors), or hf:OWNER/NAME to download one (pip install 'torch-ctm[hub]'): no "
-                        "--args then. A maze model (prediction_reshaper [L, 5], 3 channels) becomes a maze task run")
+                        "--args then. A maze model (prediction_reshaper [L, 5], 3 channels) becomes a maze task "
+                        "run, the official QAMNIST model a qamnist task run")
     p.add_argument("--args", metavar="ARGS.json",
-                   help="a JSON object of the official ContinuousThoughtMachine constructor's arguments (needed for a "
-                        ".pt state dict)")
+                   help="a JSON object of the official constructor's arguments (needed for a .pt state dict; for the "
+                        "QAMNIST model also the training script's arguments, which an official checkpoint holds as "
+                        "its 'args' and which are read from there without --args)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory to write (new or empty)")
     p.add_argument("--dataset", help="the dataset the run evaluates on by default (e.g. mnist)")
-    p.add_argument("--model", choices=("ctm", "sort"), default="ctm",
+    p.add_argument("--model", choices=("ctm", "sort", "qamnist"), default=None,
                    help="the official class the weights are from: ctm (models/ctm.py ContinuousThoughtMachine, the "
-                        "default) or sort (models/ctm_sort.py ContinuousThoughtMachineSORT: the run is a sort task "
-                        "run of N = out_dims - 1 numbers from N(0, 1))")
+                        "default), sort (models/ctm_sort.py ContinuousThoughtMachineSORT: the run is a sort task "
+                        "run of N = out_dims - 1 numbers from N(0, 1)) or qamnist (models/ctm_qamnist.py "
+                        "ContinuousThoughtMachineQAMNIST: a qamnist task run; recognised from its weights without "
+                        "--model)")
     p.add_argument("--pixel-range", choices=("0..1", "-1..1"), default=None,
                    help="for a maze model in the Hugging Face layout: the range of the pictures it was trained on. "
                         "0..1 (the default: the published official maze checkpoints' legacy range) is folded into "
@@ -1121,7 +1127,7 @@ MAX_SEQUENCE_FILE = 16 * 2**20
 
 
 def cmd_convert_official(args: argparse.Namespace) -> int:
-    from ..interop.official import from_official_state_dict, load_official_state_dict
+    from ..interop.official import detect_official_model, from_official_state_dict, load_official_checkpoint
     from ..runs.checkpoint import save_weights, write_config
 
     out = Path(args.out)
@@ -1134,36 +1140,83 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
     if args.pixel_range is not None:
         raise CLIError(f"--pixel-range applies to official maze models in the Hugging Face layout (config.json + "
                        f"model.safetensors); {args.state_dict} is a .pt state dict, converted as is")
-    if args.args is None:
-        raise CLIError(f"{args.state_dict}: a .pt state dict needs --args ARGS.json (the official constructor's "
-                       f"arguments); a folder in the Hugging Face layout (config.json + model.safetensors) needs none")
-    from .._io import read_json
+    if args.args is not None:
+        from .._io import read_json
 
-    try:
-        arguments = read_json(args.args, error=CLIError)  # bounded: --args /dev/zero is refused, not read whole
-    except CLIError as e:
-        raise CLIError(f"--args {e}") from None
-    except OSError as e:  # missing, a folder, unreadable
-        raise CLIError(f"--args {args.args}: {e.strerror or e}") from None
-    if not isinstance(arguments, dict):
-        raise CLIError(f"--args {args.args} must hold a JSON object of the official constructor's arguments")
-    if args.model == "sort" and args.dataset:
-        raise CLIError("--dataset does not apply to --model sort: the sort task generates its numbers")
-    model = from_official_state_dict(load_official_state_dict(args.state_dict), args.model, **arguments)
-    extra: dict = {"official": {"arguments": arguments, "state_dict": str(Path(args.state_dict).resolve())}}
-    if args.model == "sort":
-        extra["official"]["model"] = "sort"
+        try:
+            arguments = read_json(args.args, error=CLIError)  # bounded: --args /dev/zero is refused, not read whole
+        except CLIError as e:
+            raise CLIError(f"--args {e}") from None
+        except OSError as e:  # missing, a folder, unreadable
+            raise CLIError(f"--args {args.args}: {e.strerror or e}") from None
+        if not isinstance(arguments, dict):
+            raise CLIError(f"--args {args.args} must hold a JSON object of the official constructor's arguments")
+    needs_args = (f"{args.state_dict}: a .pt state dict needs --args ARGS.json (the official constructor's "
+                  f"arguments), unless it is an official checkpoint holding its 'args'; a folder in the Hugging Face "
+                  f"layout (config.json + model.safetensors) needs none")
+    if args.args is None and not Path(args.state_dict).is_file():
+        raise CLIError(needs_args)
+    state_dict, recorded = load_official_checkpoint(args.state_dict)
+    source = "checkpoint" if args.args is None else str(Path(args.args).resolve())
+    if args.args is None:
+        if recorded is None:
+            raise CLIError(needs_args)
+        arguments = recorded
+    detected = detect_official_model(state_dict, arguments)
+    kind = args.model or detected
+    if source == "checkpoint" and detected != "qamnist":  # (QAMNIST weights under another --model: refused below)
+        raise CLIError(f"{args.state_dict} holds the official training script's 'args', which ctm reads for the "
+                       f"QAMNIST model only; give the {kind} model's constructor arguments with --args ARGS.json")
+    if kind in ("sort", "qamnist") and args.dataset:
+        raise CLIError(f"--dataset does not apply to --model {kind}: the {kind} task generates its "
+                       f"{'numbers' if kind == 'sort' else 'questions'}")
+    model = from_official_state_dict(state_dict, kind, **arguments)
+    extra: dict = {"official": {"arguments": _jsonable(arguments), "state_dict": str(Path(args.state_dict).resolve())}}
+    if kind != "ctm":
+        extra["official"]["model"] = kind
+    if source == "checkpoint":
+        extra["official"]["arguments_from"] = "checkpoint"
+    if kind == "sort":
         extra.update(_official_sort_records(model.config))
+    elif kind == "qamnist":
+        from ..interop.official import qamnist_records
+
+        try:
+            extra.update(qamnist_records(model.config, arguments))
+        except ValueError as e:
+            raise CLIError(f"{args.state_dict}: {e}") from None
     elif args.dataset:
         extra["dataset"] = {"name": args.dataset}
     out.mkdir(parents=True, exist_ok=True)
     write_config(out, model.config, extra)
     save_weights(out, model, step=0)
     c = model.config
-    what = f"sorts {c.d_input} numbers" if args.model == "sort" else f"backbone {c.backbone}"
+    if kind == "qamnist":
+        from ..tasks.qamnist.task import QAMNISTOptions
+
+        o = QAMNISTOptions(**{k: v for k, v in extra["task"].items() if k != "name"})
+        (d0, d1), (o0, o1) = o.digit_range, o.operation_range
+        what = (f"qamnist task: {d0} to {d1} digits, {o0} to {o1} operations, each input shown {o.repeats} tick(s), "
+                f"{o.answer_ticks} answer tick(s)")
+    else:
+        what = f"sorts {c.d_input} numbers" if kind == "sort" else f"backbone {c.backbone}"
     print(printable(f"Wrote {out}: {model.num_parameters():,} parameters, {c.iterations} ticks "
                     f"({what}, {c.neuron_selection} synchronisation)"))
+    if kind == "qamnist":
+        print("note: the official script trained it on MNIST resized to 32x32 and normalised ((x - 0.1307) / 0.3081); "
+              "ctm's qamnist task feeds the 28x28 digits in [0, 1]")
     return 0
+
+
+def _jsonable(value):
+    """`value` (arguments, e.g. a checkpoint's argparse values) with what JSON cannot hold written as text."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    return repr(value)
 
 
 def _convert_hub(args: argparse.Namespace, out: Path) -> int:
@@ -1171,7 +1224,7 @@ def _convert_hub(args: argparse.Namespace, out: Path) -> int:
     from ..interop.hub import convert_hub, is_hub_folder, is_run_config
     from ..runs.checkpoint import save_weights, write_config
 
-    if args.model != "ctm":
+    if args.model not in (None, "ctm"):
         raise CLIError(f"--model {args.model}: the Hugging Face layout holds an official ContinuousThoughtMachine "
                        f"(models/ctm.py); convert other official models from their .pt state dict with --args")
     if args.args is not None:

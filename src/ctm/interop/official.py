@@ -10,10 +10,24 @@ function: the same predictions, certainties, synchronisation and gradients. The 
 whose input (B, N) goes to the synapses at every tick: ctm's `input_reader="direct"` with backbone "none". It
 takes the same arguments but fixes heads=0, n_synch_action=0, backbone 'none' and positional embedding 'none'
 (`SORT_IGNORED`: accepted, whatever they say); its input width N is read from the synapses' weights.
+"qamnist" is `models/ctm_qamnist.py` `ContinuousThoughtMachineQAMNIST`: ctm's `input_reader="schedule"` with
+the tutorial backbone (the official MNISTBackbone, `backbone_digit`), `input_tokens` 52 and `fixed_tokens` 50 (the
+official index embeddings, a buffer checked equal to ctm's sinusoids, then the operator embeddings: its row 0 '+'
+(encoded -1), row 1 '-' (-2) become `token_table.learned`). Its arguments are the constructor's
+(`QAMNIST_ARGUMENTS`, with iterations_per_digit = iterations_per_question_part, ctm's `repeats`) or the official
+training script's (`tasks/qamnist/train.py`, a checkpoint's 'args': `QAMNIST_SCRIPT`, `QAMNIST_TASK`), which also
+give the task's digits and operations (`qamnist_options`); CTMConfig.iterations is the longest question's ticks
+(the official forward takes its ticks from its input; its `iterations` argument is ignored).
+`detect_official_model` tells the QAMNIST model's weights and arguments from the others'.
+
+`load_official_checkpoint(path)` reads a bare state dict or an official training checkpoint (`model_state_dict`,
+and its `args`, an argparse.Namespace, allowed through `weights_only=True` with the numpy RNG state beside it).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,15 +51,49 @@ OFFICIAL_ARGUMENTS = {
 }
 #: the official classes conversion reads, by the name `model=` takes
 OFFICIAL_MODELS = {"ctm": "models/ctm.py ContinuousThoughtMachine",
-                   "sort": "models/ctm_sort.py ContinuousThoughtMachineSORT"}
+                   "sort": "models/ctm_sort.py ContinuousThoughtMachineSORT",
+                   "qamnist": "models/ctm_qamnist.py ContinuousThoughtMachineQAMNIST"}
 #: the arguments ContinuousThoughtMachineSORT takes and ignores (it has no attention, backbone or positions)
 SORT_IGNORED = ("heads", "n_synch_action", "backbone_type", "positional_embedding_type")
 # The official constructor's defaults; the other arguments are required.
 OFFICIAL_DEFAULTS = {"prediction_reshaper": [-1], "dropout": 0, "dropout_nlm": None,
                      "neuron_select_type": "random-pairing", "n_random_pairing_self": 0}
 
+#: ContinuousThoughtMachineQAMNIST's constructor arguments: the CTM's less the backbone, positional embedding and
+#: dropout_nlm (it fixes them: backbone 'none' with its own digit backbone, no positions, the NLMs take dropout),
+#: plus its schedule; its `iterations` is ignored (its forward takes the ticks from its input)
+QAMNIST_ARGUMENTS = (*(k for k in OFFICIAL_ARGUMENTS if k not in ("backbone_type", "positional_embedding_type",
+                                                                  "dropout_nlm")),
+                     "iterations_per_digit", "iterations_per_question_part", "iterations_for_answering")
+QAMNIST_DEFAULTS = {"prediction_reshaper": [-1], "dropout": 0, "neuron_select_type": "first-last",
+                    "n_random_pairing_self": 256}
+#: the official QAMNIST training script's model arguments (tasks/qamnist/train.py; a checkpoint's 'args') ->
+#: the constructor's (q_num_repeats_per_input gives iterations_per_digit and iterations_per_question_part)
+QAMNIST_SCRIPT = {"iterations": "iterations", "d_model": "d_model", "d_input": "d_input", "heads": "heads",
+                  "n_synch_out": "n_synch_out", "n_synch_action": "n_synch_action", "synapse_depth": "synapse_depth",
+                  "memory_length": "memory_length", "deep_memory": "deep_nlms",
+                  "memory_hidden_dims": "memory_hidden_dims", "do_normalisation": "do_layernorm_nlm",
+                  "out_dims": "out_dims", "dropout": "dropout", "neuron_select_type": "neuron_select_type",
+                  "n_random_pairing_self": "n_random_pairing_self",
+                  "q_num_answer_steps": "iterations_for_answering"}
+#: the script's task arguments -> ctm's qamnist task options
+QAMNIST_TASK = {"q_num_images": "digits", "q_num_images_delta": "digits_delta", "q_num_operations": "operations",
+                "q_num_operations_delta": "operations_delta", "q_num_repeats_per_input": "repeats",
+                "q_num_answer_steps": "answer_ticks"}
+#: the script's defaults (its parse_args; out_dims is set to its 10 classes), for what script arguments omit
+QAMNIST_SCRIPT_DEFAULTS = {
+    "q_num_images": 3, "q_num_images_delta": 2, "q_num_repeats_per_input": 10, "q_num_operations": 3,
+    "q_num_operations_delta": 2, "q_num_answer_steps": 10, "model_type": "ctm", "d_model": 1024, "d_input": 64,
+    "synapse_depth": 1, "heads": 4, "n_synch_out": 32, "n_synch_action": 32, "neuron_select_type": "random",
+    "n_random_pairing_self": 256, "iterations": 50, "memory_length": 30, "deep_memory": True,
+    "memory_hidden_dims": 4, "dropout": 0.0, "do_normalisation": False, "out_dims": 10}
+#: the QAMNIST model's index embeddings (a buffer: the sinusoids ctm's token table computes) and operators
+QAMNIST_INDEX, QAMNIST_OPERATORS = "index_backbone.embedding", "operator_backbone.embedding.weight"
+
 # official state-dict name -> ctm name, rewritten by each rule in turn
 _RENAMES = [
+    (r"^backbone_digit\.layers\.", "backbone."),  # the QAMNIST model's MNISTBackbone: ctm's tutorial backbone
+    (r"^operator_backbone\.embedding\.weight$", "token_table.learned"),
     (r"^initial_rgb\.", "backbone.rgb."),
     (r"^backbone\.layers\.", "backbone."),  # shallow-wide
     (r"^positional_embedding\.embedders\.", "positional_embedding.scales."),
@@ -77,11 +125,17 @@ def ctm_name(official_name: str) -> str:
 
 
 def config_from_official(state_dict: Mapping[str, Tensor], model: str = "ctm", **kwargs: Any) -> CTMConfig:
-    """The `CTMConfig` of the official model `model` ("ctm" or "sort", `OFFICIAL_MODELS`) built with `kwargs`;
-    in_channels (sort: d_input) is read from the weights."""
+    """The `CTMConfig` of the official model `model` ("ctm", "sort" or "qamnist", `OFFICIAL_MODELS`) built with
+    `kwargs` (qamnist: the constructor's or the training script's arguments, `qamnist_arguments`); in_channels
+    (sort: d_input) is read from the weights."""
     if model not in OFFICIAL_MODELS:
         raise ValueError(f"unknown official model {model!r}; choose "
                          + " or ".join(f"{k!r} ({v})" for k, v in OFFICIAL_MODELS.items()))
+    if model == "qamnist":
+        return _qamnist_config(state_dict, kwargs)
+    if QAMNIST_OPERATORS in state_dict:
+        raise ValueError(f"official state dict has the QAMNIST model's operator embeddings ({QAMNIST_OPERATORS}): "
+                         f"convert it with model='qamnist' (ctm convert-official detects it)")
     unknown = sorted(set(kwargs) - set(OFFICIAL_ARGUMENTS))
     missing = sorted(set(OFFICIAL_ARGUMENTS) - set(OFFICIAL_DEFAULTS) - set(kwargs))
     if unknown or missing:
@@ -123,6 +177,128 @@ def config_from_official(state_dict: Mapping[str, Tensor], model: str = "ctm", *
         raise ValueError(f"official CTM arguments not supported by ctm: {e}") from None
 
 
+def detect_official_model(state_dict: Mapping[str, Tensor], arguments: Mapping[str, Any] | None = None) -> str:
+    """"qamnist" for the official QAMNIST model's weights (its operator or index embeddings) or arguments (its
+    schedule's, or the QAMNIST training script's q_num_*), else "ctm". The sort model is not told apart: its
+    weights under "ctm" are refused with a one-line hint to convert them with model='sort'."""
+    arguments = arguments or {}
+    if QAMNIST_OPERATORS in state_dict or QAMNIST_INDEX in state_dict or any(
+            k in arguments for k in (*QAMNIST_TASK, "iterations_per_digit", "iterations_per_question_part",
+                                     "iterations_for_answering")):
+        return "qamnist"
+    return "ctm"
+
+
+def _script_form(arguments: Mapping[str, Any]) -> bool:
+    """Whether QAMNIST arguments are the training script's (a checkpoint's 'args') rather than the constructor's."""
+    return any(k in arguments for k in (*QAMNIST_TASK, "model_type", "deep_memory", "do_normalisation"))
+
+
+def qamnist_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the constructor's arguments, ctm's qamnist task options) of the official QAMNIST model's `arguments`:
+
+    * the constructor's (`QAMNIST_ARGUMENTS`; `QAMNIST_DEFAULTS` for those it defaults): repeats is
+      iterations_per_digit, which must equal iterations_per_question_part (ctm's schedule shows digits and
+      question tokens alike), answer_ticks iterations_for_answering; digits and operations keep the task's
+      defaults (3 +- 2 each, the training script's too);
+    * the training script's (tasks/qamnist/train.py, as a checkpoint's 'args' holds them: `QAMNIST_SCRIPT` for
+      the model, `QAMNIST_TASK` for the task; `QAMNIST_SCRIPT_DEFAULTS` for what they omit; its training and
+      housekeeping arguments are ignored). model_type must be 'ctm'.
+    A one-line ValueError names what is wrong."""
+    if _script_form(arguments):
+        mixed = sorted(set(arguments) & {"deep_nlms", "do_layernorm_nlm", "iterations_per_digit",
+                                         "iterations_per_question_part", "iterations_for_answering"})
+        if mixed:
+            raise ValueError(f"official QAMNIST arguments mix the training script's (q_num_*, deep_memory, ...) with "
+                             f"the constructor's {mixed}; give one or the other")
+        a = {**QAMNIST_SCRIPT_DEFAULTS, **arguments}
+        if a["model_type"] != "ctm":
+            raise ValueError(f"official QAMNIST arguments: model_type {a['model_type']!r}: ctm converts the official "
+                             f"QAMNIST CTM (model_type 'ctm'), not its LSTM baseline; train ctm's own with ctm train "
+                             f"--task qamnist --model lstm")
+        constructor = {QAMNIST_SCRIPT[k]: a[k] for k in QAMNIST_SCRIPT}
+        constructor.update(iterations_per_digit=a["q_num_repeats_per_input"], prediction_reshaper=[-1],
+                           iterations_per_question_part=a["q_num_repeats_per_input"])
+        return constructor, {QAMNIST_TASK[k]: a[k] for k in QAMNIST_TASK}
+    unknown = sorted(set(arguments) - set(QAMNIST_ARGUMENTS))
+    missing = sorted(set(QAMNIST_ARGUMENTS) - set(QAMNIST_DEFAULTS) - set(arguments))
+    if unknown or missing:
+        raise ValueError("official QAMNIST arguments: " + "; ".join(
+            ([f"unknown {unknown}"] if unknown else []) + ([f"missing {missing}"] if missing else [])))
+    a = {**QAMNIST_DEFAULTS, **arguments}
+    if a["iterations_per_digit"] != a["iterations_per_question_part"]:
+        raise ValueError(f"official QAMNIST arguments: iterations_per_digit={a['iterations_per_digit']!r} and "
+                         f"iterations_per_question_part={a['iterations_per_question_part']!r} differ; ctm's qamnist "
+                         f"schedule shows digits and question tokens for the same ticks (repeats), as the official "
+                         f"script does")
+    return a, {"repeats": a["iterations_per_digit"], "answer_ticks": a["iterations_for_answering"]}
+
+
+def qamnist_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """ctm's qamnist task options of the official QAMNIST model's arguments (`qamnist_arguments`), checked."""
+    return dataclasses.asdict(_qamnist_task(qamnist_arguments(arguments)[1]).options)
+
+
+def _qamnist_task(options: Mapping[str, Any]):
+    from ..tasks.qamnist.task import QAMNISTTask
+
+    try:
+        return QAMNISTTask(**options)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"official QAMNIST arguments: {e}") from None
+
+
+def _qamnist_config(state_dict: Mapping[str, Tensor], arguments: Mapping[str, Any]) -> CTMConfig:
+    """The CTMConfig of ContinuousThoughtMachineQAMNIST (module docstring)."""
+    from ..tasks.qamnist.data import MAX_DIGITS, N_TOKENS
+
+    if "lstm_cell.weight_ih" in state_dict:
+        raise ValueError("official state dict has lstm_cell weights: the official QAMNIST LSTM baseline's, which do "
+                         "not convert (ctm converts the QAMNIST CTM); train ctm's own with ctm train --task qamnist "
+                         "--model lstm")
+    if state_dict and QAMNIST_OPERATORS not in state_dict:
+        raise ValueError(f"official state dict has no {QAMNIST_OPERATORS}: not the QAMNIST model's "
+                         f"(ContinuousThoughtMachineQAMNIST); convert an official ContinuousThoughtMachine without "
+                         f"model='qamnist' (the sort model's with model='sort')")
+    a, options = qamnist_arguments(arguments)
+    task = _qamnist_task(options)
+    try:
+        classes = torch.empty(a["out_dims"]).reshape(a["prediction_reshaper"]).shape[-1]
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"official QAMNIST arguments: prediction_reshaper={a['prediction_reshaper']!r} does not "
+                         f"reshape out_dims={a['out_dims']} ({e})") from None
+    first = "backbone_digit.layers.0.weight"
+    if state_dict and first not in state_dict:
+        raise ValueError(f"official state dict: no {first} (expected an official ContinuousThoughtMachineQAMNIST's "
+                         f"state_dict() after one forward, which initialises its lazy layers)")
+    selection = a["neuron_select_type"]
+    fields = {OFFICIAL_ARGUMENTS[k]: a[k] for k in QAMNIST_ARGUMENTS if k in OFFICIAL_ARGUMENTS and k not in (
+        "iterations", "prediction_reshaper", "n_random_pairing_self")}
+    fields.update(iterations=task.options.longest, out_positions=a["out_dims"] // classes, nlm_temperature=True,
+                  nlm_dropout=a["dropout"], n_self_pairs=a["n_random_pairing_self"] if selection == "random-pairing"
+                  else 0,  # the official model reads n_random_pairing_self with random-pairing only
+                  backbone="tutorial", positional_embedding="none", input_reader="schedule", input_tokens=N_TOKENS,
+                  fixed_tokens=MAX_DIGITS, in_channels=int(state_dict[first].shape[1]) if state_dict else 1)
+    try:
+        return CTMConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"official QAMNIST arguments not supported by ctm: {e}") from None
+
+
+def qamnist_records(config: CTMConfig, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """config.json's "task" and "dataset" of a converted official QAMNIST model: the qamnist task with the
+    options its arguments give (`qamnist_arguments`), questions over MNIST. ValueError where the model cannot
+    answer them (the task feeds 1-channel digits and reads 10 answers)."""
+    from ..tasks.qamnist.task import IMAGES
+
+    task = _qamnist_task(qamnist_arguments(arguments)[1])
+    if config.out_dims != 10 or config.out_positions != 1 or config.in_channels != 1:
+        raise ValueError(f"the qamnist task feeds 1-channel MNIST digits and reads 10 answers; the official model "
+                         f"reads {config.in_channels} channel(s) and gives out_dims={config.out_dims}"
+                         + (f" in {config.out_positions} positions" if config.out_positions > 1 else ""))
+    return {"task": task.record(), "dataset": {"name": "qamnist", "images": IMAGES, "num_classes": 10}}
+
+
 def official_arguments(config: CTMConfig) -> dict[str, Any]:
     """The official constructor's arguments for `config` (the reverse of `config_from_official`); for a config
     with input_reader "direct", those of the official sort model (`official_model(config)`: "sort"), with
@@ -130,6 +306,11 @@ def official_arguments(config: CTMConfig) -> dict[str, Any]:
     tutorial backbone, and takes its input channels from its first batch; ValueError for a config it cannot
     build."""
     model = official_model(config)
+    if model == "qamnist":
+        raise ValueError("the official QAMNIST model's arguments hold its schedule (iterations_per_digit, "
+                         "iterations_per_question_part, iterations_for_answering), which the qamnist task's options "
+                         "give, not the config; official_arguments builds ContinuousThoughtMachine and "
+                         "ContinuousThoughtMachineSORT arguments")
     if config.backbone.startswith("tutorial"):
         raise ValueError(f"the official implementation has no {config.backbone!r} backbone; choose a ResNet, "
                          "shallow-wide, sign-embedding or none")
@@ -144,10 +325,17 @@ def official_arguments(config: CTMConfig) -> dict[str, Any]:
 
 def official_model(config: CTMConfig) -> str:
     """The official class (`OFFICIAL_MODELS`) that builds `config`: "sort" for input_reader "direct", "ctm"
-    for attention; ValueError for the schedule reader (the official QAMNIST model does not convert)."""
+    for attention, "qamnist" for QAMNIST's schedule (the tutorial backbone, 52 tokens of which 50 fixed);
+    ValueError for another schedule (no official model reads it)."""
     if config.input_reader == "schedule":
-        raise ValueError("the official QAMNIST model (input_reader 'schedule') does not convert; ctm converts the "
-                         "official ContinuousThoughtMachine and ContinuousThoughtMachineSORT")
+        from ..tasks.qamnist.data import MAX_DIGITS, N_TOKENS
+
+        if (config.backbone, config.positional_embedding, config.input_tokens, config.fixed_tokens) != (
+                "tutorial", "none", N_TOKENS, MAX_DIGITS):
+            raise ValueError(f"no official model reads this schedule: the official QAMNIST model "
+                             f"(ContinuousThoughtMachineQAMNIST) has the tutorial backbone, no positional embedding "
+                             f"and {N_TOKENS} tokens of which {MAX_DIGITS} fixed")
+        return "qamnist"
     return "sort" if config.input_reader == "direct" else "ctm"
 
 
@@ -188,10 +376,13 @@ def from_official_state_dict(state_dict: Mapping[str, Tensor], model: str = "ctm
                              **kwargs: Any) -> ContinuousThoughtMachine:
     """A ctm model computing what the official model built with `kwargs` and holding `state_dict` computes.
 
-    `model` names the official class: "ctm" (`ContinuousThoughtMachine`, the default) or "sort"
-    (`ContinuousThoughtMachineSORT`: a ctm model with input_reader "direct", which takes (B, N) numbers).
-    `kwargs` are the official constructor's arguments (`iterations=..., backbone_type=..., ...`); an
-    argument ctm does not support, or a state dict that does not fit them, raises a one-line ValueError.
+    `model` names the official class: "ctm" (`ContinuousThoughtMachine`, the default), "sort"
+    (`ContinuousThoughtMachineSORT`: a ctm model with input_reader "direct", which takes (B, N) numbers) or
+    "qamnist" (`ContinuousThoughtMachineQAMNIST`: input_reader "schedule", which takes the schedule
+    `ctm.tasks.qamnist.data.schedule` makes; `detect_official_model` recognises its weights).
+    `kwargs` are the official constructor's arguments (`iterations=..., backbone_type=..., ...`; qamnist: also
+    the training script's, `qamnist_arguments`); an argument ctm does not support, or a state dict that does not
+    fit them, raises a one-line ValueError.
     """
     config = config_from_official(state_dict, model, **kwargs)
     net = ContinuousThoughtMachine(config)
@@ -199,6 +390,9 @@ def from_official_state_dict(state_dict: Mapping[str, Tensor], model: str = "ctm
     converted: dict[str, Tensor] = {}
     unexpected = []
     for name, tensor in state_dict.items():
+        if name == QAMNIST_INDEX and model == "qamnist":
+            _check_index_embeddings(tensor, config)  # ctm computes them (token_table.fixed, not saved)
+            continue
         selection = _SELECTIONS.match(name)
         if selection:
             if config.neuron_selection != "first-last":
@@ -211,7 +405,8 @@ def from_official_state_dict(state_dict: Mapping[str, Tensor], model: str = "ctm
             unexpected.append(name)
             continue
         converted[target] = tensor.detach().clone()
-    missing = sorted(set(ours) - set(converted))
+    missing = sorted(set(ours) - set(converted)) + ([QAMNIST_INDEX] if model == "qamnist" and QAMNIST_INDEX not in
+                                                   state_dict else [])
     wrong = [f"{k} {tuple(v.shape)} (the arguments give {tuple(ours[k].shape)})"
              for k, v in converted.items() if k in ours and v.shape != ours[k].shape]
     if wrong:
@@ -227,9 +422,19 @@ def from_official_state_dict(state_dict: Mapping[str, Tensor], model: str = "ctm
 
 def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The state dict in an official `.pt` file: a bare `state_dict()`, or a checkpoint dict holding it under
-    `model_state_dict`. Loaded with `weights_only=True`: a file that needs arbitrary unpickling is refused."""
+    `model_state_dict` (`load_official_checkpoint`)."""
+    return load_official_checkpoint(path)[0]
+
+
+def load_official_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """(the state dict, the arguments) in an official `.pt` file: a bare `state_dict()` (no arguments), or a
+    checkpoint dict holding it under `model_state_dict` and the training script's arguments under `args` (an
+    argparse.Namespace, as the official training scripts save it, or a dict; None where it holds neither).
+    Loaded with `weights_only=True`, allowing only argparse.Namespace and the numpy arrays of the RNG state the
+    official checkpoints hold beside the weights: a file that needs other unpickling is refused."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with _checkpoint_globals():
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, MemoryError):  # missing or unreadable (the command line names the file), or too large
         raise
     except Exception as e:  # anything else torch.load raises is the file's content
@@ -243,11 +448,56 @@ def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise ValueError(f"{path} is not a PyTorch state dict file (torch.load: {type(e).__name__}"
                          f"{': ' + first if first else ''}); give the official model's state_dict() saved with "
                          f"torch.save") from None
+    arguments = None
     if isinstance(payload, Mapping) and isinstance(payload.get("model_state_dict"), Mapping):
+        recorded = payload.get("args")
+        if isinstance(recorded, argparse.Namespace):
+            arguments = dict(vars(recorded))
+        elif isinstance(recorded, Mapping) and all(isinstance(k, str) for k in recorded):
+            arguments = dict(recorded)
         payload = payload["model_state_dict"]
     if not isinstance(payload, Mapping) or not all(isinstance(v, Tensor) for v in payload.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return dict(payload)
+    return dict(payload), arguments
+
+
+def _checkpoint_globals():
+    """A context allowing `weights_only` loading of what an official training checkpoint holds besides tensors:
+    its `args` (argparse.Namespace) and numpy's RNG state (a uint32 array). torch before 2.5 has no such
+    context: nothing is allowed there (a bare state dict still loads)."""
+    import contextlib
+
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:
+        return contextlib.nullcontext()
+    allowed: list[Any] = [argparse.Namespace]
+    try:
+        import numpy as np
+
+        multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
+        allowed += [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+        if tuple(int(v) for v in re.findall(r"\d+", torch.__version__)[:2]) >= (2, 6):
+            # a checkpoint written under numpy 1.x names numpy.core.multiarray._reconstruct
+            allowed.append((multiarray._reconstruct, "numpy.core.multiarray._reconstruct"))
+    except ImportError:  # no numpy: a checkpoint holding arrays is refused, naming them
+        pass
+    return safe_globals(allowed)
+
+
+def _check_index_embeddings(embedding: Tensor, config: CTMConfig) -> None:
+    """The official QAMNIST index embeddings (a buffer) must be the sinusoids ctm's fixed tokens compute."""
+    from ..nn.readers import sinusoids
+
+    expected = sinusoids(config.fixed_tokens, config.d_input)
+    if tuple(embedding.shape) != tuple(expected.shape):
+        raise ValueError(f"official state dict: {QAMNIST_INDEX} has shape {tuple(embedding.shape)}; the official "
+                         f"QAMNIST model's {config.fixed_tokens} index embeddings of d_input={config.d_input} are "
+                         f"{tuple(expected.shape)}")
+    diff = float((embedding.detach().float().cpu() - expected).abs().max())
+    if not diff <= 1e-5:
+        raise ValueError(f"official state dict: {QAMNIST_INDEX} is not the sinusoidal index embeddings (max "
+                         f"difference {diff:.3g}); ctm's fixed index tokens are those sinusoids and cannot hold "
+                         f"other values")
 
 
 def _check_first_last(name: str, indices: Tensor, side: str, config: CTMConfig) -> None:

@@ -7,7 +7,8 @@ and its module says what to record with a `model_options()` method.
 
 * `ctm`: the Continuous Thought Machine (`ctm.model`);
 * `lstm`: the paper's LSTM baseline (`ctm.lstm`): the same tokens (with input_reader "direct", the same input
-  vector at every tick) and ticks, its width matched to the CTM's parameter count unless `hidden` is given.
+  vector at every tick; with "schedule", the same phases) and ticks, its width matched to the CTM's parameter
+  count unless `hidden` is given.
 """
 
 from __future__ import annotations

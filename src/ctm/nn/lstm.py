@@ -11,8 +11,14 @@ The tokens are the CTM's: the same backbone, positional embedding and key/value 
 
 With input_reader "direct" (the sort task's: no backbone, no attention) step 1 reads nothing from h_t: the
 input vector (B, d_input) itself is the cell's input at every tick, as the CTM's direct reader feeds it to the
-synapses; the model has no q_proj, attention or kv_proj, and tracked attention is empty, (B, 1, 0). The
-schedule reader is refused.
+synapses; the model has no q_proj, attention or kv_proj, and tracked attention is empty, (B, 1, 0).
+
+With input_reader "schedule" (the QAMNIST task's) it reads the CTM's schedule (`ctm.nn.readers.ScheduleReader`):
+in an attend phase a query q_proj(h_t) attends over that phase's tokens (a digit's); a token phase's row of the
+model's own `token_table` (the CTM's: sinusoidal index rows fixed, operator rows learned) goes through kv_proj
+(Linear + LayerNorm) into the cell; direct vectors and blank zeros go in as they are. That is the official
+QAMNIST LSTM baseline's function (`models/lstm_qamnist.py` `LSTMBaseline`: the index and operator embeddings
+through kv_proj, the answer ticks' zeros not), which tests/test_qamnist_lstm.py checks with its weights.
 
 What cannot apply: there is no synchronisation (no neuron pairs, no decays). The tick reports, in the CTM's
 `TickOutput` fields, the vectors that play its roles: `synchronisation_action` is h_t (what the query is
@@ -38,7 +44,15 @@ from ..config import MAX_PART_SIZE, CTMConfig, check_fields, option
 from .backbones import build_backbone
 from .model import ContinuousThoughtMachine, CrossAttention, TickModel, TickOutput
 from .positional import build_positional_embedding
-from .readers import AttentionInputs, AttentionReader, DirectInputs, DirectReader
+from .readers import (
+    AttentionInputs,
+    AttentionReader,
+    DirectInputs,
+    DirectReader,
+    ScheduleInputs,
+    ScheduleReader,
+    TokenTable,
+)
 
 
 @dataclass(frozen=True)
@@ -97,12 +111,9 @@ class LSTMBaseline(TickModel):
         if not isinstance(config, CTMConfig):
             raise TypeError(f"config must be a CTMConfig, got {type(config).__name__}")
         self.config = c = config
-        if c.input_reader not in ("attention", "direct"):
-            raise ValueError(f"CTMConfig.input_reader {c.input_reader!r}: the LSTM baseline reads its input with "
-                             f"attention or directly (input_reader 'attention' or 'direct'), not a schedule")
         self.lstm_config = LSTMConfig(0 if hidden is None else hidden).resolved(c)
         H = self.hidden = self.lstm_config.hidden
-        attends = c.input_reader == "attention"
+        attends = c.input_reader != "direct"
         # The input encoder, as the CTM builds it: backbone -> positional embedding -> tokens (B, N, d_input)
         # (direct: backbone 'none', the input goes to the cell as it is).
         self.backbone = build_backbone(c)
@@ -111,9 +122,16 @@ class LSTMBaseline(TickModel):
         # The core.
         self.q_proj = nn.Linear(H, c.d_input) if attends else None
         self.attention = CrossAttention(c.d_input, c.heads, c.dropout) if attends else None
-        # attention: the query from h_t; direct: the input vector at every tick
-        self.reader = AttentionReader(self.q_proj, self.attention, c.iterations) if attends else \
-            DirectReader(c.d_input, c.iterations)
+        # A schedule's token phases read rows of the token table (QAMNIST's indices and operators), through kv_proj.
+        self.token_table = TokenTable(c.input_tokens, c.fixed_tokens, c.d_input) if c.input_tokens else None
+        # attention: the query from h_t; direct: the input vector at every tick; schedule: phase by phase
+        if c.input_reader == "schedule":
+            self.reader = ScheduleReader(self.q_proj, self.attention, c.iterations, c.d_input, self.token_table,
+                                         token_projection=self.kv_proj)
+        elif attends:
+            self.reader = AttentionReader(self.q_proj, self.attention, c.iterations)
+        else:
+            self.reader = DirectReader(c.d_input, c.iterations)
         self.cell = nn.LSTMCell(c.d_input, H)
         self.output_projector = nn.Linear(H, c.out_dims)
         bound = math.sqrt(1 / H)
@@ -122,7 +140,7 @@ class LSTMBaseline(TickModel):
 
     # ------------------------------------------------------------------------------------------ the tick
 
-    def tick(self, state: LSTMState, inputs: AttentionInputs | DirectInputs, t: int
+    def tick(self, state: LSTMState, inputs: AttentionInputs | DirectInputs | ScheduleInputs, t: int
              ) -> tuple[LSTMState, TickOutput]:
         """Internal tick t (from 0): the four steps of the module docstring."""
         o, attention = self.reader.read(state.h, inputs, t)  # (B, d_input), (B, heads, N) (direct: (B, 1, 0))
@@ -130,11 +148,11 @@ class LSTMBaseline(TickModel):
         logits = self.output_projector(h)  # (B, C)
         return LSTMState(h, c), TickOutput(logits, self.certainty(logits), c, h, attention, state.h, h)
 
-    def start(self, tokens: Tensor) -> tuple[LSTMState, AttentionInputs | DirectInputs]:
-        """Before the first tick: keys/values of the tokens (B, N, d_input) (direct: the input (B, d_input))
-        and the learned start state."""
+    def start(self, tokens: Any) -> tuple[LSTMState, AttentionInputs | DirectInputs | ScheduleInputs]:
+        """Before the first tick: keys/values of the tokens (B, N, d_input) (direct: the input (B, d_input);
+        schedule: each phase's, encoded) and the learned start state."""
         inputs = self.reader.start(tokens, self.start_hidden.dtype)
-        B = tokens.shape[0]
+        B = inputs.batch
         return LSTMState(self.start_hidden.expand(B, -1), self.start_cell.expand(B, -1)), inputs
 
     # ------------------------------------------------------------------------------------------ helpers

@@ -28,7 +28,8 @@ The readers:
   - `Phase("direct", v, ticks)`: for `ticks` ticks, feed v (B, d_input) to the synapses as it is;
   - `Phase("token", ids, ticks)`: for `ticks` ticks, feed row ids (B,) of the model's token table
     (`TokenTable`, `CTMConfig.input_tokens` rows of d_input: the first `CTMConfig.fixed_tokens` the sinusoidal
-    embeddings of 0, 1, ..., the official QAMNIST index embeddings, the rest learned);
+    embeddings of 0, 1, ..., the official QAMNIST index embeddings, the rest learned; the LSTM baseline passes
+    the row through its kv_proj, as the official QAMNIST LSTM does);
   - `Phase("blank", x, ticks)`: for `ticks` ticks, feed zeros (nothing to read; x only gives the batch, (B, ...)).
 
   A forward runs the schedule's total ticks T_s, any number (`CTMConfig.iterations` is what the task trains
@@ -210,10 +211,12 @@ class ScheduleReader(AttentionReader):
     kind = "schedule"
 
     def __init__(self, q_proj: nn.Linear, attention: nn.Module, iterations: int, d_input: int,
-                 tokens: TokenTable | None = None) -> None:
+                 tokens: TokenTable | None = None, token_projection: nn.Module | None = None) -> None:
         super().__init__(q_proj, attention, iterations)
         self.d_input = d_input
-        self.parts = (q_proj, attention, tokens)  # held, not registered (the model's `token_table`)
+        # held, not registered: the model's `token_table`, and what a token's vector goes through before it is
+        # read (None: as it is, the CTM's; the LSTM baseline's kv_proj, as the official QAMNIST LSTM)
+        self.parts = (q_proj, attention, tokens, token_projection)
 
     def check_input(self, x: Any, model: nn.Module) -> None:
         if not isinstance(x, Sequence) or isinstance(x, (str, Tensor)) or not x \
@@ -261,7 +264,10 @@ class ScheduleReader(AttentionReader):
                 p = p._replace(inputs=tokens)
                 grids.add(grid)
             elif p.kind == "token":
-                p = Phase("direct", self.parts[2](p.inputs), p.ticks)  # (B, d_input)
+                vector = self.parts[2](p.inputs)  # (B, d_input)
+                if self.parts[3] is not None:
+                    vector = self.parts[3](vector)
+                p = Phase("direct", vector, p.ticks)
             elif p.kind == "blank":
                 p = Phase("direct", p.inputs.new_zeros(p.inputs.shape[0], self.d_input, dtype=torch.float32),
                           p.ticks)
@@ -287,8 +293,9 @@ class ScheduleReader(AttentionReader):
         return o, F.pad(weights, (0, inputs.width - weights.shape[-1]))
 
     def extra_repr(self) -> str:
-        return ("attend phases: query q_proj(S_action), the model's attention; direct phases as they are; token "
-                "phases from the model's token_table; blank phases zeros")
+        return ("attend phases: the query, the model's attention; direct phases as they are; token phases from the "
+                "model's token_table" + (" through its projection" if self.parts[3] is not None else "")
+                + "; blank phases zeros")
 
 
 def build_reader(config: CTMConfig, q_proj: nn.Linear | None, attention: nn.Module | None,

@@ -7,6 +7,10 @@ sinusoidal embedding and each operator as a learned one (the model's token table
 first `fixed_tokens` 50 sinusoidal) for r ticks, then `answer_ticks` ticks of zeros. The loss is the certainty
 loss over the answer ticks (the official `qamnist_loss`); the answer is read at the most certain answer tick.
 
+The LSTM baseline (`ctm train --task qamnist --model lstm`, `ctm.nn.lstm`) reads the same schedule, as the official
+QAMNIST LSTM does; `ctm convert-official` turns the official QAMNIST model's checkpoint into a run of this task
+(`ctm.interop.official`).
+
 Options: the official sampler's counts (`digits` +- `digits_delta`, `operations` +- `operations_delta`, the top
 excluded), r (`repeats`) and `answer_ticks`. Evaluate beyond training with `ctm eval RUN --task-option
 operations=6 --task-option operations_delta=1` (5 operations; a schedule may be longer than any trained on).

@@ -83,7 +83,8 @@ EXAMPLES = {
   ctm predict PARITY_RUN ++-+--+-            # a parity run: sequences of + and -, as long as its length
   ctm predict PARITY_RUN --sequence=-+-++--- --sequence-file sequences.txt
   ctm predict SORT_RUN --numbers 0.3 -1.2 2.5 0.1 --json   # a sort run: its N numbers -> order, waits
-  ctm predict MAZE_RUN maze.png big.png --out routes/      # a maze run: the route, re-applied on large mazes""",
+  ctm predict MAZE_RUN maze.png big.png --out routes/      # a maze run: the route, re-applied on large mazes
+  ctm predict QAMNIST_RUN --digits 3.png 7.png --question "1 + 0 - 1"  # a qamnist run: the answer, its tick""",
     "pretrained": """examples:
   ctm pretrained                             # name, accuracy, size and the command that trained each
   ctm view --pretrained mnist""",
@@ -242,7 +243,10 @@ def _add_predict_parser(sub) -> None:
                                     "of the answer (the most certain tick, or the halting tick); for a sort run, "
                                     "N numbers -> the order that sorts them and the ticks waited before each; for a "
                                     "maze run, official-format maze pictures of any size -> the route walked "
-                                    "(re-applying the model), the cells visited and whether it solves the maze.")
+                                    "(re-applying the model), the cells visited and whether it solves the maze; "
+                                    "for a qamnist run, digit images (--digits) and a question about them "
+                                    "(--question) -> the answer, its certainty and tick, and the running values "
+                                    "decoded.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by ctm train (with --pretrained "
                                                         "NAME: the first input)")
     p.add_argument("--pretrained", metavar="NAME", help="a model bundled with ctm instead of a run (see ctm "
@@ -261,6 +265,13 @@ def _add_predict_parser(sub) -> None:
                    help="a sort run's input: as many numbers as it sorts, e.g. --numbers 0.3 -1.2 2.5 0 "
                         "(repeatable, one sample each; quote a sample with negative e-notation: --numbers "
                         "\"0.3 -1e-3 2 0\")")
+    p.add_argument("--digits", nargs="+", metavar="IMG",
+                   help="a qamnist run's digit images, in order (files, folders or glob patterns; any size, read "
+                        "greyscale at the run's image size, ink bright on dark as MNIST): --question's indices "
+                        "name them, 0-based")
+    p.add_argument("--question", action="append", metavar="Q",
+                   help="a qamnist run's question about --digits: indices into them joined by + and -, worked left "
+                        "to right modulo 10, e.g. --question \"1 + 0 - 1\" (repeatable: one answer each)")
     p.add_argument("--halt-certainty", type=float, metavar="TAU",
                    help="answer at the first tick whose certainty reaches TAU, a fraction in [0, 1] (default: the "
                         "most certain tick of all; a sort run: once its order is complete and that certain, by "
@@ -751,8 +762,20 @@ def cmd_viz(args: argparse.Namespace) -> int:
     what = task.thinking_gif(model, data, out, fps=args.fps, example=example)
     if what is None:
         raise CLIError(f"the {task.name} task draws no thinking GIF yet")
-    print(printable(f"Wrote {out}: {model.config.iterations} frames ({what}) in {time.perf_counter() - started:.1f} s"))
+    frames = _gif_frames(out) or model.config.iterations  # a QAMNIST question runs its own schedule's ticks
+    print(printable(f"Wrote {out}: {frames} frames ({what}) in {time.perf_counter() - started:.1f} s"))
     return 0
+
+
+def _gif_frames(path: Path) -> int | None:
+    """The frames of the GIF at `path` (None when Pillow cannot say)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return int(getattr(im, "n_frames", 1))
+    except Exception:  # the count is only for the line printed
+        return None
 
 
 def cmd_view(args: argparse.Namespace) -> int:
@@ -1009,10 +1032,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.run_dir = str(BUNDLE_DIR / args.pretrained)
     texts = [*inputs, *args.sequence, *(" ".join(numbers) for numbers in args.numbers),
              *(_read_lines(args.sequence_file) if args.sequence_file else [])]
-    if not texts:
+    flags = {name: getattr(args, name) for name in ("digits", "question") if getattr(args, name) is not None}
+    if not texts and not flags:
         raise CLIError("nothing to predict: give image files (an image run), sequences (a parity run: as "
                        "arguments, --sequence SEQ or --sequence-file FILE), numbers (a sort run: --numbers X X "
-                       "...) or maze pictures (a maze run)")
+                       "...), maze pictures (a maze run) or digit images and a question (a qamnist run: --digits "
+                       "IMG ... --question \"0 + 1\")")
     run_path = Path(args.run_dir)
     if run_path.is_file() and any(Path(t, CONFIG_FILE).is_file() for t in texts):  # `ctm predict x.png RUN`
         raise CLIError(f"{args.run_dir} is a file and a run directory comes after it: the run directory comes first, "
@@ -1022,11 +1047,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         which = f"the bundled model {args.pretrained}" if args.pretrained is not None else args.run_dir
         raise CLIError(f"--invert swaps light and dark of an image classifier's pictures; {which} is a {task.name} "
                        f"run, whose inputs are not such pictures: drop --invert")
+    task.check_predict_flags(flags)  # --digits for a sort run: refused before the model is loaded
     if args.out is not None:
         _check_path_text("--out", args.out)
     _set_threads(args.threads)
     run = load_run(args.run_dir, resolve_device(args.device))
-    predictions = task.predict(run, texts, halt_certainty=args.halt_certainty,
+    predictions = task.predict(run, texts, halt_certainty=args.halt_certainty, **flags,
                                **({"invert": True} if args.invert else {}))
     outs = _prediction_outs(args.out, predictions, task.name, texts) if args.out is not None else {}
     for row, p in enumerate(predictions):

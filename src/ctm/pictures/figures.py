@@ -188,8 +188,15 @@ class TaskPanels:
     ticks: int | None = None
     #: (T,) bool, whether the answer at tick t is right: green and red marks on the certainty curve
     correct: Any = None
+    #: (T,) bool, the ticks `correct` judges (default: every tick): the others get no mark (e.g. ticks before
+    #: there is anything to answer)
+    judged: Any = None
     #: more per-tick series on the certainty axes
     curves: Sequence[Curve] = ()
+    #: the tick (0-based) starred on the certainty curve and its legend label, e.g. where the task reads its
+    #: answer (default: the most certain tick, "most certain (tick k)")
+    starred: int | None = None
+    starred_label: str | None = None
     certainty_title: str = "Certainty (1 - normalised entropy)"
     #: a few words about the sample ("label 7"), for the line that reports the GIF
     summary: str = ""
@@ -240,6 +247,9 @@ class ThinkingFigure:
         correct = None if parts.correct is None else np.asarray(parts.correct, dtype=bool)
         if correct is not None and correct.shape != (T,):
             raise ValueError(f"correct must have shape ({T},) (one per tick), got {correct.shape}")
+        judged = np.ones(T, dtype=bool) if parts.judged is None else np.asarray(parts.judged, dtype=bool)
+        if judged.shape != (T,):
+            raise ValueError(f"judged must have shape ({T},) (one per tick), got {judged.shape}")
         curves = [c._replace(values=np.asarray(c.values, dtype=np.float64)) for c in parts.curves]
         for c in curves:
             if c.values.shape != (T,):
@@ -250,7 +260,10 @@ class ThinkingFigure:
         self.parts = parts
         self.certainty = certainty
         self.most_certain = int(np.argmax(np.nan_to_num(certainty, nan=-np.inf)))
+        if parts.starred is not None and not 0 <= int(parts.starred) < T:
+            raise ValueError(f"starred tick {parts.starred} out of range for {T} ticks")
         self.correct = correct
+        self.judged = judged
         self.curves = curves
         self.blit = blit
         self._post = post[:, :n_neurons]
@@ -303,9 +316,10 @@ class ThinkingFigure:
         if self.correct is not None:
             self.marks = [ax.plot([], [], "o", markersize=4, color=colour, zorder=3, label=label)[0]
                           for colour, label in ((TARGET_COLOUR, "correct"), (WRONG_COLOUR, "wrong"))]
-        mc = self.most_certain
+        mc = self.most_certain if self.parts.starred is None else int(self.parts.starred)
+        label = self.parts.starred_label or f"most certain (tick {mc + 1})"
         ax.scatter([mc + 1], [certainty[mc]], s=170, marker="*", color=MOST_CERTAIN_COLOUR, edgecolor="#7a4a00",
-                   linewidth=0.6, zorder=4, label=f"most certain (tick {mc + 1})")
+                   linewidth=0.6, zorder=4, label=printable(label))
         self.c_cursor = ax.axvline(1, color=CURSOR_COLOUR, linewidth=1.2, alpha=0.6, zorder=1)
         (self.c_dot,) = ax.plot([1], [certainty[0]], "o", markersize=7, markerfacecolor="white",
                                 markeredgecolor=CERTAINTY_COLOUR, markeredgewidth=2, zorder=5)
@@ -374,9 +388,9 @@ class ThinkingFigure:
         for line, curve in zip(self.curve_lines, self.curves, strict=True):
             line.set_data(upto, curve.values[:x])
         if self.marks:
-            right = self.correct[:x]
-            self.marks[0].set_data(upto[right], self.certainty[:x][right])
-            self.marks[1].set_data(upto[~right], self.certainty[:x][~right])
+            right, judged = self.correct[:x], self.judged[:x]
+            self.marks[0].set_data(upto[right & judged], self.certainty[:x][right & judged])
+            self.marks[1].set_data(upto[~right & judged], self.certainty[:x][~right & judged])
         self.c_cursor.set_xdata([x, x])
         self.c_dot.set_data([x], [self.certainty[t]])
         for i, (cursor, dot) in enumerate(zip(self.trace_cursors, self.trace_dots, strict=True)):

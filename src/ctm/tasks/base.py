@@ -147,6 +147,9 @@ class Task:
     #: whether `ctm predict --invert` applies (its `predict` takes `invert=True`): pictures whose light and dark
     #: can be swapped, as an image classifier's
     invertible: ClassVar[bool] = False
+    #: the `ctm predict` flags (beyond its INPUT arguments) whose values this task's `predict` takes by name,
+    #: e.g. ("digits", "question"); the command refuses them for every other task
+    predict_flags: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
         self.options = self.Options(**options)
@@ -383,11 +386,16 @@ class Task:
         `describe_prediction`'s line)."""
         return {"input": name, "prediction": self.describe_prediction(output, row, name, class_names, tick=tick)}
 
-    def predict(self, run: Run, texts: Sequence[str], *, halt_certainty: float | None = None) -> list[Prediction]:
+    def predict(self, run: Run, texts: Sequence[str], *, halt_certainty: float | None = None,
+                **flags: Any) -> list[Prediction]:
         """`ctm predict`: the answers to its inputs `texts` for `run`, one `Prediction` each. Default: one forward
         of `parse_inputs`'s batch, each row answered at its most certain tick (at `halt_ticks` with
         `halt_certainty`), printed as `describe_prediction` and `prediction_record` say. A task whose answer
-        needs more than one forward (a maze's re-application) or draws a picture overrides this."""
+        needs more than one forward (a maze's re-application) or draws a picture overrides this. `flags` are the
+        `ctm predict` flags of `predict_flags` given (by name, e.g. digits=[...]); only a task that names them
+        gets them."""
+        if flags:
+            self.check_predict_flags(flags)
         batch, names = self.parse_inputs(texts, run)
         return self.predict_batch(run, batch, names, halt_certainty=halt_certainty)
 
@@ -396,9 +404,8 @@ class Task:
         """`predict` on a batch `parse_inputs` made: one forward, each row answered at its most certain tick (at
         `halt_ticks` with `halt_certainty`)."""
         model = run.model
-        parameter = next(model.parameters())
         with torch.inference_mode():
-            output = model(batch.to(device=parameter.device, dtype=parameter.dtype))
+            output = model(on_model(batch, model))
         ticks: list[int | None] = [None] * len(names)
         if halt_certainty is not None:  # the task's halting rule (by default ctm.think's)
             ticks = list(self.halt_ticks(output, halt_certainty))
@@ -407,6 +414,17 @@ class Task:
                            self.prediction_record(output, row, name, class_names, tick=tick))
                 for row, (name, tick) in enumerate(zip(names, ticks, strict=True))]
 
+    def check_predict_flags(self, flags: Mapping[str, Any]) -> None:
+        """ValueError, in one line, naming a `ctm predict` flag given that this task does not read (one of
+        another task's `predict_flags`) and the task that reads it."""
+        for name in flags:
+            if name not in self.predict_flags:
+                takers = sorted(n for n, cls in TASKS.items() if name in cls.predict_flags)
+                option = "--" + name.replace("_", "-")
+                where = f"{' and '.join(takers)} run{'s' if len(takers) > 1 else ''}" if takers else "another task"
+                raise ValueError(f"{option} is for a {where}; this run's task is {self.name} (ctm predict --help "
+                                 f"says what each task reads)")
+
     def plot_eval(self, result: EvalResult, path: Path) -> None:
         """`ctm eval --plot`: accuracy and certainty per tick."""
         from ..pictures.figures import save_ticks_plot
@@ -414,11 +432,31 @@ class Task:
         save_ticks_plot(result, path)
 
 
-def tracked_forward(model: ContinuousThoughtMachine, inputs: Tensor, track: bool = True) -> CTMOutput:
-    """`model(inputs, track=track)` in eval mode under inference_mode, on the model's device (floating inputs in
-    its dtype); the model's mode is restored after."""
+def on_model(inputs: Any, model: ContinuousThoughtMachine) -> Any:
+    """`inputs` (a tensor, or a schedule: a list of `ctm.nn.readers.Phase`, or any nesting of tuples, lists and
+    dicts of tensors) on the model's device, floating tensors in its dtype (token ids stay integers)."""
+    from ..training.batches import to_device
+
     parameter = next(model.parameters())
-    inputs = inputs.to(device=parameter.device, dtype=parameter.dtype if inputs.is_floating_point() else None)
+    moved = to_device(inputs, parameter.device, non_blocking=False)
+
+    def cast(x: Any) -> Any:
+        if isinstance(x, Tensor):
+            return x.to(parameter.dtype) if x.is_floating_point() else x
+        if isinstance(x, dict):
+            return {k: cast(v) for k, v in x.items()}
+        if isinstance(x, (tuple, list)):
+            parts = [cast(v) for v in x]
+            return type(x)(*parts) if hasattr(x, "_fields") else type(x)(parts)
+        return x
+
+    return cast(moved)
+
+
+def tracked_forward(model: ContinuousThoughtMachine, inputs: Any, track: bool = True) -> CTMOutput:
+    """`model(inputs, track=track)` in eval mode under inference_mode, on the model's device (floating inputs in
+    its dtype; `inputs` a tensor or a schedule, `on_model`); the model's mode is restored after."""
+    inputs = on_model(inputs, model)
     from ..training.batches import eval_mode
 
     with eval_mode(model), torch.inference_mode():

@@ -24,7 +24,8 @@
 //
 // s is an element of DATA.samples (its JSON fields: index, certainty, traces, most_certain_tick, and
 // right, true/false, when the task says whether the answer at the most certain tick is right, which the
-// "wrong" filter reads) with pos, its place in DATA.samples, added. Strings from the run reach the page
+// "wrong" filter reads; ticks, its own tick count, where samples differ in length: DATA.ticks is then the
+// longest) with pos, its place in DATA.samples, added. Strings from the run reach the page
 // as text only: return strings or nodes made with CTM.span / textContent, never markup (no innerHTML).
 "use strict";
 const CTM = (function () {
@@ -82,6 +83,7 @@ const CTM = (function () {
   function start() {
     const DATA = JSON.parse($("ctm-data").textContent);
     const T = DATA.ticks, KIND = DATA.kind;
+    const ticksOf = (s) => s.ticks || T;  // a sample's own tick count (questions differ in length)
     const R = renderers[KIND] || fallback(KIND);
     const samples = DATA.samples.map((s, pos) => Object.assign(s, { pos }));
     const state = { pos: 0, tick: 0, playing: null, threshold: DATA.threshold, filter: "all" };
@@ -92,8 +94,9 @@ const CTM = (function () {
     // Halting: the first tick whose certainty reaches the threshold (else the last), 0-based.
     function haltTick(s, tau) {
       if (R.haltTick) return R.haltTick(s, tau);
-      for (let t = 0; t < T; t++) if (s.certainty[t] >= tau) return t;
-      return T - 1;
+      const n = ticksOf(s);
+      for (let t = 0; t < n; t++) if (s.certainty[t] >= tau) return t;
+      return n - 1;
     }
     const judgedAt = R.judged || "at the most certain tick";
     const judgedTick = (s) => (R.judgedTick ? R.judgedTick(s) : s.most_certain_tick);
@@ -143,6 +146,7 @@ const CTM = (function () {
 
     function select(pos) {
       state.pos = pos;
+      state.tick = Math.min(state.tick, ticksOf(samples[pos]) - 1);
       markSelected();
       render();
     }
@@ -163,7 +167,7 @@ const CTM = (function () {
       return { labels, L: Math.ceil(widest) + 2 + GAP };
     }
 
-    function lineChart(svg, series, lo, hi, t, extra) {
+    function lineChart(svg, series, lo, hi, t, T, extra) {
       const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), Rm = 8, TOP = 8, B = 22;
       svg.textContent = "";
       svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
@@ -200,14 +204,15 @@ const CTM = (function () {
     const TRACE_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
 
     function render() {
-      const s = samples[state.pos], t = state.tick, tau = state.threshold;
+      const s = samples[state.pos], t = state.tick, tau = state.threshold, n = ticksOf(s);
+      $("tick-slider").max = n;
       $("tick-slider").value = t + 1;
-      $("tick-label").textContent = `tick ${t + 1} / ${T}`;
+      $("tick-label").textContent = `tick ${t + 1} / ${n}`;
       $("sample-title").replaceChildren(`sample #${s.index} \u00b7 `, ...parts(R.heading(s, t)), ...verdict(s));
       R.draw(s, t);
       const h = haltTick(s, tau);
-      lineChart($("certainty"), [{ values: s.certainty, colour: "#333", width: 2 }], 0, 1, t, (svg, x, y) => {
-        el("line", { class: "threshold", x1: x(0), x2: x(T - 1), y1: y(Math.min(tau, 1)), y2: y(Math.min(tau, 1)) }, svg);
+      lineChart($("certainty"), [{ values: s.certainty, colour: "#333", width: 2 }], 0, 1, t, n, (svg, x, y) => {
+        el("line", { class: "threshold", x1: x(0), x2: x(n - 1), y1: y(Math.min(tau, 1)), y2: y(Math.min(tau, 1)) }, svg);
         el("path", { d: `M${x(h)},${y(s.certainty[h]) - 7} l6,7 l-6,7 l-6,-7 z`, fill: "#c08a00", id: "halt-marker" }, svg);
       });
       const reached = s.certainty[h] >= tau;
@@ -217,13 +222,13 @@ const CTM = (function () {
       const traces = DATA.neurons.map((_, k) => ({ values: s.traces.map((row) => row[k]),
                                                    colour: TRACE_COLOURS[k % TRACE_COLOURS.length], width: 1.2 }));
       const flat = s.traces.flat(), lo = Math.min(...flat), hi = Math.max(...flat), pad = 0.05 * (hi - lo || 1);
-      lineChart($("traces"), traces, lo - pad, hi + pad, t);
+      lineChart($("traces"), traces, lo - pad, hi + pad, t, n);
       $("traces-note").textContent = `neurons ${DATA.neurons.join(", ")}: those varying most over ticks ` +
         "(this sample's range)";
     }
 
     // ---------------------------------------------------------------- controls
-    function setTick(t) { state.tick = Math.max(0, Math.min(T - 1, t)); render(); }
+    function setTick(t) { state.tick = Math.max(0, Math.min(ticksOf(samples[state.pos]) - 1, t)); render(); }
 
     function stop() {
       if (state.playing !== null) clearInterval(state.playing);
@@ -231,20 +236,23 @@ const CTM = (function () {
       $("play").textContent = "\u25B6 play";
     }
     function play() {
-      if (state.tick >= T - 1) setTick(0);
+      const last = () => ticksOf(samples[state.pos]) - 1;
+      if (state.tick >= last()) setTick(0);
       $("play").textContent = "\u275A\u275A pause";
-      state.playing = setInterval(() => { if (state.tick >= T - 1) stop(); else setTick(state.tick + 1); }, 200);
+      state.playing = setInterval(() => { if (state.tick >= last()) stop(); else setTick(state.tick + 1); }, 200);
     }
 
     $("title").textContent = DATA.title;
     const judged = samples.filter((s) => s.right !== undefined);
     const wrong = judged.filter((s) => s.right === false).length;
-    $("meta").textContent = `${samples.length} samples${DATA.source ? " of " + DATA.source : ""}, ${T} ticks` +
+    const shortest = Math.min(...samples.map(ticksOf));
+    $("meta").textContent = `${samples.length} samples${DATA.source ? " of " + DATA.source : ""}, ` +
+      (shortest < T ? `${shortest} to ${T} ticks` : `${T} ticks`) +
       (judged.length ? `; ${wrong} wrong ${judgedAt}` : "");
     $("judged-note").textContent = judged.length
       ? `\u2713 \u2717: each sample's answer ${judgedAt} (hover one for its tick)` : "";
     $("filter").querySelector("option[value='wrong']").textContent = `wrong (${judgedAt})`;
-    $("tick-slider").max = T;
+    $("tick-slider").max = ticksOf(samples[state.pos]);
     $("tick-slider").addEventListener("input", (e) => { stop(); setTick(Number(e.target.value) - 1); });
     $("play").addEventListener("click", () => (state.playing === null ? play() : stop()));
     $("threshold").value = state.threshold;

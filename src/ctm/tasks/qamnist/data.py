@@ -113,6 +113,48 @@ def schedule_ticks(n_digits: int, n_operations: int, repeats: int, answer_ticks:
     return (n_digits + 2 * n_operations + 1) * repeats + answer_ticks
 
 
+class TickPlan(NamedTuple):
+    """What each tick of a question's schedule reads (`tick_plan`): the inputs in order, and per tick (T,) the
+    input it reads and which running value is known by then."""
+
+    labels: list[str]  # each input: "digit 0" .. "digit D-1", "index i", "+" or "-", ..., then "answer"
+    kinds: list[str]  # each input's kind: "digit", "index", "operator" or "answer"
+    reads: list[int]  # (T,) the input (a position in labels) tick t reads
+    known: list[int]  # (T,) the running value known at tick t (a position in Question.running), -1 before any
+    value_ticks: list[int]  # (O + 1,) the last tick of each index input: where running value j is first known
+
+    @property
+    def ticks(self) -> int:
+        return len(self.reads)
+
+    def digit_of(self, t: int) -> int:
+        """The digit tick t attends to, -1 on a token or answer tick."""
+        return self.reads[t] if self.kinds[self.reads[t]] == "digit" else -1
+
+
+def tick_plan(n_digits: int, indices: Sequence[int], operators: Sequence[int], repeats: int,
+              answer_ticks: int) -> TickPlan:
+    """The `TickPlan` of a question about `n_digits` digits (as `schedule` lays it out): running value j (the
+    first operand's, then after operation j) is known from the first tick that reads index j on, through the
+    operator after it, until the next index is read; `value_ticks[j]` is the last tick reading index j."""
+    labels = [f"digit {i}" for i in range(n_digits)] + [f"index {indices[0]}"]
+    kinds = ["digit"] * n_digits + ["index"]
+    for op, i in zip(operators, indices[1:], strict=True):
+        labels += [OPERATORS[op], f"index {i}"]
+        kinds += ["operator", "index"]
+    labels.append("answer")
+    kinds.append("answer")
+    reads = [k for k in range(len(labels) - 1) for _ in range(repeats)] + [len(labels) - 1] * answer_ticks
+    known, value_ticks, value = [], [], -1
+    for t, k in enumerate(reads):
+        if kinds[k] == "index" and (t == 0 or reads[t - 1] != k):  # the index's first tick: its value known
+            value += 1
+        if kinds[k] == "index" and reads[t + 1] != k:  # its last (an answer tick always follows)
+            value_ticks.append(t)
+        known.append(value)
+    return TickPlan(labels, kinds, reads, known, value_ticks)
+
+
 def shape_of(phases: Sequence[Phase]) -> tuple[int, int]:
     """(D, O) of a schedule `schedule` made."""
     n_digits = sum(p.kind == "attend" for p in phases)

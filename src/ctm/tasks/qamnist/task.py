@@ -19,7 +19,7 @@ operations=6 --task-option operations_delta=1` (5 operations; a schedule may be 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +28,12 @@ from torch import Tensor
 
 from ...config import CTMConfig, option
 from ...data.sampling import STREAM_EPOCH, StreamSampler
-from ..base import Preset, Task, register_task
+from ..base import Example, Prediction, Preset, Task, register_task
 from .data import MAX_DIGITS, N_TOKENS, QuestionStream, schedule_ticks, shape_of
 from .loss import answer_hits, qamnist_loss
 
 if TYPE_CHECKING:
+    from ...inference import Run
     from ...nn.model import ContinuousThoughtMachine
     from ...nn.outputs import CTMOutput
     from ...training.distributed import DistInfo
@@ -235,6 +236,7 @@ class QAMNISTTask(Task):
     fixed_fields = ("input_reader", "input_tokens", "fixed_tokens", "out_dims", "in_channels", "iterations")
     default_preset = "qamnist"
     presets = PRESETS
+    predict_flags = ("digits", "question")
 
     # ----------------------------------------------------------------------------------------------- data
 
@@ -276,6 +278,7 @@ class QAMNISTTask(Task):
 
         found = None if data_dir else env_data_dir(train_set.images)
         return {"name": "qamnist", "source": train_set.source, "images": IMAGES,
+                "shape": [int(n) for n in train_set.images.shape],  # (C, H, W): what ctm predict resizes to
                 "data_dir": str(Path(data_dir).resolve()) if data_dir else found,
                 **({"data_dir_from": DATA_DIR_ENV} if found else {}), "num_classes": 10}
 
@@ -338,3 +341,74 @@ class QAMNISTTask(Task):
         self.halting(None, None, halt_certainty)  # says why
         return []
 
+    # ---------------------------------------------------------------------------------------- pictures
+
+    def pick_example(self, model: ContinuousThoughtMachine, data: QuestionStream, index: int | None = None,
+                     label: int | None = None) -> Example:
+        """Among the first questions of every shape, one answered right with the most operations
+        (`ctm.tasks.qamnist.pictures.pick_example`)."""
+        from .pictures import pick_example
+
+        if label is not None:
+            return super().pick_example(model, data, index, label)  # says why not
+        return pick_example(model, data, index)
+
+    def thinking_gif(self, model: ContinuousThoughtMachine, data: QuestionStream, path: Path,
+                     index: int | None = None, fps: float = 5, *, example: Example | None = None) -> str:
+        """The question's digits and tokens with the input of each tick, the attention over the digit read, the
+        answer decoded at each tick against the true running value, in the shared figure
+        (`ctm.tasks.qamnist.pictures`; the panels need the question's labels, so this task draws its GIF itself
+        rather than through `thinking_panels`)."""
+        from .pictures import thinking_gif
+
+        if example is None:
+            example = self.pick_example(model, data, index)
+        return thinking_gif(model, data, example, path, fps=fps)
+
+    def viewer_data(self, model: ContinuousThoughtMachine, data: QuestionStream, n: int, *,
+                    threshold: float) -> dict[str, Any]:
+        from .viewer import dataset_viewer_data
+
+        return dataset_viewer_data(model, data, n, threshold=threshold)
+
+    def viewer_script(self) -> str:
+        from .viewer import script
+
+        return script()
+
+    def plot_eval(self, result: QAMNISTResult, path: Path) -> None:
+        """`ctm eval --plot`: accuracy by number of operations, by number of digits and by both."""
+        from .pictures import save_eval_plot
+
+        save_eval_plot(result, path)
+
+    # ---------------------------------------------------------------------------------------- predict
+
+    def parse_inputs(self, texts: Sequence[str], run: Run) -> tuple[Tensor, list[str]]:
+        raise ValueError(_PREDICT_USAGE)
+
+    def predict(self, run: Run, texts: Sequence[str], *, halt_certainty: float | None = None,
+                digits: Sequence[str] | None = None, question: Sequence[str] | str | None = None
+                ) -> list[Prediction]:
+        """`ctm predict RUN --digits IMG ... --question "1 + 0 - 1"`: each question (repeat --question for more)
+        about the digit images answered at its most certain answer tick, with the running values decoded
+        (`ctm.tasks.qamnist.predict`)."""
+        from .predict import predict_questions
+
+        if texts:
+            raise ValueError(f"a qamnist run reads its digit images from --digits and its question from --question, "
+                             f"not INPUT arguments (got {texts[0][:40]!r}): e.g. --digits 3.png 7.png --question "
+                             f"\"1 + 0\"")
+        if halt_certainty is not None:
+            self.halting(None, None, halt_certainty)  # says why not
+        questions = [question] if isinstance(question, str) else list(question or [])
+        if not digits or not questions:
+            missing = " and ".join(f for f, v in (("--digits", digits), ("--question", questions)) if not v)
+            raise ValueError(f"no {missing}: {_PREDICT_USAGE}")
+        o = self.options
+        return [Prediction(name, text, record)
+                for name, text, record in predict_questions(run, digits, questions, o.repeats, o.answer_ticks)]
+
+
+_PREDICT_USAGE = ("a qamnist run answers a question about digit images: pass --digits IMG [IMG ...] and --question "
+                  "\"0 + 1\" (indices into the images, 0-based, joined by + and -)")

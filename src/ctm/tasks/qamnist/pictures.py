@@ -450,8 +450,9 @@ def pick_example(model: ContinuousThoughtMachine, data: QuestionStream, index: i
         raise ValueError(f"no {data.split} questions to pick from")
     (d0, d1), (o0, o1) = data.digits, data.operations
     shapes = (d1 - d0 + 1) * (o1 - o0 + 1)
-    blocks = min(shapes if data.test else max_blocks, math.ceil(len(data) / data.block))
-    per_block = max(1, math.ceil(pool / blocks))
+    blocks = min(max(shapes, math.ceil(pool / data.block)) if data.test else max_blocks,
+                 math.ceil(len(data) / data.block))
+    per_block = min(data.block, max(1, math.ceil(pool / blocks)))  # a batch holds one block
     rows = []  # (index, right, operations, running right, digits)
     for b in range(blocks):
         idx = torch.arange(b * data.block, min(b * data.block + per_block, len(data)))

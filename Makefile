@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 .PHONY: install train test lint
 install: $(VENV)/.installed
 
+# A new run in runs/mnist-<time>; ctm first names an unfinished MNIST run in runs/ and how to continue it instead.
 train: $(VENV)/.installed
 	$(VENV)/bin/ctm train --dataset mnist
 

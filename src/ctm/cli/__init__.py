@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import sys
 import time
@@ -561,6 +562,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         folder = folder_path(train_config.dataset)
         run_name = task.dataset_name(train_config) if folder is None else folder.name
         run_dir = Path(args.out) if args.out else _new_run_dir(run_name)
+        if not args.out and _is_main_process():
+            _name_unfinished_run(run_dir, task, train_config, args.model_kind or "ctm")
     if not args.resume and "warmup_steps" in train_changes and train_config.warmup_steps > train_config.steps:
         raise CLIError(f"--warmup-steps {train_config.warmup_steps} exceeds the {train_config.steps} steps of the "
                        f"run: the learning rate would never reach --lr; give at most {train_config.steps} warm-up "
@@ -585,7 +588,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.interrupted:
         by = f" by {signal.Signals(result.stop_signal).name}" if result.stop_signal else ""
         print(f"Stopped at step {result.step}{by}; checkpoint saved. Resume with: ctm train --resume "
-              f"{printable(run_dir)}",
+              f"{printable(shlex.quote(str(run_dir)))}",
               file=sys.stderr)
         return code
     ev = result.final_eval
@@ -595,6 +598,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(printable(f"Finished {result.step} steps in {time.perf_counter() - started:.0f} s. ") + ev.summary()
           + printable(f". Run: {run_dir}"))
     return 0
+
+
+def _name_unfinished_run(run_dir: Path, task, train_config, model_kind: str) -> None:
+    """Before a new run in runs/ (no --out: what `make train` starts), name the latest run there of the same task,
+    data and model that stopped before its last step, and the command that continues it instead."""
+    from ..runs.checkpoint import unfinished_runs
+    from ..tasks import DEFAULT_TASK, make_task
+
+    default = make_task(DEFAULT_TASK).record()  # runs of versions that recorded no task
+    dataset = task.dataset_name(train_config)
+    same = [r for r in unfinished_runs(run_dir.parent)
+            if (r.payload.get("task") or default) == task.record() and r.payload["train"].get("dataset") == dataset
+            and r.payload.get("model_kind", "ctm") == model_kind]
+    if not same:
+        return
+    last = same[0]
+    latest = f" (the latest of {len(same)} unfinished {dataset} runs there)" if len(same) > 1 else ""
+    print(printable(f"note: starting a new run in {run_dir}. {last.run_dir} stopped at step {last.step} of "
+                    f"{last.steps}{latest}; to continue that one instead, stop this one (Ctrl-C) and run: ctm train "
+                    f"--resume {shlex.quote(str(last.run_dir))}"), flush=True)
 
 
 def _new_run_dir(name: str) -> Path:

@@ -847,3 +847,58 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def is_being_trained(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether a process holds the run's lock now (is training it). Asks for a shared lock for an instant: never
+    blocks, never writes, and leaves a lock file that is a link or not a regular file alone (False)."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases the shared lock
+    return False
+
+
+class Unfinished(NamedTuple):
+    """A run that saved a checkpoint before its last step (`unfinished_runs`)."""
+
+    run_dir: Path
+    payload: dict[str, Any]  # its config.json
+    step: int  # its checkpoint's
+    steps: int  # TrainConfig.steps
+
+
+def unfinished_runs(parent: str | os.PathLike[str]) -> list[Unfinished]:
+    """The runs directly in `parent` (e.g. ./runs) that stopped after a checkpoint and before their last step,
+    and that no process is training now: what `ctm train --resume` continues. The most recently saved first;
+    folders that are not readable runs, links and runs that saved nothing yet are passed over."""
+    try:
+        folders = [p for p in Path(parent).iterdir() if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return []
+    found = []
+    for run_dir in folders:
+        try:
+            payload = read_config(run_dir)
+            checkpoint = current_checkpoint(run_dir)
+            if checkpoint is None:
+                continue
+            step = checkpoint.step if checkpoint.step is not None else weights_step(run_dir)
+            steps = int(payload["train"]["steps"])
+            if step >= steps or is_being_trained(run_dir):
+                continue
+            saved = checkpoint.path.stat().st_mtime
+        except (RunDirError, OSError, KeyError, TypeError, ValueError):
+            continue
+        found.append((saved, Unfinished(run_dir, payload, step, steps)))
+    return [run for _, run in sorted(found, key=lambda item: (-item[0], str(item[1].run_dir)))]

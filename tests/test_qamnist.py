@@ -216,6 +216,22 @@ def test_the_test_set_asks_250_questions_of_each_shape(streams):
     assert counts == {(d, o): 250 for d in range(1, 5) for o in range(1, 5)}
 
 
+def test_a_curriculum_asks_the_shortest_questions_first_and_the_whole_ranges_after():
+    train, test = _streams(curriculum=600)
+    shapes = [train.shape_of_block(b) for b in range(1200)]
+    assert set(shapes[:99]) == {(1, 1)}  # below 1/6 of the way the cut rounds to the fewest
+    for b, (d, o) in enumerate(shapes):
+        cut = 1 + round(3 * min(1.0, (b + 1) / 600))
+        assert d <= cut and o <= cut, (b, d, o)
+    assert set(shapes[599:]) == {(d, o) for d in range(1, 5) for o in range(1, 5)}
+    # the questions of a block are of its shape; the test set keeps every shape in turn
+    assert {(len(q.digits), len(q.operators)) for q in train.questions(torch.arange(64))} == {(1, 1)}
+    assert [test.shape_of_block(b) for b in range(16)] == [(d, o) for d in range(1, 5) for o in range(1, 5)]
+    config = tr.make_train_config("qamnist", batch_size=64, seed=3)
+    asked = make_task("qamnist", curriculum=600).eval_data("train", config)  # ctm eval --split train
+    assert len({asked.shape_of_block(b) for b in range(40)}) > 8
+
+
 @pytest.mark.parametrize("options, size, each", [
     (dict(digits=4, digits_delta=3, operations=6, operations_delta=1), 4500, 375),  # 6 x 2 shapes
     (dict(digits=4, digits_delta=3, operations=4, operations_delta=3), 4500, 125),  # 6 x 6: more than 32 blocks

@@ -74,9 +74,15 @@ def sample_seed(stream: int, index: int, test: bool) -> int:
 
 
 def block_shape(stream: int, block: int, digits: tuple[int, int], operations: tuple[int, int],
-                cycle: bool) -> tuple[int, int]:
+                cycle: bool, curriculum: int = 0) -> tuple[int, int]:
     """(D, O) of a block: drawn uniformly over the ranges [lo, hi] from (stream, block), or with `cycle` every
-    combination in turn (the test set's)."""
+    combination in turn (the test set's). With a `curriculum` of C blocks (training steps), block b draws from
+    the ranges cut at lo + (hi - lo) (b + 1) / C, rounded: the shortest questions first, the whole ranges from
+    block C - 1 on."""
+    if curriculum and not cycle:
+        grown = min(1.0, (block + 1) / curriculum)
+        digits = digits[0], digits[0] + round((digits[1] - digits[0]) * grown)
+        operations = operations[0], operations[0] + round((operations[1] - operations[0]) * grown)
     n_d, n_o = digits[1] - digits[0] + 1, operations[1] - operations[0] + 1
     k = block % (n_d * n_o) if cycle else mix_seed(stream ^ 0x0A4D, block) % (n_d * n_o)
     return digits[0] + k // n_o, operations[0] + k % n_o
@@ -167,11 +173,12 @@ class QuestionStream:
 
     def __init__(self, images, size: int, stream: int, split: str, block: int, digits: tuple[int, int],
                  operations: tuple[int, int], repeats: int, answer_ticks: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", curriculum: int = 0) -> None:
         self.images = images  # an ImageDataset: uint8 (N, C, H, W) and labels (N,)
         self.n, self.stream, self.split, self.block = size, stream, split, block
         self.digits, self.operations, self.repeats, self.answer_ticks = digits, operations, repeats, answer_ticks
         self.device = torch.device(device)
+        self.curriculum = curriculum  # blocks over which the ranges grow (`block_shape`); the test set has none
         self.name, self.source = "qamnist", images.source
         self.class_names = tuple(str(i) for i in range(MODULUS))
 
@@ -187,7 +194,8 @@ class QuestionStream:
         return self.split == "test"
 
     def shape_of_block(self, block: int) -> tuple[int, int]:
-        return block_shape(self.stream, block, self.digits, self.operations, cycle=self.test)
+        return block_shape(self.stream, block, self.digits, self.operations, cycle=self.test,
+                           curriculum=self.curriculum)
 
     def questions(self, idx: Tensor) -> list[Question]:
         blocks = torch.div(idx, self.block, rounding_mode="floor").unique()
@@ -222,4 +230,4 @@ class QuestionStream:
 
     def to(self, device: torch.device | str) -> QuestionStream:
         return QuestionStream(self.images.to(device), self.n, self.stream, self.split, self.block, self.digits,
-                              self.operations, self.repeats, self.answer_ticks, device)
+                              self.operations, self.repeats, self.answer_ticks, device, self.curriculum)

@@ -62,6 +62,9 @@ class QAMNISTOptions:
     repeats: int = option(1, "qamnist: ticks each digit and each question token is shown (the paper's 1 or 10)",
                           min=1)
     answer_ticks: int = option(1, "qamnist: ticks to answer after the question, the only ones the loss reads", min=1)
+    curriculum: int = option(0, "qamnist: training steps over which the most digits and operations asked grow from "
+                                "the fewest to the most (0: the official uniform draw from the first step; the "
+                                "test set always asks the whole ranges)", min=0)
 
     def __post_init__(self) -> None:
         for name in ("digits", "operations"):
@@ -248,7 +251,7 @@ class QAMNISTTask(Task):
     def _stream(self, images, split: str, size: int, stream: int, block: int) -> QuestionStream:
         o = self.options
         return QuestionStream(images, size, stream, split, block, o.digit_range, o.operation_range, o.repeats,
-                              o.answer_ticks)
+                              o.answer_ticks, curriculum=o.curriculum if split == "train" else 0)
 
     def load(self, split: str, train_config: TrainConfig, data_dir: str | None = None,
              recorded: Mapping[str, Any] | None = None) -> QuestionStream:
@@ -267,6 +270,7 @@ class QAMNISTTask(Task):
             raise ValueError("--dataset does not apply to the qamnist task: its questions are generated from MNIST")
         data = self.load(split, train_config, data_dir)
         data.n = min(data.n, self.options.test_size)
+        data.curriculum = 0  # the training stream's questions, asked over the whole ranges
         return data
 
     def sampler(self, train_set: QuestionStream, train_config: TrainConfig, rank: int = 0,
@@ -298,7 +302,9 @@ class QAMNISTTask(Task):
         (d0, d1), (o0, o1) = o.digit_range, o.operation_range
         return (f"data: QAMNIST, {d0} to {d1} MNIST digits and {o0} to {o1} operations (+, - modulo 10) per "
                 f"question, each input shown for {o.repeats} tick{'s' if o.repeats > 1 else ''}, "
-                f"{o.answer_ticks} tick{'s' if o.answer_ticks > 1 else ''} to answer; training questions from "
+                f"{o.answer_ticks} tick{'s' if o.answer_ticks > 1 else ''} to answer"
+                + (f" (the ranges grow over the first {o.curriculum} steps)" if o.curriculum else "")
+                + "; training questions from "
                 f"the {len(train_set.images):,} training images on the fly / {len(test_set):,} test questions "
                 f"from the {len(test_set.images):,} test images")
 

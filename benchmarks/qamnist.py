@@ -60,13 +60,34 @@ def beyond_command(run_dir: Path, args: argparse.Namespace) -> list[str]:
     return eval_command(run_dir, args, *(f for option in BEYOND for f in ("--task-option", option)))
 
 
+def curriculum_cost(fraction: float, steps: int) -> float:
+    """The mean ticks of a step of a run of `steps` steps whose curriculum takes `fraction` of them, as a share of
+    a step's over the whole ranges (the qamnist preset's options): a step costs about its question's ticks."""
+    from ctm.tasks import make_task
+    from ctm.tasks.qamnist.data import block_shape, schedule_ticks
+
+    o = make_task("qamnist").options
+    grow = round(fraction * steps)
+
+    def mean_ticks(curriculum: int) -> float:
+        shapes = [block_shape(0, b, o.digit_range, o.operation_range, False, curriculum) for b in range(steps)]
+        return sum(schedule_ticks(d, n, o.repeats, o.answer_ticks) for d, n in shapes) / steps
+
+    return mean_ticks(grow) / mean_ticks(0)
+
+
 def benchmark_one(model: str, args: argparse.Namespace) -> dict:
     run_dir = args.out / model
     if args.steps:
         steps, step_s = args.steps, None
     else:
-        steps, step_s = calibrated_steps(lambda n, out: train_command(model, n, out, args), args.calibration_steps,
-                                         args.budget_s, "qamnist-calibration-", warm_up=5)
+        # Calibrated on questions of the whole ranges (no curriculum); the curriculum's shorter questions early on
+        # then buy the steps they save.
+        full = ["--task-option", "curriculum=0"]
+        steps, step_s = calibrated_steps(lambda n, out: train_command(model, n, out, args) + full,
+                                         args.calibration_steps, args.budget_s, "qamnist-calibration-", warm_up=5)
+        for _ in range(3):  # the cost depends on the steps: a few rounds settle it
+            steps = int(args.budget_s / (step_s * curriculum_cost(args.curriculum, steps)))
     wall, output = _run(train_command(model, steps, run_dir, args, evals=args.evals))
     main = last_json(eval_command(run_dir, args, "--plot"))
     beyond = last_json(beyond_command(run_dir, args))
@@ -105,6 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calibration-steps", type=int, default=50,
                         help="the calibration times K and 2K steps (default 50)")
     parser.add_argument("--evals", type=int, default=6, help="evaluations during each run (the test curve)")
+    parser.add_argument("--curriculum", type=float, default=0.4,
+                        help="the preset's curriculum (the fraction of the steps it takes), for the step count: "
+                             "pass the same with -- --task-option curriculum=F when changing it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run (0: torch's default)")
     parser.add_argument("--out", type=Path, default=Path("runs/qamnist-benchmark"))

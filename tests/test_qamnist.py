@@ -217,7 +217,10 @@ def test_the_test_set_asks_250_questions_of_each_shape(streams):
 
 
 def test_a_curriculum_asks_the_shortest_questions_first_and_the_whole_ranges_after():
-    train, test = _streams(curriculum=600)
+    task = make_task("qamnist", curriculum=0.3)  # over 30% of the training steps: 600 of 2000
+    config = tr.make_train_config("qamnist", batch_size=64, seed=3, steps=2000)
+    train, test = task.load("train", config), task.load("test", config)
+    assert train.curriculum == 600 and test.curriculum == 0
     shapes = [train.shape_of_block(b) for b in range(1200)]
     assert set(shapes[:99]) == {(1, 1)}  # below 1/6 of the way the cut rounds to the fewest
     for b, (d, o) in enumerate(shapes):
@@ -227,8 +230,7 @@ def test_a_curriculum_asks_the_shortest_questions_first_and_the_whole_ranges_aft
     # the questions of a block are of its shape; the test set keeps every shape in turn
     assert {(len(q.digits), len(q.operators)) for q in train.questions(torch.arange(64))} == {(1, 1)}
     assert [test.shape_of_block(b) for b in range(16)] == [(d, o) for d in range(1, 5) for o in range(1, 5)]
-    config = tr.make_train_config("qamnist", batch_size=64, seed=3)
-    asked = make_task("qamnist", curriculum=600).eval_data("train", config)  # ctm eval --split train
+    asked = task.eval_data("train", config)  # ctm eval --split train
     assert len({asked.shape_of_block(b) for b in range(40)}) > 8
 
 

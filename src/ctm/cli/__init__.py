@@ -552,6 +552,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if tr.PRESETS[preset].task != task.name:
             raise CLIError(f"--preset {preset} is a recipe for the {tr.PRESETS[preset].task} task, not for "
                            f"{task.name}; leave --preset out for {task.name}'s own ({task.default_preset})")
+        if tr.PRESETS[preset].task_options:  # the recipe's task options, under those given
+            task = task_class(**{**tr.PRESETS[preset].task_options, **_task_options(task_class, args.task_option)})
         train_config = tr.make_train_config(preset, **train_changes)
         if args.epochs is not None:
             train_config = tr.TrainConfig.from_dict({**train_config.to_dict(), "steps": _steps_from_epochs(

@@ -65,12 +65,14 @@ class Sampler(Protocol):
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """A named recipe: the task it is for, its TrainConfig values and its model's CTMConfig values (fields it
-    does not name keep CTMConfig's defaults, the tutorial's architecture)."""
+    does not name keep CTMConfig's defaults, the tutorial's architecture), and task options (`ctm train
+    --task-option` overrides them)."""
 
     task: str
     train: Mapping[str, Any]
     model: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     summary: str = ""
+    task_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 

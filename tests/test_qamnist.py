@@ -31,7 +31,7 @@ PLUS, MINUS = 50, 51  # the operator tokens: the rows after the 50 index rows of
 def tiny_flags(d_model: int = 32, d_input: int = 16) -> list[str]:
     return ["--d-model", str(d_model), "--d-input", str(d_input), "--heads", "1", "--n-synch-out", "8",
             "--n-synch-action", "8", "--memory-length", "4", "--memory-hidden-dims", "4", "--positional-embedding",
-            "none", "--threads", "1", "--no-progress"]
+            "none", "--backbone", "tutorial", "--threads", "1", "--no-progress"]
 
 
 ONE_AND_ONE = ["--task", "qamnist", "--task-option", "digits=1", "--task-option", "digits_delta=0", "--task-option",
@@ -371,3 +371,14 @@ def test_bad_qamnist_options_are_refused_in_one_line(tmp_path, capsys, options, 
                      tmp_path / "run")
     assert message in line, line
     assert not (tmp_path / "run").exists()
+
+
+def test_the_recipe_s_curriculum_is_a_task_option_a_flag_overrides(tmp_path):
+    _data_dir()
+    short = ["--steps", "1", "--eval-every", "1", "--batch-size", "8", "--warmup-steps", "1"]
+    for extra, expected in (([], 0.4), (["--task-option", "curriculum=0"], 0.0)):
+        run = tmp_path / f"run{expected}"
+        assert run_cli("train", "--task", "qamnist", *extra, *tiny_flags(), *short, "--out", run) == 0
+        assert json.loads((run / "config.json").read_text())["task"]["curriculum"] == expected
+    assert tr.PRESETS["qamnist"].task_options == {"curriculum": 0.4}
+    assert not tr.PRESETS["qamnist-official"].task_options  # the official uniform draw

@@ -156,7 +156,7 @@ def test_a_checkpoint_converts_to_a_qamnist_run_that_computes_the_official_forwa
     options = {"digits": script["q_num_images"], "digits_delta": script["q_num_images_delta"],
                "operations": script["q_num_operations"], "operations_delta": script["q_num_operations_delta"],
                "repeats": script["q_num_repeats_per_input"], "answer_ticks": script["q_num_answer_steps"]}
-    assert payload["task"] == {"name": "qamnist", **options}
+    assert payload["task"] == {"name": "qamnist", **options, "curriculum": 0.0}  # the official draw
     assert payload["official"]["model"] == "qamnist" and payload["official"]["arguments_from"] == "checkpoint"
     assert payload["official"]["arguments"]["lr"] == script["lr"] and payload["dataset"]["name"] == "qamnist"
     c = ours.config
@@ -179,7 +179,7 @@ def test_a_bare_state_dict_with_the_constructors_arguments_converts_too(official
     ours, payload = load_model(tmp_path / "run")
     # the constructor's arguments say r and the answer ticks; digits and operations are the task's defaults
     assert payload["task"] == {"name": "qamnist", "digits": 3, "digits_delta": 2, "operations": 3,
-                               "operations_delta": 2, "repeats": 1, "answer_ticks": 3}
+                               "operations_delta": 2, "repeats": 1, "answer_ticks": 3, "curriculum": 0.0}
     assert "arguments_from" not in payload["official"]
     _same_outputs(ours, theirs, script, [(1, 1), (4, 4)], side=16)
 
@@ -196,8 +196,9 @@ def test_the_python_api_reads_either_form_of_the_arguments(official):
         assert torch.equal(a, b)
     constructor, options = qamnist_arguments(script)
     assert constructor == _constructor(script)
-    assert options == qamnist_options(script) == {"digits": 2, "digits_delta": 1, "operations": 3,
-                                                  "operations_delta": 2, "repeats": 3, "answer_ticks": 2}
+    assert options == {"digits": 2, "digits_delta": 1, "operations": 3, "operations_delta": 2, "repeats": 3,
+                       "answer_ticks": 2}
+    assert qamnist_options(script) == {**options, "curriculum": 0.0}  # the official draw
     assert detect_official_model(state) == detect_official_model({}, script) == "qamnist"
     assert detect_official_model({}, _constructor(script)) == "qamnist"
     assert detect_official_model({"attention.in_proj_weight": torch.zeros(1)}, {"d_model": 4}) == "ctm"

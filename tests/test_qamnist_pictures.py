@@ -147,14 +147,15 @@ def test_the_panels_judge_each_running_value_and_star_the_answer_tick(run):
     assert qp.arithmetic(q).startswith(f"{q.text()}: ") and qp.arithmetic(q).endswith(f"= {q.answer} (mod 10)")
 
 
-def test_pick_example_prefers_a_right_answer_with_the_most_operations(run):
+def test_pick_example_prefers_the_longest_question_answered_right(run):
     run_dir, data_dir = run
     data, model = qamnist_test_set(data_dir), model_of(run_dir)
     ex = qp.pick_example(model, data, pool=32)
     q = data.question(ex.index)
     assert ex.reason.startswith("of 32 test questions (4 shapes of digits and operations)")
     if "none is answered right" not in ex.reason:
-        assert f"the most operations ({len(q.operators)}, over {len(q.digits)} digit" in ex.reason
+        d, o = len(q.digits), len(q.operators)
+        assert f"the longest ({d} digit{'s' if d > 1 else ''}, {o} operation{'s' if o > 1 else ''};" in ex.reason
     assert qp.pick_example(model, data, 7) == (7, "")
     with pytest.raises(ValueError, match="index 4000 out of range for 4000 test questions"):
         qp.pick_example(model, data, 4000)

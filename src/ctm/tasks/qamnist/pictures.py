@@ -438,8 +438,8 @@ def pick_example(model: ContinuousThoughtMachine, data: QuestionStream, index: i
     """`QAMNISTTask.pick_example`: question `index` (checked), else among about `pool` questions, the first of
     each block (the test set: one block of every shape of digits and operations, as it takes them in turn; the
     training stream: up to `max_blocks` blocks of random shapes), one answered right at its most certain answer
-    tick with the most operations (then the most running values decoded right, then the most digits); none
-    right: the one with the most running values decoded right."""
+    tick with the most digits and operations together (then the most operations, then the most running values
+    decoded right); none right: the one with the most running values decoded right."""
     import torch
 
     if index is not None:
@@ -470,10 +470,11 @@ def pick_example(model: ContinuousThoughtMachine, data: QuestionStream, index: i
     seen = len({(r[2], r[4]) for r in rows})
     where = f"of {n} {data.split} questions ({seen} shape{'s' if seen > 1 else ''} of digits and operations)"
     right = [r for r in rows if r[1]]
-    if right:
-        k, _, o, running, d = max(right, key=lambda r: (r[2], r[3], r[4], -r[0]))
-        return Example(k, f"{where}, {len(right)} are answered right; this one has the most operations ({o}, over "
-                          f"{d} digit{'s' if d > 1 else ''}; {running} of its {o + 1} running values decoded right)")
+    if right:  # the longest question answered right: the most digits and operations, then operations
+        k, _, o, running, d = max(right, key=lambda r: (r[2] + r[4], r[2], r[3], -r[0]))
+        return Example(k, f"{where}, {len(right)} are answered right; this one is the longest ({d} digit"
+                          f"{'s' if d > 1 else ''}, {o} operation{'s' if o > 1 else ''}; {running} of its {o + 1} "
+                          f"running values decoded right)")
     k, _, o, running, d = max(rows, key=lambda r: (r[3], r[2], -r[0]))
     return Example(k, f"{where}, none is answered right; this one decodes the most running values right ({running} "
                       f"of {o + 1})")

@@ -360,7 +360,7 @@ class QAMNISTTask(Task):
 
     def pick_example(self, model: ContinuousThoughtMachine, data: QuestionStream, index: int | None = None,
                      label: int | None = None) -> Example:
-        """Among the first questions of every shape, one answered right with the most operations
+        """Among the first questions of every shape, the longest one answered right
         (`ctm.tasks.qamnist.pictures.pick_example`)."""
         from .pictures import pick_example
 

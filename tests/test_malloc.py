@@ -40,11 +40,18 @@ def _faults_per_step(mallopt: str) -> tuple[bool, float]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_retained_memory_spares_page_faults():
-    retained, faults = _faults_per_step("1")
-    off, faults_off = _faults_per_step("0")
-    assert retained and not off
-    # Measured: 1650-2100 page faults per step with glibc's defaults, 20-80 with freed memory retained.
-    assert faults < faults_off / 5, (faults, faults_off)
+    # Measured: 1200-2100 page faults per step with glibc's defaults, 7-110 with freed memory retained. glibc's
+    # defaults adapt their mmap threshold as a process frees, so one measurement in a while sees few faults with
+    # them too (once in CI: 157 against 173): the claim holds when one of three pairs shows it.
+    pairs = []
+    for _ in range(3):
+        (retained, faults), (off, faults_off) = _faults_per_step("1"), _faults_per_step("0")
+        assert retained and not off
+        pairs.append((faults, faults_off))
+        if faults < faults_off / 5:
+            return
+    raise AssertionError(f"retaining freed memory did not spare page faults: (retained, glibc's defaults) per "
+                         f"step {pairs}")
 
 
 def test_opt_out(monkeypatch):

@@ -1,9 +1,12 @@
-"""Shared fixtures: the seed reference (../shared/reference/seed_ctm.py) when it is there."""
+"""Shared fixtures: the seed reference (../shared/reference/seed_ctm.py) when it is there, and Chromium under
+Playwright for the page tests (`browser`: skipped with the reason when either is missing; `CTM_CHROMIUM` names
+the executable)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -91,3 +94,19 @@ def _task_registry():
     yield
     TASKS.clear()
     TASKS.update(before)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium (or $CTM_CHROMIUM) under Playwright, for the viewer pages' tests."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    chromium = os.environ.get("CTM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("no Chromium executable (apt-get install chromium, or set CTM_CHROMIUM)")
+    with sync_api.sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        except Exception as e:  # a broken install: say why instead of erroring every test
+            pytest.skip(f"Chromium at {chromium} does not start under Playwright: {str(e).splitlines()[0]}")
+        yield b
+        b.close()

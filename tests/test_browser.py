@@ -7,8 +7,6 @@ executable when it is not `chromium` on PATH. Playwright's own browser download 
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import threading
 
 import pytest
@@ -18,11 +16,6 @@ from helpers import TINY
 import ctm
 from ctm.pictures import viewer as view
 from ctm.pretrained import pretrained_test_slice
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-CHROMIUM = os.environ.get("CTM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-if not CHROMIUM:
-    pytest.skip("no Chromium executable (apt-get install chromium, or set CTM_CHROMIUM)", allow_module_level=True)
 
 N_SAMPLES = 100
 
@@ -35,17 +28,6 @@ def viewer(tmp_path_factory):
     payload = view.viewer_data(ctm.load_pretrained("mnist"), images, labels.tolist(), title="test viewer")
     path = view.write_viewer(payload, tmp_path_factory.mktemp("viewer") / "viewer.html")
     return path, payload
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        except Exception as e:  # a broken install: say why instead of erroring every test
-            pytest.skip(f"Chromium at {CHROMIUM} does not start under Playwright: {str(e).splitlines()[0]}")
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import shutil
 
 import pytest
 from helpers import run_cli
 from test_maze_pictures import TRAIN
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-CHROMIUM = os.environ.get("CTM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-if not CHROMIUM:
-    pytest.skip("no Chromium executable (apt-get install chromium, or set CTM_CHROMIUM)", allow_module_level=True)
 
 SAMPLES = 12
 
@@ -33,17 +26,6 @@ def maze_view(tmp_path_factory):
     match = re.search(r'<script id="ctm-data" type="application/json">(.*?)</script>', text, re.S)
     payload = json.loads(match.group(1)) if match else None
     return page, payload
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        except Exception as e:  # a broken install: say why instead of erroring every test
-            pytest.skip(f"Chromium at {CHROMIUM} does not start under Playwright: {str(e).splitlines()[0]}")
-        yield b
-        b.close()
 
 
 def set_tick(page, tick: int) -> None:

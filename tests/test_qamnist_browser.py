@@ -6,18 +6,11 @@ verdict read at the most certain answer tick; strings from the data reach the pa
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 
 import pytest
 from helpers import run_cli
 from test_qamnist_pictures import tiny_run
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-CHROMIUM = os.environ.get("CTM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-if not CHROMIUM:
-    pytest.skip("no Chromium executable (apt-get install chromium, or set CTM_CHROMIUM)", allow_module_level=True)
 
 SAMPLES = 8
 
@@ -36,17 +29,6 @@ def qa_view(tmp_path_factory):
     assert run_cli("view", run, "--samples", SAMPLES, "--threads", "1") == 0
     page = run / "viewer.html"
     return page, page_data(page)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        except Exception as e:  # a broken install: say why instead of erroring every test
-            pytest.skip(f"Chromium at {CHROMIUM} does not start under Playwright: {str(e).splitlines()[0]}")
-        yield b
-        b.close()
 
 
 def open_page(browser, path):

@@ -4,8 +4,6 @@ picker, `ctm eval --plot`'s wait-time figure, the viewer's data, and its panel i
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -236,21 +234,6 @@ def test_viewer_data_holds_the_decoding():
 
 
 # ----------------------------------------------------------------------------------------- in a browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    chromium = os.environ.get("CTM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        pytest.skip("no Chromium executable (apt-get install chromium, or set CTM_CHROMIUM)")
-    with sync_api.sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        except Exception as e:  # a broken install: say why instead of erroring
-            pytest.skip(f"Chromium at {chromium} does not start under Playwright: {str(e).splitlines()[0]}")
-        yield b
-        b.close()
 
 
 def test_the_sort_page_shows_the_order_tick_by_tick(browser, tmp_path):
